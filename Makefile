@@ -1,0 +1,38 @@
+# madcluster_exp — every target is listed by `make help`.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+# CPU torch, explicitly: on these machines `torch==2.13.0` resolves to the CPU wheel on local disk.
+# Elsewhere, point TORCH_PIP_ARGS at a CPU wheel index (e.g. --index-url <your CPU wheel index>)
+# so an unpinned resolve never drags in gigabytes of CUDA wheels.
+TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-all run smoke ui clean
+
+help: ## list every target
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+
+install: ## install CPU torch, then the package (editable) with runtime and test dependencies
+	$(PIP) install $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
+	$(PIP) install -e ".[dev]"
+
+test: ## run the default test suite (excludes tests marked slow)
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+test-all: ## run every test, slow ones included
+	$(PYTHON) -m pytest -m "" $(PYTEST_ARGS)
+
+run: ## train + evaluate the default configuration on the embedded synthetic dataset
+	$(PYTHON) -m madcluster_exp
+
+smoke: ## a seconds-long end-to-end run (debug=fast)
+	$(PYTHON) -m madcluster_exp debug=fast
+
+ui: ## MLflow UI on 127.0.0.1:5000 over outputs/mlflow.db
+	$(PYTHON) -m mlflow ui --host 127.0.0.1 --port $${PORT:-5000} --backend-store-uri "sqlite:///$(CURDIR)/outputs/mlflow.db"
+
+clean: ## remove Hydra run directories and caches (keeps outputs/mlflow.db)
+	rm -rf outputs/runs outputs/multiruns .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,14 @@
+"""Entry point: ``python -m madcluster_exp [overrides]`` (Hydra CLI: --help, --cfg job, -m)."""
+import hydra
+from omegaconf import DictConfig
+
+from madcluster_exp.app import CONFIG_DIR, job
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def main(cfg: DictConfig) -> float:
+    return job(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""The Backbone contract every detector body implements, so MADCluster plugs into any of them.
+
+A backbone maps a window x [B, T, C] to a per-step embedding z [B, T, f] (the tap MADCluster
+uses), has its own objective (``loss``) and its own per-step anomaly score (``score``, higher =
+more anomalous). Backbones with a special schedule (two-phase adversarial training, minimax)
+override :meth:`training_step`; the training loop never branches on the backbone's name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Dict, Iterable, Optional, Tuple
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+
+@dataclass
+class BackboneOutput:
+    z: torch.Tensor  # [B, T, f] per-step embedding at the configured tap
+    aux: Dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class StepContext:
+    """What a training step may use: the plug-in's loss on an embedding and the optimizer step.
+
+    ``plugin_loss(z)`` returns ``None`` with MADCluster off, else a dict with ``mapping``,
+    ``cluster`` and ``total`` (the term added to the backbone loss). ``optimize(loss)`` zeroes the
+    gradients of every optimizer, back-propagates, clips if configured and steps them all.
+    """
+
+    def __init__(self, epoch: int, plugin_loss: Callable[[torch.Tensor], Optional[dict]],
+                 optimize: Callable[[torch.Tensor], None], uses_own_objective: bool):
+        self.epoch = epoch
+        self.plugin_loss = plugin_loss
+        self.optimize = optimize
+        self.uses_own_objective = uses_own_objective
+
+    def combine(self, backbone_loss: torch.Tensor, plugin: Optional[dict]) -> torch.Tensor:
+        """Total loss: the backbone's objective (if it keeps one) plus the plug-in's term."""
+        if plugin is None:
+            return backbone_loss
+        if not self.uses_own_objective:
+            return plugin["total"]
+        return backbone_loss + plugin["total"]
+
+
+class Backbone(nn.Module):
+    """Base class: subclasses set ``family``, ``embed_taps`` and implement forward/loss/score."""
+
+    family: ClassVar[str] = "unknown"
+    #: Per-step representations MADCluster can tap; ``cfg.embed_tap`` picks one.
+    embed_taps: ClassVar[Tuple[str, ...]] = ()
+    #: False where MADCluster's learnable center *replaces* the backbone's own objective and
+    #: score (Deep SVDD: two centers would fight; method.md section 4). True everywhere else.
+    keeps_objective_with_plugin: ClassVar[bool] = True
+
+    def __init__(self, n_channels: int, cfg: DictConfig):
+        super().__init__()
+        if self.embed_taps and cfg.embed_tap not in self.embed_taps:
+            raise ValueError(f"backbone.embed_tap={cfg.embed_tap!r} is not a tap of "
+                             f"{cfg.name}; expected one of {', '.join(self.embed_taps)}")
+        self.n_channels = n_channels
+        self.window = int(cfg.window)
+        self.embed_tap = cfg.embed_tap
+        self.embed_dim: int = 0  # set by subclasses
+
+    # -- the three required pieces -------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> BackboneOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def loss(self, x: torch.Tensor, out: BackboneOutput) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def score(self, x: torch.Tensor, out: BackboneOutput) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    # -- hooks with sensible defaults ----------------------------------------------------
+    def on_fit_start(self, train_batches: Callable[[], Iterable[torch.Tensor]],
+                     uses_own_objective: bool) -> None:
+        """Called once before the first epoch with a factory of training batches."""
+
+    def training_step(self, x: torch.Tensor, ctx: StepContext) -> Dict[str, float]:
+        """One optimisation step; returns the loss components to log (floats)."""
+        out = self(x)
+        own = self.loss(x, out) if ctx.uses_own_objective else x.new_zeros(())
+        plugin = ctx.plugin_loss(out.z)
+        total = ctx.combine(own, plugin)
+        ctx.optimize(total)
+        logs = {"loss": total.item(), "loss_backbone": own.item()}
+        if plugin is not None:
+            logs.update(loss_mapping=plugin["mapping"].item(), loss_cluster=plugin["cluster"].item())
+        return logs
+
+    def on_epoch_end(self, epoch: int) -> Dict[str, float]:
+        """Called after every training epoch; returns values to log (e.g. a fitted radius)."""
+        return {}

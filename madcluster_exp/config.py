@@ -1,0 +1,279 @@
+"""Dataclass schemas for every config group, registered in Hydra's ConfigStore.
+
+Each YAML option under ``conf/<group>/`` starts from one of these schemas (``defaults: [<schema>]``),
+so a misspelt key fails at composition with Hydra's own message instead of being silently
+ignored. Values that a type cannot express (choices, ranges, cross-field rules) are checked by
+:func:`validate` before any work starts, with a message naming the key and the expected values.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+# --------------------------------------------------------------------------------------- paths
+@dataclass
+class PathsConfig:
+    # None -> the directory the command was started from (Hydra's original cwd).
+    root_dir: Optional[str] = None
+    # Relative paths are resolved against root_dir.
+    output_dir: str = "outputs"
+    data_dir: str = "datasets"
+
+
+# ------------------------------------------------------------------------------------- dataset
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    # standard (z-score) | minmax | none; statistics come from the training part only.
+    normalize: str = "standard"
+    # Validation = this fraction at the tail of the training series, after a one-window gap.
+    val_fraction: float = 0.2
+    # Stride between training windows (1 = every window).
+    train_stride: int = 1
+    # Entities to keep (None = all).
+    entities: Optional[List[str]] = None
+
+
+@dataclass
+class SyntheticDatasetConfig(DatasetConfig):
+    name: str = "synthetic"
+    n_entities: int = 3
+    n_channels: int = 8
+    train_length: int = 3000
+    test_length: int = 3000
+    # Fraction of test points inside planted anomalies (approximate, never exceeded by > 1 event).
+    anomaly_ratio: float = 0.05
+    noise: float = 0.1
+    # The data seed is independent of the training seed: seeds vary the model, not the benchmark.
+    seed: int = 0
+
+
+# ------------------------------------------------------------------------------------ backbone
+@dataclass
+class BackboneConfig:
+    name: str = MISSING
+    # one_class | reconstruction | transformer | hybrid (documentation + MLflow tag)
+    family: str = MISSING
+    window: int = 64
+    # Which per-step representation MADCluster taps; each backbone lists its choices.
+    embed_tap: str = MISSING
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 128
+
+
+@dataclass
+class DeepSVDDConfig(BackboneConfig):
+    name: str = "deepsvdd"
+    family: str = "one_class"
+    embed_tap: str = "encoder"
+    hidden: int = 64
+    embed_dim: int = 32
+    kernel_size: int = 5
+    layers: int = 2
+    # one-class | soft-boundary
+    objective: str = "one-class"
+    # Soft-boundary nu (fraction of training embeddings allowed outside the radius).
+    nu: float = 0.1
+    # Epochs before the soft-boundary radius is first fitted (Deep SVDD's warm-up).
+    warmup_epochs: int = 1
+    weight_decay: float = 1e-6
+
+
+# ---------------------------------------------------------------------------------- madcluster
+@dataclass
+class MADClusterConfig:
+    enabled: bool = True
+    # 1 = cosine assignment + OD loss with learnable nu; >1 = Student-t assignment + DEC target.
+    k: int = 1
+    # paper (default) | reference (the official code's loss and per-window score, k = 1 only)
+    variant: str = "paper"
+    # Distance mapping: one-class | soft-boundary
+    objective: str = "one-class"
+    nu_init: float = 0.5
+    # Label smoothing of the hard target p = 1[q >= nu].
+    tau: float = 0.01
+    # Soft-boundary: R is the (1 - nu_r)-quantile of ||h - c|| over training embeddings.
+    nu_r: float = 0.01
+    radius_warmup_epochs: int = 0
+    # Learning rate of nu's own optimizer (None = the backbone's lr, as in the reference).
+    nu_lr: Optional[float] = None
+    # How the plug-in score meets the backbone score:
+    # sum (of validation-standardised scores) | product | madcluster_only | backbone_only
+    combine: str = "sum"
+
+
+# --------------------------------------------------------------------------------------- train
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    # Early stopping on the validation loss; None disables it.
+    patience: Optional[int] = 3
+    min_delta: float = 0.0
+    # Restore the weights of the best validation epoch before scoring.
+    restore_best: bool = True
+    grad_clip: Optional[float] = None
+    # Cap on batches per epoch (debugging); None = all.
+    max_batches_per_epoch: Optional[int] = None
+    # torch threads; None = leave torch's default.
+    num_threads: Optional[int] = None
+    # auto (bar on a terminal, a line per epoch otherwise) | bar | line | none
+    progress: str = "auto"
+
+
+# ------------------------------------------------------------------------------------- scoring
+@dataclass
+class ScoringConfig:
+    # Stride between scored windows; every point is covered, the tail by an end-aligned window.
+    stride: int = 1
+    # How overlapping window scores become one score per point: mean | max
+    aggregate: str = "mean"
+    batch_size: int = 512
+
+
+# ----------------------------------------------------------------------------------- threshold
+@dataclass
+class ThresholdConfig:
+    # val_percentile: percentile of validation scores (label-free, honest default)
+    kind: str = "val_percentile"
+    percentile: float = 99.0
+
+
+# ------------------------------------------------------------------------------------- metrics
+@dataclass
+class MetricsConfig:
+    # Point-adjusted F1 (labelled *_pa, never the headline).
+    point_adjust: bool = True
+    # Best-F1 over all test thresholds (labelled *_oracle).
+    oracle: bool = True
+    # Save raw scores and labels so metrics can be recomputed without retraining.
+    save_scores: bool = True
+
+
+# ------------------------------------------------------------------------------------ tracking
+@dataclass
+class TrackingConfig:
+    # mlflow | none
+    backend: str = "mlflow"
+    # None -> $MLFLOW_TRACKING_URI if set, else sqlite:///<output_dir>/mlflow.db
+    uri: Optional[str] = None
+    experiment: str = "madcluster_exp"
+    # Extra run-name suffix (e.g. a study name); the name is {backbone}-{dataset}-{on|off}-s{seed}.
+    run_name_suffix: Optional[str] = None
+    log_artifacts: bool = True
+    plots: bool = True
+
+
+# --------------------------------------------------------------------------------------- root
+@dataclass
+class Config:
+    seed: int = 0
+    # cpu | cuda | auto
+    device: str = "cpu"
+    # point (one score per time point, honest thresholds)
+    protocol: str = "point"
+    # Printed and logged as the run's description.
+    notes: Optional[str] = None
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    dataset: Any = MISSING
+    backbone: Any = MISSING
+    madcluster: MADClusterConfig = field(default_factory=MADClusterConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+def register_configs() -> None:
+    """Register the schemas under the names the YAML files list in their defaults."""
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    # Under schema/<group>/ so `--help` lists them apart from the options users pick.
+    for group, name, node in [
+        ("paths", "default", PathsConfig),
+        ("dataset", "synthetic", SyntheticDatasetConfig),
+        ("backbone", "deepsvdd", DeepSVDDConfig),
+        ("madcluster", "default", MADClusterConfig),
+        ("train", "default", TrainConfig),
+        ("scoring", "default", ScoringConfig),
+        ("threshold", "default", ThresholdConfig),
+        ("metrics", "default", MetricsConfig),
+        ("tracking", "default", TrackingConfig),
+    ]:
+        cs.store(group=f"schema/{group}", name=name, node=node)
+
+
+# --------------------------------------------------------------------------------- validation
+class ConfigError(ValueError):
+    """A config value that composes but cannot be run; the message names key and expectation."""
+
+
+_CHOICES = {
+    "device": ("cpu", "cuda", "auto"),
+    "protocol": ("point",),
+    "dataset.normalize": ("standard", "minmax", "none"),
+    "madcluster.variant": ("paper", "reference"),
+    "madcluster.objective": ("one-class", "soft-boundary"),
+    "madcluster.combine": ("sum", "product", "madcluster_only", "backbone_only"),
+    "train.progress": ("auto", "bar", "line", "none"),
+    "scoring.aggregate": ("mean", "max"),
+    "threshold.kind": ("val_percentile",),
+    "tracking.backend": ("mlflow", "none"),
+}
+
+# key -> (low, high, low_inclusive, high_inclusive)
+_RANGES = {
+    "seed": (0, None, True, None),
+    "dataset.val_fraction": (0.0, 1.0, False, False),
+    "dataset.train_stride": (1, None, True, None),
+    "backbone.window": (2, None, True, None),
+    "backbone.lr": (0.0, None, False, None),
+    "backbone.batch_size": (1, None, True, None),
+    "madcluster.k": (1, None, True, None),
+    "madcluster.nu_init": (0.0, 1.0, False, False),
+    "madcluster.tau": (0.0, 0.5, True, False),
+    "madcluster.nu_r": (0.0, 1.0, False, False),
+    "train.epochs": (1, None, True, None),
+    "scoring.stride": (1, None, True, None),
+    "scoring.batch_size": (1, None, True, None),
+    "threshold.percentile": (0.0, 100.0, True, True),
+}
+
+
+def _in_range(value: float, low, high, low_inc, high_inc) -> bool:
+    if low is not None and (value < low or (value == low and not low_inc)):
+        return False
+    if high is not None and (value > high or (value == high and not high_inc)):
+        return False
+    return True
+
+
+def _describe_range(low, high, low_inc, high_inc) -> str:
+    left = ("[" if low_inc else "(") + (str(low) if low is not None else "-inf")
+    right = (str(high) if high is not None else "inf") + ("]" if high_inc else ")")
+    return f"{left}, {right}"
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check choices, ranges and cross-field rules; raise ConfigError naming the key."""
+    problems = []
+    for key, choices in _CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value not in choices:
+            problems.append(f"{key}={value!r}: expected one of {', '.join(choices)}")
+    for key, (low, high, low_inc, high_inc) in _RANGES.items():
+        value = OmegaConf.select(cfg, key)
+        if value is not None and not _in_range(value, low, high, low_inc, high_inc):
+            problems.append(f"{key}={value!r}: expected a value in "
+                            f"{_describe_range(low, high, low_inc, high_inc)}")
+    mc = cfg.madcluster
+    if mc.enabled and mc.variant == "reference" and mc.k != 1:
+        problems.append(f"madcluster.variant='reference' with madcluster.k={mc.k}: "
+                        "the reference code's loss exists for k = 1 only")
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))

@@ -1,0 +1,142 @@
+"""Split containers: one contiguous float32 array per split, entity boundaries kept aside.
+
+Why one array: windows are strided views into it (no per-window copies), and every split of
+every dataset looks the same to the rest of the pipeline. Entity boundaries are kept as
+segments so that no window ever straddles two entities.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file or entity, the row and what was expected."""
+
+
+class TestAccessError(RuntimeError):
+    """Raised when something reads the test split before training has finished."""
+
+
+@dataclass
+class Segment:
+    name: str
+    start: int
+    end: int  # exclusive
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+
+@dataclass
+class SeriesSplit:
+    """Values [N, C] float32 (C-contiguous), optional labels [N] int8, entity segments."""
+
+    values: np.ndarray
+    segments: List[Segment]
+    labels: Optional[np.ndarray] = None
+    source: str = "<memory>"
+
+    def __post_init__(self) -> None:
+        if self.values.ndim != 2:
+            raise DataError(f"{self.source}: expected a 2-D array [time, channels], "
+                            f"got shape {self.values.shape}")
+        self.values = np.ascontiguousarray(self.values, dtype=np.float32)
+        if self.labels is not None:
+            self.labels = np.ascontiguousarray(self.labels, dtype=np.int8)
+            if len(self.labels) != len(self.values):
+                raise DataError(f"{self.source}: {len(self.labels)} labels for "
+                                f"{len(self.values)} rows; expected one label per row")
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    @property
+    def n_channels(self) -> int:
+        return self.values.shape[1]
+
+    @classmethod
+    def concat(cls, parts: Sequence[Tuple[str, np.ndarray, Optional[np.ndarray]]],
+               source: str = "<memory>") -> "SeriesSplit":
+        """Concatenate (name, values, labels) parts into one array with entity segments."""
+        if not parts:
+            raise DataError(f"{source}: empty split (no entities)")
+        segments, start = [], 0
+        for name, values, _ in parts:
+            segments.append(Segment(name, start, start + len(values)))
+            start += len(values)
+        values = np.concatenate([p[1] for p in parts], axis=0).astype(np.float32, copy=False)
+        has_labels = [p[2] is not None for p in parts]
+        if any(has_labels) and not all(has_labels):
+            raise DataError(f"{source}: labels present for some entities only")
+        labels = np.concatenate([p[2] for p in parts]) if all(has_labels) else None
+        return cls(values, segments, labels, source)
+
+    def entity(self, name: str) -> "SeriesSplit":
+        """The part of this split that belongs to one entity (a view, not a copy)."""
+        for seg in self.segments:
+            if seg.name == name:
+                labels = None if self.labels is None else self.labels[seg.start:seg.end]
+                return SeriesSplit(self.values[seg.start:seg.end], [Segment(name, 0, seg.length)],
+                                   labels, f"{self.source}[{name}]")
+        raise KeyError(f"entity {name!r} not in {self.source}; have "
+                       f"{[s.name for s in self.segments]}")
+
+
+class SealedTest:
+    """The test split, readable only after :meth:`unseal` (called when training has ended).
+
+    Honest evaluation: nothing before ``fit`` returns may look at test data. Rather than trust
+    that, any early read raises, so a test can prove the pipeline never does it.
+    """
+
+    def __init__(self, load: Callable[[], SeriesSplit], description: str):
+        self._load = load
+        self._sealed = True
+        self._cached: Optional[SeriesSplit] = None
+        self.description = description
+
+    @property
+    def sealed(self) -> bool:
+        return self._sealed
+
+    def unseal(self) -> None:
+        self._sealed = False
+
+    def get(self) -> SeriesSplit:
+        if self._sealed:
+            raise TestAccessError(f"test split of {self.description} read before training ended; "
+                                  "honest evaluation forbids it")
+        if self._cached is None:
+            self._cached = self._load()
+        return self._cached
+
+
+@dataclass
+class RawDataset:
+    """What a loader returns: unscaled training series and the sealed test split."""
+
+    name: str
+    train: SeriesSplit
+    test: SealedTest
+    info: dict = field(default_factory=dict)
+
+    @property
+    def entities(self) -> List[str]:
+        return [s.name for s in self.train.segments]
+
+    @property
+    def n_channels(self) -> int:
+        return self.train.n_channels
+
+
+def check_finite(values: np.ndarray, source: str) -> None:
+    """Raise DataError naming the first row and column holding NaN or inf."""
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise DataError(f"{source}: non-finite value {values[row, col]!r} at row {row}, "
+                        f"column {col}; expected finite numbers everywhere")

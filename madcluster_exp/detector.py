@@ -1,0 +1,91 @@
+"""Detector = backbone + optional MADCluster plug-in, behind one code path for on and off.
+
+The loop only ever calls ``training_step``, ``evaluate_loss``, ``score_components`` and
+``on_epoch_end``; whether the plug-in exists changes what those do, never which are called.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import torch
+from torch import nn
+
+from madcluster_exp.backbones.base import Backbone, StepContext
+
+
+def count_parameters(module: Optional[nn.Module]) -> int:
+    if module is None:
+        return 0
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+class Detector(nn.Module):
+    def __init__(self, backbone: Backbone, plugin: Optional[nn.Module] = None):
+        super().__init__()
+        self.backbone = backbone
+        self.plugin = plugin
+        # Deep SVDD-like backbones hand their objective over to MADCluster's center.
+        self.uses_own_objective = plugin is None or backbone.keeps_objective_with_plugin
+        self.optimizers: List[torch.optim.Optimizer] = []
+        self.grad_clip: Optional[float] = None
+
+    # -- optimisation -----------------------------------------------------------------------
+    def configure_optimizers(self, lr: float, weight_decay: float, nu_lr: Optional[float],
+                             grad_clip: Optional[float] = None) -> None:
+        """Adam over backbone + plug-in centers (as the reference); a separate AMSGrad Adam
+        without weight decay for nu, so nu's own dynamics are not pulled toward zero."""
+        main = list(self.backbone.parameters())
+        if self.plugin is not None:
+            main += list(self.plugin.center_parameters())
+        self.optimizers = [torch.optim.Adam(main, lr=lr, weight_decay=weight_decay)]
+        nu_params = list(self.plugin.nu_parameters()) if self.plugin is not None else []
+        if nu_params:
+            self.optimizers.append(torch.optim.Adam(nu_params, lr=nu_lr or lr, amsgrad=True,
+                                                    weight_decay=0.0))
+        self.grad_clip = grad_clip
+
+    def _optimize(self, loss: torch.Tensor) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.parameters(), self.grad_clip)
+        for opt in self.optimizers:
+            opt.step()
+
+    def _plugin_loss(self, z: torch.Tensor) -> Optional[Dict[str, torch.Tensor]]:
+        return None if self.plugin is None else self.plugin.loss(z)
+
+    # -- the four calls the loop makes ------------------------------------------------------
+    def training_step(self, x: torch.Tensor, epoch: int) -> Dict[str, float]:
+        ctx = StepContext(epoch, self._plugin_loss, self._optimize, self.uses_own_objective)
+        return self.backbone.training_step(x, ctx)
+
+    @torch.no_grad()
+    def evaluate_loss(self, x: torch.Tensor) -> Dict[str, float]:
+        """The training objective on held-out windows (validation), without any update."""
+        out = self.backbone(x)
+        own = self.backbone.loss(x, out) if self.uses_own_objective else x.new_zeros(())
+        plugin = self._plugin_loss(out.z)
+        ctx = StepContext(-1, self._plugin_loss, self._optimize, self.uses_own_objective)
+        logs = {"loss": ctx.combine(own, plugin).item(), "loss_backbone": own.item()}
+        if plugin is not None:
+            logs.update(loss_mapping=plugin["mapping"].item(), loss_cluster=plugin["cluster"].item())
+        return logs
+
+    @torch.no_grad()
+    def score_components(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Per-step scores [B, T] of each part: ``backbone`` and/or ``madcluster``."""
+        out = self.backbone(x)
+        comps = {}
+        if self.uses_own_objective:
+            comps["backbone"] = self.backbone.score(x, out)
+        if self.plugin is not None:
+            comps["madcluster"] = self.plugin.score(out.z)
+        return comps
+
+    def on_epoch_end(self, epoch: int) -> Dict[str, float]:
+        logs = self.backbone.on_epoch_end(epoch)
+        if self.plugin is not None:
+            logs.update(self.plugin.on_epoch_end(epoch))
+        return logs

@@ -1,0 +1,83 @@
+"""The pure functions of MADCluster's clustering objective (method.md section 1).
+
+Everything works per time step on tensors shaped [B, T] (assignments) or [B, T, f]
+(embeddings), so the plug-in can score every point and knows nothing of the backbone.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# q = (1 + cos)/2 reaches 0 only for exactly opposite vectors; log(0) would be -inf.
+Q_EPS = 1e-6
+
+
+def cosine_assignment(z: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
+    """Soft assignment q_t = (1 + cos(h_t, c)) / 2 in [Q_EPS, 1]; z [B, T, f], center [f]."""
+    cos = F.cosine_similarity(z, center.expand_as(z), dim=-1, eps=1e-8)
+    return ((1.0 + cos) / 2.0).clamp(Q_EPS, 1.0)
+
+
+def f1_slope(nu: torch.Tensor, one_minus_nu: torch.Tensor) -> torch.Tensor:
+    """Slope of f1, (1 - nu^(1-nu)) / (1 - nu), computed without cancellation near nu = 1.
+
+    ``one_minus_nu`` is passed separately because 1 - nu rounds to 0 in float32 long before
+    nu reaches 1 when nu comes from a saturated sigmoid.
+    """
+    return -torch.expm1(one_minus_nu * torch.log(nu)) / one_minus_nu
+
+
+def od_loss_terms(q: torch.Tensor, nu: torch.Tensor, one_minus_nu: torch.Tensor,
+                  tau: float) -> torch.Tensor:
+    """Per-step One-directed Adaptive loss (paper): [B, T].
+
+    p = 1[q >= nu] (a hard target, no gradient), smoothed p~ = p(1 - tau) + (1 - p) tau;
+    f2(q) = q^(1-nu) below nu, f1(q) the line from (nu, nu^(1-nu)) to (1, 1) above it;
+    loss_t = -[p~ log f1(q_t) + (1 - p~) log f2(q_t)].
+    """
+    p = (q >= nu).to(q.dtype).detach()
+    p_smooth = p * (1.0 - tau) + (1.0 - p) * tau
+    log_f1 = torch.log(f1_slope(nu, one_minus_nu) * (q - 1.0) + 1.0)
+    log_f2 = one_minus_nu * torch.log(q)
+    return -(p_smooth * log_f1 + (1.0 - p_smooth) * log_f2)
+
+
+def reference_loss_terms(q: torch.Tensor, nu: torch.Tensor, tau: float) -> torch.Tensor:
+    """Per-step loss of the official code with k = 1 (method.md section 2, item 1).
+
+    Its DEC-style target on one cluster is p = 1 everywhere, so f1 applies to every q and an
+    extra -log q appears: -log q - (1 - tau) log f1(q) - tau (1 - nu) log q. ``nu`` is the raw,
+    unconstrained parameter, exactly as there (it can leave (0, 1) and produce NaN).
+    """
+    log_q = torch.log(q)
+    one_minus_nu = 1.0 - nu
+    slope = (1.0 - torch.pow(nu, one_minus_nu)) / one_minus_nu
+    log_f1 = torch.log(slope * (q - 1.0) + 1.0)
+    return -log_q - (1.0 - tau) * log_f1 - tau * one_minus_nu * log_q
+
+
+def squared_distance(z: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    """||h_t - c_j||^2 for every step and center: z [B, T, f], centers [k, f] -> [B, T, k]."""
+    diff = z.unsqueeze(-2) - centers
+    return (diff * diff).sum(dim=-1)
+
+
+def student_t_assignment(dist2: torch.Tensor) -> torch.Tensor:
+    """DEC soft assignment q_tj = (1 + d_tj)^-1 / sum_j' (1 + d_tj')^-1; dist2 [B, T, k]."""
+    inv = 1.0 / (1.0 + dist2)
+    return inv / inv.sum(dim=-1, keepdim=True)
+
+
+def dec_target(q: torch.Tensor) -> torch.Tensor:
+    """DEC target p_tj = (q_tj^2 / f_j) / sum_j' (q_tj'^2 / f_j'), f_j = sum_t q_tj per window.
+
+    Detached: the target is a fixed point to move toward, not something to optimise.
+    """
+    q = q.detach()
+    weight = q * q / q.sum(dim=1, keepdim=True)  # sum over time steps of each window
+    return weight / weight.sum(dim=-1, keepdim=True)
+
+
+def kl_terms(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Per-step KL(P || Q) = sum_j p log(p / q): [B, T, k] -> [B, T]."""
+    return (p * (torch.log(p.clamp_min(1e-12)) - torch.log(q.clamp_min(1e-12)))).sum(dim=-1)

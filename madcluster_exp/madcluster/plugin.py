@@ -1,0 +1,184 @@
+"""MADCluster: a learnable center, a distance mapping and sequence-wise clustering.
+
+The plug-in sees only per-step embeddings z [B, T, f]; it never knows which backbone made them.
+
+- k = 1 (:class:`MADCluster`): center c (He-normal init), q = (1 + cos(h, c)) / 2, OD loss with a
+  learnable threshold nu kept inside (0, 1) by construction (a bounded sigmoid of a free
+  parameter), trained by its own optimizer.
+- k > 1 (:class:`MultiMADCluster`): k centers, Student-t assignment, DEC target, KL loss;
+  score = KL_t + distance to the nearest center.
+
+Distance mapping: one-class ||h - c||^2, or soft-boundary R^2 + (1/nu_R) max(0, ||h - c||^2 - R^2)
+with R refitted each epoch as the (1 - nu_R)-quantile of ||h - c|| over *training* embeddings.
+Total plug-in loss as in the reference: log(mean_batch sum_t (mapping_t + cluster_t) + 1e-8).
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Iterable, Optional
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from madcluster_exp.madcluster import losses
+from madcluster_exp.nn_utils import QuantileSample
+
+# nu lives in [NU_MARGIN, 1 - NU_MARGIN] whatever its raw parameter does: at nu = 1 the slope of
+# f1 is 0/0, and a plain sigmoid rounds to exactly 1.0 in float32 once its input passes ~17.
+NU_MARGIN = 1e-4
+
+
+def he_normal(shape, fan_in: int, generator: torch.Generator) -> torch.Tensor:
+    """He-normal init (std sqrt(2 / fan_in)), drawn from a private generator so that turning the
+    plug-in on never changes the backbone's initialisation or the data order."""
+    return torch.randn(shape, generator=generator) * math.sqrt(2.0 / fan_in)
+
+
+class _PluginBase(nn.Module):
+    """Distance mapping, radius fitting and loss assembly shared by k = 1 and k > 1."""
+
+    def __init__(self, embed_dim: int, cfg: DictConfig):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.objective = cfg.objective
+        self.nu_r = float(cfg.nu_r)
+        self.radius_warmup_epochs = int(cfg.radius_warmup_epochs)
+        self.register_buffer("radius", torch.zeros(()))
+        self._dist_sample = QuantileSample()
+
+    # -- pieces the subclasses provide ----------------------------------------------------
+    def nearest_distance(self, z: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def cluster_terms(self, z: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def nu_parameters(self) -> Iterable[nn.Parameter]:
+        return []
+
+    def center_parameters(self) -> Iterable[nn.Parameter]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- shared ---------------------------------------------------------------------------
+    def mapping_terms(self, dist2: torch.Tensor) -> torch.Tensor:
+        """Per-step distance mapping [B, T] from squared distances [B, T]."""
+        if self.objective == "one-class":
+            return dist2
+        r2 = self.radius ** 2
+        return r2 + torch.clamp(dist2 - r2, min=0) / self.nu_r
+
+    def loss(self, z: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """mapping and cluster (mean over the batch of per-window sums) and the total term."""
+        dist2 = self.nearest_distance(z)
+        if self.training:
+            self._dist_sample.add(dist2.sqrt())
+        mapping = self.mapping_terms(dist2).sum(dim=1)  # [B]
+        cluster = self.cluster_terms(z).sum(dim=1)  # [B]
+        total = torch.log((mapping + cluster).mean() + 1e-8)
+        return {"mapping": mapping.mean(), "cluster": cluster.mean(), "total": total}
+
+    def score(self, z: torch.Tensor) -> torch.Tensor:
+        """Per-step anomaly score [B, T]: clustering term plus distance mapping."""
+        return self.cluster_terms(z) + self.mapping_terms(self.nearest_distance(z))
+
+    def on_epoch_end(self, epoch: int) -> Dict[str, float]:
+        """Refit R from this epoch's training distances (soft-boundary); report the state."""
+        if self.objective == "soft-boundary" and epoch + 1 > self.radius_warmup_epochs:
+            r = self._dist_sample.quantile(1.0 - self.nu_r)
+            if r is not None:
+                self.radius.fill_(r)
+        self._dist_sample.reset()
+        return {"madcluster/radius": float(self.radius)} if self.objective == "soft-boundary" else {}
+
+
+class MADCluster(_PluginBase):
+    """k = 1: cosine assignment and the One-directed Adaptive loss with a learnable nu."""
+
+    def __init__(self, embed_dim: int, cfg: DictConfig, generator: torch.Generator):
+        super().__init__(embed_dim, cfg)
+        self.variant = cfg.variant
+        self.tau = float(cfg.tau)
+        self.center = nn.Parameter(he_normal((embed_dim,), embed_dim, generator))
+        nu0 = float(cfg.nu_init)
+        if self.variant == "reference":
+            # The official code trains nu itself, unconstrained.
+            self.nu_raw = nn.Parameter(torch.tensor(nu0))
+        else:
+            # Inverse of the bounded sigmoid, so nu starts exactly at nu_init.
+            s = (nu0 - NU_MARGIN) / (1.0 - 2.0 * NU_MARGIN)
+            self.nu_raw = nn.Parameter(torch.tensor(math.log(s / (1.0 - s))))
+
+    def nu_and_complement(self):
+        """(nu, 1 - nu), each computed directly so neither loses precision near the bounds."""
+        if self.variant == "reference":
+            return self.nu_raw, 1.0 - self.nu_raw
+        span = 1.0 - 2.0 * NU_MARGIN
+        return (NU_MARGIN + span * torch.sigmoid(self.nu_raw),
+                NU_MARGIN + span * torch.sigmoid(-self.nu_raw))
+
+    @property
+    def nu(self) -> torch.Tensor:
+        return self.nu_and_complement()[0]
+
+    def nu_parameters(self):
+        return [self.nu_raw]
+
+    def center_parameters(self):
+        return [self.center]
+
+    def nearest_distance(self, z: torch.Tensor) -> torch.Tensor:
+        diff = z - self.center
+        return (diff * diff).sum(dim=-1)
+
+    def cluster_terms(self, z: torch.Tensor) -> torch.Tensor:
+        q = losses.cosine_assignment(z, self.center)
+        if self.variant == "reference":
+            return losses.reference_loss_terms(q, self.nu_raw, self.tau)
+        nu, one_minus_nu = self.nu_and_complement()
+        return losses.od_loss_terms(q, nu, one_minus_nu, self.tau)
+
+    def score(self, z: torch.Tensor) -> torch.Tensor:
+        if self.variant == "reference":
+            # One number per window (mean over steps of the cluster loss), as the official code.
+            per_window = self.cluster_terms(z).mean(dim=1, keepdim=True)
+            return per_window.expand(z.shape[0], z.shape[1])
+        return super().score(z)
+
+    def on_epoch_end(self, epoch: int) -> Dict[str, float]:
+        logs = super().on_epoch_end(epoch)
+        logs["madcluster/threshold"] = float(self.nu.detach())
+        return logs
+
+
+class MultiMADCluster(_PluginBase):
+    """k > 1 (appendix eqs. 25-28): Student-t assignment, DEC target, KL loss; nu unused."""
+
+    def __init__(self, embed_dim: int, cfg: DictConfig, generator: torch.Generator):
+        super().__init__(embed_dim, cfg)
+        self.k = int(cfg.k)
+        self.centers = nn.Parameter(he_normal((self.k, embed_dim), embed_dim, generator))
+
+    def center_parameters(self):
+        return [self.centers]
+
+    def nearest_distance(self, z: torch.Tensor) -> torch.Tensor:
+        return losses.squared_distance(z, self.centers).min(dim=-1).values
+
+    def assignment_and_target(self, z: torch.Tensor):
+        q = losses.student_t_assignment(losses.squared_distance(z, self.centers))
+        return q, losses.dec_target(q)
+
+    def cluster_terms(self, z: torch.Tensor) -> torch.Tensor:
+        q, p = self.assignment_and_target(z)
+        return losses.kl_terms(p, q)
+
+
+def build_plugin(embed_dim: int, cfg: DictConfig, seed: int) -> Optional[_PluginBase]:
+    """The configured plug-in, or None with ``madcluster=off``."""
+    if not cfg.enabled:
+        return None
+    generator = torch.Generator().manual_seed(seed + 7919)
+    if cfg.k == 1:
+        return MADCluster(embed_dim, cfg, generator)
+    return MultiMADCluster(embed_dim, cfg, generator)

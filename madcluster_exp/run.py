@@ -1,0 +1,309 @@
+"""One job: seed -> data -> detector -> fit -> score -> threshold -> metrics -> track.
+
+The test split is sealed until ``fit`` has returned; every number that selects a model, a radius,
+a score normalisation or a threshold comes from training or validation data only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from madcluster_exp.backbones import build_backbone
+from madcluster_exp.config import validate
+from madcluster_exp.data import load_dataset, prepare
+from madcluster_exp.detector import Detector, count_parameters
+from madcluster_exp.madcluster import build_plugin
+from madcluster_exp.metrics import basic_suite
+from madcluster_exp.scoring import ScoreCombiner, build_threshold, score_split
+from madcluster_exp.tracking import NullTracker, build_tracker
+from madcluster_exp.training import FitResult, fit
+
+#: Set by a multirun parent (see the sweep callback) so each job becomes a child run.
+PARENT_RUN_ENV = "MADCLUSTER_PARENT_RUN_ID"
+
+
+@dataclass
+class RunResult:
+    run_name: str
+    run_id: Optional[str]
+    tracking_uri: Optional[str]
+    output_dir: Path
+    metrics: Dict[str, float]
+    fit: FitResult
+
+
+# ------------------------------------------------------------------------------- environment
+def _hydra_runtime():
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def project_root(cfg: DictConfig) -> Path:
+    if cfg.paths.root_dir:
+        return Path(cfg.paths.root_dir).expanduser().resolve()
+    hc = _hydra_runtime()
+    return Path(hc.runtime.cwd if hc is not None else os.getcwd()).resolve()
+
+
+def resolve_path(root: Path, p: str) -> Path:
+    path = Path(p).expanduser()
+    return path if path.is_absolute() else (root / path).resolve()
+
+
+def job_output_dir(cfg: DictConfig, root: Path) -> Path:
+    hc = _hydra_runtime()
+    if hc is not None:
+        return Path(hc.runtime.output_dir)
+    stamp = datetime.now().strftime("%Y-%m-%d/%H-%M-%S-%f")
+    return resolve_path(root, cfg.paths.output_dir) / "runs" / stamp
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda but no CUDA device is available; use device=cpu or auto")
+    return torch.device(name)
+
+
+def git_commit(root: Path) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+# ---------------------------------------------------------------------------- identification
+def run_name(cfg: DictConfig) -> str:
+    state = "on" if cfg.madcluster.enabled else "off"
+    name = f"{cfg.backbone.name}-{cfg.dataset.name}-{state}-s{cfg.seed}"
+    return f"{name}-{cfg.tracking.run_name_suffix}" if cfg.tracking.run_name_suffix else name
+
+
+def flatten(cfg: DictConfig) -> Dict[str, Any]:
+    """Every leaf of the resolved config as ``group.key`` -> value (MLflow params)."""
+    out: Dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}.{k}" if prefix else str(k))
+        else:
+            out[prefix] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return out
+
+
+def identity_tags(cfg: DictConfig, root: Path) -> Dict[str, str]:
+    tags = {
+        "backbone": cfg.backbone.name,
+        "family": cfg.backbone.family,
+        "dataset": cfg.dataset.name,
+        "madcluster": "on" if cfg.madcluster.enabled else "off",
+        "seed": str(cfg.seed),
+        "protocol": cfg.protocol,
+        "threshold.kind": cfg.threshold.kind,
+        "embed_tap": cfg.backbone.embed_tap,
+        "git_commit": git_commit(root),
+    }
+    if cfg.madcluster.enabled:
+        tags.update({"madcluster.k": str(cfg.madcluster.k),
+                     "madcluster.variant": cfg.madcluster.variant})
+    hc = _hydra_runtime()
+    if hc is not None:
+        tags["hydra.overrides"] = " ".join(hc.overrides.task)
+        if hc.job.get("num") is not None:
+            tags["hydra.job.num"] = str(hc.job.num)
+    if cfg.notes:
+        tags["mlflow.note.content"] = cfg.notes
+    return tags
+
+
+# ---------------------------------------------------------------------------------- the job
+def run(cfg: DictConfig, output_dir: Optional[Path] = None, verbose: bool = True) -> RunResult:
+    """Run one configured job end to end. A crash marks the tracked run FAILED (KILLED on
+    Ctrl-C), keeps everything already written and logs the traceback, then re-raises."""
+    validate(cfg)
+    root = project_root(cfg)
+    out_root = resolve_path(root, cfg.paths.output_dir)
+    job_dir = Path(output_dir) if output_dir is not None else job_output_dir(cfg, root)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    name = run_name(cfg)
+    tracker = build_tracker(cfg.tracking, out_root)
+    tracker.start(name, flatten(cfg), identity_tags(cfg, root),
+                  parent_run_id=os.environ.get(PARENT_RUN_ENV))
+    try:
+        result = _execute(cfg, tracker, name, root, job_dir, verbose)
+    except BaseException as exc:
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        tb_path = job_dir / "traceback.txt"
+        tb_path.write_text("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+        try:
+            tracker.set_tags({"error": f"{type(exc).__name__}: {exc}"[:5000]})
+            tracker.log_artifact(tb_path)
+        finally:
+            tracker.end(status)
+        raise
+    tracker.end("FINISHED")
+    return result
+
+
+def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_dir: Path,
+             verbose: bool) -> RunResult:
+    say = print if verbose else (lambda *a, **k: None)
+    t_start = time.perf_counter()
+    if cfg.train.num_threads:
+        torch.set_num_threads(int(cfg.train.num_threads))
+    device = resolve_device(cfg.device)
+    window = int(cfg.backbone.window)
+
+    # ---- data: training part only; the test split stays sealed -------------------------
+    raw = load_dataset(cfg.dataset, resolve_path(root, cfg.paths.data_dir))
+    data = prepare(raw, window, float(cfg.dataset.val_fraction), cfg.dataset.normalize)
+    say(f"[{name}] data: {raw.name}, {len(data.entities)} entities, {data.n_channels} channels, "
+        f"{len(data.train)} train / {len(data.val)} validation rows (test sealed until fit ends)")
+
+    # ---- model: the backbone's init depends on the seed alone, on and off alike ---------
+    seed_everything(int(cfg.seed))
+    backbone = build_backbone(data.n_channels, cfg.backbone)
+    plugin = build_plugin(backbone.embed_dim, cfg.madcluster, int(cfg.seed))
+    detector = Detector(backbone, plugin)
+    sizes = {"params/backbone": count_parameters(backbone),
+             "params/madcluster": count_parameters(plugin)}
+    tracker.log_params(sizes)
+    say(f"[{name}] {cfg.backbone.name}: {sizes['params/backbone']:,} parameters; MADCluster "
+        f"{'on: +' + format(sizes['params/madcluster'], ',') if plugin is not None else 'off'}")
+
+    # ---- fit on train, early-stop on validation ----------------------------------------
+    fit_result = fit(detector, data, cfg, device, log_metrics=tracker.log_metrics)
+
+    # ---- score: validation first (fits the combiner and threshold), then test ----------
+    t_score = time.perf_counter()
+    sc = cfg.scoring
+    val_comps = score_split(detector, data.val, window, int(sc.stride), int(sc.batch_size),
+                            sc.aggregate, device)
+    combiner = ScoreCombiner(cfg.madcluster.combine).fit(val_comps)
+    tracker.log_params({"score_rule": combiner.effective_rule(val_comps)})
+    val_scores = combiner.combine(val_comps)
+    threshold = build_threshold(cfg.threshold).fit(val_scores)
+
+    data.test.unseal()
+    test = data.test.get()
+    test_comps = score_split(detector, test, window, int(sc.stride), int(sc.batch_size),
+                             sc.aggregate, device)
+    test_scores = combiner.combine(test_comps)
+    score_s = time.perf_counter() - t_score
+
+    # ---- metrics -------------------------------------------------------------------------
+    t_metrics = time.perf_counter()
+    pred = threshold.predict(test_scores)
+    suite = basic_suite(y_true=test.labels, y_score=test_scores, y_pred=pred,
+                        point_adjust=cfg.metrics.point_adjust, oracle=cfg.metrics.oracle,
+                        seed=int(cfg.seed))
+    metrics = {f"test/{k}": v for k, v in suite.items()}
+    metrics.update({
+        "threshold/value": threshold.value,
+        "val/best_loss": fit_result.best_val_loss,
+        "train/best_epoch": fit_result.best_epoch + 1,
+        "train/epochs_run": fit_result.epochs_run,
+        "time/fit_s": fit_result.fit_seconds,
+        "time/score_s": score_s,
+        "time/metrics_s": time.perf_counter() - t_metrics,
+    })
+    metrics["time/total_s"] = time.perf_counter() - t_start
+    tracker.log_metrics(metrics)
+
+    # ---- artifacts -------------------------------------------------------------------------
+    artifacts = _write_artifacts(cfg, job_dir, name, fit_result, val_comps, test_comps,
+                                 val_scores, test_scores, test, pred, threshold.value, metrics)
+    if cfg.tracking.log_artifacts:
+        for path in artifacts:
+            tracker.log_artifact(path)
+    result = RunResult(name, tracker.run_id, tracker.uri, job_dir, metrics, fit_result)
+    say(format_results(result, cfg))
+    return result
+
+
+def _write_artifacts(cfg: DictConfig, job_dir: Path, name: str, fit_result: FitResult,
+                     val_comps, test_comps, val_scores, test_scores, test, pred,
+                     threshold: float, metrics: Dict[str, float]) -> List[Path]:
+    paths = []
+    cfg_path = job_dir / "config_resolved.yaml"
+    cfg_path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    paths.append(cfg_path)
+    hc = _hydra_runtime()
+    overrides = list(hc.overrides.task) if hc is not None else []
+    ov_path = job_dir / "overrides.json"
+    ov_path.write_text(json.dumps({"overrides": overrides, "argv": sys.argv}, indent=2))
+    paths.append(ov_path)
+    metrics_path = job_dir / "metrics.json"
+    metrics_path.write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    paths.append(metrics_path)
+    if cfg.metrics.save_scores:
+        scores_path = job_dir / "scores.npz"
+        np.savez_compressed(
+            scores_path, test_score=test_scores, test_label=test.labels, test_pred=pred,
+            val_score=val_scores, threshold=np.float64(threshold),
+            entity_names=np.array([s.name for s in test.segments]),
+            entity_bounds=np.array([[s.start, s.end] for s in test.segments], dtype=np.int64),
+            **{f"test_component_{k}": v for k, v in test_comps.items()},
+            **{f"val_component_{k}": v for k, v in val_comps.items()})
+        paths.append(scores_path)
+    if cfg.tracking.plots:
+        from madcluster_exp.plots import plot_score_timeline, plot_training_curves
+
+        paths.append(plot_score_timeline(job_dir / "score_timeline.png", test_scores, test.labels,
+                                         threshold, name))
+        paths.append(plot_training_curves(job_dir / "training_curves.png", fit_result.history,
+                                          name))
+    return paths
+
+
+# ------------------------------------------------------------------------------- reporting
+_LABELS = {
+    "test/precision": "point-wise, label-free threshold",
+    "test/recall": "point-wise, label-free threshold",
+    "test/f1": "point-wise, label-free threshold (headline)",
+    "test/auc_roc": "threshold-free",
+    "test/auc_pr": "threshold-free (average precision)",
+    "test/f1_oracle": "ORACLE: best threshold chosen on test labels",
+    "test/f1_pa": "POINT-ADJUSTED (inflated)",
+    "test/f1_pa_random": "POINT-ADJUSTED random prediction, same #positives",
+}
+
+
+def format_results(result: RunResult, cfg: DictConfig) -> str:
+    lines = [f"\nResults: {result.run_name}  (threshold.kind={cfg.threshold.kind}, "
+             f"protocol={cfg.protocol})"]
+    width = max(len(k) for k in _LABELS)
+    for key, note in _LABELS.items():
+        if key in result.metrics:
+            lines.append(f"  {key:<{width}}  {result.metrics[key]:>8.4f}   {note}")
+    lines.append(f"  {'time/total_s':<{width}}  {result.metrics['time/total_s']:>8.1f}")
+    if result.run_id:
+        lines.append(f"MLflow run {result.run_id} in {result.tracking_uri}")
+    lines.append(f"Artifacts in {result.output_dir}")
+    return "\n".join(lines)

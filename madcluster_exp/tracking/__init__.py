@@ -1,0 +1,19 @@
+"""Experiment tracking: MLflow (default) or nothing."""
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from madcluster_exp.tracking.mlflow_tracker import (MLflowTracker, NullTracker,
+                                                    default_tracking_uri, resolve_tracking_uri)
+
+
+def build_tracker(cfg: DictConfig, output_dir: Path) -> NullTracker:
+    if cfg.backend == "none":
+        return NullTracker()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    uri = resolve_tracking_uri(cfg.uri, output_dir)
+    return MLflowTracker(uri, cfg.experiment, artifact_root=output_dir / "mlartifacts")
+
+
+__all__ = ["MLflowTracker", "NullTracker", "build_tracker", "default_tracking_uri",
+           "resolve_tracking_uri"]

@@ -1,0 +1,123 @@
+"""Trackers: MLflow (SQLite by default, any tracking URI works) and a null tracker.
+
+Uses ``MlflowClient`` with explicit run ids rather than the fluent API's global "active run",
+so several runs (a parent and its children, or a run being resumed) never get mixed up.
+Metrics go in batches: one SQLite round-trip per epoch, not one per value.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional
+
+MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+PARAMS_PER_BATCH = 100  # MLflow's limit per log_batch
+METRICS_PER_BATCH = 1000
+
+
+def default_tracking_uri(output_dir: Path) -> str:
+    return f"sqlite:///{(output_dir / 'mlflow.db').resolve()}"
+
+
+def resolve_tracking_uri(configured: Optional[str], output_dir: Path) -> str:
+    """Config value, else $MLFLOW_TRACKING_URI, else the project's SQLite store."""
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(output_dir)
+
+
+def _chunks(items: List[Any], size: int) -> Iterable[List[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+class NullTracker:
+    """Same interface, records nothing (``tracking=none``)."""
+
+    run_id: Optional[str] = None
+    uri: Optional[str] = None
+
+    def start(self, run_name: str, params: Dict[str, Any], tags: Dict[str, str],
+              parent_run_id: Optional[str] = None) -> None:
+        pass
+
+    def log_params(self, params: Dict[str, Any]) -> None:
+        pass
+
+    def set_tags(self, tags: Dict[str, str]) -> None:
+        pass
+
+    def log_metrics(self, metrics: Dict[str, float], step: Optional[int] = None) -> None:
+        pass
+
+    def log_artifact(self, path: Path, artifact_path: Optional[str] = None) -> None:
+        pass
+
+    def end(self, status: str = "FINISHED") -> None:
+        pass
+
+
+class MLflowTracker(NullTracker):
+    def __init__(self, uri: str, experiment: str, artifact_root: Optional[Path] = None):
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        self.experiment_id = self._experiment_id(experiment, artifact_root)
+        self.run_id: Optional[str] = None
+
+    def _experiment_id(self, name: str, artifact_root: Optional[Path]) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        location = None
+        if artifact_root is not None and self.uri.startswith("sqlite:"):
+            # Keep artifacts beside the database instead of wherever the command was started.
+            location = artifact_root.resolve().as_uri()
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except Exception:
+            # Another process created it between our lookup and create.
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    def start(self, run_name: str, params: Dict[str, Any], tags: Dict[str, str],
+              parent_run_id: Optional[str] = None) -> None:
+        all_tags = {"mlflow.runName": run_name, **tags}
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
+        self.run_id = run.info.run_id
+        self.log_params(params)
+
+    def log_params(self, params: Dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in params.items()]
+        for chunk in _chunks(items, PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=chunk)
+
+    def set_tags(self, tags: Dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        for chunk in _chunks(items, PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, tags=chunk)
+
+    def log_metrics(self, metrics: Dict[str, float], step: Optional[int] = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()
+                 if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        for chunk in _chunks(items, METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=chunk)
+
+    def log_artifact(self, path: Path, artifact_path: Optional[str] = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def end(self, status: str = "FINISHED") -> None:
+        if self.run_id is not None:
+            self.client.set_terminated(self.run_id, status=status)

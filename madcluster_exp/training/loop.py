@@ -1,0 +1,127 @@
+"""The one training loop: epochs over shuffled training windows, validation loss, early stopping.
+
+It sees training and validation windows only (the test split is sealed until ``fit`` returns).
+The data order comes from a generator seeded with the run's seed and nothing else, so MADCluster
+on and off see the same batches in the same order.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import torch
+from omegaconf import DictConfig
+
+from madcluster_exp.data import PreparedData, WindowSet
+from madcluster_exp.detector import Detector
+from madcluster_exp.training.progress import Progress
+
+MetricsSink = Callable[[Dict[str, float], int], None]
+
+
+class TrainingDivergedError(FloatingPointError):
+    """A loss became NaN or inf; the message names the epoch, batch and component."""
+
+
+@dataclass
+class FitResult:
+    epochs_run: int
+    best_epoch: int
+    best_val_loss: float
+    history: List[Dict[str, float]] = field(default_factory=list)
+    fit_seconds: float = 0.0
+    stopped_early: bool = False
+
+
+def _mean(sums: Dict[str, float], n: int) -> Dict[str, float]:
+    return {k: v / max(n, 1) for k, v in sums.items()}
+
+
+def _check_finite(logs: Dict[str, float], epoch: int, batch: int) -> None:
+    for key, value in logs.items():
+        if not math.isfinite(value):
+            raise TrainingDivergedError(
+                f"training diverged at epoch {epoch + 1}, batch {batch + 1}: {key} = {value}. "
+                "Lower backbone.lr, set train.grad_clip, or check the input scaling.")
+
+
+def validation_loss(detector: Detector, windows: WindowSet, batch_size: int,
+                    device: torch.device) -> Dict[str, float]:
+    detector.eval()
+    sums, n = defaultdict(float), 0
+    for _, x in windows.batches(batch_size):
+        for k, v in detector.evaluate_loss(x.to(device)).items():
+            sums[k] += v * len(x)
+        n += len(x)
+    return _mean(sums, n)
+
+
+def fit(detector: Detector, data: PreparedData, cfg: DictConfig, device: torch.device,
+        log_metrics: Optional[MetricsSink] = None) -> FitResult:
+    """Train ``detector`` on ``data.train``, early-stop on ``data.val``; never reads test."""
+    tcfg, bcfg = cfg.train, cfg.backbone
+    window, batch_size = int(bcfg.window), int(bcfg.batch_size)
+    train_ws = WindowSet(data.train, window, stride=int(cfg.dataset.train_stride))
+    val_ws = WindowSet(data.val, window, stride=int(cfg.dataset.train_stride))
+    order = torch.Generator().manual_seed(int(cfg.seed))
+    detector.configure_optimizers(float(bcfg.lr), float(bcfg.weight_decay),
+                                  cfg.madcluster.nu_lr, tcfg.grad_clip)
+    detector.to(device)
+
+    def initial_batches():
+        return (x.to(device) for _, x in train_ws.batches(batch_size))
+
+    detector.backbone.on_fit_start(initial_batches, detector.uses_own_objective)
+
+    progress = Progress(tcfg.progress, int(tcfg.epochs))
+    n_batches = train_ws.n_batches(batch_size, tcfg.max_batches_per_epoch)
+    best_loss, best_epoch, best_state, bad_epochs = math.inf, -1, None, 0
+    history: List[Dict[str, float]] = []
+    stopped_early = False
+    t_start = time.perf_counter()
+    epoch = -1
+    for epoch in range(int(tcfg.epochs)):
+        detector.train()
+        sums, n = defaultdict(float), 0
+        t_epoch = time.perf_counter()
+        batches = train_ws.batches(batch_size, shuffle=True, generator=order,
+                                   max_batches=tcfg.max_batches_per_epoch)
+        for b, (_, x) in enumerate(progress.batches(batches, epoch, n_batches)):
+            logs = detector.training_step(x.to(device), epoch)
+            _check_finite(logs, epoch, b)
+            for k, v in logs.items():
+                sums[k] += v * len(x)
+            n += len(x)
+            progress.set_postfix(logs["loss"])
+        epoch_logs = {f"train/{k}": v for k, v in _mean(sums, n).items()}
+        epoch_logs.update(detector.on_epoch_end(epoch))
+        val = validation_loss(detector, val_ws, batch_size, device)
+        epoch_logs.update({f"val/{k}": v for k, v in val.items()})
+        epoch_logs["time/epoch_s"] = time.perf_counter() - t_epoch
+        history.append(epoch_logs)
+        if log_metrics is not None:
+            log_metrics(epoch_logs, epoch)
+
+        improved = val["loss"] < best_loss - float(tcfg.min_delta)
+        if improved:
+            best_loss, best_epoch, bad_epochs = val["loss"], epoch, 0
+            if tcfg.restore_best:
+                best_state = copy.deepcopy(detector.state_dict())
+        else:
+            bad_epochs += 1
+        shown = {k: v for k, v in epoch_logs.items() if k in ("train/loss", "val/loss",
+                                                               "madcluster/threshold")}
+        progress.epoch_end(epoch, shown, " *" if improved else "")
+        if tcfg.patience is not None and bad_epochs >= int(tcfg.patience):
+            stopped_early = True
+            break
+
+    if tcfg.restore_best and best_state is not None:
+        detector.load_state_dict(best_state)
+    return FitResult(epochs_run=epoch + 1, best_epoch=best_epoch, best_val_loss=best_loss,
+                     history=history, fit_seconds=time.perf_counter() - t_start,
+                     stopped_early=stopped_early)
