@@ -19,6 +19,8 @@ class DataError(ValueError):
 class TestAccessError(RuntimeError):
     """Raised when something reads the test split before training has finished."""
 
+    __test__ = False  # not a pytest test class, despite the name
+
 
 @dataclass
 class Segment:
@@ -138,5 +140,5 @@ def check_finite(values: np.ndarray, source: str) -> None:
     bad = ~np.isfinite(values)
     if bad.any():
         row, col = np.argwhere(bad)[0]
-        raise DataError(f"{source}: non-finite value {values[row, col]!r} at row {row}, "
+        raise DataError(f"{source}: non-finite value {values[row, col].item()!r} at row {row}, "
                         f"column {col}; expected finite numbers everywhere")

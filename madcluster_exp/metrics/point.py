@@ -31,7 +31,7 @@ def check_labels(y_true, name: str = "y_true") -> np.ndarray:
     bad = (y != 0) & (y != 1)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise MetricInputError(f"{name} must be binary 0/1; found {y[i]!r} at index {i}")
+        raise MetricInputError(f"{name} must be binary 0/1; found {y[i].item()!r} at index {i}")
     return y.astype(np.int8)
 
 

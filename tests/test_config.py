@@ -1,0 +1,91 @@
+"""Every option of every group composes; misspelt keys and options fail at composition."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf.errors import ConfigKeyError
+
+from madcluster_exp.app import CONFIG_DIR
+from madcluster_exp.config import ConfigError, validate
+from tests.conftest import compose_config
+
+GROUPS = ["paths", "dataset", "backbone", "madcluster", "train", "scoring", "threshold",
+          "metrics", "tracking", "experiment", "debug"]
+
+
+def _options():
+    for group in GROUPS:
+        folder = Path(CONFIG_DIR) / group
+        assert folder.is_dir(), f"config group {group} missing"
+        options = sorted(p.stem for p in folder.glob("*.yaml"))
+        assert options, f"config group {group} has no option"
+        for option in options:
+            yield group, option
+
+
+@pytest.mark.parametrize("group,option", list(_options()))
+def test_every_option_composes_and_validates(group, option):
+    cfg = compose_config([f"{group}={option}"])
+    validate(cfg)
+    assert cfg.backbone.name and cfg.dataset.name
+
+
+def test_defaults_are_the_embedded_synthetic_dataset_with_madcluster_on():
+    cfg = compose_config()
+    assert cfg.dataset.name == "synthetic"
+    assert cfg.backbone.name == "deepsvdd"
+    assert cfg.madcluster.enabled is True and cfg.madcluster.k == 1
+    assert cfg.threshold.kind == "val_percentile"
+    assert compose_config(["madcluster=off"]).madcluster.enabled is False
+
+
+def test_misspelt_key_fails_at_composition():
+    with pytest.raises(ConfigCompositionException, match="hiden"):
+        compose_config(["backbone.hiden=3"])
+    with pytest.raises(ConfigCompositionException, match="sed"):
+        compose_config(["sed=1"])
+
+
+def test_misspelt_option_fails_at_composition():
+    with pytest.raises(MissingConfigException, match="deepsvd"):
+        compose_config(["backbone=deepsvd"])
+
+
+def test_wrong_type_fails_at_composition():
+    with pytest.raises(ConfigCompositionException, match="window"):
+        compose_config(["backbone.window=wide"])
+
+
+@pytest.mark.parametrize("override,fragment", [
+    ("madcluster.objective=one_class", "madcluster.objective='one_class'"),
+    ("madcluster.nu_init=1.0", "madcluster.nu_init=1.0"),
+    ("madcluster.combine=mean", "madcluster.combine='mean'"),
+    ("dataset.val_fraction=0", "dataset.val_fraction=0"),
+])
+def test_bad_values_are_named_by_validate(override, fragment):
+    cfg = compose_config([override])
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert fragment in str(err.value)
+
+
+def test_reference_variant_needs_k1():
+    cfg = compose_config(["madcluster.variant=reference", "madcluster.k=3"])
+    with pytest.raises(ConfigError, match="k = 1 only"):
+        validate(cfg)
+
+
+def test_cli_cfg_job_and_help(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "madcluster_exp", "--cfg", "job",
+                          "backbone.window=48"], capture_output=True, text=True, cwd=tmp_path,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "window: 48" in out.stdout and "name: synthetic" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "madcluster_exp", "--help"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "madcluster: off, on" in out.stdout
