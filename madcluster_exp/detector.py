@@ -5,12 +5,14 @@ The loop only ever calls ``training_step``, ``evaluate_loss``, ``score_component
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import torch
 from torch import nn
 
 from madcluster_exp.backbones.base import Backbone, StepContext
+
+NU_GROUP = "madcluster_nu"
 
 
 def count_parameters(module: Optional[nn.Module]) -> int:
@@ -26,31 +28,46 @@ class Detector(nn.Module):
         self.plugin = plugin
         # Deep SVDD-like backbones hand their objective over to MADCluster's center.
         self.uses_own_objective = plugin is None or backbone.keeps_objective_with_plugin
-        self.optimizers: List[torch.optim.Optimizer] = []
+        self.optimizers: Dict[str, torch.optim.Optimizer] = {}
+        self.host_group = "main"
         self.grad_clip: Optional[float] = None
 
     # -- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self, lr: float, weight_decay: float, nu_lr: Optional[float],
                              grad_clip: Optional[float] = None) -> None:
-        """Adam over backbone + plug-in centers (as the reference); a separate AMSGrad Adam
-        without weight decay for nu, so nu's own dynamics are not pulled toward zero."""
-        main = list(self.backbone.parameters())
-        if self.plugin is not None:
-            main += list(self.plugin.center_parameters())
-        self.optimizers = [torch.optim.Adam(main, lr=lr, weight_decay=weight_decay)]
+        """One Adam per backbone parameter group; the plug-in's centers join the first group
+        (same optimizer as the backbone, as in the reference); nu gets its own AMSGrad Adam
+        without weight decay, so its dynamics are not pulled toward zero."""
+        groups = self.backbone.optimizer_groups()
+        self.host_group = next(iter(groups))
+        self.optimizers: Dict[str, torch.optim.Optimizer] = {}
+        for i, (name, params) in enumerate(groups.items()):
+            params = list(params)
+            if i == 0 and self.plugin is not None:
+                params += list(self.plugin.center_parameters())
+            self.optimizers[name] = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
         nu_params = list(self.plugin.nu_parameters()) if self.plugin is not None else []
         if nu_params:
-            self.optimizers.append(torch.optim.Adam(nu_params, lr=nu_lr or lr, amsgrad=True,
-                                                    weight_decay=0.0))
+            self.optimizers[NU_GROUP] = torch.optim.Adam(nu_params, lr=nu_lr or lr, amsgrad=True,
+                                                         weight_decay=0.0)
         self.grad_clip = grad_clip
 
-    def _optimize(self, loss: torch.Tensor) -> None:
-        for opt in self.optimizers:
+    def _optimize(self, loss: torch.Tensor, group: Optional[str] = None) -> None:
+        for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
         loss.backward()
+        if group is None:
+            chosen = list(self.optimizers.values())
+        else:
+            if group not in self.optimizers:
+                raise KeyError(f"no optimizer group {group!r}; have {sorted(self.optimizers)}")
+            chosen = [self.optimizers[group]]
+            if group == self.host_group and NU_GROUP in self.optimizers:
+                chosen.append(self.optimizers[NU_GROUP])
         if self.grad_clip is not None:
-            nn.utils.clip_grad_norm_(self.parameters(), self.grad_clip)
-        for opt in self.optimizers:
+            params = [p for opt in chosen for g in opt.param_groups for p in g["params"]]
+            nn.utils.clip_grad_norm_(params, self.grad_clip)
+        for opt in chosen:
             opt.step()
 
     def _plugin_loss(self, z: torch.Tensor) -> Optional[Dict[str, torch.Tensor]]:

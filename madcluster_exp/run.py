@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from madcluster_exp.backbones import build_backbone
+from madcluster_exp.backbones import backbone_class, build_backbone
 from madcluster_exp.config import validate
 from madcluster_exp.data import load_dataset, prepare
 from madcluster_exp.detector import Detector, count_parameters
@@ -178,7 +178,8 @@ def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_d
     if cfg.train.num_threads:
         torch.set_num_threads(int(cfg.train.num_threads))
     device = resolve_device(cfg.device)
-    window = int(cfg.backbone.window)
+    # The data window may differ from backbone.window (SLMR adds its forecast target).
+    window = backbone_class(cfg.backbone.name).data_window(int(cfg.backbone.window))
 
     # ---- data: training part only; the test split stays sealed -------------------------
     raw = load_dataset(cfg.dataset, resolve_path(root, cfg.paths.data_dir))
@@ -193,7 +194,7 @@ def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_d
     detector = Detector(backbone, plugin)
     sizes = {"params/backbone": count_parameters(backbone),
              "params/madcluster": count_parameters(plugin)}
-    tracker.log_params(sizes)
+    tracker.log_params({**sizes, "data_window": window, **backbone.extra_log_params()})
     say(f"[{name}] {cfg.backbone.name}: {sizes['params/backbone']:,} parameters; MADCluster "
         f"{'on: +' + format(sizes['params/madcluster'], ',') if plugin is not None else 'off'}")
 
@@ -203,7 +204,7 @@ def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_d
     # ---- score: validation first (fits the combiner and threshold), then test ----------
     t_score = time.perf_counter()
     sc = cfg.scoring
-    val_comps = score_split(detector, data.val, window, int(sc.stride), int(sc.batch_size),
+    val_comps = score_split(detector, data.val, int(sc.stride), int(sc.batch_size),
                             sc.aggregate, device)
     combiner = ScoreCombiner(cfg.madcluster.combine).fit(val_comps)
     tracker.log_params({"score_rule": combiner.effective_rule(val_comps)})
@@ -212,7 +213,7 @@ def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_d
 
     data.test.unseal()
     test = data.test.get()
-    test_comps = score_split(detector, test, window, int(sc.stride), int(sc.batch_size),
+    test_comps = score_split(detector, test, int(sc.stride), int(sc.batch_size),
                              sc.aggregate, device)
     test_scores = combiner.combine(test_comps)
     score_s = time.perf_counter() - t_score

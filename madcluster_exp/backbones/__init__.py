@@ -11,12 +11,16 @@ BACKBONES: Dict[str, Type[Backbone]] = {
 }
 
 
-def build_backbone(n_channels: int, cfg: DictConfig) -> Backbone:
+def backbone_class(name: str) -> Type[Backbone]:
     try:
-        cls = BACKBONES[cfg.name]
+        return BACKBONES[name]
     except KeyError:
-        raise ValueError(f"backbone.name={cfg.name!r}: unknown; known: {sorted(BACKBONES)}") from None
-    return cls(n_channels, cfg)
+        raise ValueError(f"backbone.name={name!r}: unknown; known: {sorted(BACKBONES)}") from None
 
 
-__all__ = ["BACKBONES", "Backbone", "BackboneOutput", "StepContext", "build_backbone"]
+def build_backbone(n_channels: int, cfg: DictConfig) -> Backbone:
+    return backbone_class(cfg.name)(n_channels, cfg)
+
+
+__all__ = ["BACKBONES", "Backbone", "BackboneOutput", "StepContext", "backbone_class",
+           "build_backbone"]

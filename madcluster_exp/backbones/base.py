@@ -8,7 +8,7 @@ override :meth:`training_step`; the training loop never branches on the backbone
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Dict, Iterable, Optional, Tuple
+from typing import Callable, ClassVar, Dict, Iterable, List, Optional, Tuple
 
 import torch
 from omegaconf import DictConfig
@@ -25,12 +25,14 @@ class StepContext:
     """What a training step may use: the plug-in's loss on an embedding and the optimizer step.
 
     ``plugin_loss(z)`` returns ``None`` with MADCluster off, else a dict with ``mapping``,
-    ``cluster`` and ``total`` (the term added to the backbone loss). ``optimize(loss)`` zeroes the
-    gradients of every optimizer, back-propagates, clips if configured and steps them all.
+    ``cluster`` and ``total`` (the term added to the backbone loss). ``optimize(loss, group)``
+    zeroes every gradient, back-propagates, clips if configured and steps the optimizer of
+    ``group`` (a key of the backbone's ``optimizer_groups``; None = all). The plug-in's center
+    and nu step with the backbone's first group, so add the plug-in term to that group's loss.
     """
 
     def __init__(self, epoch: int, plugin_loss: Callable[[torch.Tensor], Optional[dict]],
-                 optimize: Callable[[torch.Tensor], None], uses_own_objective: bool):
+                 optimize: Callable[..., None], uses_own_objective: bool):
         self.epoch = epoch
         self.plugin_loss = plugin_loss
         self.optimize = optimize
@@ -54,6 +56,9 @@ class Backbone(nn.Module):
     #: False where MADCluster's learnable center *replaces* the backbone's own objective and
     #: score (Deep SVDD: two centers would fight; method.md section 4). True everywhere else.
     keeps_objective_with_plugin: ClassVar[bool] = True
+    #: How this backbone's per-step scores fold into point scores; None = ``scoring.aggregate``.
+    #: SLMR uses "sum" over sparse per-step scores to reproduce its reference point score.
+    score_aggregate: ClassVar[Optional[str]] = None
 
     def __init__(self, n_channels: int, cfg: DictConfig):
         super().__init__()
@@ -76,6 +81,24 @@ class Backbone(nn.Module):
         raise NotImplementedError
 
     # -- hooks with sensible defaults ----------------------------------------------------
+    @classmethod
+    def data_window(cls, window: int) -> int:
+        """Length of the data windows consumed for ``backbone.window`` (SLMR: lookback + 1
+        forecast target). A classmethod: the data pipeline needs it before the model exists."""
+        return window
+
+    @property
+    def input_length(self) -> int:
+        return self.data_window(self.window)
+
+    def optimizer_groups(self) -> Dict[str, List[nn.Parameter]]:
+        """Named parameter groups, one optimizer each (USAD: one per autoencoder)."""
+        return {"main": [p for p in self.parameters() if p.requires_grad]}
+
+    def extra_log_params(self) -> Dict[str, object]:
+        """Backbone-specific facts to log as MLflow params (e.g. the effective tap)."""
+        return {}
+
     def on_fit_start(self, train_batches: Callable[[], Iterable[torch.Tensor]],
                      uses_own_objective: bool) -> None:
         """Called once before the first epoch with a factory of training batches."""

@@ -72,15 +72,16 @@ class PointScoreAccumulator:
     """Turns per-step window scores into one score per time point (reverse windowing).
 
     Memory is O(points), not O(windows x T): batches are folded in as they arrive.
-    ``mean`` averages every window's score for a point; ``max`` keeps the largest.
+    ``mean`` averages every window's score for a point; ``max`` keeps the largest; ``sum``
+    adds them (for backbones whose per-step scores are sparse by design, see SLMR).
     """
 
     def __init__(self, n_points: int, window: int, aggregate: str = "mean"):
-        if aggregate not in ("mean", "max"):
-            raise ValueError(f"scoring.aggregate={aggregate!r}: expected mean or max")
+        if aggregate not in ("mean", "max", "sum"):
+            raise ValueError(f"scoring.aggregate={aggregate!r}: expected mean, max or sum")
         self.n, self.window, self.aggregate = n_points, window, aggregate
         self._offsets = np.arange(window, dtype=np.int64)
-        if aggregate == "mean":
+        if aggregate in ("mean", "sum"):
             self._sum = np.zeros(n_points, np.float64)
             self._count = np.zeros(n_points, np.int64)
         else:
@@ -90,7 +91,7 @@ class PointScoreAccumulator:
         """``starts`` [B] window starts, ``scores`` [B, T] per-step scores."""
         pos = (starts[:, None] + self._offsets[None, :]).ravel()
         vals = np.asarray(scores, dtype=np.float64).ravel()
-        if self.aggregate == "mean":
+        if self.aggregate in ("mean", "sum"):
             # Bin only the span this batch touches: scoring batches are consecutive windows, so
             # this is O(B*T) per batch instead of O(points).
             lo, hi = int(pos.min()), int(pos.max()) + 1
@@ -100,6 +101,8 @@ class PointScoreAccumulator:
             np.maximum.at(self._max, pos, vals)
 
     def result(self) -> np.ndarray:
+        if self.aggregate == "sum":
+            return self._sum
         if self.aggregate == "mean":
             if (self._count == 0).any():
                 missing = int(np.flatnonzero(self._count == 0)[0])

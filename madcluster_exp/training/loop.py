@@ -64,7 +64,7 @@ def fit(detector: Detector, data: PreparedData, cfg: DictConfig, device: torch.d
         log_metrics: Optional[MetricsSink] = None) -> FitResult:
     """Train ``detector`` on ``data.train``, early-stop on ``data.val``; never reads test."""
     tcfg, bcfg = cfg.train, cfg.backbone
-    window, batch_size = int(bcfg.window), int(bcfg.batch_size)
+    window, batch_size = detector.backbone.input_length, int(bcfg.batch_size)
     train_ws = WindowSet(data.train, window, stride=int(cfg.dataset.train_stride))
     val_ws = WindowSet(data.val, window, stride=int(cfg.dataset.train_stride))
     order = torch.Generator().manual_seed(int(cfg.seed))
