@@ -84,6 +84,85 @@ class DeepSVDDConfig(BackboneConfig):
     weight_decay: float = 1e-6
 
 
+@dataclass
+class LSTMAEConfig(BackboneConfig):
+    name: str = "lstm_ae"
+    family: str = "reconstruction"
+    embed_tap: str = "encoder"
+    window: int = 100
+    hidden: int = 64
+    layers: int = 1
+
+
+@dataclass
+class USADConfig(BackboneConfig):
+    name: str = "usad"
+    family: str = "reconstruction"
+    embed_tap: str = "latent"
+    window: int = 12
+    latent: int = 100
+    alpha: float = 0.5
+    beta: float = 0.5
+
+
+@dataclass
+class AnomalyTransformerConfig(BackboneConfig):
+    name: str = "anomaly_transformer"
+    family: str = "transformer"
+    embed_tap: str = "encoder"
+    window: int = 100
+    d_model: int = 512
+    n_heads: int = 8
+    layers: int = 3
+    d_ff: int = 512
+    dropout: float = 0.0
+    # lambda of the minimax association-discrepancy term
+    k: float = 3.0
+    temperature: float = 50.0
+    lr: float = 1e-4
+    batch_size: int = 256
+
+
+@dataclass
+class DCdetectorConfig(BackboneConfig):
+    name: str = "dcdetector"
+    family: str = "transformer"
+    embed_tap: str = "patch_attention"
+    window: int = 100
+    d_model: int = 256
+    n_heads: int = 1
+    layers: int = 3
+    patch_sizes: List[int] = field(default_factory=lambda: [2, 5, 10])
+    dropout: float = 0.0
+    temperature: float = 50.0
+    revin: bool = True
+    lr: float = 1e-4
+    batch_size: int = 128
+
+
+@dataclass
+class SLMRConfig(BackboneConfig):
+    name: str = "slmr"
+    family: str = "hybrid"
+    embed_tap: str = "se"
+    # Lookback L (must be even: the window is split into even and odd steps).
+    window: int = 10
+    # Res2Net block: 1x1 conv to groups * width channels, split into `scales` chunks.
+    groups: int = 6
+    width: int = 150
+    scales: int = 5
+    kernels: List[int] = field(default_factory=lambda: [1, 3, 5, 7])
+    dilation: int = 1
+    se_reduction: int = 16
+    gru_hidden: int = 150
+    dropout: float = 0.3
+    gamma: float = 0.8
+    mask_ratio: float = 0.03
+    mask_mean_run: float = 3.0
+    lr: float = 1e-3
+    batch_size: int = 256
+
+
 # ---------------------------------------------------------------------------------- madcluster
 @dataclass
 class MADClusterConfig:
@@ -198,6 +277,11 @@ def register_configs() -> None:
         ("paths", "default", PathsConfig),
         ("dataset", "synthetic", SyntheticDatasetConfig),
         ("backbone", "deepsvdd", DeepSVDDConfig),
+        ("backbone", "lstm_ae", LSTMAEConfig),
+        ("backbone", "usad", USADConfig),
+        ("backbone", "anomaly_transformer", AnomalyTransformerConfig),
+        ("backbone", "dcdetector", DCdetectorConfig),
+        ("backbone", "slmr", SLMRConfig),
         ("madcluster", "default", MADClusterConfig),
         ("train", "default", TrainConfig),
         ("scoring", "default", ScoringConfig),

@@ -4,10 +4,20 @@ from typing import Dict, Type
 from omegaconf import DictConfig
 
 from madcluster_exp.backbones.base import Backbone, BackboneOutput, StepContext
+from madcluster_exp.backbones.anomaly_transformer import AnomalyTransformer
+from madcluster_exp.backbones.dcdetector import DCdetector
 from madcluster_exp.backbones.deepsvdd import DeepSVDD
+from madcluster_exp.backbones.lstm_ae import LSTMAE
+from madcluster_exp.backbones.slmr import SLMR
+from madcluster_exp.backbones.usad import USAD
 
 BACKBONES: Dict[str, Type[Backbone]] = {
     "deepsvdd": DeepSVDD,
+    "lstm_ae": LSTMAE,
+    "usad": USAD,
+    "anomaly_transformer": AnomalyTransformer,
+    "dcdetector": DCdetector,
+    "slmr": SLMR,
 }
 
 

@@ -1,0 +1,161 @@
+"""SLMR (Miao et al., ICONIP 2022): short- and long-term mask representation.
+
+Pipeline (method.md section 3), lookback L (even), input windows of L + 1 steps (the last is the
+forecast target):
+1. training-only geometric mask per feature (two-state Markov chain, masked fraction r, mean run
+   length l_m; masked values set to 0);
+2. even / odd split of the lookback;
+3. per branch a Res2Net-style block: 1x1 conv to groups*width channels, MaxPool(3,1,1), BN,
+   ReLU; ``scales`` chunks, chunk 0 identity, chunks 1.. through grouped convs with kernels
+   1/3/5/7 cascaded (each adds the previous chunk's output), BN, ReLU; input - concat; 1x1 conv
+   back to the feature count;
+4. cross residual (even output + odd input and vice versa), MaxPool, BN, ReLU, interleave;
+5. SE feature attention (reduction 16, kernel-3 convs, sigmoid gate);
+6. GRU; its last state feeds a forecast MLP (x_{L+1}) and a GRU decoder reconstructing the window.
+Loss RMSE(forecast) + RMSE(reconstruction). Point score |y_hat - x| + gamma |x_hat - x| (mean over
+features): a point's forecast error comes from the window it ends, its reconstruction error
+from the window whose lookback it ends; the per-step score carries each term at that position
+and the point scores are their sum (``score_aggregate = "sum"``, stride 1), which is exactly that.
+Not copied from the reference: hard-coded CUDA, a file written on every forward pass, the
+scrambled reconstruction repeat, and "best model" selection that always keeps the last epoch.
+"""
+from __future__ import annotations
+
+from typing import List
+
+import torch
+from einops import rearrange
+from omegaconf import DictConfig
+from torch import nn
+
+from madcluster_exp.backbones.base import Backbone, BackboneOutput
+
+
+def geometric_mask(shape, ratio: float, mean_run: float, generator=None,
+                   device=None) -> torch.Tensor:
+    """Boolean keep-mask [B, L, C]: False where masked. Per (window, feature) a two-state Markov
+    chain with P(masked -> unmasked) = 1 / mean_run and P(unmasked -> masked) =
+    ratio / (1 - ratio) / mean_run, started from its stationary distribution, so the expected
+    masked fraction is ``ratio`` and masked runs last ``mean_run`` steps on average."""
+    b, length, c = shape
+    p_end = 1.0 / mean_run
+    p_start = p_end * ratio / (1.0 - ratio)
+    u = torch.rand((b, length, c), generator=generator, device=device)
+    masked = torch.empty((b, length, c), dtype=torch.bool, device=device)
+    state = u[:, 0] < ratio
+    masked[:, 0] = state
+    for t in range(1, length):
+        state = torch.where(state, u[:, t] >= p_end, u[:, t] < p_start)
+        masked[:, t] = state
+    return ~masked
+
+
+class Res2NetBlock(nn.Module):
+    def __init__(self, n_features: int, groups: int, width: int, scales: int, kernels: List[int],
+                 dilation: int):
+        super().__init__()
+        channels = groups * width
+        if channels % scales:
+            raise ValueError(f"SLMR: groups*width={channels} must be divisible by scales={scales}")
+        chunk = channels // scales
+        if len(kernels) != scales - 1:
+            raise ValueError(f"SLMR: {scales} scales need {scales - 1} kernels, got {kernels}")
+        if chunk % groups:
+            raise ValueError(f"SLMR: chunk width {chunk} must be divisible by groups={groups}")
+        self.scales = scales
+        self.expand = nn.Conv1d(n_features, channels, 1)
+        self.pool = nn.MaxPool1d(3, 1, 1)
+        self.bn_in = nn.BatchNorm1d(channels)
+        self.convs = nn.ModuleList(
+            nn.Conv1d(chunk, chunk, k, padding=dilation * (k - 1) // 2, dilation=dilation,
+                      groups=groups) for k in kernels)
+        self.bns = nn.ModuleList(nn.BatchNorm1d(chunk) for _ in kernels)
+        self.project = nn.Conv1d(channels, n_features, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, L'] -> [B, C, L']
+        h = torch.relu(self.bn_in(self.pool(self.expand(x))))
+        chunks = torch.chunk(h, self.scales, dim=1)
+        outs, prev = [chunks[0]], None
+        for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):
+            inp = chunks[i + 1] if prev is None else chunks[i + 1] + prev
+            prev = torch.relu(bn(conv(inp)))
+            outs.append(prev)
+        return self.project(h - torch.cat(outs, dim=1))
+
+
+class SEAttention(nn.Module):
+    """Squeeze over time, two kernel-3 convs (reduction r), sigmoid gate per feature."""
+
+    def __init__(self, n_features: int, reduction: int):
+        super().__init__()
+        hidden = max(1, n_features // reduction)
+        self.fc = nn.Sequential(nn.Conv1d(n_features, hidden, 3, padding=1), nn.ReLU(),
+                                nn.Conv1d(hidden, n_features, 3, padding=1), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, L]
+        return x * self.fc(x.mean(dim=-1, keepdim=True))
+
+
+class SLMR(Backbone):
+    family = "hybrid"
+    embed_taps = ("se", "gru")
+    score_aggregate = "sum"
+
+    def __init__(self, n_channels: int, cfg: DictConfig):
+        super().__init__(n_channels, cfg)
+        if self.window % 2:
+            raise ValueError(f"backbone.window={self.window}: SLMR splits its lookback into even "
+                             "and odd steps, so the window must be even (reference: 10)")
+        if not 0.0 <= cfg.mask_ratio < 1.0 or cfg.mask_mean_run < 1.0:
+            raise ValueError(f"backbone.mask_ratio={cfg.mask_ratio} must be in [0, 1) and "
+                             f"backbone.mask_mean_run={cfg.mask_mean_run} at least 1")
+        args = (n_channels, cfg.groups, cfg.width, cfg.scales, list(cfg.kernels), cfg.dilation)
+        self.block_even = Res2NetBlock(*args)
+        self.block_odd = Res2NetBlock(*args)
+        self.cross_even = nn.Sequential(nn.MaxPool1d(3, 1, 1), nn.BatchNorm1d(n_channels), nn.ReLU())
+        self.cross_odd = nn.Sequential(nn.MaxPool1d(3, 1, 1), nn.BatchNorm1d(n_channels), nn.ReLU())
+        self.se = SEAttention(n_channels, cfg.se_reduction)
+        h = int(cfg.gru_hidden)
+        self.gru = nn.GRU(n_channels, h, batch_first=True)
+        self.forecast = nn.Sequential(nn.Linear(h, h), nn.ReLU(), nn.Dropout(cfg.dropout),
+                                      nn.Linear(h, n_channels))
+        self.rec_gru = nn.GRU(h, h, batch_first=True)
+        self.rec_out = nn.Linear(h, n_channels)
+        self.gamma = float(cfg.gamma)
+        self.mask_ratio, self.mask_mean_run = float(cfg.mask_ratio), float(cfg.mask_mean_run)
+        self.embed_dim = n_channels if self.embed_tap == "se" else h
+
+    @classmethod
+    def data_window(cls, window: int) -> int:
+        return window + 1  # lookback + the forecast target
+
+    def forward(self, x: torch.Tensor) -> BackboneOutput:
+        look, length = x[:, :-1], x.shape[1] - 1
+        if self.training and self.mask_ratio > 0:
+            look = look * geometric_mask(look.shape, self.mask_ratio, self.mask_mean_run,
+                                         device=look.device)
+        h = rearrange(look, "b l c -> b c l")
+        even, odd = h[:, :, 0::2], h[:, :, 1::2]
+        e = self.cross_even(self.block_even(even) + odd)
+        o = self.cross_odd(self.block_odd(odd) + even)
+        inter = torch.stack([e, o], dim=-1).reshape(h.shape)  # interleave back to L steps
+        seq = rearrange(self.se(inter), "b c l -> b l c")
+        gru_out, last = self.gru(seq)
+        y_hat = self.forecast(last[-1])
+        dec, _ = self.rec_gru(last[-1].unsqueeze(1).expand(-1, length, -1).contiguous())
+        x_hat = self.rec_out(dec)
+        z = seq if self.embed_tap == "se" else gru_out
+        # The plug-in scores every input step: the target step shares the last lookback state.
+        z = torch.cat([z, z[:, -1:]], dim=1)
+        return BackboneOutput(z=z, aux={"y_hat": y_hat, "x_hat": x_hat})
+
+    def loss(self, x: torch.Tensor, out: BackboneOutput) -> torch.Tensor:
+        forecast = torch.sqrt(((out.aux["y_hat"] - x[:, -1]) ** 2).mean())
+        recon = torch.sqrt(((out.aux["x_hat"] - x[:, :-1]) ** 2).mean())
+        return forecast + recon
+
+    def score(self, x: torch.Tensor, out: BackboneOutput) -> torch.Tensor:
+        s = x.new_zeros(x.shape[:2])
+        s[:, -1] = (out.aux["y_hat"] - x[:, -1]).abs().mean(dim=-1)
+        s[:, -2] = self.gamma * (out.aux["x_hat"][:, -1] - x[:, -2]).abs().mean(dim=-1)
+        return s
