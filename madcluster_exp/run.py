@@ -24,7 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 from madcluster_exp.backbones import backbone_class, build_backbone
 from madcluster_exp.config import validate
 from madcluster_exp.data import load_dataset, prepare
-from madcluster_exp.detector import Detector, count_parameters
+from madcluster_exp.complexity import complexity
+from madcluster_exp.detector import Detector
 from madcluster_exp.madcluster import build_plugin
 from madcluster_exp.metrics import basic_suite
 from madcluster_exp.scoring import ScoreCombiner, build_threshold, score_split
@@ -192,11 +193,12 @@ def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_d
     backbone = build_backbone(data.n_channels, cfg.backbone)
     plugin = build_plugin(backbone.embed_dim, cfg.madcluster, int(cfg.seed))
     detector = Detector(backbone, plugin)
-    sizes = {"params/backbone": count_parameters(backbone),
-             "params/madcluster": count_parameters(plugin)}
+    sizes = complexity(detector, data.n_channels)
     tracker.log_params({**sizes, "data_window": window, **backbone.extra_log_params()})
-    say(f"[{name}] {cfg.backbone.name}: {sizes['params/backbone']:,} parameters; MADCluster "
-        f"{'on: +' + format(sizes['params/madcluster'], ',') if plugin is not None else 'off'}")
+    plug = (f"MADCluster on: +{sizes['params/madcluster']:,} parameters, "
+            f"+{sizes['macs/madcluster']:,} MACs" if plugin is not None else "MADCluster off")
+    say(f"[{name}] {cfg.backbone.name}: {sizes['params/backbone']:,} parameters, "
+        f"{sizes['macs/backbone']:,} MACs per window; {plug}")
 
     # ---- fit on train, early-stop on validation ----------------------------------------
     fit_result = fit(detector, data, cfg, device, log_metrics=tracker.log_metrics)

@@ -50,6 +50,11 @@ def geometric_mask(shape, ratio: float, mean_run: float, generator=None,
     return ~masked
 
 
+def interleave(even: torch.Tensor, odd: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``x[..., 0::2], x[..., 1::2]`` for equal halves: [B, C, L/2] x 2 -> [B, C, L]."""
+    return torch.stack([even, odd], dim=-1).flatten(-2)
+
+
 class Res2NetBlock(nn.Module):
     def __init__(self, n_features: int, groups: int, width: int, scales: int, kernels: List[int],
                  dilation: int):
@@ -138,8 +143,7 @@ class SLMR(Backbone):
         even, odd = h[:, :, 0::2], h[:, :, 1::2]
         e = self.cross_even(self.block_even(even) + odd)
         o = self.cross_odd(self.block_odd(odd) + even)
-        inter = torch.stack([e, o], dim=-1).reshape(h.shape)  # interleave back to L steps
-        seq = rearrange(self.se(inter), "b c l -> b l c")
+        seq = rearrange(self.se(interleave(e, o)), "b c l -> b l c")
         gru_out, last = self.gru(seq)
         y_hat = self.forecast(last[-1])
         dec, _ = self.rec_gru(last[-1].unsqueeze(1).expand(-1, length, -1).contiguous())

@@ -1,0 +1,68 @@
+"""Parameter counts and a MACs estimate per window, for the paper's compute table.
+
+MACs come from ``torch.utils.flop_counter.FlopCounterMode`` (matmul, conv, RNN cells as they
+decompose on CPU; elementwise work is not counted, as in the usual MACs convention) for one
+forward pass of a single window, divided by two (one MAC = two FLOPs).
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from madcluster_exp.detector import Detector, count_parameters
+
+
+def _lstm_macs(module: nn.LSTM, inputs, output) -> int:
+    """MACs of one LSTM call: 4 gates x (input + hidden) x hidden per layer, direction, step."""
+    x = inputs[0]
+    steps = x.shape[1] if module.batch_first else x.shape[0]
+    batch = x.shape[0] if module.batch_first else x.shape[1]
+    dirs = 2 if module.bidirectional else 1
+    h = module.hidden_size
+    total = 0
+    for layer in range(module.num_layers):
+        d_in = module.input_size if layer == 0 else h * dirs
+        total += 4 * (d_in + h) * h * dirs
+    return total * steps * batch
+
+
+def count_macs(fn: Callable[[], object], model: nn.Module) -> int:
+    """FLOP counter / 2, plus LSTMs, whose fused CPU kernel the counter does not see (GRUs it
+    does: they decompose into counted matmuls)."""
+    extra = [0]
+    hooks = [m.register_forward_hook(lambda mod, i, o: extra.__setitem__(0, extra[0] + _lstm_macs(mod, i, o)))
+             for m in model.modules() if isinstance(m, nn.LSTM)]
+    try:
+        with FlopCounterMode(display=False) as counter:
+            fn()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return int(counter.get_total_flops()) // 2 + extra[0]
+
+
+@torch.no_grad()
+def complexity(detector: Detector, n_channels: int) -> Dict[str, int]:
+    """params/* and macs/* (per window, inference) for the backbone and the plug-in."""
+    backbone, plugin = detector.backbone, detector.plugin
+    x = torch.zeros(1, backbone.input_length, n_channels,
+                    device=next(backbone.parameters()).device)
+    was_training = detector.training
+    detector.eval()
+    try:
+        out = backbone(x)
+        stats = {
+            "params/backbone": count_parameters(backbone),
+            "params/madcluster": count_parameters(plugin),
+            "macs/backbone": count_macs(lambda: backbone.score(x, backbone(x)), backbone),
+            "macs/madcluster": (count_macs(lambda: plugin.score(out.z), plugin)
+                                if plugin is not None else 0),
+        }
+    finally:
+        detector.train(was_training)
+    stats["params/total"] = stats["params/backbone"] + stats["params/madcluster"]
+    stats["macs/total"] = stats["macs/backbone"] + stats["macs/madcluster"]
+    return stats
