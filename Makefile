@@ -17,6 +17,9 @@ help: ## list every target
 install: ## install CPU torch, then the package (editable) with runtime and test dependencies
 	$(PIP) install $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
 	$(PIP) install -e ".[dev]"
+	# vus is the metric tests' reference; its declared dependencies (TensorFlow, ...) are not
+	# needed by get_metrics, so it is installed without them.
+	$(PIP) install --no-deps "vus==0.0.6"
 
 test: ## run the default test suite (excludes tests marked slow)
 	$(PYTHON) -m pytest $(PYTEST_ARGS)

@@ -217,14 +217,21 @@ class ScoringConfig:
 # ----------------------------------------------------------------------------------- threshold
 @dataclass
 class ThresholdConfig:
-    # val_percentile: percentile of validation scores (label-free, honest default)
+    # val_percentile | pot (label-free, fitted on validation scores) | spot (streaming: validation
+    # init, causal updates on the test stream) | transductive (percentile of val + test scores)
+    # | oracle (best F1 on test labels)
     kind: str = "val_percentile"
     percentile: float = 99.0
+    # POT/SPOT: initial threshold at this quantile; tail risk q.
+    level: float = 0.98
+    q: float = 1e-3
 
 
 # ------------------------------------------------------------------------------------- metrics
 @dataclass
 class MetricsConfig:
+    # Sliding window of R_AUC (and the largest window of VUS), as vus's slidingWindow.
+    range_window: int = 100
     # Point-adjusted F1 (labelled *_pa, never the headline).
     point_adjust: bool = True
     # Best-F1 over all test thresholds (labelled *_oracle).
@@ -253,7 +260,10 @@ class Config:
     seed: int = 0
     # cpu | cuda | auto
     device: str = "cpu"
-    # point (one score per time point, honest thresholds)
+    # point: one score per time point, honest thresholds (default).
+    # reference: the MADCluster code's evaluation (stride-1 window scores, window label = any
+    # anomaly inside, best-F1 threshold on test, range metrics on the binarised prediction);
+    # its metrics are logged under ref/ so they never mix with test/.
     protocol: str = "point"
     # Printed and logged as the run's description.
     notes: Optional[str] = None
@@ -299,14 +309,14 @@ class ConfigError(ValueError):
 
 _CHOICES = {
     "device": ("cpu", "cuda", "auto"),
-    "protocol": ("point",),
+    "protocol": ("point", "reference"),
     "dataset.normalize": ("standard", "minmax", "none"),
     "madcluster.variant": ("paper", "reference"),
     "madcluster.objective": ("one-class", "soft-boundary"),
     "madcluster.combine": ("sum", "product", "madcluster_only", "backbone_only"),
     "train.progress": ("auto", "bar", "line", "none"),
     "scoring.aggregate": ("mean", "max"),
-    "threshold.kind": ("val_percentile",),
+    "threshold.kind": ("val_percentile", "pot", "spot", "transductive", "oracle"),
     "tracking.backend": ("mlflow", "none"),
 }
 
@@ -326,6 +336,9 @@ _RANGES = {
     "scoring.stride": (1, None, True, None),
     "scoring.batch_size": (1, None, True, None),
     "threshold.percentile": (0.0, 100.0, True, True),
+    "threshold.level": (0.0, 1.0, False, False),
+    "threshold.q": (0.0, 1.0, False, False),
+    "metrics.range_window": (0, None, True, None),
 }
 
 
@@ -359,5 +372,8 @@ def validate(cfg: DictConfig) -> None:
     if mc.enabled and mc.variant == "reference" and mc.k != 1:
         problems.append(f"madcluster.variant='reference' with madcluster.k={mc.k}: "
                         "the reference code's loss exists for k = 1 only")
+    if cfg.protocol == "reference" and cfg.scoring.stride != 1:
+        problems.append(f"protocol=reference with scoring.stride={cfg.scoring.stride}: the "
+                        "reference protocol scores every stride-1 window; expected 1")
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))

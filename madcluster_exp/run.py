@@ -27,8 +27,9 @@ from madcluster_exp.data import load_dataset, prepare
 from madcluster_exp.complexity import complexity
 from madcluster_exp.detector import Detector
 from madcluster_exp.madcluster import build_plugin
-from madcluster_exp.metrics import basic_suite
-from madcluster_exp.scoring import ScoreCombiner, build_threshold, score_split
+from madcluster_exp.evaluation import evaluate_point, evaluate_reference
+from madcluster_exp.scoring import score_split
+from madcluster_exp.scoring.score import window_labels
 from madcluster_exp.tracking import NullTracker, build_tracker
 from madcluster_exp.training import FitResult, fit
 
@@ -118,6 +119,11 @@ def flatten(cfg: DictConfig) -> Dict[str, Any]:
     return out
 
 
+def effective_threshold_kind(cfg: DictConfig) -> str:
+    """The reference protocol always thresholds at the test-label best F1 (an oracle)."""
+    return "oracle" if cfg.protocol == "reference" else cfg.threshold.kind
+
+
 def identity_tags(cfg: DictConfig, root: Path) -> Dict[str, str]:
     tags = {
         "backbone": cfg.backbone.name,
@@ -126,7 +132,7 @@ def identity_tags(cfg: DictConfig, root: Path) -> Dict[str, str]:
         "madcluster": "on" if cfg.madcluster.enabled else "off",
         "seed": str(cfg.seed),
         "protocol": cfg.protocol,
-        "threshold.kind": cfg.threshold.kind,
+        "threshold.kind": effective_threshold_kind(cfg),
         "embed_tap": cfg.backbone.embed_tap,
         "git_commit": git_commit(root),
     }
@@ -206,29 +212,27 @@ def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_d
     # ---- score: validation first (fits the combiner and threshold), then test ----------
     t_score = time.perf_counter()
     sc = cfg.scoring
-    val_comps = score_split(detector, data.val, int(sc.stride), int(sc.batch_size),
-                            sc.aggregate, device)
-    combiner = ScoreCombiner(cfg.madcluster.combine).fit(val_comps)
-    tracker.log_params({"score_rule": combiner.effective_rule(val_comps)})
-    val_scores = combiner.combine(val_comps)
-    threshold = build_threshold(cfg.threshold).fit(val_scores)
+    reference = cfg.protocol == "reference"
 
+    def score(split):
+        return score_split(detector, split, int(sc.stride), int(sc.batch_size), sc.aggregate,
+                           device, window_means=reference)
+
+    val_out = score(data.val)
     data.test.unseal()
     test = data.test.get()
-    test_comps = score_split(detector, test, int(sc.stride), int(sc.batch_size),
-                             sc.aggregate, device)
-    test_scores = combiner.combine(test_comps)
+    test_out = score(test)
     score_s = time.perf_counter() - t_score
 
     # ---- metrics -------------------------------------------------------------------------
     t_metrics = time.perf_counter()
-    pred = threshold.predict(test_scores)
-    suite = basic_suite(y_true=test.labels, y_score=test_scores, y_pred=pred,
-                        point_adjust=cfg.metrics.point_adjust, oracle=cfg.metrics.oracle,
-                        seed=int(cfg.seed))
-    metrics = {f"test/{k}": v for k, v in suite.items()}
+    if reference:
+        win_labels = window_labels(test.labels, test_out[2], window)
+        ev = evaluate_reference(cfg, val_out[1], test_out[1], win_labels)
+    else:
+        ev = evaluate_point(cfg, val_out, test_out, test.labels)
+    metrics = dict(ev.metrics)
     metrics.update({
-        "threshold/value": threshold.value,
         "val/best_loss": fit_result.best_val_loss,
         "train/best_epoch": fit_result.best_epoch + 1,
         "train/epochs_run": fit_result.epochs_run,
@@ -237,22 +241,27 @@ def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_d
         "time/metrics_s": time.perf_counter() - t_metrics,
     })
     metrics["time/total_s"] = time.perf_counter() - t_start
+    tracker.log_params({"score_rule": ev.score_rule})
+    tracker.set_tags({"threshold.family": ev.threshold_family})
     tracker.log_metrics(metrics)
 
     # ---- artifacts -------------------------------------------------------------------------
-    artifacts = _write_artifacts(cfg, job_dir, name, fit_result, val_comps, test_comps,
-                                 val_scores, test_scores, test, pred, threshold.value, metrics)
+    ev.arrays["entity_names"] = np.array([seg.name for seg in test.segments])
+    ev.arrays["entity_bounds"] = np.array([[seg.start, seg.end] for seg in test.segments])
+    artifacts = _write_artifacts(cfg, job_dir, name, fit_result, ev, test.labels, metrics)
     if cfg.tracking.log_artifacts:
         for path in artifacts:
             tracker.log_artifact(path)
+    # Lets `python -m madcluster_exp.evaluate run=<this dir>` find the run again.
+    (job_dir / "run_info.json").write_text(json.dumps(
+        {"run_id": tracker.run_id, "tracking_uri": tracker.uri, "run_name": name}, indent=2))
     result = RunResult(name, tracker.run_id, tracker.uri, job_dir, metrics, fit_result)
     say(format_results(result, cfg))
     return result
 
 
-def _write_artifacts(cfg: DictConfig, job_dir: Path, name: str, fit_result: FitResult,
-                     val_comps, test_comps, val_scores, test_scores, test, pred,
-                     threshold: float, metrics: Dict[str, float]) -> List[Path]:
+def _write_artifacts(cfg: DictConfig, job_dir: Path, name: str, fit_result: FitResult, ev,
+                     test_labels: np.ndarray, metrics: Dict[str, float]) -> List[Path]:
     paths = []
     cfg_path = job_dir / "config_resolved.yaml"
     cfg_path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -267,19 +276,16 @@ def _write_artifacts(cfg: DictConfig, job_dir: Path, name: str, fit_result: FitR
     paths.append(metrics_path)
     if cfg.metrics.save_scores:
         scores_path = job_dir / "scores.npz"
-        np.savez_compressed(
-            scores_path, test_score=test_scores, test_label=test.labels, test_pred=pred,
-            val_score=val_scores, threshold=np.float64(threshold),
-            entity_names=np.array([s.name for s in test.segments]),
-            entity_bounds=np.array([[s.start, s.end] for s in test.segments], dtype=np.int64),
-            **{f"test_component_{k}": v for k, v in test_comps.items()},
-            **{f"val_component_{k}": v for k, v in val_comps.items()})
+        np.savez_compressed(scores_path, range_window=np.int64(cfg.metrics.range_window),
+                            **ev.arrays)
         paths.append(scores_path)
     if cfg.tracking.plots:
         from madcluster_exp.plots import plot_score_timeline, plot_training_curves
 
-        paths.append(plot_score_timeline(job_dir / "score_timeline.png", test_scores, test.labels,
-                                         threshold, name))
+        if "test_score" in ev.arrays:
+            paths.append(plot_score_timeline(job_dir / "score_timeline.png",
+                                             ev.arrays["test_score"], test_labels,
+                                             float(ev.arrays["threshold"]), name))
         paths.append(plot_training_curves(job_dir / "training_curves.png", fit_result.history,
                                           name))
     return paths
@@ -287,19 +293,34 @@ def _write_artifacts(cfg: DictConfig, job_dir: Path, name: str, fit_result: FitR
 
 # ------------------------------------------------------------------------------- reporting
 _LABELS = {
-    "test/precision": "point-wise, label-free threshold",
-    "test/recall": "point-wise, label-free threshold",
-    "test/f1": "point-wise, label-free threshold (headline)",
+    "test/precision": "point-wise, at the fitted threshold",
+    "test/recall": "point-wise, at the fitted threshold",
+    "test/f1": "point-wise, at the fitted threshold (headline)",
     "test/auc_roc": "threshold-free",
     "test/auc_pr": "threshold-free (average precision)",
+    "test/r_auc_roc": "threshold-free, range-based",
+    "test/r_auc_pr": "threshold-free, range-based",
+    "test/vus_roc": "threshold-free, volume under the surface",
+    "test/vus_pr": "threshold-free, volume under the surface",
+    "test/affiliation_precision": "at the fitted threshold",
+    "test/affiliation_recall": "at the fitted threshold",
     "test/f1_oracle": "ORACLE: best threshold chosen on test labels",
     "test/f1_pa": "POINT-ADJUSTED (inflated)",
     "test/f1_pa_random": "POINT-ADJUSTED random prediction, same #positives",
+    "ref/f1_oracle": "REFERENCE PROTOCOL: windows, ORACLE threshold",
+    "ref/auc_roc": "reference protocol, window scores",
+    "ref/auc_pr": "reference protocol, window scores",
+    "ref/r_auc_roc": "reference protocol, on the oracle-binarised prediction",
+    "ref/r_auc_pr": "reference protocol, on the oracle-binarised prediction",
+    "ref/vus_roc": "reference protocol, on the oracle-binarised prediction",
+    "ref/vus_pr": "reference protocol, on the oracle-binarised prediction",
+    "ref/affiliation_precision": "reference protocol, on the oracle-binarised prediction",
+    "ref/affiliation_recall": "reference protocol, on the oracle-binarised prediction",
 }
 
 
 def format_results(result: RunResult, cfg: DictConfig) -> str:
-    lines = [f"\nResults: {result.run_name}  (threshold.kind={cfg.threshold.kind}, "
+    lines = [f"\nResults: {result.run_name}  (threshold.kind={effective_threshold_kind(cfg)}, "
              f"protocol={cfg.protocol})"]
     width = max(len(k) for k in _LABELS)
     for key, note in _LABELS.items():

@@ -66,33 +66,10 @@ def precision_recall_f1(*, y_true, y_pred) -> Dict[str, float]:
     return {"precision": precision, "recall": recall, "f1": f1}
 
 
-def _rank_average(s: np.ndarray) -> np.ndarray:
-    """1-based ranks with ties given their average rank."""
-    order = np.argsort(s, kind="mergesort")
-    sorted_s = s[order]
-    boundaries = np.flatnonzero(np.diff(sorted_s)) + 1
-    starts = np.concatenate(([0], boundaries))
-    ends = np.concatenate((boundaries, [len(s)]))
-    avg = (starts + ends + 1) / 2.0  # mean of ranks start+1 .. end
-    ranks = np.empty(len(s), dtype=np.float64)
-    ranks[order] = np.repeat(avg, ends - starts)
-    return ranks
-
-
-def auc_roc(*, y_true, y_score) -> float:
-    y = check_labels(y_true)
-    s = check_scores(y_score, len(y))
-    n_pos = int(y.sum())
-    n_neg = len(y) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = _rank_average(s)
-    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
 def _pr_curve(y: np.ndarray, s: np.ndarray):
-    """Cumulative TP/FP at each distinct threshold, thresholds descending."""
-    order = np.argsort(-s, kind="mergesort")
+    """Cumulative TP/FP at each distinct threshold, thresholds descending (one sort; tie order
+    is irrelevant because every quantity is read at the end of a run of equal scores)."""
+    order = np.argsort(-s)
     s_sorted, y_sorted = s[order], y[order].astype(np.float64)
     last_of_run = np.r_[np.flatnonzero(np.diff(s_sorted)), len(s) - 1]
     tps = np.cumsum(y_sorted)[last_of_run]
@@ -100,41 +77,54 @@ def _pr_curve(y: np.ndarray, s: np.ndarray):
     return tps, fps, s_sorted[last_of_run]
 
 
-def auc_pr(*, y_true, y_score) -> float:
-    """Average precision: sum over thresholds of (R_k - R_{k-1}) * P_k."""
-    y = check_labels(y_true)
-    s = check_scores(y_score, len(y))
-    n_pos = float(y.sum())
-    if n_pos == 0:
-        return float("nan")
-    tps, fps, _ = _pr_curve(y, s)
-    precision = tps / (tps + fps)
-    recall = tps / n_pos
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+def ranking_metrics(*, y_true, y_score) -> Dict[str, float]:
+    """AUC-ROC, AUC-PR (average precision) and the best-F1 oracle from one sort.
 
-
-def best_f1(*, y_true, y_score) -> Dict[str, float]:
-    """Best F1 over all thresholds (an oracle: it looks at the test labels).
-
-    Same operating point as taking the first argmax of F1 along sklearn's
-    ``precision_recall_curve`` (thresholds ascending), i.e. the lowest threshold among ties.
-    Prediction at that point is ``score >= threshold``.
+    AUC-ROC is the trapezoid under the ROC curve through every distinct threshold (ties give
+    diagonal steps), which equals sklearn's ``roc_auc_score``. AP is sum (R_k - R_{k-1}) P_k.
+    Best F1 is the first argmax along sklearn's ``precision_recall_curve`` (thresholds
+    ascending), i.e. the lowest threshold among equal F1 values; prediction there is
+    ``score >= threshold``.
     """
     y = check_labels(y_true)
     s = check_scores(y_score, len(y))
     n_pos = float(y.sum())
+    n_neg = len(y) - n_pos
+    nan = float("nan")
     if n_pos == 0:
-        return {"precision": 0.0, "recall": 0.0, "f1": 0.0, "threshold": float("nan")}
+        return {"auc_roc": nan, "auc_pr": nan, "f1": 0.0, "precision": 0.0, "recall": 0.0,
+                "threshold": nan}
     tps, fps, thresholds = _pr_curve(y, s)
     precision = tps / (tps + fps)
     recall = tps / n_pos
+    out = {"auc_pr": float(np.sum(np.diff(np.r_[0.0, recall]) * precision))}
+    if n_neg == 0:
+        out["auc_roc"] = nan
+    else:
+        tpr, fpr = np.r_[0.0, recall], np.r_[0.0, fps / n_neg]
+        out["auc_roc"] = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))
     denom = precision + recall
     f1 = np.where(denom > 0, 2 * precision * recall / np.where(denom > 0, denom, 1), 0.0)
-    # Thresholds here descend; sklearn's curve ascends, and its argmax takes the first (lowest)
-    # threshold among equal F1 values, i.e. the last one here.
+    # Thresholds descend here; the last maximum is sklearn's first (lowest threshold).
     i = len(f1) - 1 - int(np.argmax(f1[::-1]))
-    return {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-            "threshold": float(thresholds[i])}
+    out.update(precision=float(precision[i]), recall=float(recall[i]), f1=float(f1[i]),
+               threshold=float(thresholds[i]))
+    return out
+
+
+def auc_roc(*, y_true, y_score) -> float:
+    return ranking_metrics(y_true=y_true, y_score=y_score)["auc_roc"]
+
+
+def auc_pr(*, y_true, y_score) -> float:
+    """Average precision: sum over thresholds of (R_k - R_{k-1}) * P_k."""
+    return ranking_metrics(y_true=y_true, y_score=y_score)["auc_pr"]
+
+
+def best_f1(*, y_true, y_score) -> Dict[str, float]:
+    """Best F1 over all thresholds: an oracle (it looks at the test labels)."""
+    r = ranking_metrics(y_true=y_true, y_score=y_score)
+    return {k: r[k] for k in ("precision", "recall", "f1", "threshold")}
 
 
 def segments(y: np.ndarray) -> np.ndarray:

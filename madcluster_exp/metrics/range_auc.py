@@ -124,8 +124,13 @@ def range_and_volume(*, y_true: np.ndarray, y_score: np.ndarray, window: int,
     P = float(y.sum())
     core = y == 1
     tp_core = grid.cum(grid.kappa[core])
-    N = grid.n_pred
+    with np.errstate(divide="ignore", invalid="ignore"):  # all-one labels give 0/0 = NaN, as vus
+        return _curves(seg, grid, P, tp_core, n, window, half)
 
+
+def _curves(seg: _Segments, grid: _Grid, P: float, tp_core: np.ndarray, n: int, window: int,
+            half: int) -> Dict[str, float]:
+    N = grid.n_pred
     auc_sum = ap_sum = 0.0
     out: Dict[str, float] = {}
     for w in range(window + 1):

@@ -1,4 +1,4 @@
-"""The set of metrics every run logs, with names as they appear in MLflow (``test/<name>``)."""
+"""The metric suites every run logs, with names as they appear in MLflow (``test/<name>``)."""
 from __future__ import annotations
 
 import warnings
@@ -6,8 +6,43 @@ from typing import Dict
 
 import numpy as np
 
-from madcluster_exp.metrics.point import (auc_pr, auc_roc, best_f1, check_labels, check_scores,
-                                          point_adjusted_f1, precision_recall_f1)
+from madcluster_exp.metrics.affiliation import affiliation
+from madcluster_exp.metrics.point import (MetricInputError, check_labels, check_scores,
+                                          point_adjusted_f1, precision_recall_f1,
+                                          ranking_metrics)
+from madcluster_exp.metrics.range_auc import range_and_volume
+
+RANGE_KEYS = ("r_auc_roc", "r_auc_pr", "vus_roc", "vus_pr")
+AFFILIATION_KEYS = ("affiliation_precision", "affiliation_recall")
+
+
+def _no_anomaly(y: np.ndarray) -> bool:
+    if y.sum() == 0:
+        warnings.warn("labels contain no anomaly: range, VUS and affiliation metrics are "
+                      "undefined and reported as missing (NaN)", RuntimeWarning, stacklevel=3)
+        return True
+    return False
+
+
+def range_suite(*, y_true, y_score, window: int) -> Dict[str, float]:
+    """R_AUC_ROC/PR and VUS_ROC/PR (vus 0.0.6 definitions) with input validation."""
+    y = check_labels(y_true)
+    s = check_scores(y_score, len(y))
+    if window < 0:
+        raise MetricInputError(f"window={window}: expected a non-negative sliding window")
+    if _no_anomaly(y):
+        return {k: float("nan") for k in RANGE_KEYS}
+    return range_and_volume(y_true=y, y_score=s, window=window)
+
+
+def affiliation_suite(*, y_true, y_pred) -> Dict[str, float]:
+    y = check_labels(y_true)
+    p = check_labels(y_pred, "y_pred")
+    if len(p) != len(y):
+        raise MetricInputError(f"y_pred has {len(p)} values but y_true has {len(y)}")
+    if _no_anomaly(y):
+        return {k: float("nan") for k in AFFILIATION_KEYS}
+    return affiliation(y_true=y, y_pred=p)
 
 
 def basic_suite(*, y_true, y_score, y_pred, point_adjust: bool = True, oracle: bool = True,
@@ -22,15 +57,41 @@ def basic_suite(*, y_true, y_score, y_pred, point_adjust: bool = True, oracle: b
         warnings.warn("test labels contain no anomaly: recall-based metrics are undefined and "
                       "reported as NaN", RuntimeWarning, stacklevel=2)
     out = dict(precision_recall_f1(y_true=y, y_pred=y_pred))
-    out["auc_roc"] = auc_roc(y_true=y, y_score=s)
-    out["auc_pr"] = auc_pr(y_true=y, y_score=s)
+    ranking = ranking_metrics(y_true=y, y_score=s)
+    out["auc_roc"], out["auc_pr"] = ranking["auc_roc"], ranking["auc_pr"]
     if oracle:
-        best = best_f1(y_true=y, y_score=s)
-        out.update({f"{k}_oracle": v for k, v in best.items()})
+        out.update({f"{k}_oracle": ranking[k] for k in ("precision", "recall", "f1", "threshold")})
     if point_adjust:
         out.update({f"{k}_pa": v for k, v in point_adjusted_f1(y_true=y, y_pred=y_pred).items()})
         rng = np.random.default_rng(seed)
         random_pred = np.zeros(len(y), np.int8)
         random_pred[rng.choice(len(y), size=int(np.sum(y_pred)), replace=False)] = 1
         out["f1_pa_random"] = point_adjusted_f1(y_true=y, y_pred=random_pred)["f1"]
+    return out
+
+
+def full_suite(*, y_true, y_score, y_pred, window: int, point_adjust: bool = True,
+               oracle: bool = True, seed: int = 0) -> Dict[str, float]:
+    """Everything the MADCluster paper reports, on the honest protocol: threshold-free metrics
+    (AUC-ROC/PR, R_AUC, VUS) on the continuous score; P/R/F1 and affiliation on ``y_pred``."""
+    out = basic_suite(y_true=y_true, y_score=y_score, y_pred=y_pred, point_adjust=point_adjust,
+                      oracle=oracle, seed=seed)
+    out.update(range_suite(y_true=y_true, y_score=y_score, window=window))
+    out.update(affiliation_suite(y_true=y_true, y_pred=y_pred))
+    return out
+
+
+def vus_get_metrics(score, labels, sliding_window: int) -> Dict[str, float]:
+    """The keys MADCluster reports, named and computed as ``vus.metrics.get_metrics(score,
+    labels, 'all', slidingWindow=...)`` does (affiliation on ``score > 0.5``, strict)."""
+    y = check_labels(labels, "labels")
+    s = check_scores(score, len(y), "score")
+    ranking = ranking_metrics(y_true=y, y_score=s)
+    out = {"AUC_ROC": ranking["auc_roc"], "AUC_PR": ranking["auc_pr"]}
+    r = range_suite(y_true=y, y_score=s, window=sliding_window)
+    out.update({"R_AUC_ROC": r["r_auc_roc"], "R_AUC_PR": r["r_auc_pr"],
+                "VUS_ROC": r["vus_roc"], "VUS_PR": r["vus_pr"]})
+    a = affiliation_suite(y_true=y, y_pred=(s > 0.5).astype(np.int8))
+    out.update({"Affiliation_Precision": a["affiliation_precision"],
+                "Affiliation_Recall": a["affiliation_recall"]})
     return out

@@ -66,6 +66,19 @@ class MLflowTracker(NullTracker):
         self.experiment_id = self._experiment_id(experiment, artifact_root)
         self.run_id: Optional[str] = None
 
+    @classmethod
+    def for_run(cls, uri: str, run_id: str) -> "MLflowTracker":
+        """A tracker attached to an existing run (to add metrics to it later)."""
+        from mlflow.tracking import MlflowClient
+
+        self = cls.__new__(cls)
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        run = self.client.get_run(run_id)
+        self.experiment_id = run.info.experiment_id
+        self.run_id = run_id
+        return self
+
     def _experiment_id(self, name: str, artifact_root: Optional[Path]) -> str:
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:

@@ -1,0 +1,113 @@
+"""Recompute every metric of a finished run from its saved scores, without retraining.
+
+    python -m madcluster_exp.evaluate run=<run-id | run directory> [metrics=full|basic]
+        [window=<range window>] [uri=<tracking uri>] [log=true|false]
+
+A run directory is the Hydra output folder of a job (it holds ``scores.npz`` and
+``run_info.json``); a run id is looked up in the tracking store (``uri=``, else
+$MLFLOW_TRACKING_URI, else ``outputs/mlflow.db``) and its ``scores.npz`` artifact downloaded.
+The recomputed metrics are logged to the same MLflow run (``log=false`` only prints them).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from madcluster_exp.evaluation import reference_metrics
+from madcluster_exp.metrics import basic_suite, full_suite
+from madcluster_exp.tracking import resolve_tracking_uri
+
+USAGE = __doc__.split("\n\n")[1]
+
+
+class EvaluateError(ValueError):
+    pass
+
+
+def parse_args(argv: List[str]) -> Dict[str, str]:
+    args = {"metrics": "full", "log": "true"}
+    for item in argv:
+        if "=" not in item:
+            raise EvaluateError(f"argument {item!r}: expected key=value\n{USAGE}")
+        key, value = item.split("=", 1)
+        if key not in ("run", "metrics", "window", "uri", "log"):
+            raise EvaluateError(f"unknown argument {key!r}; expected run, metrics, window, uri "
+                                f"or log\n{USAGE}")
+        args[key] = value
+    if "run" not in args:
+        raise EvaluateError(f"missing run=<run-id | run directory>\n{USAGE}")
+    if args["metrics"] not in ("full", "basic"):
+        raise EvaluateError(f"metrics={args['metrics']!r}: expected full or basic")
+    return args
+
+
+def locate(run: str, uri: Optional[str]) -> Tuple[Path, Optional[str], Optional[str]]:
+    """(path of scores.npz, run id, tracking uri) for a run directory or a run id."""
+    path = Path(run)
+    if path.is_dir():
+        scores = path / "scores.npz"
+        if not scores.exists():
+            raise EvaluateError(f"{path}: no scores.npz (was metrics.save_scores=false?)")
+        info_path = path / "run_info.json"
+        info = json.loads(info_path.read_text()) if info_path.exists() else {}
+        return scores, info.get("run_id"), uri or info.get("tracking_uri")
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    tracking_uri = resolve_tracking_uri(uri, Path.cwd() / "outputs")
+    client = MlflowClient(tracking_uri)
+    try:
+        client.get_run(run)
+    except MlflowException as exc:
+        raise EvaluateError(f"{run!r} is neither a run directory nor a run id in "
+                            f"{tracking_uri}: {exc.message}") from None
+    local = client.download_artifacts(run, "scores.npz", tempfile.mkdtemp())
+    return Path(local), run, tracking_uri
+
+
+def recompute(scores_path: Path, suite: str, window: Optional[int]) -> Dict[str, float]:
+    data = np.load(scores_path)
+    w = int(window) if window is not None else int(data["range_window"])
+    protocol = str(data["protocol"])
+    if protocol == "reference":
+        metrics, _, _ = reference_metrics(data["window_label"], data["window_score"], w)
+        return {f"ref/{k}": v for k, v in metrics.items()}
+    y, s, p = data["test_label"], data["test_score"], data["test_pred"]
+    if suite == "basic":
+        out = basic_suite(y_true=y, y_score=s, y_pred=p)
+    else:
+        out = full_suite(y_true=y, y_score=s, y_pred=p, window=w)
+    return {f"test/{k}": v for k, v in out.items()}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+        scores_path, run_id, uri = locate(args["run"], args.get("uri"))
+        t0 = time.perf_counter()
+        metrics = recompute(scores_path, args["metrics"], args.get("window"))
+        metrics["time/metrics_s"] = time.perf_counter() - t0
+    except (EvaluateError, FileNotFoundError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    width = max(len(k) for k in metrics)
+    for key in sorted(metrics):
+        print(f"  {key:<{width}}  {metrics[key]:.6g}")
+    if args["log"] == "true" and run_id and uri:
+        from madcluster_exp.tracking import MLflowTracker
+
+        tracker = MLflowTracker.for_run(uri, run_id)
+        tracker.log_metrics(metrics)
+        tracker.set_tags({"evaluate.recomputed": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        print(f"logged {len(metrics)} metrics to MLflow run {run_id} in {uri}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

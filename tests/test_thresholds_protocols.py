@@ -1,0 +1,145 @@
+"""Threshold families, the reference protocol, and re-evaluation from saved scores."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from scipy.stats import genpareto
+
+from madcluster_exp.evaluation import reference_metrics
+from madcluster_exp.run import run
+from madcluster_exp.scoring.score import window_labels
+from madcluster_exp.scoring.thresholds import (OracleThreshold, PercentileThreshold,
+                                               POTThreshold, SPOTThreshold,
+                                               TransductivePercentileThreshold, fit_gpd,
+                                               fit_threshold, pot_quantile)
+
+
+@pytest.mark.parametrize("gamma,sigma", [(0.3, 1.5), (-0.2, 1.0), (0.0, 2.0)])
+def test_gpd_fit_matches_scipy_maximum_likelihood(gamma, sigma):
+    y = genpareto.rvs(gamma, scale=sigma, size=5000, random_state=1)
+    g, s = fit_gpd(y)
+    g_ref, _, s_ref = genpareto.fit(y, floc=0)
+    assert g == pytest.approx(g_ref, abs=2e-3) and s == pytest.approx(s_ref, rel=2e-3)
+
+
+def test_pot_quantile_by_hand():
+    # Exponential tail (gamma = 0): z = t - sigma * log(q n / N_t).
+    assert pot_quantile(2.0, 0.0, 0.5, 1e-3, 10_000, 200) == pytest.approx(
+        2.0 - 0.5 * math.log(1e-3 * 10_000 / 200))
+    # gamma != 0: z = t + sigma / gamma * ((q n / N_t)^-gamma - 1)
+    assert pot_quantile(1.0, 0.5, 2.0, 0.01, 1000, 100) == pytest.approx(1.0 + 4.0 * (0.1 ** -0.5 - 1))
+
+
+def test_pot_on_an_exponential_tail_recovers_the_true_quantile():
+    """Scores ~ Exp(1): the 1 - q quantile is -log(q); POT must land close to it."""
+    s = np.random.default_rng(0).exponential(1.0, 200_000)
+    pot = POTThreshold(level=0.98, q=1e-4).fit(s)
+    assert abs(pot.gamma) < 0.05
+    assert pot.sigma == pytest.approx(1.0, rel=0.05)
+    assert pot.value == pytest.approx(-math.log(1e-4), rel=0.03)
+    assert pot.predict(s).mean() == pytest.approx(1e-4, abs=1e-4)
+
+
+def test_spot_streams_causally_and_alarms_at_about_rate_q():
+    rng = np.random.default_rng(1)
+    calibration, stream = rng.normal(size=20_000), rng.normal(size=20_000)
+    stream[5000] = 12.0  # an unmistakable anomaly
+    spot = SPOTThreshold(level=0.98, q=1e-3).fit(calibration)
+    alarms = spot.predict(stream)
+    assert alarms[5000] == 1
+    assert alarms.mean() < 5e-3
+    # Causal: the threshold used at step i depends only on steps before i.
+    prefix = SPOTThreshold(level=0.98, q=1e-3).fit(calibration).predict(stream[:6000])
+    np.testing.assert_array_equal(prefix, alarms[:6000])
+
+
+def test_families_see_only_what_they_may():
+    val, test = np.arange(100.0), np.arange(100.0, 200.0)
+    labels = np.r_[np.zeros(90), np.ones(10)].astype(int)
+    assert fit_threshold(PercentileThreshold(50), val, test, labels).value == pytest.approx(49.5)
+    assert fit_threshold(TransductivePercentileThreshold(50), val, test, labels).value == \
+        pytest.approx(99.5)
+    oracle = fit_threshold(OracleThreshold(), val, test, labels)
+    assert oracle.value == 190.0 and oracle.family == "oracle"
+    assert oracle.predict(test).sum() == 10  # >= at the best-F1 point
+
+
+def test_window_labels_mark_any_anomaly_inside():
+    labels = np.array([0, 0, 1, 0, 0, 0, 0, 1])
+    starts = np.arange(0, 6)
+    np.testing.assert_array_equal(window_labels(labels, starts, 3), [1, 1, 1, 0, 0, 1])
+
+
+def test_reference_protocol_predicts_strictly_above_the_best_f1_threshold():
+    y = np.array([0, 0, 1, 1, 0, 0, 1, 0])
+    s = np.array([0.1, 0.2, 0.9, 0.8, 0.3, 0.8, 0.7, 0.1])
+    metrics, pred, thr = reference_metrics(y, s, 2)
+    assert metrics["f1_oracle"] == pytest.approx(2 * 0.75 * 1 / 1.75)  # s >= 0.7: 3 of 4, all 3
+    assert thr == 0.7
+    np.testing.assert_array_equal(pred, (s > 0.7).astype(int))  # strict: 0.7 itself is not in
+    assert set(metrics) >= {"r_auc_roc", "vus_pr", "affiliation_precision", "auc_pr"}
+
+
+@pytest.mark.parametrize("kind,family", [("pot", "label_free"), ("spot", "streaming"),
+                                         ("transductive", "transductive"), ("oracle", "oracle")])
+def test_threshold_kinds_run_end_to_end_and_are_tagged(make_cfg, tmp_path, kind, family):
+    result = run(make_cfg(f"threshold={kind}", "train.epochs=1"), output_dir=tmp_path / "j",
+                 verbose=False)
+    tags = MlflowClient(result.tracking_uri).get_run(result.run_id).data.tags
+    assert tags["threshold.kind"] == kind and tags["threshold.family"] == family
+    assert 0.0 <= result.metrics["test/f1"] <= 1.0
+
+
+def test_reference_protocol_run_logs_ref_metrics_only(make_cfg, tmp_path):
+    result = run(make_cfg("protocol=reference", "train.epochs=1"), output_dir=tmp_path / "j",
+                 verbose=False)
+    r = MlflowClient(result.tracking_uri).get_run(result.run_id)
+    assert r.data.tags["protocol"] == "reference" and r.data.tags["threshold.kind"] == "oracle"
+    keys = set(r.data.metrics)
+    assert {"ref/f1_oracle", "ref/vus_pr", "ref/r_auc_roc", "ref/affiliation_recall"} <= keys
+    assert not any(k.startswith("test/") for k in keys)
+    saved = np.load(result.output_dir / "scores.npz")
+    n_windows = 2 * (800 - 32 + 1)
+    assert saved["window_score"].shape == saved["window_label"].shape == (n_windows,)
+
+
+def test_every_run_logs_the_full_suite_and_its_cost(make_cfg, tmp_path):
+    result = run(make_cfg("train.epochs=1"), output_dir=tmp_path / "j", verbose=False)
+    for key in ("test/vus_pr", "test/vus_roc", "test/r_auc_roc", "test/r_auc_pr",
+                "test/affiliation_precision", "test/affiliation_recall", "time/metrics_s"):
+        assert key in result.metrics and np.isfinite(result.metrics[key]), key
+
+
+def test_evaluate_recomputes_from_saved_scores_and_logs_to_the_same_run(make_cfg, tmp_path):
+    result = run(make_cfg("train.epochs=1"), output_dir=tmp_path / "j", verbose=False)
+    out = subprocess.run([sys.executable, "-m", "madcluster_exp.evaluate",
+                          f"run={result.output_dir}", "metrics=full"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "logged" in out.stdout and result.run_id in out.stdout
+    client = MlflowClient(result.tracking_uri)
+    history = client.get_metric_history(result.run_id, "test/vus_pr")
+    assert len(history) == 2 and history[0].value == pytest.approx(history[1].value, abs=1e-12)
+    # By run id, with another window: recomputed, not copied.
+    out = subprocess.run([sys.executable, "-m", "madcluster_exp.evaluate",
+                          f"run={result.run_id}", f"uri={result.tracking_uri}", "window=10",
+                          "log=false"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    line = next(l for l in out.stdout.splitlines() if l.strip().startswith("test/vus_pr"))
+    assert float(line.split()[1]) != pytest.approx(result.metrics["test/vus_pr"], abs=1e-9)
+
+
+def test_evaluate_names_what_it_could_not_find(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "madcluster_exp.evaluate", "run=abc",
+                          f"uri=sqlite:///{tmp_path / 'x.db'}"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2 and "'abc' is neither a run directory nor a run id" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "madcluster_exp.evaluate", "foo"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "expected key=value" in out.stderr
