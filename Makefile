@@ -9,7 +9,7 @@ TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all run smoke ui clean
+.PHONY: help install test test-all run smoke bench ui clean
 
 help: ## list every target
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ run: ## train + evaluate the default configuration on the embedded synthetic dat
 
 smoke: ## a seconds-long end-to-end run (debug=fast)
 	$(PYTHON) -m madcluster_exp debug=fast
+
+bench: ## benchmarks with ratios against baselines measured in the same run (outputs/bench/*.json)
+	$(PYTHON) -m madcluster_exp.bench
 
 ui: ## MLflow UI on 127.0.0.1:5000 over outputs/mlflow.db
 	$(PYTHON) -m mlflow ui --host 127.0.0.1 --port $${PORT:-5000} --backend-store-uri "sqlite:///$(CURDIR)/outputs/mlflow.db"

@@ -181,6 +181,8 @@ class MADClusterConfig:
     radius_warmup_epochs: int = 0
     # Learning rate of nu's own optimizer (None = the backbone's lr, as in the reference).
     nu_lr: Optional[float] = None
+    # Ablation of the plug-in's parts (loss and score): both | mapping | clustering
+    components: str = "both"
     # How the plug-in score meets the backbone score:
     # sum (of validation-standardised scores) | product | madcluster_only | backbone_only
     combine: str = "sum"
@@ -314,6 +316,7 @@ _CHOICES = {
     "madcluster.variant": ("paper", "reference"),
     "madcluster.objective": ("one-class", "soft-boundary"),
     "madcluster.combine": ("sum", "product", "madcluster_only", "backbone_only"),
+    "madcluster.components": ("both", "mapping", "clustering"),
     "train.progress": ("auto", "bar", "line", "none"),
     "scoring.aggregate": ("mean", "max"),
     "threshold.kind": ("val_percentile", "pot", "spot", "transductive", "oracle"),

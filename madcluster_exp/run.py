@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from madcluster_exp.backbones import backbone_class, build_backbone
@@ -31,10 +32,9 @@ from madcluster_exp.evaluation import evaluate_point, evaluate_reference
 from madcluster_exp.scoring import score_split
 from madcluster_exp.scoring.score import window_labels
 from madcluster_exp.tracking import NullTracker, build_tracker
+from madcluster_exp.tracking.callbacks import read_parent
 from madcluster_exp.training import FitResult, fit
 
-#: Set by a multirun parent (see the sweep callback) so each job becomes a child run.
-PARENT_RUN_ENV = "MADCLUSTER_PARENT_RUN_ID"
 
 
 @dataclass
@@ -72,6 +72,30 @@ def job_output_dir(cfg: DictConfig, root: Path) -> Path:
         return Path(hc.runtime.output_dir)
     stamp = datetime.now().strftime("%Y-%m-%d/%H-%M-%S-%f")
     return resolve_path(root, cfg.paths.output_dir) / "runs" / stamp
+
+
+def parent_run_id() -> Optional[str]:
+    """The sweep's parent run (multirun: written by the sweep callback), else None."""
+    hc = _hydra_runtime()
+    if hc is not None and hc.mode == RunMode.MULTIRUN:
+        return read_parent(Path(hc.sweep.dir) if Path(hc.sweep.dir).is_absolute()
+                           else Path(hc.runtime.cwd) / hc.sweep.dir)
+    return None
+
+
+def sweep_threads() -> Optional[int]:
+    """Threads per job when a parallel launcher runs several jobs at once: PyTorch's OpenMP
+    threads spin at barriers, so jobs that share cores must split them (a 2-thread step became
+    15-20x slower with another process on one of 2 cores)."""
+    hc = _hydra_runtime()
+    if hc is None or hc.mode != RunMode.MULTIRUN:
+        return None
+    n_jobs = hc.launcher.get("n_jobs")
+    if n_jobs is None:
+        return None
+    cores = os.cpu_count() or 1
+    parallel = cores if int(n_jobs) < 0 else int(n_jobs)
+    return max(1, cores // max(1, parallel))
 
 
 def seed_everything(seed: int) -> None:
@@ -160,8 +184,7 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None, verbose: bool = True
     job_dir.mkdir(parents=True, exist_ok=True)
     name = run_name(cfg)
     tracker = build_tracker(cfg.tracking, out_root)
-    tracker.start(name, flatten(cfg), identity_tags(cfg, root),
-                  parent_run_id=os.environ.get(PARENT_RUN_ENV))
+    tracker.start(name, flatten(cfg), identity_tags(cfg, root), parent_run_id=parent_run_id())
     try:
         result = _execute(cfg, tracker, name, root, job_dir, verbose)
     except BaseException as exc:
@@ -182,8 +205,9 @@ def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_d
              verbose: bool) -> RunResult:
     say = print if verbose else (lambda *a, **k: None)
     t_start = time.perf_counter()
-    if cfg.train.num_threads:
-        torch.set_num_threads(int(cfg.train.num_threads))
+    threads = cfg.train.num_threads or sweep_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
     device = resolve_device(cfg.device)
     # The data window may differ from backbone.window (SLMR adds its forecast target).
     window = backbone_class(cfg.backbone.name).data_window(int(cfg.backbone.window))
@@ -200,7 +224,8 @@ def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_d
     plugin = build_plugin(backbone.embed_dim, cfg.madcluster, int(cfg.seed))
     detector = Detector(backbone, plugin)
     sizes = complexity(detector, data.n_channels)
-    tracker.log_params({**sizes, "data_window": window, **backbone.extra_log_params()})
+    tracker.log_params({**sizes, "data_window": window, "torch_threads": torch.get_num_threads(),
+                        **backbone.extra_log_params()})
     plug = (f"MADCluster on: +{sizes['params/madcluster']:,} parameters, "
             f"+{sizes['macs/madcluster']:,} MACs" if plugin is not None else "MADCluster off")
     say(f"[{name}] {cfg.backbone.name}: {sizes['params/backbone']:,} parameters, "

@@ -199,3 +199,17 @@ def test_reference_variant_scores_one_value_per_window():
     s = plugin.score(torch.randn(3, 7, 4))
     assert s.shape == (3, 7)
     assert torch.all(s == s[:, :1])
+
+
+@pytest.mark.parametrize("components", ["mapping", "clustering", "both"])
+def test_component_ablation_selects_loss_and_score_terms(components):
+    plugin = build_plugin(6, _cfg(components=components), seed=0)
+    z = torch.randn(3, 5, 6)
+    out = plugin.loss(z)
+    parts = {"mapping": out["mapping"], "clustering": out["cluster"],
+             "both": out["mapping"] + out["cluster"]}
+    assert out["total"].item() == pytest.approx(math.log(parts[components].item() + 1e-8), rel=1e-5)
+    dist = ((z - plugin.center.detach()) ** 2).sum(-1)
+    cluster = plugin.cluster_terms(z)
+    expected = {"mapping": dist, "clustering": cluster, "both": dist + cluster}[components]
+    torch.testing.assert_close(plugin.score(z), expected)

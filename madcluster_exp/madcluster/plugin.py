@@ -46,6 +46,9 @@ class _PluginBase(nn.Module):
         self.radius_warmup_epochs = int(cfg.radius_warmup_epochs)
         self.register_buffer("radius", torch.zeros(()))
         self._dist_sample = QuantileSample()
+        # The paper's component ablation: distance mapping only, clustering only, or both.
+        self.use_mapping = cfg.components in ("both", "mapping")
+        self.use_cluster = cfg.components in ("both", "clustering")
 
     # -- pieces the subclasses provide ----------------------------------------------------
     def nearest_distance(self, z: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
@@ -75,12 +78,19 @@ class _PluginBase(nn.Module):
             self._dist_sample.add(dist2.sqrt())
         mapping = self.mapping_terms(dist2).sum(dim=1)  # [B]
         cluster = self.cluster_terms(z).sum(dim=1)  # [B]
-        total = torch.log((mapping + cluster).mean() + 1e-8)
+        used = mapping * self.use_mapping + cluster * self.use_cluster
+        total = torch.log(used.mean() + 1e-8)
         return {"mapping": mapping.mean(), "cluster": cluster.mean(), "total": total}
 
     def score(self, z: torch.Tensor) -> torch.Tensor:
-        """Per-step anomaly score [B, T]: clustering term plus distance mapping."""
-        return self.cluster_terms(z) + self.mapping_terms(self.nearest_distance(z))
+        """Per-step anomaly score [B, T]: clustering term plus distance mapping (each only
+        when its component is enabled)."""
+        score = torch.zeros(z.shape[:2], dtype=z.dtype, device=z.device)
+        if self.use_cluster:
+            score = score + self.cluster_terms(z)
+        if self.use_mapping:
+            score = score + self.mapping_terms(self.nearest_distance(z))
+        return score
 
     def on_epoch_end(self, epoch: int) -> Dict[str, float]:
         """Refit R from this epoch's training distances (soft-boundary); report the state."""

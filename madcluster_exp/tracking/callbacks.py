@@ -1,0 +1,77 @@
+"""Hydra callback: one MLflow parent run per multirun, every job a child of it.
+
+``on_multirun_start`` runs in the main process before any job: it creates the tracking store
+(creating a fresh SQLite store from several processes at once fails), the experiment and the
+parent run, and hands the parent's id to the jobs both through an environment variable
+(inherited by joblib/submitit workers) and a file in the sweep directory (read first, so a job
+started by any launcher finds it). ``on_multirun_end`` closes the parent and counts its children.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+PARENT_RUN_ENV = "MADCLUSTER_PARENT_RUN_ID"
+PARENT_FILE = "mlflow_parent.json"
+
+
+def _output_root(config: DictConfig) -> Path:
+    root = Path(config.paths.root_dir or config.hydra.runtime.cwd).expanduser()
+    out = Path(config.paths.output_dir).expanduser()
+    return (out if out.is_absolute() else root / out).resolve()
+
+
+def _sweep_dir(config: DictConfig) -> Path:
+    d = Path(config.hydra.sweep.dir)
+    return d if d.is_absolute() else Path(config.hydra.runtime.cwd) / d
+
+
+def read_parent(sweep_dir: Path) -> Optional[str]:
+    path = sweep_dir / PARENT_FILE
+    if path.exists():
+        return json.loads(path.read_text())["run_id"]
+    return os.environ.get(PARENT_RUN_ENV)
+
+
+class MLflowSweepCallback(Callback):
+    def __init__(self) -> None:
+        self.tracker = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.tracking.backend == "none":
+            return
+        from madcluster_exp.tracking import build_tracker
+
+        sweep_dir = _sweep_dir(config)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        self.tracker = build_tracker(config.tracking, _output_root(config))
+        overrides = " ".join(config.hydra.overrides.task)
+        name = f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+        if config.tracking.run_name_suffix:
+            name += f"-{config.tracking.run_name_suffix}"
+        self.tracker.start(name, {}, {"sweep": "parent", "sweep.dir": str(sweep_dir),
+                                      "hydra.overrides": overrides,
+                                      "hydra.launcher": str(config.hydra.launcher._target_)})
+        os.environ[PARENT_RUN_ENV] = self.tracker.run_id
+        (sweep_dir / PARENT_FILE).write_text(json.dumps(
+            {"run_id": self.tracker.run_id, "tracking_uri": self.tracker.uri,
+             "experiment_id": self.tracker.experiment_id}, indent=2))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.tracker is None:
+            return
+        client, parent = self.tracker.client, self.tracker.run_id
+        children = client.search_runs([self.tracker.experiment_id],
+                                      filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+        statuses = [c.info.status for c in children]
+        self.tracker.set_tags({"children": str(len(children)),
+                               "children.failed": str(statuses.count("FAILED")),
+                               "children.killed": str(statuses.count("KILLED"))})
+        self.tracker.end("FINISHED")
+        os.environ.pop(PARENT_RUN_ENV, None)
