@@ -266,6 +266,7 @@ def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_d
         "time/metrics_s": time.perf_counter() - t_metrics,
     })
     metrics["time/total_s"] = time.perf_counter() - t_start
+    metrics["time/tracking_s"] = tracker.seconds  # everything logged up to here
     tracker.log_params({"score_rule": ev.score_rule})
     tracker.set_tags({"threshold.family": ev.threshold_family})
     tracker.log_metrics(metrics)

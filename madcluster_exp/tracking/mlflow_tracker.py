@@ -31,11 +31,26 @@ def _chunks(items: List[Any], size: int) -> Iterable[List[Any]]:
         yield items[i:i + size]
 
 
+def _timed(method):
+    """Accumulate the wall time spent in tracking calls (``tracker.seconds``), so a run can
+    report what tracking cost it."""
+    def wrapper(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - t0
+    wrapper.__name__ = method.__name__
+    wrapper.__doc__ = method.__doc__
+    return wrapper
+
+
 class NullTracker:
     """Same interface, records nothing (``tracking=none``)."""
 
     run_id: Optional[str] = None
     uri: Optional[str] = None
+    seconds: float = 0.0
 
     def start(self, run_name: str, params: Dict[str, Any], tags: Dict[str, str],
               parent_run_id: Optional[str] = None) -> None:
@@ -96,6 +111,7 @@ class MLflowTracker(NullTracker):
                 raise
             return exp.experiment_id
 
+    @_timed
     def start(self, run_name: str, params: Dict[str, Any], tags: Dict[str, str],
               parent_run_id: Optional[str] = None) -> None:
         all_tags = {"mlflow.runName": run_name, **tags}
@@ -105,6 +121,7 @@ class MLflowTracker(NullTracker):
         self.run_id = run.info.run_id
         self.log_params(params)
 
+    @_timed
     def log_params(self, params: Dict[str, Any]) -> None:
         from mlflow.entities import Param
 
@@ -112,6 +129,7 @@ class MLflowTracker(NullTracker):
         for chunk in _chunks(items, PARAMS_PER_BATCH):
             self.client.log_batch(self.run_id, params=chunk)
 
+    @_timed
     def set_tags(self, tags: Dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
@@ -119,6 +137,7 @@ class MLflowTracker(NullTracker):
         for chunk in _chunks(items, PARAMS_PER_BATCH):
             self.client.log_batch(self.run_id, tags=chunk)
 
+    @_timed
     def log_metrics(self, metrics: Dict[str, float], step: Optional[int] = None) -> None:
         from mlflow.entities import Metric
 
@@ -128,9 +147,11 @@ class MLflowTracker(NullTracker):
         for chunk in _chunks(items, METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=chunk)
 
+    @_timed
     def log_artifact(self, path: Path, artifact_path: Optional[str] = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
+    @_timed
     def end(self, status: str = "FINISHED") -> None:
         if self.run_id is not None:
             self.client.set_terminated(self.run_id, status=status)

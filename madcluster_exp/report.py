@@ -1,0 +1,385 @@
+"""Tables and plots across the runs of a sweep, from MLflow.
+
+    python -m madcluster_exp.report <parent-run-id | sweep dir>
+        [report.metrics=[test/f1,test/vus_pr,...]] [uri=<tracking uri>] [out=<dir>]
+
+- ``summary.md`` / ``summary.csv``: every configuration of the sweep (the parameters that vary,
+  seeds pooled) with mean ± std over seeds of each chosen metric;
+- ``onoff.md`` / ``onoff.csv`` (when MADCluster was swept off/on): per configuration the on - off
+  difference, paired by seed, with a paired t-test (two-sided p-value; n = number of pairs);
+- plots (PNG): metric bars off vs on, k-sweep curves (when madcluster.k varies), training
+  curves of every run, and score timelines of the first seed of each configuration.
+
+Everything is written under ``outputs/reports/<parent run id>/`` and logged as artifacts of the
+parent run. Failed and killed jobs are listed and left out of the statistics.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from madcluster_exp.tracking import resolve_tracking_uri
+from madcluster_exp.tracking.callbacks import PARENT_FILE
+
+DEFAULT_METRICS = ["test/f1", "test/auc_roc", "test/auc_pr", "test/vus_roc", "test/vus_pr",
+                   "test/affiliation_precision", "test/affiliation_recall", "test/f1_oracle"]
+# Parameters that identify a run but never define a configuration to compare.
+NOT_A_FACTOR = {"seed", "tracking.run_name_suffix", "notes", "torch_threads", "paths.root_dir",
+                "paths.output_dir"}
+
+
+class ReportError(ValueError):
+    pass
+
+
+@dataclass
+class Sweep:
+    parent_id: str
+    uri: str
+    runs: pd.DataFrame  # one row per child run: params and final metrics
+    failed: pd.DataFrame
+    factors: List[str]  # params that vary across children (seed excluded)
+
+
+# --------------------------------------------------------------------------------- loading
+def locate_parent(target: str, uri: Optional[str]):
+    path = Path(target)
+    if path.is_dir():
+        info_path = path / PARENT_FILE
+        if not info_path.exists():
+            raise ReportError(f"{path}: no {PARENT_FILE}; is this a multirun sweep directory "
+                              "run with tracking=mlflow?")
+        info = json.loads(info_path.read_text())
+        return info["run_id"], uri or info["tracking_uri"]
+    return target, resolve_tracking_uri(uri, Path.cwd() / "outputs")
+
+
+def load_sweep(parent_id: str, uri: str) -> Sweep:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    try:
+        parent = client.get_run(parent_id)
+    except MlflowException as exc:
+        raise ReportError(f"no parent run {parent_id!r} in {uri}: {exc.message}") from None
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+                                  max_results=50_000)
+    if not children:
+        raise ReportError(f"run {parent_id} has no child runs in {uri}")
+    rows = []
+    for r in children:
+        row = {"run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status}
+        row.update({f"param:{k}": v for k, v in r.data.params.items()})
+        row.update(r.data.metrics)
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    ok = df["status"] == "FINISHED"
+    return Sweep(parent_id, uri, df[ok].reset_index(drop=True), df[~ok].reset_index(drop=True),
+                 sweep_factors(df[ok]))
+
+
+def _is_derived(name: str) -> bool:
+    """Values a run computes (parameter counts, MACs, the effective score rule), not choices."""
+    return "/" in name or name in {"score_rule", "data_window"}
+
+
+def sweep_factors(df: pd.DataFrame) -> List[str]:
+    """The config keys that define the sweep's configurations, seed excluded: keys that vary,
+    keeping only those that refine the grouping (choosing ``backbone=usad`` changes twenty
+    ``backbone.*`` keys; ``backbone.name`` alone tells the configurations apart)."""
+    candidates = [c[len("param:"):] for c in df.columns if c.startswith("param:")]
+    candidates = [c for c in candidates if c not in NOT_A_FACTOR and not _is_derived(c)
+                  and df[f"param:{c}"].nunique(dropna=False) > 1]
+    candidates.sort(key=lambda c: (not c.endswith(".name"), c != "madcluster.enabled", c))
+    chosen: List[str] = []
+    n_groups = 1
+    for c in candidates:
+        n = df.groupby([f"param:{k}" for k in chosen + [c]], dropna=False).ngroups
+        if n > n_groups:
+            chosen.append(c)
+            n_groups = n
+    return chosen
+
+
+# ---------------------------------------------------------------------------------- tables
+def _fmt(mean: float, std: float) -> str:
+    if math.isnan(mean):
+        return "n/a"
+    return f"{mean:.4f} ± {std:.4f}" if not math.isnan(std) else f"{mean:.4f}"
+
+
+def summary_table(sweep: Sweep, metrics: Sequence[str]) -> pd.DataFrame:
+    keys = [f"param:{f}" for f in sweep.factors]
+    df = sweep.runs
+    groups = df.groupby(keys, dropna=False, sort=True) if keys else [((), df)]
+    rows = []
+    for key, g in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        row = dict(zip(sweep.factors, key))
+        row["n"] = len(g)
+        for m in metrics:
+            vals = pd.to_numeric(g[m], errors="coerce") if m in g else pd.Series(dtype=float)
+            row[f"{m} mean"] = float(vals.mean()) if len(vals) else float("nan")
+            row[f"{m} std"] = float(vals.std(ddof=1)) if len(vals) > 1 else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def onoff_table(sweep: Sweep, metrics: Sequence[str]) -> Optional[pd.DataFrame]:
+    """On - off per configuration, paired by seed, with a paired t-test."""
+    from scipy.stats import ttest_rel
+
+    if "madcluster.enabled" not in sweep.factors:
+        return None
+    df = sweep.runs
+    # Off runs carry plug-in params at their defaults; only non-plug-in factors pair runs.
+    pair_keys = [f for f in sweep.factors if not f.startswith("madcluster.")]
+    rows = []
+    grouped = df.groupby([f"param:{f}" for f in pair_keys], dropna=False) if pair_keys else [((), df)]
+    for key, g in grouped:
+        key = key if isinstance(key, tuple) else (key,)
+        on = g[g["param:madcluster.enabled"] == "True"].set_index("param:seed")
+        off = g[g["param:madcluster.enabled"] == "False"].set_index("param:seed")
+        seeds = sorted(set(on.index) & set(off.index))
+        row = dict(zip(pair_keys, key))
+        row["pairs"] = len(seeds)
+        for m in metrics:
+            if m not in g or not seeds:
+                continue
+            a = pd.to_numeric(on.loc[seeds, m], errors="coerce").to_numpy(dtype=float)
+            b = pd.to_numeric(off.loc[seeds, m], errors="coerce").to_numpy(dtype=float)
+            d = a - b
+            row[f"{m} off"] = float(np.nanmean(b))
+            row[f"{m} on"] = float(np.nanmean(a))
+            row[f"{m} diff"] = float(np.nanmean(d))
+            row[f"{m} diff std"] = float(np.nanstd(d, ddof=1)) if len(d) > 1 else float("nan")
+            if len(d) > 1 and np.nanstd(d) > 0:
+                row[f"{m} p"] = float(ttest_rel(a, b, nan_policy="omit").pvalue)
+            else:
+                row[f"{m} p"] = float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def to_markdown(df: pd.DataFrame, factors: Sequence[str], metrics: Sequence[str],
+                kind: str) -> str:
+    header = list(factors)
+    if kind == "summary":
+        header += ["n"] + list(metrics)
+    else:
+        header += ["pairs"] + [f"{m} (on − off)" for m in metrics]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, r in df.iterrows():
+        cells = [str(r.get(f, "")) for f in factors]
+        if kind == "summary":
+            cells.append(str(int(r["n"])))
+            cells += [_fmt(r.get(f"{m} mean", float("nan")), r.get(f"{m} std", float("nan")))
+                      for m in metrics]
+        else:
+            cells.append(str(int(r["pairs"])))
+            for m in metrics:
+                diff = r.get(f"{m} diff", float("nan"))
+                if diff is None or (isinstance(diff, float) and math.isnan(diff)):
+                    cells.append("n/a")
+                    continue
+                p = r.get(f"{m} p", float("nan"))
+                sig = "" if math.isnan(p) else f" (p={p:.3g})"
+                cells.append(f"{r[f'{m} off']:.4f} → {r[f'{m} on']:.4f}: {diff:+.4f}{sig}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------- plots
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_onoff_bars(table: pd.DataFrame, factors: Sequence[str], metrics: Sequence[str],
+                    path: Path) -> Path:
+    plt = _pyplot()
+    labels = [" / ".join(str(r[f]) for f in factors) or "all" for _, r in table.iterrows()]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.8), squeeze=False)
+    x = np.arange(len(labels))
+    for ax, m in zip(axes[0], metrics):
+        if f"{m} off" not in table:
+            ax.set_visible(False)
+            continue
+        ax.bar(x - 0.2, table[f"{m} off"], 0.4, label="off", color="tab:gray")
+        ax.bar(x + 0.2, table[f"{m} on"], 0.4, label="on", color="tab:blue")
+        ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=7)
+        ax.set_title(m, fontsize=9)
+    axes[0, 0].legend(["off", "on"], title="MADCluster", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_k_curves(sweep: Sweep, metrics: Sequence[str], path: Path) -> Path:
+    plt = _pyplot()
+    df = sweep.runs.copy()
+    df["k"] = pd.to_numeric(df["param:madcluster.k"])
+    others = [f"param:{f}" for f in sweep.factors if f != "madcluster.k"]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.5), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        groups = df.groupby(others, dropna=False) if others else [("", df)]
+        for key, g in groups:
+            stats = g.groupby("k")[m].agg(["mean", "std"]).sort_index()
+            ax.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0), marker="o",
+                        ms=3, capsize=2, label=str(key) if others else None)
+        ax.set_xlabel("k (clusters)")
+        ax.set_title(m, fontsize=9)
+    if others:
+        axes[0, 0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_training_curves(sweep: Sweep, path: Path) -> Path:
+    from mlflow.tracking import MlflowClient
+
+    plt = _pyplot()
+    client = MlflowClient(sweep.uri)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for _, r in sweep.runs.iterrows():
+        for ax, key in zip(axes, ("train/loss", "val/loss")):
+            hist = client.get_metric_history(r["run_id"], key)
+            if hist:
+                hist = sorted(hist, key=lambda h: h.step)
+                ax.plot([h.step + 1 for h in hist], [h.value for h in hist], lw=0.8, alpha=0.8,
+                        label=r["run_name"])
+    for ax, key in zip(axes, ("train/loss", "val/loss")):
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+    if len(sweep.runs) <= 12:
+        axes[1].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def score_timelines(sweep: Sweep, out_dir: Path, limit: int = 8) -> List[Path]:
+    from mlflow.tracking import MlflowClient
+
+    from madcluster_exp.plots import plot_score_timeline
+
+    client = MlflowClient(sweep.uri)
+    keys = [f"param:{f}" for f in sweep.factors]
+    firsts = (sweep.runs.sort_values("param:seed").groupby(keys, dropna=False).head(1)
+              if keys else sweep.runs.head(1))
+    paths = []
+    for _, r in firsts.head(limit).iterrows():
+        try:
+            local = client.download_artifacts(r["run_id"], "scores.npz", tempfile.mkdtemp())
+        except Exception:  # noqa: BLE001 - a run without saved scores just gets no timeline
+            continue
+        data = np.load(local)
+        if "test_score" not in data:
+            continue
+        p = out_dir / f"timeline_{r['run_name']}.png"
+        paths.append(plot_score_timeline(p, data["test_score"], data["test_label"],
+                                         float(data["threshold"]), r["run_name"]))
+    return paths
+
+
+# ------------------------------------------------------------------------------------- main
+def build_report(target: str, metrics: Optional[Sequence[str]] = None, uri: Optional[str] = None,
+                 out_root: Optional[Path] = None, log: bool = True) -> Path:
+    parent_id, tracking_uri = locate_parent(target, uri)
+    sweep = load_sweep(parent_id, tracking_uri)
+    wanted = list(metrics or DEFAULT_METRICS)
+    unknown = [m for m in wanted if m not in sweep.runs.columns]
+    if unknown:
+        have = sorted(c for c in sweep.runs.columns if "/" in c and not c.startswith("param:"))
+        raise ReportError(f"report.metrics names {unknown}, which no run logged; available: {have}")
+    out_dir = (out_root or Path("outputs/reports")) / parent_id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files: List[Path] = []
+
+    summary = summary_table(sweep, wanted)
+    summary.to_csv(out_dir / "summary.csv", index=False)
+    md = [f"# Sweep {parent_id}", "", f"{len(sweep.runs)} finished runs"
+          + (f", {len(sweep.failed)} failed or killed (left out): "
+             + ", ".join(sweep.failed["run_name"].astype(str)) if len(sweep.failed) else ""),
+          "", "## Mean ± std over seeds", "", to_markdown(summary, sweep.factors, wanted, "summary")]
+    files += [out_dir / "summary.csv"]
+
+    onoff = onoff_table(sweep, wanted)
+    if onoff is not None:
+        pair_keys = [f for f in sweep.factors if not f.startswith("madcluster.")]
+        onoff.to_csv(out_dir / "onoff.csv", index=False)
+        md += ["", "## MADCluster on − off (paired by seed; p: paired t-test)", "",
+               to_markdown(onoff, pair_keys, wanted, "onoff")]
+        files += [out_dir / "onoff.csv",
+                  plot_onoff_bars(onoff, pair_keys, wanted[:4], out_dir / "onoff_bars.png")]
+    if "madcluster.k" in sweep.factors:
+        files.append(plot_k_curves(sweep, wanted[:4], out_dir / "k_sweep.png"))
+    files.append(plot_training_curves(sweep, out_dir / "training_curves.png"))
+    files += score_timelines(sweep, out_dir)
+    (out_dir / "report.md").write_text("\n".join(md) + "\n")
+    files.insert(0, out_dir / "report.md")
+    if log:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri)
+        for f in files:
+            client.log_artifact(parent_id, str(f), "report")
+    print("\n".join(md))
+    print(f"\nreport written to {out_dir} and logged to parent run {parent_id}" if log
+          else f"\nreport written to {out_dir}")
+    return out_dir
+
+
+def _parse(argv: List[str]):
+    target, opts = None, {}
+    for a in argv:
+        if "=" in a:
+            k, v = a.split("=", 1)
+            opts[k] = v
+        elif target is None:
+            target = a
+        else:
+            raise ReportError(f"unexpected argument {a!r}")
+    if target is None:
+        raise ReportError(__doc__.split("\n\n")[1])
+    unknown = set(opts) - {"report.metrics", "uri", "out", "log"}
+    if unknown:
+        raise ReportError(f"unknown option(s) {sorted(unknown)}; expected report.metrics, uri, "
+                          "out, log")
+    metrics = None
+    if "report.metrics" in opts:
+        metrics = [m.strip() for m in opts["report.metrics"].strip("[]").split(",") if m.strip()]
+    return target, metrics, opts
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    try:
+        target, metrics, opts = _parse(sys.argv[1:] if argv is None else argv)
+        build_report(target, metrics, opts.get("uri"),
+                     Path(opts["out"]) if "out" in opts else None, opts.get("log", "true") == "true")
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
