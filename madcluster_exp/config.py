@@ -36,6 +36,13 @@ class DatasetConfig:
     train_stride: int = 1
     # Entities to keep (None = all).
     entities: Optional[List[str]] = None
+    # concat: one model over all entities (windows never cross entities);
+    # per_entity: one model per entity in one run, metrics per entity + mean + pooled.
+    mode: str = "concat"
+    # Folder of the dataset (None = <paths.data_dir>/<name>); relative to the launch directory.
+    path: Optional[str] = None
+    # Missing or infinite cells: error (name file, row, column) | zero (fill with 0, counted).
+    nan_policy: str = "error"
 
 
 @dataclass
@@ -50,6 +57,38 @@ class SyntheticDatasetConfig(DatasetConfig):
     noise: float = 0.1
     # The data seed is independent of the training seed: seeds vary the model, not the benchmark.
     seed: int = 0
+
+
+@dataclass
+class SMDConfig(DatasetConfig):
+    name: str = "SMD"
+
+
+@dataclass
+class TelemanomConfig(DatasetConfig):
+    # MSL or SMAP: the spacecraft column of labeled_anomalies.csv.
+    name: str = MISSING
+    # Channels to leave out (e.g. to match a published channel count).
+    exclude: List[str] = field(default_factory=list)
+
+
+@dataclass
+class PSMConfig(DatasetConfig):
+    name: str = "PSM"
+    # The published train.csv has missing cells; the reference code fills them with 0.
+    nan_policy: str = "zero"
+
+
+@dataclass
+class CSVDatasetConfig(DatasetConfig):
+    name: str = "csv"
+    # TimeEval format: timestamp, features..., is_anomaly. `path` is the test file (or the only
+    # file); `train_path` a separate training file (its labels are never used).
+    path: Optional[str] = MISSING
+    train_path: Optional[str] = None
+    # With a single file: the leading fraction used for training (its labels are ignored).
+    train_fraction: float = 0.5
+    label_column: str = "is_anomaly"
 
 
 # ------------------------------------------------------------------------------------ backbone
@@ -288,6 +327,10 @@ def register_configs() -> None:
     for group, name, node in [
         ("paths", "default", PathsConfig),
         ("dataset", "synthetic", SyntheticDatasetConfig),
+        ("dataset", "SMD", SMDConfig),
+        ("dataset", "telemanom", TelemanomConfig),
+        ("dataset", "PSM", PSMConfig),
+        ("dataset", "csv", CSVDatasetConfig),
         ("backbone", "deepsvdd", DeepSVDDConfig),
         ("backbone", "lstm_ae", LSTMAEConfig),
         ("backbone", "usad", USADConfig),
@@ -313,6 +356,8 @@ _CHOICES = {
     "device": ("cpu", "cuda", "auto"),
     "protocol": ("point", "reference"),
     "dataset.normalize": ("standard", "minmax", "none"),
+    "dataset.mode": ("concat", "per_entity"),
+    "dataset.nan_policy": ("error", "zero"),
     "madcluster.variant": ("paper", "reference"),
     "madcluster.objective": ("one-class", "soft-boundary"),
     "madcluster.combine": ("sum", "product", "madcluster_only", "backbone_only"),

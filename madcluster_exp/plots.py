@@ -16,16 +16,24 @@ def _pyplot():
     return plt
 
 
-def plot_score_timeline(path: Path, scores: np.ndarray, labels: np.ndarray, threshold: float,
-                        title: str, max_points: int = 20000) -> Path:
-    """Test scores over time, true anomalies shaded, the fitted threshold as a line."""
+def plot_score_timeline(path: Path, scores: np.ndarray, labels: np.ndarray, threshold,
+                        title: str, max_points: int = 20000, bounds=None) -> Path:
+    """Test scores over time, true anomalies shaded, the fitted threshold as a line (one per
+    entity in per-entity mode, given ``bounds`` [[start, end], ...])."""
     plt = _pyplot()
     n = len(scores)
     step = max(1, n // max_points)
     t = np.arange(0, n, step)
     fig, ax = plt.subplots(figsize=(12, 3.5))
     ax.plot(t, scores[::step], lw=0.7, color="tab:blue", label="score")
-    ax.axhline(threshold, color="tab:red", lw=1, ls="--", label=f"threshold {threshold:.3g}")
+    thresholds = np.atleast_1d(np.asarray(threshold, dtype=float))
+    if len(thresholds) == 1:
+        ax.axhline(thresholds[0], color="tab:red", lw=1, ls="--",
+                   label=f"threshold {thresholds[0]:.3g}")
+    else:
+        for i, ((a, b), thr) in enumerate(zip(bounds, thresholds)):
+            ax.hlines(thr, a, b, color="tab:red", lw=1, ls="--",
+                      label="threshold per entity" if i == 0 else None)
     d = np.diff(np.r_[0, labels.astype(np.int8), 0])
     for a, b in zip(np.flatnonzero(d == 1), np.flatnonzero(d == -1)):
         ax.axvspan(a, b, color="tab:orange", alpha=0.3, lw=0)

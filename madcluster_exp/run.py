@@ -201,6 +201,16 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None, verbose: bool = True
     return result
 
 
+@dataclass
+class _Unit:
+    """One trained model: the whole dataset (concat) or one entity (per_entity)."""
+    entity: Optional[str]
+    fit: FitResult
+    evaluation: object
+    test: object  # SeriesSplit
+    score_s: float
+
+
 def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_dir: Path,
              verbose: bool) -> RunResult:
     say = print if verbose else (lambda *a, **k: None)
@@ -212,10 +222,69 @@ def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_d
     # The data window may differ from backbone.window (SLMR adds its forecast target).
     window = backbone_class(cfg.backbone.name).data_window(int(cfg.backbone.window))
 
-    # ---- data: training part only; the test split stays sealed -------------------------
     raw = load_dataset(cfg.dataset, resolve_path(root, cfg.paths.data_dir))
+    per_entity = cfg.dataset.mode == "per_entity"
+    parts = [(e, raw.subset(e)) for e in raw.entities] if per_entity else [(None, raw)]
+    if per_entity:
+        say(f"[{name}] per-entity mode: {len(parts)} models, one per entity")
+    units = [_fit_and_score(cfg, tracker, name, part, entity, window, device, say,
+                            log_params=(i == 0))
+             for i, (entity, part) in enumerate(parts)]
+
+    # ---- metrics -------------------------------------------------------------------------
+    t_metrics = time.perf_counter()
+    artifacts_extra: List[Path] = []
+    if per_entity:
+        ev, table = _pool(cfg, units)
+        csv_path = job_dir / "per_entity.csv"
+        table.to_csv(csv_path, index=False)
+        artifacts_extra.append(csv_path)
+    else:
+        ev = units[0].evaluation
+    metrics = dict(ev.metrics)
+    fit_result = units[0].fit
+    metrics.update({
+        "val/best_loss": float(np.mean([u.fit.best_val_loss for u in units])),
+        "train/best_epoch": fit_result.best_epoch + 1,
+        "train/epochs_run": fit_result.epochs_run,
+        "time/fit_s": sum(u.fit.fit_seconds for u in units),
+        "time/score_s": sum(u.score_s for u in units),
+        "time/metrics_s": time.perf_counter() - t_metrics,
+    })
+    metrics["time/total_s"] = time.perf_counter() - t_start
+    metrics["time/tracking_s"] = tracker.seconds  # everything logged up to here
+    tracker.log_params({"score_rule": ev.score_rule})
+    tracker.set_tags({"threshold.family": ev.threshold_family})
+    tracker.log_metrics(metrics)
+
+    # ---- artifacts -------------------------------------------------------------------------
+    tests = [u.test for u in units]
+    bounds, start = [], 0
+    for t in tests:
+        for seg in t.segments:
+            bounds.append([start + seg.start, start + seg.end])
+        start += len(t)
+    ev.arrays["entity_names"] = np.array([seg.name for t in tests for seg in t.segments])
+    ev.arrays["entity_bounds"] = np.array(bounds, dtype=np.int64)
+    labels = np.concatenate([t.labels for t in tests])
+    artifacts = _write_artifacts(cfg, job_dir, name, fit_result, ev, labels, metrics)
+    if cfg.tracking.log_artifacts:
+        for path in artifacts + artifacts_extra:
+            tracker.log_artifact(path)
+    # Lets `python -m madcluster_exp.evaluate run=<this dir>` find the run again.
+    (job_dir / "run_info.json").write_text(json.dumps(
+        {"run_id": tracker.run_id, "tracking_uri": tracker.uri, "run_name": name}, indent=2))
+    result = RunResult(name, tracker.run_id, tracker.uri, job_dir, metrics, fit_result)
+    say(format_results(result, cfg))
+    return result
+
+
+def _fit_and_score(cfg: DictConfig, tracker: NullTracker, name: str, raw, entity: Optional[str],
+                   window: int, device: torch.device, say, log_params: bool) -> _Unit:
+    tag = f"[{name}{'/' + entity if entity else ''}]"
+    # ---- data: training part only; the test split stays sealed -------------------------
     data = prepare(raw, window, float(cfg.dataset.val_fraction), cfg.dataset.normalize)
-    say(f"[{name}] data: {raw.name}, {len(data.entities)} entities, {data.n_channels} channels, "
+    say(f"{tag} data: {raw.name}, {len(data.entities)} entities, {data.n_channels} channels, "
         f"{len(data.train)} train / {len(data.val)} validation rows (test sealed until fit ends)")
 
     # ---- model: the backbone's init depends on the seed alone, on and off alike ---------
@@ -223,16 +292,20 @@ def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_d
     backbone = build_backbone(data.n_channels, cfg.backbone)
     plugin = build_plugin(backbone.embed_dim, cfg.madcluster, int(cfg.seed))
     detector = Detector(backbone, plugin)
-    sizes = complexity(detector, data.n_channels)
-    tracker.log_params({**sizes, "data_window": window, "torch_threads": torch.get_num_threads(),
-                        **backbone.extra_log_params()})
-    plug = (f"MADCluster on: +{sizes['params/madcluster']:,} parameters, "
-            f"+{sizes['macs/madcluster']:,} MACs" if plugin is not None else "MADCluster off")
-    say(f"[{name}] {cfg.backbone.name}: {sizes['params/backbone']:,} parameters, "
-        f"{sizes['macs/backbone']:,} MACs per window; {plug}")
+    if log_params:
+        sizes = complexity(detector, data.n_channels)
+        tracker.log_params({**sizes, "data_window": window,
+                            "torch_threads": torch.get_num_threads(),
+                            **backbone.extra_log_params()})
+        plug = (f"MADCluster on: +{sizes['params/madcluster']:,} parameters, "
+                f"+{sizes['macs/madcluster']:,} MACs" if plugin is not None else "MADCluster off")
+        say(f"{tag} {cfg.backbone.name}: {sizes['params/backbone']:,} parameters, "
+            f"{sizes['macs/backbone']:,} MACs per window; {plug}")
 
     # ---- fit on train, early-stop on validation ----------------------------------------
-    fit_result = fit(detector, data, cfg, device, log_metrics=tracker.log_metrics)
+    prefix = f"{entity}/" if entity else ""
+    fit_result = fit(detector, data, cfg, device, log_metrics=lambda m, step: tracker.log_metrics(
+        {prefix + k: v for k, v in m.items()}, step))
 
     # ---- score: validation first (fits the combiner and threshold), then test ----------
     t_score = time.perf_counter()
@@ -248,42 +321,43 @@ def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_d
     test = data.test.get()
     test_out = score(test)
     score_s = time.perf_counter() - t_score
-
-    # ---- metrics -------------------------------------------------------------------------
-    t_metrics = time.perf_counter()
     if reference:
-        win_labels = window_labels(test.labels, test_out[2], window)
-        ev = evaluate_reference(cfg, val_out[1], test_out[1], win_labels)
+        ev = evaluate_reference(cfg, val_out[1], test_out[1],
+                                window_labels(test.labels, test_out[2], window))
     else:
         ev = evaluate_point(cfg, val_out, test_out, test.labels)
-    metrics = dict(ev.metrics)
-    metrics.update({
-        "val/best_loss": fit_result.best_val_loss,
-        "train/best_epoch": fit_result.best_epoch + 1,
-        "train/epochs_run": fit_result.epochs_run,
-        "time/fit_s": fit_result.fit_seconds,
-        "time/score_s": score_s,
-        "time/metrics_s": time.perf_counter() - t_metrics,
-    })
-    metrics["time/total_s"] = time.perf_counter() - t_start
-    metrics["time/tracking_s"] = tracker.seconds  # everything logged up to here
-    tracker.log_params({"score_rule": ev.score_rule})
-    tracker.set_tags({"threshold.family": ev.threshold_family})
-    tracker.log_metrics(metrics)
+    return _Unit(entity, fit_result, ev, test, score_s)
 
-    # ---- artifacts -------------------------------------------------------------------------
-    ev.arrays["entity_names"] = np.array([seg.name for seg in test.segments])
-    ev.arrays["entity_bounds"] = np.array([[seg.start, seg.end] for seg in test.segments])
-    artifacts = _write_artifacts(cfg, job_dir, name, fit_result, ev, test.labels, metrics)
-    if cfg.tracking.log_artifacts:
-        for path in artifacts:
-            tracker.log_artifact(path)
-    # Lets `python -m madcluster_exp.evaluate run=<this dir>` find the run again.
-    (job_dir / "run_info.json").write_text(json.dumps(
-        {"run_id": tracker.run_id, "tracking_uri": tracker.uri, "run_name": name}, indent=2))
-    result = RunResult(name, tracker.run_id, tracker.uri, job_dir, metrics, fit_result)
-    say(format_results(result, cfg))
-    return result
+
+def _pool(cfg: DictConfig, units: List[_Unit]):
+    """Pooled metrics (concatenated scores and predictions of all entities) as the headline
+    ``test/<m>`` (``ref/<m>``), the mean over entities as ``<m>_entity_mean``, and the table."""
+    import pandas as pd
+
+    from madcluster_exp.evaluation import Evaluation, point_metrics, reference_metrics
+
+    evs = [u.evaluation for u in units]
+    table = pd.DataFrame([{"entity": u.entity, **u.evaluation.metrics} for u in units])
+    reference = cfg.protocol == "reference"
+    keys = ("window_score", "window_label", "window_pred") if reference else \
+        ("test_score", "test_label", "test_pred")
+    pooled = {k: np.concatenate([e.arrays[k] for e in evs]) for k in keys}
+    if reference:
+        m, _, _ = reference_metrics(pooled["window_label"], pooled["window_score"],
+                                    int(cfg.metrics.range_window))
+        metrics = {f"ref/{k}": v for k, v in m.items()}
+    else:
+        m = point_metrics(pooled["test_label"], pooled["test_score"], pooled["test_pred"],
+                          cfg.metrics, int(cfg.seed))
+        metrics = {f"test/{k}": v for k, v in m.items()}
+    for key in evs[0].metrics:
+        if key.startswith(("test/", "ref/")):
+            metrics[f"{key}_entity_mean"] = float(np.nanmean(table[key].to_numpy(dtype=float)))
+    arrays = {"protocol": evs[0].arrays["protocol"], **pooled,
+              "threshold": np.array([float(e.arrays["threshold"]) for e in evs])}
+    rules = {e.score_rule for e in evs}
+    return Evaluation(metrics, arrays, rules.pop() if len(rules) == 1 else "mixed",
+                      evs[0].threshold_family), table
 
 
 def _write_artifacts(cfg: DictConfig, job_dir: Path, name: str, fit_result: FitResult, ev,
@@ -311,7 +385,8 @@ def _write_artifacts(cfg: DictConfig, job_dir: Path, name: str, fit_result: FitR
         if "test_score" in ev.arrays:
             paths.append(plot_score_timeline(job_dir / "score_timeline.png",
                                              ev.arrays["test_score"], test_labels,
-                                             float(ev.arrays["threshold"]), name))
+                                             ev.arrays["threshold"], name,
+                                             bounds=ev.arrays.get("entity_bounds")))
         paths.append(plot_training_curves(job_dir / "training_curves.png", fit_result.history,
                                           name))
     return paths

@@ -6,6 +6,9 @@ from typing import Callable, Dict
 
 from omegaconf import DictConfig
 
+from madcluster_exp.data.formats import (natural_key, read_npy, read_psm, read_smd_entity,
+                                         read_smd_labels, read_telemanom_table,
+                                         read_timeeval_csv, smd_entities, telemanom_labels)
 from madcluster_exp.data.series import DataError, RawDataset, SealedTest, SeriesSplit
 from madcluster_exp.data.synthetic import make_synthetic
 
@@ -44,6 +47,129 @@ def load_synthetic(cfg: DictConfig, data_dir: Path) -> RawDataset:
 
     info = {"anomalies": {e.name: [a.__dict__ for a in e.anomalies] for e in chosen}}
     return RawDataset("synthetic", train, SealedTest(load_test, "synthetic"), info)
+
+
+class DatasetMissingError(DataError):
+    """The dataset's files are not where the config says; the message says how to get them."""
+
+
+def _root(cfg: DictConfig, data_dir: Path) -> Path:
+    return Path(cfg.path) if cfg.get("path") else data_dir / cfg.name
+
+
+def _missing(name: str, looked: Path) -> DatasetMissingError:
+    return DatasetMissingError(
+        f"dataset {name} not found: looked for {looked}.\n"
+        f"  Fetch it with:  python -m madcluster_exp.data download {name}   "
+        f"(or: make data DATASET={name})\n"
+        f"  or unpack files you downloaded yourself with:  "
+        f"python -m madcluster_exp.data prepare {name} --from <archive or folder>\n"
+        f"  or point dataset.path at a folder in the published layout (datasets/README.md).")
+
+
+@register("SMD")
+def load_smd(cfg: DictConfig, data_dir: Path) -> RawDataset:
+    root = _root(cfg, data_dir)
+    names = smd_entities(root)
+    if not names:
+        raise _missing("SMD", root / "train" / "machine-*.txt")
+    keep = _select_entities(names, cfg.entities, f"SMD ({root})")
+    policy = cfg.nan_policy
+    train = SeriesSplit.concat([(n, read_smd_entity(root, n, "train", policy), None) for n in keep],
+                               str(root / "train"))
+
+    def load_test() -> SeriesSplit:
+        parts = []
+        for n in keep:
+            x = read_smd_entity(root, n, "test", policy)
+            parts.append((n, x, read_smd_labels(root, n, len(x))))
+        return SeriesSplit.concat(parts, str(root / "test"))
+
+    return RawDataset("SMD", train, SealedTest(load_test, "SMD"), {"root": str(root)})
+
+
+def _load_telemanom(cfg: DictConfig, data_dir: Path) -> RawDataset:
+    root = _root(cfg, data_dir)
+    if not (root / "labeled_anomalies.csv").exists():
+        raise _missing(cfg.name, root / "labeled_anomalies.csv")
+    table = read_telemanom_table(root, cfg.name)
+    if table.empty:
+        raise DataError(f"{root / 'labeled_anomalies.csv'}: no channel of spacecraft {cfg.name}")
+    table = table[~table["chan_id"].isin(list(cfg.exclude))]
+    names = sorted(table["chan_id"].astype(str), key=natural_key)
+    keep = _select_entities(names, cfg.entities, f"{cfg.name} ({root})")
+    rows = table.set_index("chan_id").loc[keep]
+    train = SeriesSplit.concat([(n, read_npy(root / "data" / "train" / f"{n}.npy"), None)
+                                for n in keep], str(root / "data" / "train"))
+
+    def load_test() -> SeriesSplit:
+        parts = []
+        for n in keep:
+            path = root / "data" / "test" / f"{n}.npy"
+            x = read_npy(path)
+            row = rows.loc[n].copy()
+            row["chan_id"] = n
+            parts.append((n, x, telemanom_labels(row, len(x), str(path))))
+        return SeriesSplit.concat(parts, str(root / "data" / "test"))
+
+    return RawDataset(cfg.name, train, SealedTest(load_test, cfg.name), {"root": str(root)})
+
+
+register("MSL")(_load_telemanom)
+register("SMAP")(_load_telemanom)
+
+
+@register("PSM")
+def load_psm(cfg: DictConfig, data_dir: Path) -> RawDataset:
+    root = _root(cfg, data_dir)
+    if not (root / "train.csv").exists():
+        raise _missing("PSM", root / "train.csv")
+    _select_entities(["PSM"], cfg.entities, "PSM")
+    cache = {}
+
+    def read():
+        if not cache:
+            cache["data"] = read_psm(root, cfg.nan_policy)
+        return cache["data"]
+
+    train = SeriesSplit.concat([("PSM", read()[0], None)], str(root / "train.csv"))
+
+    def load_test() -> SeriesSplit:
+        return SeriesSplit.concat([("PSM", read()[1], read()[2])], str(root / "test.csv"))
+
+    return RawDataset("PSM", train, SealedTest(load_test, "PSM"), {"root": str(root)})
+
+
+@register("csv")
+def load_csv(cfg: DictConfig, data_dir: Path) -> RawDataset:
+    path = Path(cfg.path)
+    if not path.exists():
+        raise DataError(f"dataset.path={cfg.path!r}: file not found (resolved to {path.resolve()})")
+    name = path.stem
+    _select_entities([name], cfg.entities, str(path))
+    if cfg.train_path:
+        train_x, _ = read_timeeval_csv(Path(cfg.train_path), cfg.nan_policy, cfg.label_column)
+        test_source = (path, None)
+    else:
+        if not 0.0 < cfg.train_fraction < 1.0:
+            raise DataError(f"dataset.train_fraction={cfg.train_fraction}: expected a value in "
+                            "(0, 1) when one file holds both splits")
+        x, y = read_timeeval_csv(path, cfg.nan_policy, cfg.label_column)
+        cut = int(round(cfg.train_fraction * len(x)))
+        if cut == 0 or cut == len(x):
+            raise DataError(f"{path}: {len(x)} rows leave an empty split at "
+                            f"train_fraction={cfg.train_fraction}")
+        train_x, test_source = x[:cut], (x[cut:], y[cut:])
+    train = SeriesSplit.concat([(name, train_x, None)], str(cfg.train_path or path))
+
+    def load_test() -> SeriesSplit:
+        if test_source[1] is None:
+            tx, ty = read_timeeval_csv(path, cfg.nan_policy, cfg.label_column)
+        else:
+            tx, ty = test_source
+        return SeriesSplit.concat([(name, tx, ty)], str(path))
+
+    return RawDataset("csv", train, SealedTest(load_test, str(path)), {"path": str(path)})
 
 
 def load_dataset(cfg: DictConfig, data_dir: Path) -> RawDataset:

@@ -66,6 +66,12 @@ class SeriesSplit:
         """Concatenate (name, values, labels) parts into one array with entity segments."""
         if not parts:
             raise DataError(f"{source}: empty split (no entities)")
+        widths = {name: np.asarray(values).shape[-1] for name, values, _ in parts}
+        if len(set(widths.values())) > 1:
+            first = parts[0][0]
+            odd = next(n for n, w in widths.items() if w != widths[first])
+            raise DataError(f"{source}: entity {odd} has {widths[odd]} features but {first} has "
+                            f"{widths[first]}; every entity needs the same features")
         segments, start = [], 0
         for name, values, _ in parts:
             segments.append(Segment(name, start, start + len(values)))
@@ -133,6 +139,16 @@ class RawDataset:
     @property
     def n_channels(self) -> int:
         return self.train.n_channels
+
+    def subset(self, name: str) -> "RawDataset":
+        """One entity as a dataset of its own; its test split has its own seal (reading it
+        unseals the full test split, which is loaded once and shared)."""
+        from madcluster_exp.data.prepare import _LinkedSealedTest
+
+        full = self.test
+        test = _LinkedSealedTest(lambda: full.get().entity(name), full)
+        test.description = f"{full.description}[{name}]"
+        return RawDataset(self.name, self.train.entity(name), test, self.info)
 
 
 def check_finite(values: np.ndarray, source: str) -> None:
