@@ -7,9 +7,10 @@ PIP := $(PYTHON) -m pip
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
+DATASET ?= SMD
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all run smoke bench ui clean
+.PHONY: help install test test-all run smoke bench data ui clean
 
 help: ## list every target
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -35,6 +36,9 @@ smoke: ## a seconds-long end-to-end run (debug=fast)
 
 bench: ## benchmarks with ratios against baselines measured in the same run (outputs/bench/*.json)
 	$(PYTHON) -m madcluster_exp.bench
+
+data: ## download, verify and unpack a dataset: make data DATASET=SMD (SMD, MSL, SMAP, PSM)
+	$(PYTHON) -m madcluster_exp.data download $(DATASET)
 
 ui: ## MLflow UI on 127.0.0.1:5000 over outputs/mlflow.db
 	$(PYTHON) -m mlflow ui --host 127.0.0.1 --port $${PORT:-5000} --backend-store-uri "sqlite:///$(CURDIR)/outputs/mlflow.db"

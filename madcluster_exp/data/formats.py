@@ -27,9 +27,15 @@ def natural_key(name: str):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
+def _col(name) -> str:
+    """How a column is named in messages: its header, or its 0-based index without one."""
+    return repr(name) if isinstance(name, str) else str(int(name))
+
+
 def _first_bad_cell(frame: pd.DataFrame) -> Optional[Tuple[int, str, object]]:
     for col in frame.columns:
-        if frame[col].dtype == object:
+        # pandas >= 3 reads text as a string dtype, older versions as object: test "not numeric".
+        if not pd.api.types.is_numeric_dtype(frame[col]):
             as_num = pd.to_numeric(frame[col], errors="coerce")
             bad = as_num.isna() & frame[col].notna()
             if bad.any():
@@ -63,7 +69,7 @@ def read_numeric_table(path: Path, header: bool, expected_columns: Optional[int]
     bad = _first_bad_cell(frame)
     if bad is not None:
         row, col, value = bad
-        raise DataError(f"{path}: line {row + offset}, column {col!r}: {value!r} is not a number")
+        raise DataError(f"{path}: line {row + offset}, column {_col(col)}: {value!r} is not a number")
     if expected_columns is not None and frame.shape[1] != expected_columns:
         raise DataError(f"{path}: {frame.shape[1]} columns, expected {expected_columns}")
     values = frame.to_numpy(dtype=np.float64)
@@ -71,7 +77,7 @@ def read_numeric_table(path: Path, header: bool, expected_columns: Optional[int]
     if nonfinite.any():
         if nan_policy == "error":
             row, col = np.argwhere(nonfinite)[0]
-            raise DataError(f"{path}: line {row + offset}, column {frame.columns[col]!r}: "
+            raise DataError(f"{path}: line {row + offset}, column {_col(frame.columns[col])}: "
                             f"{values[row, col]} (missing or infinite); expected a finite number. "
                             "Set dataset.nan_policy=zero to fill such cells with 0")
         frame = frame.mask(pd.DataFrame(nonfinite, index=frame.index, columns=frame.columns), 0.0)
@@ -85,7 +91,7 @@ def check_labels(labels: np.ndarray, source: str, n_rows: int) -> np.ndarray:
     bad = ~np.isin(labels, (0, 1))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{source}: line/row {i + 1}: label {labels[i]!r}; expected 0 or 1")
+        raise DataError(f"{source}: row {i + 1}: label {labels[i].item()!r}; expected 0 or 1")
     return labels.astype(np.int8)
 
 
