@@ -243,6 +243,11 @@ class TrainConfig:
     num_threads: Optional[int] = None
     # auto (bar on a terminal, a line per epoch otherwise) | bar | line | none
     progress: str = "auto"
+    # Write an atomic checkpoint after every epoch (<run dir>/checkpoints/).
+    checkpoint: bool = True
+    # Continue from the checkpoint in the run directory if there is one (re-run the command with
+    # hydra.run.dir=<that directory>); false starts over.
+    resume: bool = True
 
 
 # ------------------------------------------------------------------------------------- scoring

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -34,6 +35,7 @@ from madcluster_exp.scoring.score import window_labels
 from madcluster_exp.tracking import NullTracker, build_tracker
 from madcluster_exp.tracking.callbacks import read_parent
 from madcluster_exp.training import FitResult, fit
+from madcluster_exp.training.checkpoint import Checkpointer
 
 
 
@@ -184,7 +186,20 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None, verbose: bool = True
     job_dir.mkdir(parents=True, exist_ok=True)
     name = run_name(cfg)
     tracker = build_tracker(cfg.tracking, out_root)
-    tracker.start(name, flatten(cfg), identity_tags(cfg, root), parent_run_id=parent_run_id())
+    info_path = job_dir / "run_info.json"
+    checkpoints = job_dir / "checkpoints"
+    resumable = (cfg.train.checkpoint and cfg.train.resume and info_path.exists()
+                 and any(checkpoints.glob("*.pt")))
+    if not cfg.train.resume and checkpoints.exists():
+        shutil.rmtree(checkpoints)  # start over, as asked
+    previous = json.loads(info_path.read_text()).get("run_id") if resumable else None
+    if previous and tracker.uri:
+        tracker.resume(previous)  # the same MLflow run goes on: no duplicate
+    else:
+        tracker.start(name, flatten(cfg), identity_tags(cfg, root), parent_run_id=parent_run_id())
+    # Written first, so a killed run can be found and continued.
+    info_path.write_text(json.dumps(
+        {"run_id": tracker.run_id, "tracking_uri": tracker.uri, "run_name": name}, indent=2))
     try:
         result = _execute(cfg, tracker, name, root, job_dir, verbose)
     except BaseException as exc:
@@ -228,7 +243,7 @@ def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_d
     if per_entity:
         say(f"[{name}] per-entity mode: {len(parts)} models, one per entity")
     units = [_fit_and_score(cfg, tracker, name, part, entity, window, device, say,
-                            log_params=(i == 0))
+                            log_params=(i == 0), job_dir=job_dir)
              for i, (entity, part) in enumerate(parts)]
 
     # ---- metrics -------------------------------------------------------------------------
@@ -271,16 +286,14 @@ def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_d
     if cfg.tracking.log_artifacts:
         for path in artifacts + artifacts_extra:
             tracker.log_artifact(path)
-    # Lets `python -m madcluster_exp.evaluate run=<this dir>` find the run again.
-    (job_dir / "run_info.json").write_text(json.dumps(
-        {"run_id": tracker.run_id, "tracking_uri": tracker.uri, "run_name": name}, indent=2))
     result = RunResult(name, tracker.run_id, tracker.uri, job_dir, metrics, fit_result)
     say(format_results(result, cfg))
     return result
 
 
 def _fit_and_score(cfg: DictConfig, tracker: NullTracker, name: str, raw, entity: Optional[str],
-                   window: int, device: torch.device, say, log_params: bool) -> _Unit:
+                   window: int, device: torch.device, say, log_params: bool,
+                   job_dir: Path) -> _Unit:
     tag = f"[{name}{'/' + entity if entity else ''}]"
     # ---- data: training part only; the test split stays sealed -------------------------
     data = prepare(raw, window, float(cfg.dataset.val_fraction), cfg.dataset.normalize)
@@ -304,8 +317,10 @@ def _fit_and_score(cfg: DictConfig, tracker: NullTracker, name: str, raw, entity
 
     # ---- fit on train, early-stop on validation ----------------------------------------
     prefix = f"{entity}/" if entity else ""
+    checkpointer = (Checkpointer(job_dir / "checkpoints", entity or "last")
+                    if cfg.train.checkpoint else None)
     fit_result = fit(detector, data, cfg, device, log_metrics=lambda m, step: tracker.log_metrics(
-        {prefix + k: v for k, v in m.items()}, step))
+        {prefix + k: v for k, v in m.items()}, step), checkpointer=checkpointer)
 
     # ---- score: validation first (fits the combiner and threshold), then test ----------
     t_score = time.perf_counter()

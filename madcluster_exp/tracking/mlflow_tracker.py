@@ -59,6 +59,9 @@ class NullTracker:
     def log_params(self, params: Dict[str, Any]) -> None:
         pass
 
+    def resume(self, run_id: str) -> None:
+        pass
+
     def set_tags(self, tags: Dict[str, str]) -> None:
         pass
 
@@ -120,6 +123,15 @@ class MLflowTracker(NullTracker):
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
         self.run_id = run.info.run_id
         self.log_params(params)
+
+    @_timed
+    def resume(self, run_id: str) -> None:
+        """Continue an existing run (after a crash or kill) instead of creating a new one."""
+        run = self.client.get_run(run_id)
+        self.run_id = run_id
+        self.client.update_run(run_id, status="RUNNING")
+        resumed = int(run.data.tags.get("resumed", "0")) + 1
+        self.set_tags({"resumed": str(resumed)})
 
     @_timed
     def log_params(self, params: Dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from madcluster_exp.data import PreparedData, WindowSet
 from madcluster_exp.detector import Detector
+from madcluster_exp.training.checkpoint import Checkpointer, rng_state, set_rng_state
 from madcluster_exp.training.progress import Progress
 
 MetricsSink = Callable[[Dict[str, float], int], None]
@@ -61,8 +62,15 @@ def validation_loss(detector: Detector, windows: WindowSet, batch_size: int,
 
 
 def fit(detector: Detector, data: PreparedData, cfg: DictConfig, device: torch.device,
-        log_metrics: Optional[MetricsSink] = None) -> FitResult:
-    """Train ``detector`` on ``data.train``, early-stop on ``data.val``; never reads test."""
+        log_metrics: Optional[MetricsSink] = None,
+        checkpointer: Optional[Checkpointer] = None) -> FitResult:
+    """Train ``detector`` on ``data.train``, early-stop on ``data.val``; never reads test.
+
+    With a ``checkpointer``, state is saved atomically after every epoch, and an existing
+    checkpoint is continued from (same data order, RNG states, optimizers, early stopping), so a
+    resumed run ends exactly where an uninterrupted one would. A NaN/inf loss stops training
+    with the epoch, batch and component named; the last good checkpoint stays on disk.
+    """
     tcfg, bcfg = cfg.train, cfg.backbone
     window, batch_size = detector.backbone.input_length, int(bcfg.batch_size)
     train_ws = WindowSet(data.train, window, stride=int(cfg.dataset.train_stride))
@@ -75,16 +83,30 @@ def fit(detector: Detector, data: PreparedData, cfg: DictConfig, device: torch.d
     def initial_batches():
         return (x.to(device) for _, x in train_ws.batches(batch_size))
 
-    detector.backbone.on_fit_start(initial_batches, detector.uses_own_objective)
-
     progress = Progress(tcfg.progress, int(tcfg.epochs))
     n_batches = train_ws.n_batches(batch_size, tcfg.max_batches_per_epoch)
     best_loss, best_epoch, best_state, bad_epochs = math.inf, -1, None, 0
     history: List[Dict[str, float]] = []
     stopped_early = False
     t_start = time.perf_counter()
-    epoch = -1
-    for epoch in range(int(tcfg.epochs)):
+    epoch, first_epoch = -1, 0
+    saved = checkpointer.load() if checkpointer is not None else None
+    if saved is not None:
+        detector.load_state_dict(saved["model"])
+        for name, opt in detector.optimizers.items():
+            opt.load_state_dict(saved["optimizers"][name])
+        best_loss, best_epoch, bad_epochs = saved["best_loss"], saved["best_epoch"], saved["bad_epochs"]
+        best_state, history = saved["best_state"], list(saved["history"])
+        stopped_early, epoch = saved["stopped_early"], saved["epoch"]
+        first_epoch = epoch + 1
+        set_rng_state(saved["rng"], order)
+        print(f"resuming from {checkpointer.path} after epoch {epoch + 1}", flush=True)
+    else:
+        detector.backbone.on_fit_start(initial_batches, detector.uses_own_objective)
+
+    # A checkpoint written after early stopping (or the last epoch) has nothing left to run.
+    remaining = range(first_epoch, int(tcfg.epochs)) if not stopped_early else range(0)
+    for epoch in remaining:
         detector.train()
         sums, n = defaultdict(float), 0
         t_epoch = time.perf_counter()
@@ -113,11 +135,19 @@ def fit(detector: Detector, data: PreparedData, cfg: DictConfig, device: torch.d
                 best_state = copy.deepcopy(detector.state_dict())
         else:
             bad_epochs += 1
+        if tcfg.patience is not None and bad_epochs >= int(tcfg.patience):
+            stopped_early = True
+        if checkpointer is not None:
+            checkpointer.save({
+                "model": detector.state_dict(), "epoch": epoch,
+                "optimizers": {n: o.state_dict() for n, o in detector.optimizers.items()},
+                "best_loss": best_loss, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
+                "best_state": best_state, "history": history, "stopped_early": stopped_early,
+                "rng": rng_state(order)})
         shown = {k: v for k, v in epoch_logs.items() if k in ("train/loss", "val/loss",
                                                                "madcluster/threshold")}
         progress.epoch_end(epoch, shown, " *" if improved else "")
-        if tcfg.patience is not None and bad_epochs >= int(tcfg.patience):
-            stopped_early = True
+        if stopped_early:
             break
 
     if tcfg.restore_best and best_state is not None:

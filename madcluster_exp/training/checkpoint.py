@@ -1,0 +1,64 @@
+"""Atomic per-epoch checkpoints: everything needed to continue a run as if never interrupted.
+
+A checkpoint holds the detector (backbone + plug-in, buffers such as centers and radii), every
+optimizer, the early-stopping state and the best weights so far, the history, and the RNG
+states (torch, numpy, Python, and the generator that orders the batches), so a resumed run
+reaches the same final metrics as an uninterrupted one. It is written to a temporary file and
+renamed over the previous one, so a kill at any moment leaves either the old or the new
+checkpoint, never half of one. Loading uses ``torch.load(weights_only=True)``: a checkpoint can
+hold tensors and plain containers only, never arbitrary pickled objects.
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+
+
+def rng_state(order: torch.Generator) -> Dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    return {"torch": torch.get_rng_state(), "order": order.get_state(),
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
+                      "has_gauss": has_gauss, "cached": cached},
+            "python": random.getstate()}
+
+
+def set_rng_state(state: Dict[str, Any], order: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    order.set_state(state["order"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached"]))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+
+
+class Checkpointer:
+    """Saves and loads ``<dir>/<name>.pt`` atomically."""
+
+    def __init__(self, directory: Path, name: str = "last"):
+        self.path = Path(directory) / f"{name}.pt"
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def save(self, state: Dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + f".tmp-{os.getpid()}")
+        torch.save(state, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)  # atomic on POSIX
+
+    def load(self) -> Optional[Dict[str, Any]]:
+        if not self.exists():
+            return None
+        return torch.load(self.path, map_location="cpu", weights_only=True)
+
+    def remove(self) -> None:
+        if self.exists():
+            self.path.unlink()
