@@ -175,6 +175,9 @@ class DCdetectorConfig(BackboneConfig):
     dropout: float = 0.0
     temperature: float = 50.0
     revin: bool = True
+    # Benchmark baseline only: build the up-sampled T x T maps per channel as the reference does
+    # (same values, far more time and memory).
+    materialise: bool = False
     lr: float = 1e-4
     batch_size: int = 128
 

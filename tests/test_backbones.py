@@ -316,3 +316,25 @@ def test_macs_count_recurrent_layers_by_formula():
     assert count_macs(lambda: gru(x), gru) == 3 * 5 * 3 * (4 + 8) * 8
     lin = nn.Linear(4, 6)
     assert count_macs(lambda: lin(x), lin) == 3 * 5 * 4 * 6
+
+
+def test_dcdetector_materialising_baseline_gives_the_same_losses_and_gradients():
+    base = ["backbone.window=20", "backbone.d_model=16", "backbone.layers=2",
+            "backbone.patch_sizes=[2,4,5]"]
+    torch.manual_seed(0)
+    fast = build_backbone(C, compose_config(["backbone=dcdetector", *base]).backbone)
+    torch.manual_seed(0)
+    slow = build_backbone(C, compose_config(["backbone=dcdetector", *base,
+                                             "backbone.materialise=true"]).backbone)
+    x = torch.randn(4, 20, C)
+    outs = []
+    for model in (fast, slow):
+        out = model(x)
+        series, prior = model.discrepancies(out)
+        (prior - series).backward()
+        outs.append((series.item(), prior.item(),
+                     {n: p.grad.clone() for n, p in model.named_parameters()}))
+    assert outs[0][0] == pytest.approx(outs[1][0], abs=1e-5)
+    assert outs[0][1] == pytest.approx(outs[1][1], abs=1e-5)
+    for name, g in outs[0][2].items():
+        torch.testing.assert_close(g, outs[1][2][name], atol=1e-5, rtol=1e-3)

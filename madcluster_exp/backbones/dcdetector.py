@@ -57,6 +57,14 @@ def materialised_kl(a: torch.Tensor, b: torch.Tensor, p: int, n: int) -> Tuple[t
     return association_kl(s_up, p_up), association_kl(p_up, s_up)
 
 
+def pair_kl(a: torch.Tensor, pr: torch.Tensor, p: int, n: int):
+    """(KL(S||P), KL(P||S)) per position for one map pair; p == 0 marks maps that are already
+    up-sampled and normalised (the materialising baseline)."""
+    if p == 0:
+        return association_kl(a, pr), association_kl(pr, a)
+    return factorised_kl(a, pr, p, n)
+
+
 class DualAttentionLayer(nn.Module):
     """Q and K projections shared by the patch-wise and the in-patch view."""
 
@@ -103,6 +111,7 @@ class DCdetector(Backbone):
                              if self.embed_tap == "input_embedding" else None)
         self.temperature = float(cfg.temperature)
         self.embed_dim = d
+        self.materialise = bool(cfg.materialise)
 
     def forward(self, x: torch.Tensor) -> BackboneOutput:
         b, t, c = x.shape
@@ -116,31 +125,48 @@ class DCdetector(Backbone):
             x_num = self.embed_num[i](rearrange(x, "b (p n) c -> (b c) p n", p=p))
             for layer in self.layers:
                 a, pr = layer(x_size, x_num)
+                if self.materialise:
+                    # Benchmark baseline: what the reference does, up-sample every channel's
+                    # maps to T x T first, then average over channels (same values, T^2 memory).
+                    s_up = repeat(a, "bc h m k -> bc h (m r1) (k r2)", r1=p, r2=p)
+                    p_up = pr.repeat(1, 1, n, n)
+                    p_up = reduce(p_up, "(b c) h i j -> b h i j", "mean", c=c)
+                    maps.append((reduce(s_up, "(b c) h i j -> b h i j", "mean", c=c),
+                                 p_up / p_up.sum(dim=-1, keepdim=True), 0, 0))
+                    continue
                 maps.append((reduce(a, "(b c) h m k -> b h m k", "mean", c=c),
                              reduce(pr, "(b c) h m k -> b h m k", "mean", c=c), p, n))
             if self.embed_tap == "patch_attention":
                 # Last layer's patch-wise attention applied to the patch embeddings, each patch
                 # spread back over its p steps, averaged over channels.
-                ctx = a.mean(dim=1) @ x_size  # [(b c), N, d]
-                taps.append(reduce(repeat(ctx, "(b c) n d -> b c (n p) d", c=c, p=p),
-                                   "b c t d -> b t d", "mean"))
+                # Average over channels before spreading patches over steps (both linear, so
+                # the order is free): never builds the [B, C, T, d] tensor.
+                ctx = reduce(a.mean(dim=1) @ x_size, "(b c) n d -> b n d", "mean", c=c)
+                taps.append(repeat(ctx, "b n d -> b (n p) d", p=p))
         z = torch.stack(taps).mean(0) if taps else self.embed_window(x)
         return BackboneOutput(z=z, aux={"maps": maps})
 
-    def loss(self, x: torch.Tensor, out: BackboneOutput) -> torch.Tensor:
-        """prior_loss - series_loss, stop-gradients as the reference, averaged over maps."""
+    def discrepancies(self, out: BackboneOutput):
+        """(series_loss, prior_loss), averaged over maps, stop-gradients as the reference:
+        series_loss trains the patch-wise view against a fixed in-patch view, prior_loss the
+        reverse. Their values are equal (a symmetric KL); their gradients are not."""
         series_loss = prior_loss = 0.0
         for a, pr, p, n in out.aux["maps"]:
-            s_to_fixed_p, fixed_p_to_s = factorised_kl(a, pr.detach(), p, n)
-            fixed_s_to_p, p_to_fixed_s = factorised_kl(a.detach(), pr, p, n)
+            s_to_fixed_p, fixed_p_to_s = pair_kl(a, pr.detach(), p, n)
+            fixed_s_to_p, p_to_fixed_s = pair_kl(a.detach(), pr, p, n)
             series_loss = series_loss + s_to_fixed_p.mean() + fixed_p_to_s.mean()
             prior_loss = prior_loss + fixed_s_to_p.mean() + p_to_fixed_s.mean()
         k = len(out.aux["maps"])
-        return (prior_loss - series_loss) / k
+        return series_loss / k, prior_loss / k
+
+    def loss(self, x: torch.Tensor, out: BackboneOutput) -> torch.Tensor:
+        """prior_loss - series_loss (zero in value, a minimax in gradient)."""
+        series_loss, prior_loss = self.discrepancies(out)
+        return prior_loss - series_loss
 
     def score(self, x: torch.Tensor, out: BackboneOutput) -> torch.Tensor:
         dis = 0.0
         for a, pr, p, n in out.aux["maps"]:
-            kl_sp, kl_ps = factorised_kl(a, pr, p, n)
+            kl_sp, kl_ps = pair_kl(a, pr, p, n)
             dis = dis + (kl_sp + kl_ps) * self.temperature
         return torch.softmax(-dis, dim=-1)

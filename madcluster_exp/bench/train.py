@@ -1,0 +1,160 @@
+"""Training and scoring throughput (windows/s) and peak memory per backbone, MADCluster off and
+on, at reference configurations; DCdetector against its materialising baseline; the share of a
+run spent waiting for batches and in tracking; the end-to-end time of the default run.
+
+Each configuration runs in its own process (``--one``) so its peak RSS is its own. Inputs are
+38-channel windows (SMD's width) drawn from one contiguous array through the real WindowSet.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from madcluster_exp.bench.common import environment, table, write
+
+CHANNELS = 38
+# name, backbone overrides (reference settings; DCdetector and SLMR as the issue lists them)
+CONFIGS = {
+    "deepsvdd": ["backbone=deepsvdd", "backbone.window=100"],
+    "lstm_ae": ["backbone=lstm_ae"],
+    "usad": ["backbone=usad"],
+    "anomaly_transformer": ["backbone=anomaly_transformer"],
+    "dcdetector": ["backbone=dcdetector"],
+    "dcdetector_materialised": ["backbone=dcdetector", "backbone.materialise=true"],
+    "slmr_w10": ["backbone=slmr"],
+    "slmr_w100": ["backbone=slmr", "backbone.window=100"],
+}
+
+
+def _compose(overrides):
+    from hydra import compose, initialize_config_dir
+
+    from madcluster_exp.app import CONFIG_DIR
+
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def run_one(name: str, state: str, steps: int, score_batches: int) -> dict:
+    from madcluster_exp.backbones import build_backbone
+    from madcluster_exp.data import SeriesSplit, WindowSet
+    from madcluster_exp.detector import Detector
+    from madcluster_exp.madcluster import build_plugin
+
+    cfg = _compose(CONFIGS[name] + [f"madcluster={state}"])
+    torch.manual_seed(0)
+    backbone = build_backbone(CHANNELS, cfg.backbone)
+    plugin = build_plugin(backbone.embed_dim, cfg.madcluster, 0)
+    det = Detector(backbone, plugin)
+    det.configure_optimizers(float(cfg.backbone.lr), 0.0, None)
+    bs = int(cfg.backbone.batch_size)
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(bs * (steps + 2) + backbone.input_length, CHANNELS)).astype(np.float32)
+    windows = WindowSet(SeriesSplit.concat([("e", values, None)]), backbone.input_length)
+    gen = torch.Generator().manual_seed(0)
+    det.train()
+    it = windows.batches(bs, shuffle=True, generator=gen)
+    _, x = next(it)
+    det.training_step(x, 0)  # warm-up
+    wait = step = 0.0
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        _, x = next(it)
+        t1 = time.perf_counter()
+        det.training_step(x, 0)
+        t2 = time.perf_counter()
+        wait += t1 - t0
+        step += t2 - t1
+    det.eval()
+    t0 = time.perf_counter()
+    n_scored = 0
+    for b, (_, x) in enumerate(windows.batches(bs)):
+        if b >= score_batches:
+            break
+        det.score_components(x)
+        n_scored += len(x)
+    score_s = time.perf_counter() - t0
+    return {"config": name, "madcluster": state, "batch": bs, "window": backbone.input_length,
+            "train_wps": steps * bs / step, "score_wps": n_scored / score_s,
+            "step_s": step / steps, "data_wait_pct": 100 * wait / (wait + step),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "threads": torch.get_num_threads()}
+
+
+def _subprocess_one(name, state, steps, score_batches) -> dict:
+    out = subprocess.run([sys.executable, "-m", "madcluster_exp.bench.train", "--one", name, state,
+                          "--steps", str(steps), "--score-batches", str(score_batches)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"{name}/{state} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _run_share(args) -> dict:
+    """Tracking share of a 100-epoch run, and the end-to-end time of the default run."""
+    root = args.out / "runs"
+    cmd = [sys.executable, "-m", "madcluster_exp", "train.epochs=100", "train.patience=null",
+           "dataset.train_length=1000", "dataset.test_length=1000", "tracking.plots=false",
+           "train.progress=none", f"paths.output_dir={root}", f"hydra.run.dir={root / 'e100'}"]
+    subprocess.run(cmd, check=True, capture_output=True)
+    m = json.loads((root / "e100" / "metrics.json").read_text())
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "madcluster_exp", f"paths.output_dir={root}",
+                    f"hydra.run.dir={root / 'default'}", "train.progress=none"], check=True,
+                   capture_output=True)
+    default_s = time.perf_counter() - t0
+    return {"tracking_s": m["time/tracking_s"], "run_s": m["time/total_s"],
+            "tracking_pct": 100 * m["time/tracking_s"] / m["time/total_s"],
+            "default_run_wall_s": default_s}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--one", nargs=2, metavar=("CONFIG", "STATE"))
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--score-batches", type=int, default=3)
+    ap.add_argument("--configs", nargs="+", default=list(CONFIGS))
+    ap.add_argument("--out", type=Path, default=Path("outputs/bench"))
+    args = ap.parse_args(argv)
+    if args.one:
+        print(json.dumps(run_one(args.one[0], args.one[1], args.steps, args.score_batches)))
+        return
+    rows = []
+    for name in args.configs:
+        heavy = name in ("anomaly_transformer", "dcdetector_materialised")
+        steps = max(2, args.steps // 2) if heavy else args.steps
+        for state in ("off", "on"):
+            if name == "dcdetector_materialised" and state == "off":
+                continue
+            rows.append(_subprocess_one(name, state, steps, 1 if heavy else args.score_batches))
+            print(f"  {name}/{state}: {rows[-1]['train_wps']:.1f} windows/s", flush=True)
+    by = {(r["config"], r["madcluster"]): r for r in rows}
+    for r in rows:
+        off = by.get((r["config"], "off"))
+        if r["madcluster"] == "on" and off:
+            r["on_vs_off_step"] = r["step_s"] / off["step_s"]
+    if ("dcdetector", "on") in by and ("dcdetector_materialised", "on") in by:
+        by[("dcdetector", "on")]["vs_materialised"] = (by[("dcdetector", "on")]["train_wps"] /
+                                                       by[("dcdetector_materialised", "on")]["train_wps"])
+    share = _run_share(args)
+    print(f"\nThroughput at reference configurations, {CHANNELS} channels "
+          f"(threads {environment()['torch_threads']}):")
+    print(table(rows, ["config", "madcluster", "batch", "window", "train_wps", "score_wps",
+                       "peak_rss_mb", "data_wait_pct", "on_vs_off_step", "vs_materialised"]))
+    print(f"\n100-epoch run: {share['tracking_s']:.2f} s of {share['run_s']:.1f} s in tracking "
+          f"({share['tracking_pct']:.2f} %); default run end to end: "
+          f"{share['default_run_wall_s']:.1f} s")
+    print(f"written to {write('train', rows + [share], args.out)}")
+
+
+if __name__ == "__main__":
+    main()
