@@ -246,6 +246,8 @@ class TrainConfig:
     num_threads: Optional[int] = None
     # auto (bar on a terminal, a line per epoch otherwise) | bar | line | none
     progress: str = "auto"
+    # Mixed precision (bf16 autocast) for training steps; CUDA only, ignored with a warning on CPU.
+    amp: bool = False
     # Write an atomic checkpoint after every epoch (<run dir>/checkpoints/).
     checkpoint: bool = True
     # Continue from the checkpoint in the run directory if there is one (re-run the command with
@@ -309,6 +311,9 @@ class Config:
     seed: int = 0
     # cpu | cuda | auto
     device: str = "cpu"
+    # Deterministic kernels (torch.use_deterministic_algorithms): CPU runs are reproducible
+    # anyway; on CUDA this makes them so at some speed cost.
+    deterministic: bool = False
     # point: one score per time point, honest thresholds (default).
     # reference: the MADCluster code's evaluation (stride-1 window scores, window label = any
     # anomaly inside, best-F1 threshold on test, range metrics on the binarised prediction);

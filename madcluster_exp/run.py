@@ -234,6 +234,10 @@ def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_d
     if threads:
         torch.set_num_threads(int(threads))
     device = resolve_device(cfg.device)
+    if cfg.deterministic:
+        # Required by cuBLAS for deterministic matmuls; harmless on CPU.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
     # The data window may differ from backbone.window (SLMR adds its forecast target).
     window = backbone_class(cfg.backbone.name).data_window(int(cfg.backbone.window))
 

@@ -213,3 +213,14 @@ def test_component_ablation_selects_loss_and_score_terms(components):
     cluster = plugin.cluster_terms(z)
     expected = {"mapping": dist, "clustering": cluster, "both": dist + cluster}[components]
     torch.testing.assert_close(plugin.score(z), expected)
+
+
+def test_zero_embedding_rows_keep_loss_and_gradients_finite():
+    plugin = build_plugin(4, _cfg(), seed=0)
+    z = torch.randn(2, 6, 4)
+    z[0, 2] = 0.0  # e.g. a ReLU output that is all zero at one step
+    z.requires_grad_(True)
+    out = plugin.loss(z)
+    out["total"].backward()
+    assert torch.isfinite(out["total"]) and torch.isfinite(z.grad).all()
+    assert torch.isfinite(plugin.center.grad).all()

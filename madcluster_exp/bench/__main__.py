@@ -1,4 +1,8 @@
-"""python -m madcluster_exp.bench [metrics ...]: run the named benchmarks (all by default)."""
+"""python -m madcluster_exp.bench [metrics|data|train ...] [-- options for a single benchmark]
+
+Runs the named benchmarks (all by default). For one benchmark, options after its name go to it:
+``python -m madcluster_exp.bench train --steps 8``.
+"""
 import sys
 
 from madcluster_exp.bench import data, metrics, train
@@ -6,10 +10,14 @@ from madcluster_exp.bench import data, metrics, train
 BENCHMARKS = {"metrics": metrics.main, "data": data.main, "train": train.main}
 
 if __name__ == "__main__":
-    names = [a for a in sys.argv[1:] if not a.startswith("-")] or list(BENCHMARKS)
+    argv = sys.argv[1:]
+    if argv and argv[0] in BENCHMARKS and any(a.startswith("-") for a in argv[1:]):
+        names, options = [argv[0]], argv[1:]
+    else:
+        names, options = argv or list(BENCHMARKS), []
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         sys.exit(f"unknown benchmark(s) {unknown}; available: {sorted(BENCHMARKS)}")
     for name in names:
-        print(f"=== {name}")
-        BENCHMARKS[name]([])
+        print(f"=== {name}", flush=True)
+        BENCHMARKS[name](options)

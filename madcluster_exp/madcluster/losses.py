@@ -18,6 +18,15 @@ def cosine_assignment(z: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
     return ((1.0 + cos) / 2.0).clamp(Q_EPS, 1.0)
 
 
+def cosine_from_dot(zc: torch.Tensor, zz: torch.Tensor, cc: torch.Tensor) -> torch.Tensor:
+    """q = (1 + cos)/2 from z.c, |z|^2 and |c|^2 (already at hand for the distance), in
+    [Q_EPS, 1]; the same value as :func:`cosine_assignment` without a second pass over z."""
+    # max(|z||c|, 1e-8) as cosine_similarity, clamped before the root: sqrt(0) has an infinite
+    # gradient, and an all-zero embedding row (e.g. after ReLU) must not turn the loss into NaN.
+    cos = zc * torch.rsqrt((zz * cc).clamp_min(1e-16))
+    return ((1.0 + cos) / 2.0).clamp(Q_EPS, 1.0)
+
+
 def f1_slope(nu: torch.Tensor, one_minus_nu: torch.Tensor) -> torch.Tensor:
     """Slope of f1, (1 - nu^(1-nu)) / (1 - nu), computed without cancellation near nu = 1.
 

@@ -51,11 +51,16 @@ class _PluginBase(nn.Module):
         self.use_cluster = cfg.components in ("both", "clustering")
 
     # -- pieces the subclasses provide ----------------------------------------------------
-    def nearest_distance(self, z: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    def terms(self, z: torch.Tensor):
+        """(squared distance to the nearest center, clustering term), each [B, T], sharing
+        the work both need."""  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def cluster_terms(self, z: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def nearest_distance(self, z: torch.Tensor) -> torch.Tensor:
+        return self.terms(z)[0]
+
+    def cluster_terms(self, z: torch.Tensor) -> torch.Tensor:
+        return self.terms(z)[1]
 
     def nu_parameters(self) -> Iterable[nn.Parameter]:
         return []
@@ -73,11 +78,11 @@ class _PluginBase(nn.Module):
 
     def loss(self, z: torch.Tensor) -> Dict[str, torch.Tensor]:
         """mapping and cluster (mean over the batch of per-window sums) and the total term."""
-        dist2 = self.nearest_distance(z)
+        dist2, cluster_t = self.terms(z)
         if self.training:
             self._dist_sample.add(dist2.sqrt())
         mapping = self.mapping_terms(dist2).sum(dim=1)  # [B]
-        cluster = self.cluster_terms(z).sum(dim=1)  # [B]
+        cluster = cluster_t.sum(dim=1)  # [B]
         used = mapping * self.use_mapping + cluster * self.use_cluster
         total = torch.log(used.mean() + 1e-8)
         return {"mapping": mapping.mean(), "cluster": cluster.mean(), "total": total}
@@ -85,11 +90,12 @@ class _PluginBase(nn.Module):
     def score(self, z: torch.Tensor) -> torch.Tensor:
         """Per-step anomaly score [B, T]: clustering term plus distance mapping (each only
         when its component is enabled)."""
-        score = torch.zeros(z.shape[:2], dtype=z.dtype, device=z.device)
+        dist2, cluster = self.terms(z)
+        score = torch.zeros_like(dist2)
         if self.use_cluster:
-            score = score + self.cluster_terms(z)
+            score = score + cluster
         if self.use_mapping:
-            score = score + self.mapping_terms(self.nearest_distance(z))
+            score = score + self.mapping_terms(dist2)
         return score
 
     def on_epoch_end(self, epoch: int) -> Dict[str, float]:
@@ -137,21 +143,23 @@ class MADCluster(_PluginBase):
     def center_parameters(self):
         return [self.center]
 
-    def nearest_distance(self, z: torch.Tensor) -> torch.Tensor:
-        diff = z - self.center
-        return (diff * diff).sum(dim=-1)
-
-    def cluster_terms(self, z: torch.Tensor) -> torch.Tensor:
-        q = losses.cosine_assignment(z, self.center)
+    def terms(self, z: torch.Tensor):
+        # One pass over z for both: z.c and |z|^2 give the cosine and |z - c|^2 alike.
+        c = self.center
+        zc = z @ c
+        zz = (z * z).sum(dim=-1)
+        cc = (c * c).sum()
+        dist2 = (zz - 2.0 * zc + cc).clamp_min(0.0)
+        q = losses.cosine_from_dot(zc, zz, cc)
         if self.variant == "reference":
-            return losses.reference_loss_terms(q, self.nu_raw, self.tau)
+            return dist2, losses.reference_loss_terms(q, self.nu_raw, self.tau)
         nu, one_minus_nu = self.nu_and_complement()
-        return losses.od_loss_terms(q, nu, one_minus_nu, self.tau)
+        return dist2, losses.od_loss_terms(q, nu, one_minus_nu, self.tau)
 
     def score(self, z: torch.Tensor) -> torch.Tensor:
         if self.variant == "reference":
             # One number per window (mean over steps of the cluster loss), as the official code.
-            per_window = self.cluster_terms(z).mean(dim=1, keepdim=True)
+            per_window = self.terms(z)[1].mean(dim=1, keepdim=True)
             return per_window.expand(z.shape[0], z.shape[1])
         return super().score(z)
 
@@ -172,16 +180,14 @@ class MultiMADCluster(_PluginBase):
     def center_parameters(self):
         return [self.centers]
 
-    def nearest_distance(self, z: torch.Tensor) -> torch.Tensor:
-        return losses.squared_distance(z, self.centers).min(dim=-1).values
-
     def assignment_and_target(self, z: torch.Tensor):
         q = losses.student_t_assignment(losses.squared_distance(z, self.centers))
         return q, losses.dec_target(q)
 
-    def cluster_terms(self, z: torch.Tensor) -> torch.Tensor:
-        q, p = self.assignment_and_target(z)
-        return losses.kl_terms(p, q)
+    def terms(self, z: torch.Tensor):
+        d = losses.squared_distance(z, self.centers)  # once, for both terms
+        q = losses.student_t_assignment(d)
+        return d.min(dim=-1).values, losses.kl_terms(losses.dec_target(q), q)
 
 
 def build_plugin(embed_dim: int, cfg: DictConfig, seed: int) -> Optional[_PluginBase]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
@@ -83,6 +84,10 @@ def fit(detector: Detector, data: PreparedData, cfg: DictConfig, device: torch.d
     def initial_batches():
         return (x.to(device) for _, x in train_ws.batches(batch_size))
 
+    use_amp = bool(tcfg.amp) and device.type == "cuda"
+    if tcfg.amp and not use_amp:
+        warnings.warn("train.amp=true needs a CUDA device; training in float32",
+                      RuntimeWarning, stacklevel=2)
     progress = Progress(tcfg.progress, int(tcfg.epochs))
     n_batches = train_ws.n_batches(batch_size, tcfg.max_batches_per_epoch)
     best_loss, best_epoch, best_state, bad_epochs = math.inf, -1, None, 0
@@ -113,7 +118,8 @@ def fit(detector: Detector, data: PreparedData, cfg: DictConfig, device: torch.d
         batches = train_ws.batches(batch_size, shuffle=True, generator=order,
                                    max_batches=tcfg.max_batches_per_epoch)
         for b, (_, x) in enumerate(progress.batches(batches, epoch, n_batches)):
-            logs = detector.training_step(x.to(device), epoch)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                logs = detector.training_step(x.to(device), epoch)
             _check_finite(logs, epoch, b)
             for k, v in logs.items():
                 sums[k] += v * len(x)
