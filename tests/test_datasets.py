@@ -289,3 +289,26 @@ def test_unknown_checksum_is_recorded_not_trusted_silently(tmp_path, served):
 def test_sources_file_describes_every_benchmark():
     from madcluster_exp.data.download import load_sources
     assert set(load_sources()) == {"SMD", "MSL", "SMAP", "PSM"}
+
+
+def test_tar_archives_are_extracted_and_links_refused(tmp_path):
+    import io
+    import tarfile
+
+    from madcluster_exp.data.download import extract
+    src = tmp_path / "src"
+    make_psm(src)
+    good = tmp_path / "psm.tar.gz"
+    with tarfile.open(good, "w:gz") as tf:
+        for f in sorted(src.iterdir()):
+            tf.add(f, arcname=f"RANSynCoders-main/data/{f.name}")
+    spec = SourceFile(url="x", name="psm.tar.gz", archive="tar", strip="RANSynCoders-main/data/")
+    assert extract(good, spec, tmp_path / "out") == 3
+    assert (tmp_path / "out" / "test_label.csv").exists()
+    bad = tmp_path / "bad.tar"
+    with tarfile.open(bad, "w") as tf:
+        link = tarfile.TarInfo("RANSynCoders-main/data/train.csv")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tf.addfile(link)
+    with pytest.raises(DataError, match="a link or device"):
+        extract(bad, SourceFile(url="x", name="bad.tar", archive="tar"), tmp_path / "out2")

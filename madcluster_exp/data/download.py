@@ -155,40 +155,38 @@ def _relative(name: str, spec: SourceFile) -> Optional[str]:
     return name
 
 
+def _members(archive: Path, kind: Optional[str]):
+    """Yield (name, is_link_or_device, is_file, open) for every member of a zip or tar file."""
+    if kind == "zip":
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                link = (info.external_attr >> 16) & 0o170000 == 0o120000
+                yield info.filename, link, not info.is_dir(), lambda i=info: zf.open(i)
+    elif kind == "tar":
+        with tarfile.open(archive) as tf:
+            for m in tf.getmembers():
+                yield (m.name, m.issym() or m.islnk() or m.isdev(), m.isfile(),
+                       lambda m=m: tf.extractfile(m))
+    else:
+        raise DataError(f"{archive}: unknown archive type {kind!r}")
+
+
 def extract(archive: Path, spec: SourceFile, target: Path) -> int:
     """Extract the wanted members of ``archive`` under ``target``; returns how many."""
     count = 0
-    if spec.archive == "zip":
-        with zipfile.ZipFile(archive) as zf:
-            for info in zf.infolist():
-                # Every member is checked, wanted or not: a malicious archive is refused whole.
-                _safe_member(info.filename, target)
-                if (info.external_attr >> 16) & 0o170000 == 0o120000:
-                    raise DataError(f"refusing archive member {info.filename!r}: a symbolic link")
-                rel = _relative(info.filename, spec)
-                if rel is None:
-                    continue
-                out = _safe_member(rel, target)
-                out.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, open(out, "wb") as dst:
-                    shutil.copyfileobj(src, dst, CHUNK)
-                count += 1
-    elif spec.archive == "tar":
-        with tarfile.open(archive) as tf:
-            for member in tf.getmembers():
-                _safe_member(member.name, target)
-                if member.issym() or member.islnk() or member.isdev():
-                    raise DataError(f"refusing archive member {member.name!r}: a link or device")
-                rel = _relative(member.name, spec)
-                if rel is None or not member.isfile():
-                    continue
-                out = _safe_member(rel, target)
-                out.parent.mkdir(parents=True, exist_ok=True)
-                with tf.extractfile(member) as src, open(out, "wb") as dst:
-                    shutil.copyfileobj(src, dst, CHUNK)
-                count += 1
-    else:
-        raise DataError(f"{archive}: unknown archive type {spec.archive!r}")
+    for name, link, is_file, open_member in _members(archive, spec.archive):
+        # Every member is checked, wanted or not: a malicious archive is refused whole.
+        _safe_member(name, target)
+        if link:
+            raise DataError(f"refusing archive member {name!r}: a link or device")
+        rel = _relative(name, spec)
+        if rel is None or not is_file:
+            continue
+        out = _safe_member(rel, target)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open_member() as src, open(out, "wb") as dst:
+            shutil.copyfileobj(src, dst, CHUNK)
+        count += 1
     if count == 0:
         raise DataError(f"{archive}: no member under {spec.strip or '/'}{spec.include or ''}; "
                         "is this the right archive?")
