@@ -224,3 +224,21 @@ def test_zero_embedding_rows_keep_loss_and_gradients_finite():
     out["total"].backward()
     assert torch.isfinite(out["total"]) and torch.isfinite(z.grad).all()
     assert torch.isfinite(plugin.center.grad).all()
+
+
+def test_fused_dot_and_norm_gradients_are_exact():
+    from madcluster_exp.madcluster.losses import dot_and_squared_norm
+    z = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: dot_and_squared_norm(a, b), (z, c))
+
+
+def test_time_broadcast_embeddings_give_the_same_terms_as_materialised_ones():
+    plugin = build_plugin(6, _cfg(), seed=0)
+    code = torch.randn(4, 1, 6)
+    broadcast = code.expand(-1, 9, -1)
+    assert broadcast.stride(1) == 0
+    a, b = plugin.terms(broadcast), plugin.terms(broadcast.contiguous())
+    torch.testing.assert_close(a[0], b[0])
+    torch.testing.assert_close(a[1], b[1])
+    torch.testing.assert_close(plugin.loss(broadcast)["total"], plugin.loss(broadcast.contiguous())["total"])

@@ -100,6 +100,35 @@ def run_one(name: str, state: str, steps: int, score_batches: int) -> dict:
             "threads": torch.get_num_threads()}
 
 
+def interleaved_overhead(name: str, reps: int = 30) -> dict:
+    """MADCluster's step-time overhead measured robustly: off and on detectors in one process,
+    steps alternated on the same batch, medians compared (drift and other load cancel out)."""
+    from madcluster_exp.backbones import build_backbone
+    from madcluster_exp.detector import Detector
+    from madcluster_exp.madcluster import build_plugin
+
+    dets = {}
+    for state in ("off", "on"):
+        cfg = _compose(CONFIGS[name] + [f"madcluster={state}"])
+        torch.manual_seed(0)
+        backbone = build_backbone(CHANNELS, cfg.backbone)
+        det = Detector(backbone, build_plugin(backbone.embed_dim, cfg.madcluster, 0))
+        det.configure_optimizers(float(cfg.backbone.lr), 0.0, None)
+        det.train()
+        dets[state] = det
+    x = torch.randn(int(cfg.backbone.batch_size), dets["on"].backbone.input_length, CHANNELS)
+    times = {"off": [], "on": []}
+    for det in dets.values():
+        det.training_step(x, 0)
+    for _ in range(reps):
+        for state, det in dets.items():
+            t0 = time.perf_counter()
+            det.training_step(x, 0)
+            times[state].append(time.perf_counter() - t0)
+    off, on = float(np.median(times["off"])), float(np.median(times["on"]))
+    return {"config": name, "off_ms": 1e3 * off, "on_ms": 1e3 * on, "overhead_pct": 100 * (on / off - 1)}
+
+
 def _subprocess_one(name, state, steps, score_batches) -> dict:
     out = subprocess.run([sys.executable, "-m", "madcluster_exp.bench.train", "--one", name, state,
                           "--steps", str(steps), "--score-batches", str(score_batches)],
@@ -158,15 +187,19 @@ def main(argv=None) -> None:
     if ("dcdetector", "on") in by and ("dcdetector_materialised", "on") in by:
         by[("dcdetector", "on")]["vs_materialised"] = (by[("dcdetector", "on")]["train_wps"] /
                                                        by[("dcdetector_materialised", "on")]["train_wps"])
+    overhead = [interleaved_overhead(n) for n in args.configs
+                if n in ("deepsvdd", "lstm_ae", "usad", "slmr_w10")]
     share = _run_share(args)
     print(f"\nThroughput at reference configurations, {CHANNELS} channels "
           f"(threads {environment()['torch_threads']}):")
     print(table(rows, ["config", "madcluster", "batch", "window", "train_wps", "score_wps",
                        "peak_rss_mb", "data_wait_pct", "on_vs_off_step", "vs_materialised"]))
+    print("\nMADCluster step-time overhead, interleaved medians of 30 steps each:")
+    print(table(overhead, ["config", "off_ms", "on_ms", "overhead_pct"]))
     print(f"\n100-epoch run: {share['tracking_s']:.2f} s of {share['run_s']:.1f} s in tracking "
           f"({share['tracking_pct']:.2f} %); default run end to end: "
           f"{share['default_run_wall_s']:.1f} s")
-    print(f"written to {write('train', rows + [share], args.out)}")
+    print(f"written to {write('train', rows + overhead + [share], args.out)}")
 
 
 if __name__ == "__main__":

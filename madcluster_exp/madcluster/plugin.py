@@ -144,10 +144,14 @@ class MADCluster(_PluginBase):
         return [self.center]
 
     def terms(self, z: torch.Tensor):
+        if z.dim() == 3 and z.shape[1] > 1 and z.stride(1) == 0:
+            # A per-window code broadcast over time (e.g. USAD's latent): every step is the
+            # same, so compute one step and broadcast the result.
+            dist2, cluster = self.terms(z[:, :1])
+            return dist2.expand(-1, z.shape[1]), cluster.expand(-1, z.shape[1])
         # One pass over z for both: z.c and |z|^2 give the cosine and |z - c|^2 alike.
         c = self.center
-        zc = z @ c
-        zz = (z * z).sum(dim=-1)
+        zc, zz = losses.dot_and_squared_norm(z, c)
         cc = (c * c).sum()
         dist2 = (zz - 2.0 * zc + cc).clamp_min(0.0)
         q = losses.cosine_from_dot(zc, zz, cc)
