@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from madcluster_exp.backbones import BACKBONES, build_backbone
 from madcluster_exp.backbones.dcdetector import factorised_kl, materialised_kl

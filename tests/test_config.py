@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
-from omegaconf.errors import ConfigKeyError
 
 from madcluster_exp.app import CONFIG_DIR
 from madcluster_exp.config import ConfigError, validate

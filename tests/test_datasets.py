@@ -292,7 +292,6 @@ def test_sources_file_describes_every_benchmark():
 
 
 def test_tar_archives_are_extracted_and_links_refused(tmp_path):
-    import io
     import tarfile
 
     from madcluster_exp.data.download import extract

@@ -12,7 +12,6 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-import madcluster_exp.run as run_module
 from madcluster_exp.detector import Detector
 from madcluster_exp.run import run
 from madcluster_exp.training import TrainingDivergedError

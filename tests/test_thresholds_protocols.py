@@ -1,7 +1,6 @@
 """Threshold families, the reference protocol, and re-evaluation from saved scores."""
 from __future__ import annotations
 
-import json
 import math
 import subprocess
 import sys

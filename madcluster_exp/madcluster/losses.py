@@ -6,16 +6,9 @@ Everything works per time step on tensors shaped [B, T] (assignments) or [B, T, 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 # q = (1 + cos)/2 reaches 0 only for exactly opposite vectors; log(0) would be -inf.
 Q_EPS = 1e-6
-
-
-def cosine_assignment(z: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
-    """Soft assignment q_t = (1 + cos(h_t, c)) / 2 in [Q_EPS, 1]; z [B, T, f], center [f]."""
-    cos = F.cosine_similarity(z, center.expand_as(z), dim=-1, eps=1e-8)
-    return ((1.0 + cos) / 2.0).clamp(Q_EPS, 1.0)
 
 
 class _DotAndSquaredNorm(torch.autograd.Function):
@@ -45,7 +38,7 @@ def dot_and_squared_norm(z: torch.Tensor, c: torch.Tensor):
 
 def cosine_from_dot(zc: torch.Tensor, zz: torch.Tensor, cc: torch.Tensor) -> torch.Tensor:
     """q = (1 + cos)/2 from z.c, |z|^2 and |c|^2 (already at hand for the distance), in
-    [Q_EPS, 1]; the same value as :func:`cosine_assignment` without a second pass over z."""
+    [Q_EPS, 1]; equal to (1 + F.cosine_similarity(z, c))/2 without a second pass over z."""
     # max(|z||c|, 1e-8) as cosine_similarity, clamped before the root: sqrt(0) has an infinite
     # gradient, and an all-zero embedding row (e.g. after ReLU) must not turn the loss into NaN.
     cos = zc * torch.rsqrt((zz * cc).clamp_min(1e-16))
