@@ -10,7 +10,7 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
-from madcluster_exp.backbones.base import Backbone, StepContext
+from madcluster_exp.backbones.base import Backbone, StepContext, combine_losses, loss_logs
 
 NU_GROUP = "madcluster_nu"
 
@@ -84,11 +84,8 @@ class Detector(nn.Module):
         out = self.backbone(x)
         own = self.backbone.loss(x, out) if self.uses_own_objective else x.new_zeros(())
         plugin = self._plugin_loss(out.z)
-        ctx = StepContext(-1, self._plugin_loss, self._optimize, self.uses_own_objective)
-        logs = {"loss": ctx.combine(own, plugin).item(), "loss_backbone": own.item()}
-        if plugin is not None:
-            logs.update(loss_mapping=plugin["mapping"].item(), loss_cluster=plugin["cluster"].item())
-        return logs
+        total = combine_losses(own, plugin, self.uses_own_objective)
+        return loss_logs(total.item(), own.item(), plugin)
 
     @torch.no_grad()
     def score_components(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:

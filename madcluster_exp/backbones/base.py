@@ -21,6 +21,26 @@ class BackboneOutput:
     aux: Dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+def combine_losses(backbone_loss: torch.Tensor, plugin: Optional[dict],
+                   uses_own_objective: bool) -> torch.Tensor:
+    """Total loss: the backbone's objective (if it keeps one) plus the plug-in's term."""
+    if plugin is None:
+        return backbone_loss
+    if not uses_own_objective:
+        return plugin["total"]
+    return backbone_loss + plugin["total"]
+
+
+def loss_logs(total: float, backbone: float, plugin: Optional[dict],
+              **extra: float) -> Dict[str, float]:
+    """The loss components a step reports: total, backbone, any extras, and the plug-in's
+    mapping and cluster terms when it is on."""
+    logs = {"loss": total, "loss_backbone": backbone, **extra}
+    if plugin is not None:
+        logs.update(loss_mapping=plugin["mapping"].item(), loss_cluster=plugin["cluster"].item())
+    return logs
+
+
 class StepContext:
     """What a training step may use: the plug-in's loss on an embedding and the optimizer step.
 
@@ -39,12 +59,7 @@ class StepContext:
         self.uses_own_objective = uses_own_objective
 
     def combine(self, backbone_loss: torch.Tensor, plugin: Optional[dict]) -> torch.Tensor:
-        """Total loss: the backbone's objective (if it keeps one) plus the plug-in's term."""
-        if plugin is None:
-            return backbone_loss
-        if not self.uses_own_objective:
-            return plugin["total"]
-        return backbone_loss + plugin["total"]
+        return combine_losses(backbone_loss, plugin, self.uses_own_objective)
 
 
 class Backbone(nn.Module):
@@ -110,10 +125,7 @@ class Backbone(nn.Module):
         plugin = ctx.plugin_loss(out.z)
         total = ctx.combine(own, plugin)
         ctx.optimize(total)
-        logs = {"loss": total.item(), "loss_backbone": own.item()}
-        if plugin is not None:
-            logs.update(loss_mapping=plugin["mapping"].item(), loss_cluster=plugin["cluster"].item())
-        return logs
+        return loss_logs(total.item(), own.item(), plugin)
 
     def on_epoch_end(self, epoch: int) -> Dict[str, float]:
         """Called after every training epoch; returns values to log (e.g. a fitted radius)."""

@@ -16,7 +16,7 @@ from einops import rearrange
 from omegaconf import DictConfig
 from torch import nn
 
-from madcluster_exp.backbones.base import Backbone, BackboneOutput, StepContext
+from madcluster_exp.backbones.base import Backbone, BackboneOutput, StepContext, loss_logs
 
 
 def _mlp(sizes: List[int], last: nn.Module) -> nn.Sequential:
@@ -83,8 +83,5 @@ class USAD(Backbone):
         out = self(x)
         loss2 = w * ((x - out.aux["w2"]) ** 2).mean() - (1 - w) * ((x - out.aux["w3"]) ** 2).mean()
         ctx.optimize(loss2, "ae2")
-        logs = {"loss": total1.item() + loss2.item(), "loss_backbone": loss1.item() + loss2.item(),
-                "loss_ae1": loss1.item(), "loss_ae2": loss2.item()}
-        if plugin is not None:
-            logs.update(loss_mapping=plugin["mapping"].item(), loss_cluster=plugin["cluster"].item())
-        return logs
+        return loss_logs(total1.item() + loss2.item(), loss1.item() + loss2.item(), plugin,
+                         loss_ae1=loss1.item(), loss_ae2=loss2.item())
