@@ -7,12 +7,12 @@ sees only the fitting part; validation and (later) test are transformed with its
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List
+from typing import List
 
 import numpy as np
 
-from madcluster_exp.data.series import (DataError, RawDataset, SealedTest, SeriesSplit,
-                                        check_finite)
+from madcluster_exp.data.series import (DataError, LinkedSealedTest, RawDataset, SealedTest,
+                                        SeriesSplit, check_finite)
 
 
 @dataclass
@@ -101,18 +101,7 @@ def prepare(raw: RawDataset, window: int, val_fraction: float, normalize: str) -
                                 f"is shorter than one window ({window})")
         return scaler.transform(test)
 
-    scaled_test = _LinkedSealedTest(load_scaled_test, sealed)
+    scaled_test = LinkedSealedTest(load_scaled_test, sealed)
     return PreparedData(raw.name, scaler.transform(fit), scaler.transform(val), scaled_test,
                         scaler, window)
 
-
-class _LinkedSealedTest(SealedTest):
-    """A derived view of a sealed test split: unsealing it unseals the source as well."""
-
-    def __init__(self, load: Callable[[], SeriesSplit], source: SealedTest):
-        super().__init__(load, source.description)
-        self._source = source
-
-    def unseal(self) -> None:
-        self._source.unseal()
-        super().unseal()

@@ -123,6 +123,20 @@ class SealedTest:
         return self._cached
 
 
+class LinkedSealedTest(SealedTest):
+    """A test split derived from another sealed one (scaled, or one entity of it): it has its
+    own seal, and unsealing it unseals the source it reads from."""
+
+    def __init__(self, load: Callable[[], SeriesSplit], source: SealedTest,
+                 description: Optional[str] = None):
+        super().__init__(load, description or source.description)
+        self._source = source
+
+    def unseal(self) -> None:
+        self._source.unseal()
+        super().unseal()
+
+
 @dataclass
 class RawDataset:
     """What a loader returns: unscaled training series and the sealed test split."""
@@ -143,11 +157,9 @@ class RawDataset:
     def subset(self, name: str) -> "RawDataset":
         """One entity as a dataset of its own; its test split has its own seal (reading it
         unseals the full test split, which is loaded once and shared)."""
-        from madcluster_exp.data.prepare import _LinkedSealedTest
-
         full = self.test
-        test = _LinkedSealedTest(lambda: full.get().entity(name), full)
-        test.description = f"{full.description}[{name}]"
+        test = LinkedSealedTest(lambda: full.get().entity(name), full,
+                                f"{full.description}[{name}]")
         return RawDataset(self.name, self.train.entity(name), test, self.info)
 
 
