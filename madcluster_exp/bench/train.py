@@ -44,18 +44,25 @@ def _compose(overrides):
         return compose(config_name="config", overrides=list(overrides))
 
 
-def run_one(name: str, state: str, steps: int, score_batches: int) -> dict:
+def build_detector(name: str, state: str):
+    """(detector with optimizers, its config) for a benchmark configuration, seed 0."""
     from madcluster_exp.backbones import build_backbone
-    from madcluster_exp.data import SeriesSplit, WindowSet
     from madcluster_exp.detector import Detector
     from madcluster_exp.madcluster import build_plugin
 
     cfg = _compose(CONFIGS[name] + [f"madcluster={state}"])
     torch.manual_seed(0)
     backbone = build_backbone(CHANNELS, cfg.backbone)
-    plugin = build_plugin(backbone.embed_dim, cfg.madcluster, 0)
-    det = Detector(backbone, plugin)
+    det = Detector(backbone, build_plugin(backbone.embed_dim, cfg.madcluster, 0))
     det.configure_optimizers(float(cfg.backbone.lr), 0.0, None)
+    return det, cfg
+
+
+def run_one(name: str, state: str, steps: int, score_batches: int) -> dict:
+    from madcluster_exp.data import SeriesSplit, WindowSet
+
+    det, cfg = build_detector(name, state)
+    backbone = det.backbone
     bs = int(cfg.backbone.batch_size)
     rng = np.random.default_rng(0)
     values = rng.normal(size=(bs * (steps + 2) + backbone.input_length, CHANNELS)).astype(np.float32)
@@ -102,17 +109,9 @@ def run_one(name: str, state: str, steps: int, score_batches: int) -> dict:
 def interleaved_overhead(name: str, reps: int = 30) -> dict:
     """MADCluster's step-time overhead measured robustly: off and on detectors in one process,
     steps alternated on the same batch, medians compared (drift and other load cancel out)."""
-    from madcluster_exp.backbones import build_backbone
-    from madcluster_exp.detector import Detector
-    from madcluster_exp.madcluster import build_plugin
-
     dets = {}
     for state in ("off", "on"):
-        cfg = _compose(CONFIGS[name] + [f"madcluster={state}"])
-        torch.manual_seed(0)
-        backbone = build_backbone(CHANNELS, cfg.backbone)
-        det = Detector(backbone, build_plugin(backbone.embed_dim, cfg.madcluster, 0))
-        det.configure_optimizers(float(cfg.backbone.lr), 0.0, None)
+        det, cfg = build_detector(name, state)
         det.train()
         dets[state] = det
     x = torch.randn(int(cfg.backbone.batch_size), dets["on"].backbone.input_length, CHANNELS)
