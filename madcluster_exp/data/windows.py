@@ -103,12 +103,8 @@ class PointScoreAccumulator:
     def result(self) -> np.ndarray:
         if self.aggregate == "sum":
             return self._sum
-        if self.aggregate == "mean":
-            if (self._count == 0).any():
-                missing = int(np.flatnonzero(self._count == 0)[0])
-                raise RuntimeError(f"point {missing} is covered by no scored window")
-            return self._sum / self._count
-        if np.isneginf(self._max).any():
-            missing = int(np.flatnonzero(np.isneginf(self._max))[0])
+        uncovered = self._count == 0 if self.aggregate == "mean" else np.isneginf(self._max)
+        if uncovered.any():
+            missing = int(np.flatnonzero(uncovered)[0])
             raise RuntimeError(f"point {missing} is covered by no scored window")
-        return self._max
+        return self._sum / self._count if self.aggregate == "mean" else self._max
