@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 DATASET ?= SMD
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all run smoke bench data ui clean
+.PHONY: help install test test-all test-cuda run smoke bench data ui clean
 
 help: ## list every target
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ test: ## run the default test suite (excludes tests marked slow)
 
 test-all: ## run every test, slow ones included
 	$(PYTHON) -m pytest -m "" $(PYTEST_ARGS)
+
+test-cuda: ## GPU checks (device=cuda, train.amp, deterministic); needs a CUDA device
+	$(PYTHON) -m pytest -m cuda $(PYTEST_ARGS) tests/test_cuda.py
 
 run: ## train + evaluate the default configuration on the embedded synthetic dataset
 	$(PYTHON) -m madcluster_exp

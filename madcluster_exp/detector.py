@@ -28,6 +28,7 @@ class Detector(nn.Module):
         self.plugin = plugin
         # Deep SVDD-like backbones hand their objective over to MADCluster's center.
         self.uses_own_objective = plugin is None or backbone.keeps_objective_with_plugin
+        backbone.tap_needed = plugin is not None
         self.optimizers: Dict[str, torch.optim.Optimizer] = {}
         self.host_group = "main"
         self.grad_clip: Optional[float] = None

@@ -84,6 +84,10 @@ class Backbone(nn.Module):
         self.window = int(cfg.window)
         self.embed_tap = cfg.embed_tap
         self.embed_dim: int = 0  # set by subclasses
+        #: False when nothing consumes ``BackboneOutput.z`` (MADCluster off; set by Detector):
+        #: a backbone whose tap costs extra work (DCdetector's patch attention) may then skip
+        #: it and return z=None. Backbones whose own objective uses z ignore it.
+        self.tap_needed = True
 
     # -- the three required pieces -------------------------------------------------------
     def forward(self, x: torch.Tensor) -> BackboneOutput:  # pragma: no cover - abstract

@@ -27,7 +27,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 from madcluster_exp.backbones.base import Backbone, BackboneOutput
-from madcluster_exp.backbones.layers import KL_EPS, DataEmbedding, RevIN, association_kl
+from madcluster_exp.backbones.layers import (KL_EPS, DataEmbedding, RevIN, association_kl,
+                                             circular_unfold)
 
 
 def factorised_kl(a: torch.Tensor, b: torch.Tensor, p: int, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -65,6 +66,46 @@ def pair_kl(a: torch.Tensor, pr: torch.Tensor, p: int, n: int):
     return factorised_kl(a, pr, p, n)
 
 
+class ChannelMeans(torch.autograd.Function):
+    """(mean_c a, mean_c (mean_h a) @ u) for per-channel maps a [(B C), H, N, N] and per-channel
+    token features u [(B C), N, F]: the map the loss sees and the patch-attention tap's context.
+
+    Autograd's own backward would write a's gradient twice (once per use) and add the two;
+    here both uses share one pass: grad_a = (g_mean + g_ctx u^T / H) / C, written once. On the
+    reference configuration that is the difference between a tap that costs a few percent of
+    the step and one that costs ten.
+    """
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)  # train.amp: float32 here
+    def forward(ctx, a: torch.Tensor, u: torch.Tensor, c: int):
+        s, h, n, m = a.shape
+        head_mean = a.view(s, n, m) if h == 1 else a.mean(dim=1)
+        ctx.save_for_backward(a, u)
+        ctx.c = c
+        return (a.view(s // c, c, h, n, m).mean(dim=1),
+                (head_mean @ u).view(s // c, c, n, -1).mean(dim=1))
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, g_mean: torch.Tensor, g_ctx: torch.Tensor):
+        a, u = ctx.saved_tensors
+        c = ctx.c
+        s, h, n, m = a.shape
+        b = s // c
+        grad_a = grad_u = None
+        if ctx.needs_input_grad[0]:
+            # [B, 1, N, F] @ [B, C, F, M] -> [B, C, N, M], then the map gradient added in place
+            grad = (g_ctx / (c * h)).unsqueeze(1) @ u.view(b, c, m, -1).transpose(-1, -2)
+            grad = grad.unsqueeze(2) + (g_mean / c).unsqueeze(1) if h > 1 else \
+                grad.add_((g_mean / c)).unsqueeze(2)
+            grad_a = grad.reshape(s, h, n, m)
+        if ctx.needs_input_grad[1]:
+            head_mean = a.view(b, c, n, m) if h == 1 else a.view(b, c, h, n, m).mean(dim=2)
+            grad_u = (head_mean.transpose(-1, -2) @ (g_ctx / c).unsqueeze(1)).reshape(s, m, -1)
+        return grad_a, grad_u, None
+
+
 class DualAttentionLayer(nn.Module):
     """Q and K projections shared by the patch-wise and the in-patch view."""
 
@@ -83,6 +124,40 @@ class DualAttentionLayer(nn.Module):
 
     def forward(self, x_size: torch.Tensor, x_num: torch.Tensor):
         return self.attend(x_size), self.attend(x_num)
+
+    def attend_factored(self, u: torch.Tensor, w_e: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """The maps of ``attend(u @ w_e + pos)`` without the d-wide tokens.
+
+        u: [B', L, F] circularly unfolded inputs (F = 3 x token width, 6 to 150 here, against
+        d = 256), w_e: [F, d] the token convolution, pos: [L, d] the position encoding. With
+        Q = u U_q + R_q and K = u U_k + R_k (U = w_e W^T, R = pos W^T + b), per head
+            Q K^T = (u G + H) u^T + u F + Z,  G = U_q U_k^T, F = U_q R_k^T, H = R_q U_k^T,
+        Z = R_q R_k^T, all four built once per step from the weights. Per sequence that costs
+        O(L F (F + L)) instead of O(L d^2) for the projections; the values are the same up to
+        float rounding (tested against ``attend``).
+        """
+        h, dk = self.n_heads, self.d_k
+        scale = 1.0 / math.sqrt(dk)
+
+        def factors(lin: nn.Linear):
+            w = rearrange(lin.weight, "(h k) d -> h k d", h=h)
+            u_w = torch.einsum("fd,hkd->hfk", w_e, w)  # [H, F, dk]
+            r = rearrange(pos @ lin.weight.T + lin.bias, "l (h k) -> h l k", h=h)  # [H, L, dk]
+            return u_w, r
+
+        uq, rq = factors(self.query)
+        uk, rk = factors(self.key)
+        g = uq @ uk.transpose(-1, -2) * scale  # [H, F, F]
+        f = uq @ rk.transpose(-1, -2) * scale  # [H, F, L]
+        hq = rq @ uk.transpose(-1, -2) * scale  # [H, L, F]
+        z = rq @ rk.transpose(-1, -2) * scale  # [H, L, L]
+        if h == 1:  # 2-D right operands: one large GEMM each instead of a batched one
+            left = u @ g[0] + hq[0]
+            scores = (left @ u.transpose(-1, -2) + u @ f[0] + z[0]).unsqueeze(1)
+        else:
+            us = u.unsqueeze(1)
+            scores = (us @ g + hq) @ us.transpose(-1, -2) + us @ f + z
+        return self.dropout(torch.softmax(scores, dim=-1))
 
 
 class DCdetector(Backbone):
@@ -112,38 +187,63 @@ class DCdetector(Backbone):
         self.temperature = float(cfg.temperature)
         self.embed_dim = d
         self.materialise = bool(cfg.materialise)
+        self.dropout_p = float(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> BackboneOutput:
         b, t, c = x.shape
         if self.revin is not None:
             x = self.revin(x)
+        # Embedding dropout would break the factorisation (it masks the d-wide tokens), so a
+        # model trained with dropout > 0 takes the direct path while training.
+        factored = not self.materialise and (self.dropout_p == 0.0 or not self.training)
         maps = []  # (A [B,H,N,N], P [B,H,p,p], p, N) per patch size and layer
         taps = []
         for i, p in enumerate(self.patch_sizes):
             n = t // p
-            x_size = self.embed_size[i](rearrange(x, "b (n p) c -> (b c) n p", p=p))
-            x_num = self.embed_num[i](rearrange(x, "b (p n) c -> (b c) p n", p=p))
+            seq_size = rearrange(x, "b (n p) c -> (b c) n p", p=p)
+            seq_num = rearrange(x, "b (p n) c -> (b c) p n", p=p)
+            emb_size, emb_num = self.embed_size[i], self.embed_num[i]
+            if factored:
+                u_size, u_num = circular_unfold(seq_size), circular_unfold(seq_num)
+                w_size, w_num = emb_size.token_matrix(), emb_num.token_matrix()
+            else:
+                x_size, x_num = emb_size(seq_size), emb_num(seq_num)
             for layer in self.layers:
-                a, pr = layer(x_size, x_num)
+                if factored:
+                    a = layer.attend_factored(u_size, w_size, emb_size.pe[:n])
+                    pr = layer.attend_factored(u_num, w_num, emb_num.pe[:p])
+                else:
+                    a, pr = layer(x_size, x_num)
+                tap_here = layer is self.layers[-1] and self.tap_needed \
+                    and self.embed_tap == "patch_attention"
+                if tap_here and factored:
+                    # Patch-attention tap (last layer): mean_c(A (u W + pos)), each patch spread
+                    # back over its p steps. Linear in the tokens, so it equals
+                    # mean_c(A u) W + mean_c(A) pos: neither the [B, C, T, d] tensor nor the
+                    # d-wide tokens are built.
+                    a_mean, au = ChannelMeans.apply(a, u_size, c)
+                    ctx = au @ w_size + a_mean.mean(dim=1) @ emb_size.pe[:n]
+                else:
+                    a_mean = reduce(a, "(b c) h m k -> b h m k", "mean", c=c)
+                    if tap_here:  # the direct form of the same tap
+                        ctx = reduce(a.mean(dim=1) @ x_size, "(b c) n d -> b n d", "mean", c=c)
+                if tap_here:
+                    taps.append(repeat(ctx, "b n d -> b (n p) d", p=p))
                 if self.materialise:
                     # Benchmark baseline: what the reference does, up-sample every channel's
                     # maps to T x T first, then average over channels (same values, T^2 memory).
                     s_up = repeat(a, "bc h m k -> bc h (m r1) (k r2)", r1=p, r2=p)
-                    p_up = pr.repeat(1, 1, n, n)
-                    p_up = reduce(p_up, "(b c) h i j -> b h i j", "mean", c=c)
+                    p_up = reduce(pr.repeat(1, 1, n, n), "(b c) h i j -> b h i j", "mean", c=c)
                     maps.append((reduce(s_up, "(b c) h i j -> b h i j", "mean", c=c),
                                  p_up / p_up.sum(dim=-1, keepdim=True), 0, 0))
-                    continue
-                maps.append((reduce(a, "(b c) h m k -> b h m k", "mean", c=c),
-                             reduce(pr, "(b c) h m k -> b h m k", "mean", c=c), p, n))
-            if self.embed_tap == "patch_attention":
-                # Last layer's patch-wise attention applied to the patch embeddings, each patch
-                # spread back over its p steps, averaged over channels.
-                # Average over channels before spreading patches over steps (both linear, so
-                # the order is free): never builds the [B, C, T, d] tensor.
-                ctx = reduce(a.mean(dim=1) @ x_size, "(b c) n d -> b n d", "mean", c=c)
-                taps.append(repeat(ctx, "b n d -> b (n p) d", p=p))
-        z = torch.stack(taps).mean(0) if taps else self.embed_window(x)
+                else:
+                    maps.append((a_mean, reduce(pr, "(b c) h m k -> b h m k", "mean", c=c), p, n))
+        if not self.tap_needed:
+            z = None
+        elif self.embed_tap == "patch_attention":
+            z = torch.stack(taps).mean(0)
+        else:
+            z = self.embed_window(x)
         return BackboneOutput(z=z, aux={"maps": maps})
 
     def discrepancies(self, out: BackboneOutput):

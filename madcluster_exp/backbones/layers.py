@@ -32,6 +32,18 @@ class DataEmbedding(nn.Module):
         tokens = rearrange(self.token(rearrange(x, "b l c -> b c l")), "b d l -> b l d")
         return self.dropout(tokens + self.pe[: x.shape[1]])
 
+    def token_matrix(self) -> torch.Tensor:
+        """The token convolution as a [3 c_in, d_model] matrix acting on ``circular_unfold(x)``:
+        without dropout, forward(x) == circular_unfold(x) @ token_matrix() + pe[:L]."""
+        w = self.token.weight  # [d, c_in, 3]; tap k reads x[l + k - 1]
+        return rearrange(w, "d c k -> (k c) d")
+
+
+def circular_unfold(x: torch.Tensor) -> torch.Tensor:
+    """[B, L, c] -> [B, L, 3c]: each token beside its circular neighbours (x[l-1], x[l], x[l+1]),
+    the input a kernel-3 circular convolution reads."""
+    return torch.cat([torch.roll(x, 1, dims=1), x, torch.roll(x, -1, dims=1)], dim=-1)
+
 
 class RevIN(nn.Module):
     """Reversible instance normalisation (Kim et al., ICLR 2022): per window and channel."""

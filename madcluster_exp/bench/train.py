@@ -44,7 +44,13 @@ def _compose(overrides):
         return compose(config_name="config", overrides=list(overrides))
 
 
-def build_detector(name: str, state: str):
+def _sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so wall-clock timings cover it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build_detector(name: str, state: str, device: str = "cpu"):
     """(detector with optimizers, its config) for a benchmark configuration, seed 0."""
     from madcluster_exp.backbones import build_backbone
     from madcluster_exp.detector import Detector
@@ -53,15 +59,16 @@ def build_detector(name: str, state: str):
     cfg = _compose(CONFIGS[name] + [f"madcluster={state}"])
     torch.manual_seed(0)
     backbone = build_backbone(CHANNELS, cfg.backbone)
-    det = Detector(backbone, build_plugin(backbone.embed_dim, cfg.madcluster, 0))
+    det = Detector(backbone, build_plugin(backbone.embed_dim, cfg.madcluster, 0)).to(device)
     det.configure_optimizers(float(cfg.backbone.lr), 0.0, None)
     return det, cfg
 
 
-def run_one(name: str, state: str, steps: int, score_batches: int) -> dict:
+def run_one(name: str, state: str, steps: int, score_batches: int, device: str = "cpu") -> dict:
     from madcluster_exp.data import SeriesSplit, WindowSet
 
-    det, cfg = build_detector(name, state)
+    dev = torch.device(device)
+    det, cfg = build_detector(name, state, device)
     backbone = det.backbone
     bs = int(cfg.backbone.batch_size)
     rng = np.random.default_rng(0)
@@ -71,7 +78,10 @@ def run_one(name: str, state: str, steps: int, score_batches: int) -> dict:
     det.train()
     it = windows.batches(bs, shuffle=True, generator=gen)
     _, x = next(it)
-    det.training_step(x, 0)  # warm-up
+    det.training_step(x.to(dev), 0)  # warm-up
+    _sync(dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
     # Best of 3 rounds of `steps` steps: the least disturbed by other load on a shared machine.
     best = None
     for _ in range(3):
@@ -83,7 +93,8 @@ def run_one(name: str, state: str, steps: int, score_batches: int) -> dict:
                 it = windows.batches(bs, shuffle=True, generator=gen)
                 _, x = next(it)
             t1 = time.perf_counter()
-            det.training_step(x, 0)
+            det.training_step(x.to(dev), 0)  # the host-to-device copy counts as step time
+            _sync(dev)
             t2 = time.perf_counter()
             wait += t1 - t0
             step += t2 - t1
@@ -96,40 +107,73 @@ def run_one(name: str, state: str, steps: int, score_batches: int) -> dict:
     for b, (_, x) in enumerate(windows.batches(bs)):
         if b >= score_batches:
             break
-        det.score_components(x)
+        det.score_components(x.to(dev))
         n_scored += len(x)
+    _sync(dev)
     score_s = time.perf_counter() - t0
     return {"config": name, "madcluster": state, "batch": bs, "window": backbone.input_length,
             "train_wps": steps * bs / step, "score_wps": n_scored / score_s,
             "step_s": step / steps, "data_wait_pct": 100 * wait / (wait + step),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "device": device,
+            "peak_gpu_mb": (torch.cuda.max_memory_allocated(dev) / 2**20
+                            if dev.type == "cuda" else None)}
 
 
-def interleaved_overhead(name: str, reps: int = 30) -> dict:
+def interleaved_overhead(name: str, reps: int = 30, device: str = "cpu") -> dict:
     """MADCluster's step-time overhead measured robustly: off and on detectors in one process,
     steps alternated on the same batch, medians compared (drift and other load cancel out)."""
     dets = {}
     for state in ("off", "on"):
-        det, cfg = build_detector(name, state)
+        det, cfg = build_detector(name, state, device)
         det.train()
         dets[state] = det
-    x = torch.randn(int(cfg.backbone.batch_size), dets["on"].backbone.input_length, CHANNELS)
+    dev = torch.device(device)
+    x = torch.randn(int(cfg.backbone.batch_size), dets["on"].backbone.input_length, CHANNELS,
+                    device=dev)
     times = {"off": [], "on": []}
     for det in dets.values():
         det.training_step(x, 0)
     for _ in range(reps):
         for state, det in dets.items():
+            _sync(dev)
             t0 = time.perf_counter()
             det.training_step(x, 0)
+            _sync(dev)
             times[state].append(time.perf_counter() - t0)
     off, on = float(np.median(times["off"])), float(np.median(times["on"]))
     return {"config": name, "off_ms": 1e3 * off, "on_ms": 1e3 * on, "overhead_pct": 100 * (on / off - 1)}
 
 
-def _subprocess_one(name, state, steps, score_batches) -> dict:
+def dcdetector_equivalence(device: str = "cpu") -> dict:
+    """The fast DCdetector against its materialising baseline on one batch at the reference
+    configuration (same weights): |delta| of both loss terms, of MADCluster's loss and the
+    largest gradient difference. The speed ratio only counts if these are within 1e-5."""
+    dev = torch.device(device)
+    x = torch.randn(128, 100, CHANNELS, generator=torch.Generator().manual_seed(0)).to(dev)
+    got = {}
+    for name in ("dcdetector", "dcdetector_materialised"):
+        det, _ = build_detector(name, "on", device)
+        det.train()
+        out = det.backbone(x)
+        series, prior = det.backbone.discrepancies(out)
+        plugin = det.plugin.loss(out.z)
+        (prior - series + plugin["total"]).backward()
+        got[name] = (series.item(), prior.item(), plugin["total"].item(),
+                     {n: p.grad.detach().cpu() for n, p in det.named_parameters()
+                      if p.grad is not None})
+        del det, out, series, prior, plugin
+    fast, slow = got["dcdetector"], got["dcdetector_materialised"]
+    return {"config": "dcdetector_vs_materialised", "series_abs_diff": abs(fast[0] - slow[0]),
+            "prior_abs_diff": abs(fast[1] - slow[1]), "plugin_abs_diff": abs(fast[2] - slow[2]),
+            "series_loss": fast[0],
+            "max_grad_abs_diff": max(float((g - slow[3][n]).abs().max()) for n, g in fast[3].items())}
+
+
+def _subprocess_one(name, state, steps, score_batches, device="cpu") -> dict:
     out = subprocess.run([sys.executable, "-m", "madcluster_exp.bench.train", "--one", name, state,
-                          "--steps", str(steps), "--score-batches", str(score_batches)],
+                          "--steps", str(steps), "--score-batches", str(score_batches),
+                          "--device", device],
                          capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"{name}/{state} failed:\n{out.stderr[-3000:]}")
@@ -144,12 +188,14 @@ def _run_share(args) -> dict:
     shutil.rmtree(root / "default", ignore_errors=True)
     cmd = [sys.executable, "-m", "madcluster_exp", "train.epochs=100", "train.patience=null",
            "dataset.train_length=1000", "dataset.test_length=1000", "tracking.plots=false",
-           "train.progress=none", f"paths.output_dir={root}", f"hydra.run.dir={root / 'e100'}"]
+           "train.progress=none", f"paths.output_dir={root}", f"hydra.run.dir={root / 'e100'}",
+           f"device={args.device}"]
     subprocess.run(cmd, check=True, capture_output=True)
     m = json.loads((root / "e100" / "metrics.json").read_text())
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "madcluster_exp", f"paths.output_dir={root}",
-                    f"hydra.run.dir={root / 'default'}", "train.progress=none"], check=True,
+                    f"hydra.run.dir={root / 'default'}", "train.progress=none",
+                    f"device={args.device}"], check=True,
                    capture_output=True)
     default_s = time.perf_counter() - t0
     return {"tracking_s": m["time/tracking_s"], "run_s": m["time/total_s"],
@@ -164,9 +210,19 @@ def main(argv=None) -> None:
     ap.add_argument("--score-batches", type=int, default=3)
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS))
     ap.add_argument("--out", type=Path, default=Path("outputs/bench"))
+    ap.add_argument("--skip-runs", action="store_true",
+                    help="skip the tracked 100-epoch run and the default-run timing")
+    ap.add_argument("--equivalence", action="store_true",
+                    help="only check DCdetector's fast path against the baseline on one batch")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="where to train and score (cuda adds peak GPU memory)")
     args = ap.parse_args(argv)
+    if args.equivalence:
+        print(json.dumps(dcdetector_equivalence(args.device)))
+        return
     if args.one:
-        print(json.dumps(run_one(args.one[0], args.one[1], args.steps, args.score_batches)))
+        print(json.dumps(run_one(args.one[0], args.one[1], args.steps, args.score_batches,
+                                 args.device)))
         return
     rows = []
     for name in args.configs:
@@ -175,7 +231,8 @@ def main(argv=None) -> None:
         for state in ("off", "on"):
             if name == "dcdetector_materialised" and state == "off":
                 continue
-            rows.append(_subprocess_one(name, state, steps, 1 if heavy else args.score_batches))
+            rows.append(_subprocess_one(name, state, steps, 1 if heavy else args.score_batches,
+                                        args.device))
             print(f"  {name}/{state}: {rows[-1]['train_wps']:.1f} windows/s", flush=True)
     by = {(r["config"], r["madcluster"]): r for r in rows}
     for r in rows:
@@ -185,19 +242,36 @@ def main(argv=None) -> None:
     if ("dcdetector", "on") in by and ("dcdetector_materialised", "on") in by:
         by[("dcdetector", "on")]["vs_materialised"] = (by[("dcdetector", "on")]["train_wps"] /
                                                        by[("dcdetector_materialised", "on")]["train_wps"])
-    overhead = [interleaved_overhead(n) for n in args.configs
-                if n in ("deepsvdd", "lstm_ae", "usad", "slmr_w10")]
-    share = _run_share(args)
+    equivalence = []
+    if "dcdetector" in args.configs and "dcdetector_materialised" in args.configs:
+        # Own process: the baseline's peak memory must not add to another configuration's.
+        out = subprocess.run([sys.executable, "-m", "madcluster_exp.bench.train", "--equivalence",
+                              "--device", args.device], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise SystemExit(f"DCdetector equivalence check failed:\n{out.stderr[-3000:]}")
+        equivalence = [json.loads(out.stdout.strip().splitlines()[-1])]
+    # Every backbone's overhead, interleaved (the materialising baseline is not a backbone).
+    overhead = [interleaved_overhead(n, device=args.device) for n in args.configs
+                if n != "dcdetector_materialised"]
+    share = None if args.skip_runs else _run_share(args)
     print(f"\nThroughput at reference configurations, {CHANNELS} channels "
           f"(threads {environment()['torch_threads']}):")
     print(table(rows, ["config", "madcluster", "batch", "window", "train_wps", "score_wps",
-                       "peak_rss_mb", "data_wait_pct", "on_vs_off_step", "vs_materialised"]))
+                       "peak_rss_mb", *(["peak_gpu_mb"] if args.device == "cuda" else []),
+                       "data_wait_pct", "on_vs_off_step", "vs_materialised"]))
+    if equivalence:
+        print("\nDCdetector fast path vs materialising baseline, same weights, same batch:")
+        print(table(equivalence, ["series_loss", "series_abs_diff", "prior_abs_diff",
+                                  "plugin_abs_diff", "max_grad_abs_diff"]))
     print("\nMADCluster step-time overhead, interleaved medians of 30 steps each:")
     print(table(overhead, ["config", "off_ms", "on_ms", "overhead_pct"]))
-    print(f"\n100-epoch run: {share['tracking_s']:.2f} s of {share['run_s']:.1f} s in tracking "
-          f"({share['tracking_pct']:.2f} %); default run end to end: "
-          f"{share['default_run_wall_s']:.1f} s")
-    print(f"written to {write('train', rows + overhead + [share], args.out)}")
+    if share:
+        print(f"\n100-epoch run: {share['tracking_s']:.2f} s of {share['run_s']:.1f} s in "
+              f"tracking ({share['tracking_pct']:.2f} %); default run end to end: "
+              f"{share['default_run_wall_s']:.1f} s")
+    name = "train" if args.device == "cpu" else f"train_{args.device}"
+    rows = rows + equivalence + overhead + ([share] if share else [])
+    print(f"written to {write(name, rows, args.out)}")
 
 
 if __name__ == "__main__":

@@ -15,12 +15,16 @@ class _DotAndSquaredNorm(torch.autograd.Function):
     """(z . c, |z|^2) over the last axis in one op; backward is one fused pass,
     dz = g_zc c + 2 g_zz z, instead of three separate broadcast multiplies."""
 
+    # Under CUDA autocast (train.amp) the plug-in's distances run in float32, and backward
+    # sees the same dtypes as forward.
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
     def forward(ctx, z, c):
         ctx.save_for_backward(z, c)
         return z @ c, torch.einsum("...f,...f->...", z, z)
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, g_zc, g_zz):
         z, c = ctx.saved_tensors
         grad_z = grad_c = None

@@ -1,0 +1,113 @@
+"""GPU paths: device=cuda, train.amp (bf16 autocast) and deterministic=true.
+
+Skipped where no CUDA device is visible (CI, laptops); run them on a GPU machine with
+``make test-cuda``. Nothing else in the suite needs a GPU.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from madcluster_exp.backbones import BACKBONES, build_backbone
+from madcluster_exp.detector import Detector
+from madcluster_exp.madcluster import build_plugin
+from madcluster_exp.run import run
+from tests.conftest import compose_config
+from tests.test_backbones import SMALL
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+C = 3
+QUICK = ["tracking=none", "dataset.n_entities=1", "dataset.train_length=1500",
+         "dataset.test_length=1500", "train.epochs=3", "train.patience=null",
+         "train.progress=none", "tracking.plots=false"]
+
+
+def _run(tmp_path, name, *overrides):
+    cfg = compose_config([f"paths.output_dir={tmp_path}", f"paths.root_dir={tmp_path}", *QUICK,
+                          *overrides])
+    return run(cfg, output_dir=tmp_path / name, verbose=False).metrics
+
+
+def _quality(metrics):
+    return {k: v for k, v in metrics.items() if k.startswith(("test/", "val/"))}
+
+
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_every_backbone_trains_and_scores_on_cuda(backbone, amp):
+    cfg = compose_config([f"backbone={backbone}", "madcluster=on", *SMALL[backbone]])
+    torch.manual_seed(0)
+    bb = build_backbone(C, cfg.backbone)
+    det = Detector(bb, build_plugin(bb.embed_dim, cfg.madcluster, 0)).cuda()
+    det.configure_optimizers(1e-3, 0.0, None)
+    det.train()
+    x = torch.randn(8, bb.input_length, C, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        logs = det.training_step(x, 0)
+    assert logs and all(math.isfinite(v) for v in logs.values()), logs
+    assert all(p.is_cuda and p.dtype == torch.float32 for p in det.parameters())
+    det.eval()
+    comps = det.score_components(x)
+    assert "madcluster" in comps
+    for name, s in comps.items():
+        assert s.is_cuda and s.shape == (8, bb.input_length), name
+        assert torch.isfinite(s).all(), name
+
+
+def test_a_cuda_run_scores_like_a_cpu_run(tmp_path):
+    cpu = _run(tmp_path, "cpu", "device=cpu")
+    gpu = _run(tmp_path, "gpu", "device=cuda")
+    # Different kernels, different rounding: close, not equal.
+    assert gpu["test/auc_roc"] == pytest.approx(cpu["test/auc_roc"], abs=0.03)
+    assert gpu["test/auc_roc"] > 0.8
+
+
+def test_amp_run_is_finite_and_close_to_float32(tmp_path):
+    f32 = _run(tmp_path, "f32", "device=cuda")
+    bf16 = _run(tmp_path, "bf16", "device=cuda", "train.amp=true")
+    assert all(math.isfinite(v) for v in _quality(bf16).values())
+    assert bf16["test/auc_roc"] == pytest.approx(f32["test/auc_roc"], abs=0.05)
+
+
+@pytest.mark.parametrize("backbone", ["deepsvdd", "slmr", "dcdetector"])
+def test_deterministic_cuda_runs_repeat_exactly(tmp_path, backbone):
+    """Fresh processes, as a user would run them (cuBLAS reads its workspace setting when it
+    starts): identical metrics to the last bit."""
+    extra = [f"backbone={backbone}", *SMALL[backbone]] if backbone != "deepsvdd" else []
+    results = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        cmd = [sys.executable, "-m", "madcluster_exp", "device=cuda", "deterministic=true",
+               f"paths.output_dir={tmp_path}", f"hydra.run.dir={out}", *QUICK, *extra]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results.append(_quality(json.loads((out / "metrics.json").read_text())))
+    assert results[0] and results[0] == results[1]
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_dcdetector_fast_path_equals_the_materialising_baseline_on_cuda(heads):
+    base = ["backbone=dcdetector", "backbone.window=20", "backbone.d_model=16",
+            "backbone.layers=2", f"backbone.n_heads={heads}", "backbone.patch_sizes=[2,4,5]"]
+    x = torch.randn(4, 20, C, device="cuda")
+    outs = []
+    for extra in ([], ["backbone.materialise=true"]):
+        torch.manual_seed(0)
+        model = build_backbone(C, compose_config(base + extra).backbone).cuda()
+        out = model(x)
+        series, prior = model.discrepancies(out)
+        (prior - series + out.z.square().mean()).backward()
+        outs.append((series.item(), prior.item(), out.z.detach(),
+                     {n: p.grad.clone() for n, p in model.named_parameters()}))
+    assert outs[0][0] == pytest.approx(outs[1][0], abs=1e-5)
+    torch.testing.assert_close(outs[0][2], outs[1][2], atol=1e-5, rtol=1e-4)
+    for name, g in outs[0][3].items():
+        torch.testing.assert_close(g, outs[1][3][name], atol=1e-5, rtol=1e-3)
