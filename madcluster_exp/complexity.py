@@ -29,14 +29,27 @@ def _lstm_macs(module: nn.LSTM, inputs, output) -> int:
     return total * steps * batch
 
 
+def _mv_flops(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    return 2 * a_shape[0] * a_shape[1]
+
+
+def _dot_flops(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    return 2 * a_shape[0]
+
+
+# Matrix-vector and vector-vector products, which the counter leaves out (a [B, T, f] @ [f]
+# matmul lowers to mv; the plug-in's z . c is one).
+_EXTRA_FORMULAS = {torch.ops.aten.mv: _mv_flops, torch.ops.aten.dot: _dot_flops}
+
+
 def count_macs(fn: Callable[[], object], model: nn.Module) -> int:
-    """FLOP counter / 2, plus LSTMs, whose fused CPU kernel the counter does not see (GRUs it
-    does: they decompose into counted matmuls)."""
+    """FLOP counter / 2 (matmul-like ops: mm, bmm, mv, dot, conv), plus LSTMs, whose fused CPU
+    kernel the counter does not see (GRUs it does: they decompose into counted matmuls)."""
     extra = [0]
     hooks = [m.register_forward_hook(lambda mod, i, o: extra.__setitem__(0, extra[0] + _lstm_macs(mod, i, o)))
              for m in model.modules() if isinstance(m, nn.LSTM)]
     try:
-        with FlopCounterMode(display=False) as counter:
+        with FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS) as counter:
             fn()
     finally:
         for hook in hooks:

@@ -86,7 +86,7 @@ class Detector(nn.Module):
         own = self.backbone.loss(x, out) if self.uses_own_objective else x.new_zeros(())
         plugin = self._plugin_loss(out.z)
         total = combine_losses(own, plugin, self.uses_own_objective)
-        return loss_logs(total.item(), own.item(), plugin)
+        return loss_logs(total, own, plugin)
 
     @torch.no_grad()
     def score_components(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:

@@ -20,16 +20,18 @@ class QuantileSample:
         self._chunks: List[torch.Tensor] = []
 
     def add(self, values: torch.Tensor) -> None:
-        flat = values.detach().reshape(-1).float()
+        flat = values.detach().reshape(-1)
         step = max(1, flat.numel() // self.per_batch)
-        self._chunks.append(flat[::step].cpu())
+        # Stays on the values' device: a copy to the host here would stall every CUDA step
+        # until the GPU caught up. It moves once per epoch, in quantile().
+        self._chunks.append(flat[::step].float())
 
     def quantile(self, q: float) -> Optional[float]:
         """The q-quantile of everything added since the last reset (None if nothing)."""
         if not self._chunks:
             return None
         # numpy: torch.quantile refuses inputs above 2**24 elements.
-        return float(np.quantile(torch.cat(self._chunks).numpy(), q))
+        return float(np.quantile(torch.cat(self._chunks).cpu().numpy(), q))
 
     def reset(self) -> None:
         self._chunks.clear()

@@ -226,11 +226,78 @@ def test_zero_embedding_rows_keep_loss_and_gradients_finite():
     assert torch.isfinite(plugin.center.grad).all()
 
 
-def test_fused_dot_and_norm_gradients_are_exact():
+# Memory layouts backbones hand over: contiguous, time-major (an LSTM's batch-first output),
+# features-outermost (a Conv1d's output viewed as [B, T, f]).
+LAYOUTS = {"contiguous": (0, 1, 2), "time_major": (1, 0, 2), "features_outer": (0, 2, 1)}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_fused_dot_and_norm_values_and_gradients_in_every_layout(layout):
     from madcluster_exp.madcluster.losses import dot_and_squared_norm
-    z = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
+    perm = LAYOUTS[layout]
+    shape = (3, 4, 5)
+    stored = torch.randn([shape[i] for i in perm], dtype=torch.float64)
+    inverse = sorted(range(3), key=lambda i: perm[i])
+    z = stored.permute(inverse).requires_grad_()  # a [3, 4, 5] view over that memory
+    assert z.shape == shape and (layout == "contiguous") == z.is_contiguous()
     c = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    zc, zz = dot_and_squared_norm(z, c)
+    torch.testing.assert_close(zc, (z * c).sum(-1))
+    torch.testing.assert_close(zz, (z * z).sum(-1))
     assert torch.autograd.gradcheck(lambda a, b: dot_and_squared_norm(a, b), (z, c))
+
+
+@pytest.mark.parametrize("make", [lambda: torch.randn(3, 8, 5)[:, ::2],
+                                  lambda: torch.randn(3, 1, 5).expand(3, 4, 5),
+                                  lambda: torch.randn(5, 3, 4).permute(1, 2, 0)[:, 1:]],
+                         ids=["gapped", "broadcast", "permuted_slice"])
+def test_fused_dot_and_norm_on_gapped_and_overlapping_views(make):
+    from madcluster_exp.madcluster.losses import dot_and_squared_norm
+    z = make().double().requires_grad_()
+    c = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    zc, zz = dot_and_squared_norm(z, c)
+    (1.3 * zc.sum() + zz.square().sum()).backward()
+    z2, c2 = z.detach().clone().requires_grad_(), c.detach().clone().requires_grad_()
+    (1.3 * (z2 @ c2).sum() + (z2 * z2).sum(-1).square().sum()).backward()
+    torch.testing.assert_close(zc, z2 @ c2)
+    torch.testing.assert_close(z.grad, z2.grad)
+    torch.testing.assert_close(c.grad, c2.grad)
+
+
+def _composed_paper_terms(zc, zz, cc, theta, tau):
+    """The plug-in's k = 1 terms written with the readable building blocks."""
+    from madcluster_exp.madcluster.plugin import NU_MARGIN
+    span = 1 - 2 * NU_MARGIN
+    nu, omn = NU_MARGIN + span * torch.sigmoid(theta), NU_MARGIN + span * torch.sigmoid(-theta)
+    dist2 = (zz - 2.0 * zc + cc).clamp_min(0.0)
+    return dist2, losses.od_loss_terms(losses.cosine_from_dot(zc, zz, cc), nu, omn, tau)
+
+
+@pytest.mark.parametrize("theta", [0.3, -2.0, 5.0])
+def test_fused_paper_terms_equal_the_composed_objective_with_gradients(theta):
+    from madcluster_exp.madcluster.plugin import NU_MARGIN
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(4, 7, 5, generator=g, dtype=torch.float64)
+    c = torch.randn(5, generator=g, dtype=torch.float64)
+    z[0, 0] = 0.0  # a zero row: the cosine's clamp
+    z[1, 1] = -2.0 * c  # exactly opposite: q clamps at Q_EPS
+    inputs = (z @ c, (z * z).sum(-1), (c * c).sum(), torch.tensor(theta, dtype=torch.float64))
+    w = torch.randn(2, 4, 7, generator=g, dtype=torch.float64)
+    results = []
+    for fn in (lambda *a: losses.paper_terms(*a, 0.01, NU_MARGIN),
+               lambda *a: _composed_paper_terms(*a, 0.01)):
+        args = [t.clone().requires_grad_() for t in inputs]
+        dist2, loss = fn(*args)
+        grads = torch.autograd.grad((dist2 * w[0]).sum() + (loss * w[1]).sum(), args)
+        results.append((dist2, loss, grads))
+    (d_a, l_a, g_a), (d_b, l_b, g_b) = results
+    torch.testing.assert_close(d_a, d_b, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(l_a, l_b, rtol=1e-12, atol=1e-12)
+    for a, b in zip(g_a, g_b):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    # and against finite differences, away from the clamps' kinks
+    safe = [t.clone().requires_grad_() for t in (inputs[0][2:], inputs[1][2:], *inputs[2:])]
+    assert torch.autograd.gradcheck(lambda *a: losses.paper_terms(*a, 0.01, NU_MARGIN), safe)
 
 
 def test_time_broadcast_embeddings_give_the_same_terms_as_materialised_ones():

@@ -31,14 +31,16 @@ def combine_losses(backbone_loss: torch.Tensor, plugin: Optional[dict],
     return backbone_loss + plugin["total"]
 
 
-def loss_logs(total: float, backbone: float, plugin: Optional[dict],
-              **extra: float) -> Dict[str, float]:
-    """The loss components a step reports: total, backbone, any extras, and the plug-in's
-    mapping and cluster terms when it is on."""
+def loss_logs(total: torch.Tensor, backbone: torch.Tensor, plugin: Optional[dict],
+              **extra: torch.Tensor) -> Dict[str, float]:
+    """The loss components a step reports (floats): total, backbone, any extras, and the
+    plug-in's mapping and cluster terms when it is on. One device-to-host copy for all of
+    them: each ``.item()`` would be a separate CUDA synchronisation."""
     logs = {"loss": total, "loss_backbone": backbone, **extra}
     if plugin is not None:
-        logs.update(loss_mapping=plugin["mapping"].item(), loss_cluster=plugin["cluster"].item())
-    return logs
+        logs.update(loss_mapping=plugin["mapping"], loss_cluster=plugin["cluster"])
+    values = torch.stack([v.detach().float().reshape(()) for v in logs.values()]).tolist()
+    return dict(zip(logs, values))
 
 
 class StepContext:
@@ -129,7 +131,7 @@ class Backbone(nn.Module):
         plugin = ctx.plugin_loss(out.z)
         total = ctx.combine(own, plugin)
         ctx.optimize(total)
-        return loss_logs(total.item(), own.item(), plugin)
+        return loss_logs(total, own, plugin)
 
     def on_epoch_end(self, epoch: int) -> Dict[str, float]:
         """Called after every training epoch; returns values to log (e.g. a fitted radius)."""

@@ -63,7 +63,7 @@ class DeepSVDD(Backbone):
 
     def loss(self, x: torch.Tensor, out: BackboneOutput) -> torch.Tensor:
         dist = self.distance(out)
-        if self.training:
+        if self.training and self.objective == "soft-boundary":  # only R needs the sample
             self._dist_sample.add(dist.sqrt())
         if self.objective == "one-class":
             return dist.mean()

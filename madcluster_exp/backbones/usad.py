@@ -83,5 +83,4 @@ class USAD(Backbone):
         out = self(x)
         loss2 = w * ((x - out.aux["w2"]) ** 2).mean() - (1 - w) * ((x - out.aux["w3"]) ** 2).mean()
         ctx.optimize(loss2, "ae2")
-        return loss_logs(total1.item() + loss2.item(), loss1.item() + loss2.item(), plugin,
-                         loss_ae1=loss1.item(), loss_ae2=loss2.item())
+        return loss_logs(total1 + loss2, loss1 + loss2, plugin, loss_ae1=loss1, loss_ae2=loss2)

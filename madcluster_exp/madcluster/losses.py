@@ -11,6 +11,36 @@ import torch
 Q_EPS = 1e-6
 
 
+class _MemoryOrder:
+    """z's axes permuted into memory order. Backbones hand over views (an LSTM's batch-first
+    output is time-major in memory, a Conv1d's features are not innermost); reductions over the
+    feature axis of such a view run three to four times slower than on the same memory walked
+    in order, and einsum on them copies z outright."""
+
+    def __init__(self, z: torch.Tensor):
+        self.order = sorted(range(z.dim()), key=lambda d: -z.stride(d))
+        self.zm = z.permute(self.order)
+        self.f = self.order.index(z.dim() - 1)  # where the feature axis went
+        self.lead = [d for d in self.order if d != z.dim() - 1]
+
+    def feature_shaped(self, c: torch.Tensor) -> torch.Tensor:
+        """c [f] shaped to broadcast along the feature axis of zm."""
+        shape = [1] * self.zm.dim()
+        shape[self.f] = -1
+        return c.view(shape)
+
+    def to_memory(self, g: torch.Tensor) -> torch.Tensor:
+        """A tensor shaped like z without its feature axis, in zm's order, feature axis kept
+        as size 1."""
+        return g.permute(self.lead).unsqueeze(self.f)
+
+    def back(self, t: torch.Tensor, with_feature: bool) -> torch.Tensor:
+        """zm-ordered tensor back to z's axis order (a view)."""
+        order = self.order if with_feature else self.lead
+        ranks = sorted(range(len(order)), key=lambda i: order[i])
+        return t.permute(ranks)
+
+
 class _DotAndSquaredNorm(torch.autograd.Function):
     """(z . c, |z|^2) over the last axis in one op; backward is one fused pass,
     dz = g_zc c + 2 g_zz z, instead of three separate broadcast multiplies."""
@@ -21,17 +51,36 @@ class _DotAndSquaredNorm(torch.autograd.Function):
     @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
     def forward(ctx, z, c):
         ctx.save_for_backward(z, c)
-        return z @ c, torch.einsum("...f,...f->...", z, z)
+        m = _MemoryOrder(z)
+        last = m.zm.dim() - 1
+        if m.f == last:  # a GEMV over rows (and counted as MACs by the FLOP counter)
+            zc = m.zm @ c
+        elif m.f == last - 1:  # features one axis out (a Conv1d's output): a batched GEMV
+            zc = c @ m.zm
+        else:
+            zc = torch.linalg.vecdot(m.zm, m.feature_shaped(c), dim=m.f)
+        zz = torch.linalg.vecdot(m.zm, m.zm, dim=m.f)
+        return m.back(zc, False), m.back(zz, False)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, g_zc, g_zz):
         z, c = ctx.saved_tensors
+        m = _MemoryOrder(z)
+        gc = m.to_memory(g_zc)
         grad_z = grad_c = None
         if ctx.needs_input_grad[0]:
-            grad_z = torch.addcmul(g_zc.unsqueeze(-1) * c, g_zz.unsqueeze(-1), z, value=2.0)
+            grad = torch.addcmul(gc * m.feature_shaped(c), m.to_memory(g_zz), m.zm, value=2.0)
+            grad_z = m.back(grad, True)
         if ctx.needs_input_grad[1]:
-            grad_c = torch.einsum("...,...f->f", g_zc, z)
+            last = m.zm.dim() - 1
+            if m.f == last and m.zm.is_contiguous():  # rows of zm weighted by g: one GEMV
+                grad_c = m.zm.reshape(-1, m.zm.shape[-1]).T @ gc.reshape(-1)
+            elif m.f != last:  # reduce the innermost axis first, where the memory runs
+                grad_c = torch.linalg.vecdot(m.zm, gc, dim=last)
+                grad_c = grad_c.sum(dim=[d for d in range(last) if d != m.f])
+            else:  # overlapping or gapped strides: the plain form
+                grad_c = (m.zm * gc).sum(dim=list(range(last)))
         return grad_z, grad_c
 
 
@@ -112,3 +161,72 @@ def dec_target(q: torch.Tensor) -> torch.Tensor:
 def kl_terms(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """Per-step KL(P || Q) = sum_j p log(p / q): [B, T, k] -> [B, T]."""
     return (p * (torch.log(p.clamp_min(1e-12)) - torch.log(q.clamp_min(1e-12)))).sum(dim=-1)
+
+
+class _PaperTerms(torch.autograd.Function):
+    """The k = 1 paper plug-in's per-step terms in one op: from (z.c, |z|^2, |c|^2) and the raw
+    threshold parameter theta (nu = m + (1 - 2m) sigmoid(theta)) to (|z - c|^2, OD loss).
+
+    The same values as ``cosine_from_dot`` + ``od_loss_terms`` composed (tested, gradients
+    included), with a hand-derived backward: autograd would record ~40 small nodes per step,
+    whose bookkeeping costs more than their arithmetic on [B, T] tensors; this costs ~20 ops.
+    """
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
+    def forward(ctx, zc, zz, cc, theta, tau: float, margin: float):
+        span = 1.0 - 2.0 * margin
+        s, sn = torch.sigmoid(theta), torch.sigmoid(-theta)
+        nu, omn = margin + span * s, margin + span * sn  # nu and 1 - nu, each exact
+        log_nu = torch.log(nu)
+        e = torch.expm1(omn * log_nu)
+        slope = -e / omn  # f1's slope, (1 - nu^(1-nu)) / (1 - nu)
+        d_raw = torch.add(zz, zc, alpha=-2.0).add_(cc)
+        prod = zz * cc
+        pc = prod.clamp_min(1e-16)
+        r = pc.rsqrt()
+        cos = zc * r
+        q_raw = cos.mul(0.5).add_(0.5)
+        q = q_raw.clamp(Q_EPS, 1.0)
+        ps = (q >= nu).to(q.dtype).mul_(1.0 - 2.0 * tau).add_(tau)  # smoothed hard target
+        qm1 = q - 1.0
+        a1 = qm1.mul(slope).add_(1.0)
+        log_q = torch.log(q)
+        log_f2 = log_q.mul(omn)
+        loss = torch.lerp(log_f2, torch.log(a1), ps).neg_()
+        ctx.save_for_backward(zc, zz, cc, d_raw, prod, pc, r, cos, q_raw, q, ps, qm1, a1, log_q,
+                              s, sn, nu, omn, log_nu, e, slope)
+        ctx.span = span
+        return d_raw.clamp_min(0.0), loss
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, g_d, g_l):
+        (zc, zz, cc, d_raw, prod, pc, r, cos, q_raw, q, ps, qm1, a1, log_q,
+         s, sn, nu, omn, log_nu, e, slope) = ctx.saved_tensors
+        # loss = -[ps log(1 + slope (q - 1)) + (1 - ps)(1 - nu) log q]
+        inv_a1 = a1.reciprocal()
+        dl_dq = torch.lerp(omn / q, slope * inv_a1, ps).neg_()
+        g_q = g_l * dl_dq * ((q_raw >= Q_EPS) & (q_raw <= 1.0))
+        g_cos = 0.5 * g_q
+        # cos = zc / sqrt(max(zz cc, 1e-16)); dist = max(zz - 2 zc + cc, 0)
+        g_prod = (g_cos * cos / pc).mul_(-0.5) * (prod >= 1e-16)
+        g_draw = g_d * (d_raw >= 0.0)
+        g_zc = torch.addcmul(-2.0 * g_draw, g_cos, r)
+        g_zz = torch.addcmul(g_draw, g_prod, cc)
+        g_cc = (g_prod * zz).sum() + g_draw.sum()
+        # theta moves nu (through f1's slope) and 1 - nu (through the slope and log f2)
+        g_slope = (g_l * ps * qm1 * inv_a1).sum().neg()
+        g_omn = (g_l * (1.0 - ps) * log_q).sum().neg()
+        dslope_dnu = -(e + 1.0) / nu
+        dslope_domn = -((e + 1.0) * log_nu * omn - e) / (omn * omn)
+        g_nu = g_slope * dslope_dnu
+        g_omn = g_omn + g_slope * dslope_domn
+        g_theta = (g_nu - g_omn) * (ctx.span * s * sn)
+        return g_zc, g_zz, g_cc, g_theta, None, None
+
+
+def paper_terms(zc: torch.Tensor, zz: torch.Tensor, cc: torch.Tensor, theta: torch.Tensor,
+                tau: float, margin: float):
+    """(|z - c|^2, OD loss) per step for the paper variant; see :class:`_PaperTerms`."""
+    return _PaperTerms.apply(zc, zz, cc, theta, tau, margin)
