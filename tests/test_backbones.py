@@ -325,21 +325,18 @@ def test_macs_count_recurrent_layers_by_formula():
     assert count_macs(lambda: lin(x), lin) == 3 * 5 * 4 * 6
 
 
-@pytest.mark.parametrize("heads", [1, 2])
-def test_dcdetector_materialising_baseline_gives_the_same_losses_tap_and_gradients(heads):
+def assert_dcdetector_fast_path_equals_baseline(heads: int, device: str = "cpu") -> None:
     """The fast path (factored scores, factored KL, fused channel means) against the reference's
-    way (d-wide Q/K projections, T x T maps): same loss terms, same MADCluster tap, same
-    gradients for every parameter, through the loss and through the tap."""
-    base = ["backbone.window=20", "backbone.d_model=16", "backbone.layers=2",
-            f"backbone.n_heads={heads}", "backbone.patch_sizes=[2,4,5]"]
-    torch.manual_seed(0)
-    fast = build_backbone(C, compose_config(["backbone=dcdetector", *base]).backbone)
-    torch.manual_seed(0)
-    slow = build_backbone(C, compose_config(["backbone=dcdetector", *base,
-                                             "backbone.materialise=true"]).backbone)
-    x = torch.randn(4, 20, C)
+    way (d-wide Q/K projections, T x T maps), same weights and batch: same loss terms, same
+    MADCluster tap, same gradients for every parameter, through the loss and through the tap.
+    Shared with the CUDA checks."""
+    base = ["backbone=dcdetector", "backbone.window=20", "backbone.d_model=16",
+            "backbone.layers=2", f"backbone.n_heads={heads}", "backbone.patch_sizes=[2,4,5]"]
+    x = torch.randn(4, 20, C, generator=torch.Generator().manual_seed(1)).to(device)
     outs = []
-    for model in (fast, slow):
+    for extra in ([], ["backbone.materialise=true"]):
+        torch.manual_seed(0)
+        model = build_backbone(C, compose_config(base + extra).backbone).to(device)
         out = model(x)
         series, prior = model.discrepancies(out)
         (prior - series + out.z.square().mean()).backward()
@@ -351,6 +348,11 @@ def test_dcdetector_materialising_baseline_gives_the_same_losses_tap_and_gradien
     assert set(outs[0][3]) == set(outs[1][3])
     for name, g in outs[0][3].items():
         torch.testing.assert_close(g, outs[1][3][name], atol=1e-5, rtol=1e-3)
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_dcdetector_materialising_baseline_gives_the_same_losses_tap_and_gradients(heads):
+    assert_dcdetector_fast_path_equals_baseline(heads)
 
 
 @pytest.mark.parametrize("heads,width", [(1, 2), (2, 5), (4, 30)])

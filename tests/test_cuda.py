@@ -19,7 +19,7 @@ from madcluster_exp.detector import Detector
 from madcluster_exp.madcluster import build_plugin
 from madcluster_exp.run import run
 from tests.conftest import compose_config
-from tests.test_backbones import SMALL
+from tests.test_backbones import SMALL, assert_dcdetector_fast_path_equals_baseline
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -95,19 +95,4 @@ def test_deterministic_cuda_runs_repeat_exactly(tmp_path, backbone):
 
 @pytest.mark.parametrize("heads", [1, 2])
 def test_dcdetector_fast_path_equals_the_materialising_baseline_on_cuda(heads):
-    base = ["backbone=dcdetector", "backbone.window=20", "backbone.d_model=16",
-            "backbone.layers=2", f"backbone.n_heads={heads}", "backbone.patch_sizes=[2,4,5]"]
-    x = torch.randn(4, 20, C, device="cuda")
-    outs = []
-    for extra in ([], ["backbone.materialise=true"]):
-        torch.manual_seed(0)
-        model = build_backbone(C, compose_config(base + extra).backbone).cuda()
-        out = model(x)
-        series, prior = model.discrepancies(out)
-        (prior - series + out.z.square().mean()).backward()
-        outs.append((series.item(), prior.item(), out.z.detach(),
-                     {n: p.grad.clone() for n, p in model.named_parameters()}))
-    assert outs[0][0] == pytest.approx(outs[1][0], abs=1e-5)
-    torch.testing.assert_close(outs[0][2], outs[1][2], atol=1e-5, rtol=1e-4)
-    for name, g in outs[0][3].items():
-        torch.testing.assert_close(g, outs[1][3][name], atol=1e-5, rtol=1e-3)
+    assert_dcdetector_fast_path_equals_baseline(heads, "cuda")

@@ -9,12 +9,25 @@ row-normalised (it then equals tile / N). Loss = prior_loss - series_loss with s
 no reconstruction. Score per position: softmax over time of -(KL(S, P) + KL(P, S)) * temperature
 (the original per-position score, not the constant 1/T of the MADCluster copy).
 
-Cost: the reference materialises the T x T maps, per layer and patch size. Both maps are
-block-structured, so each row's KL factorises:
-  KL(S_up || P_up)[i] = p * sum_m A[a,m] log(A[a,m]+e) - (sum_m A[a,m]) * sum_s log(P[r,s]+e)
-  KL(P_up || S_up)[i] = N * sum_s P[r,s] log(P[r,s]+e) - (sum_s P[r,s]) * sum_m log(A[a,m]+e)
-with a = i // p, r = i % p. That is O(N^2 + p^2) per row block instead of O(T^2) per row, with
-identical values (tested against the materialised form).
+Cost. Two exact rewrites make training ~35x faster than the reference's way on 2 CPU cores
+(``make bench``), with the same loss values and gradients (tested; |delta| < 1e-6 at the
+reference configuration):
+
+1. Scores without d-wide tokens. The reference's layers all read the same embeddings (no
+   stacking), and an embedding is linear in its patch: X = u W + pos with u the circularly
+   unfolded patch values (3 x token width: 6 to 150 here, against d = 256). So
+   Q K^T = (u G + H) u^T + u F + Z with G, F, H, Z built once per step from the weights
+   (``DualAttentionLayer.attend_factored``): O(L F (F + L)) per sequence instead of O(L d^2).
+   Embedding dropout would break this, so with ``dropout > 0`` training takes the direct path.
+2. No T x T maps. The reference materialises them, per layer and patch size. Both maps are
+   block-structured, so each row's KL factorises:
+     KL(S_up || P_up)[i] = p sum_m A[a,m] log(A[a,m]+e) - (sum_m A[a,m]) sum_s log(P[r,s]+e)
+     KL(P_up || S_up)[i] = N sum_s P[r,s] log(P[r,s]+e) - (sum_s P[r,s]) sum_m log(A[a,m]+e)
+   with a = i // p, r = i % p: O(N^2 + p^2) per row block instead of O(T^2) per row, with
+   identical values (tested against the materialised form).
+
+``materialise=true`` runs the reference's way (d-wide projections, T x T maps): the benchmark
+baseline. The MADCluster tap is skipped when nothing consumes it (MADCluster off).
 """
 from __future__ import annotations
 
