@@ -309,3 +309,28 @@ def test_time_broadcast_embeddings_give_the_same_terms_as_materialised_ones():
     torch.testing.assert_close(a[0], b[0])
     torch.testing.assert_close(a[1], b[1])
     torch.testing.assert_close(plugin.loss(broadcast)["total"], plugin.loss(broadcast.contiguous())["total"])
+
+
+@pytest.mark.slow  # compiles (seconds) and needs a C++ compiler: `make test-all`
+@pytest.mark.parametrize("objective", ["one-class", "soft-boundary"])
+def test_compiled_loss_equals_the_eager_loss_with_gradients(objective):
+    eager = build_plugin(8, _cfg(objective=objective), seed=0)
+    compiled = build_plugin(8, _cfg(objective=objective, compile=True), seed=0)
+    for plugin in (eager, compiled):
+        plugin.train()
+    zs = torch.randn(2, 4, 10, 8)
+    results = []
+    for plugin in (eager, compiled):
+        grads = []
+        for z in zs:  # two steps: the second reuses the compiled graph
+            z = z.clone().requires_grad_()
+            out = plugin.loss(z)
+            out["total"].backward()
+            grads.append((out["total"].detach(), z.grad, plugin.center.grad.clone()))
+            plugin.center.grad = None
+        results.append(grads)
+    assert compiled._compiled_loss is not None and eager._compiled_loss is None
+    for (t_a, gz_a, gc_a), (t_b, gz_b, gc_b) in zip(*results):
+        torch.testing.assert_close(t_a, t_b)
+        torch.testing.assert_close(gz_a, gz_b)
+        torch.testing.assert_close(gc_a, gc_b)

@@ -50,13 +50,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# Extra overrides for the MADCluster-on configurations (``--plugin-compile`` adds
+# madcluster.compile=true); set once by main(), passed on to the per-configuration processes.
+ON_OVERRIDES: list = []
+
+
 def build_detector(name: str, state: str, device: str = "cpu"):
     """(detector with optimizers, its config) for a benchmark configuration, seed 0."""
     from madcluster_exp.backbones import build_backbone
     from madcluster_exp.detector import Detector
     from madcluster_exp.madcluster import build_plugin
 
-    cfg = _compose(CONFIGS[name] + [f"madcluster={state}"])
+    extra = ON_OVERRIDES if state == "on" else []
+    cfg = _compose(CONFIGS[name] + [f"madcluster={state}"] + extra)
     torch.manual_seed(0)
     backbone = build_backbone(CHANNELS, cfg.backbone)
     det = Detector(backbone, build_plugin(backbone.embed_dim, cfg.madcluster, 0)).to(device)
@@ -176,7 +182,7 @@ def dcdetector_equivalence(device: str = "cpu") -> dict:
 def _subprocess_one(name, state, steps, score_batches, device="cpu") -> dict:
     out = subprocess.run([sys.executable, "-m", "madcluster_exp.bench.train", "--one", name, state,
                           "--steps", str(steps), "--score-batches", str(score_batches),
-                          "--device", device],
+                          "--device", device] + (["--plugin-compile"] if ON_OVERRIDES else []),
                          capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"{name}/{state} failed:\n{out.stderr[-3000:]}")
@@ -217,9 +223,13 @@ def main(argv=None) -> None:
                     help="skip the tracked 100-epoch run and the default-run timing")
     ap.add_argument("--equivalence", action="store_true",
                     help="only check DCdetector's fast path against the baseline on one batch")
+    ap.add_argument("--plugin-compile", action="store_true",
+                    help="MADCluster on with madcluster.compile=true (torch.compile'd loss)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                     help="where to train and score (cuda adds peak GPU memory)")
     args = ap.parse_args(argv)
+    if args.plugin_compile:
+        ON_OVERRIDES.append("madcluster.compile=true")
     if args.equivalence:
         print(json.dumps(dcdetector_equivalence(args.device)))
         return
@@ -276,6 +286,7 @@ def main(argv=None) -> None:
               f"tracking ({share['tracking_pct']:.2f} %); default run end to end: "
               f"{share['default_run_wall_s']:.1f} s")
     name = "train" if args.device == "cpu" else f"train_{args.device}"
+    name += "_compiled" if args.plugin_compile else ""
     rows = rows + equivalence + overhead + ([share] if share else [])
     print(f"written to {write(name, rows, args.out)}")
 

@@ -49,6 +49,8 @@ class _PluginBase(nn.Module):
         # The paper's component ablation: distance mapping only, clustering only, or both.
         self.use_mapping = cfg.components in ("both", "mapping")
         self.use_cluster = cfg.components in ("both", "clustering")
+        self.compile = bool(cfg.get("compile", False))
+        self._compiled_loss = None  # built on the first training step with compile=true
 
     # -- pieces the subclasses provide ----------------------------------------------------
     def terms(self, z: torch.Tensor):
@@ -77,7 +79,15 @@ class _PluginBase(nn.Module):
         return r2 + torch.clamp(dist2 - r2, min=0) / self.nu_r
 
     def loss(self, z: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """mapping and cluster (mean over the batch of per-window sums) and the total term."""
+        """mapping and cluster (mean over the batch of per-window sums) and the total term;
+        through ``torch.compile`` while training with ``madcluster.compile=true``."""
+        if self.compile and self.training and torch.is_grad_enabled():
+            if self._compiled_loss is None:
+                self._compiled_loss = torch.compile(self._loss)
+            return self._compiled_loss(z)
+        return self._loss(z)
+
+    def _loss(self, z: torch.Tensor) -> Dict[str, torch.Tensor]:
         dist2, cluster_t = self.terms(z)
         if self.training and self.objective == "soft-boundary":  # only R needs the sample
             self._dist_sample.add(dist2.sqrt())
