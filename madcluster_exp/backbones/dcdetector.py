@@ -79,6 +79,17 @@ def pair_kl(a: torch.Tensor, pr: torch.Tensor, p: int, n: int):
     return factorised_kl(a, pr, p, n)
 
 
+def spread_add(z, ctx: torch.Tensor, p: int) -> torch.Tensor:
+    """z + ctx with each of ctx's N patch rows spread over its p steps ([B, N, d] -> [B, N p, d]);
+    z = None starts the sum. The add broadcasts over p, so the spread copy is never built, and
+    its backward is one sum over p (a stack of spread copies and a mean cost ~3x the passes
+    over the [B, T, d] tap on DCdetector's reference configuration)."""
+    b, n, d = ctx.shape
+    if z is None:
+        return repeat(ctx, "b n d -> b (n p) d", p=p)
+    return (z.view(b, n, p, d) + ctx.unsqueeze(2)).view(b, n * p, d)
+
+
 class ChannelMeans(torch.autograd.Function):
     """(mean_c a, mean_c (mean_h a) @ u) for per-channel maps a [(B C), H, N, N] and per-channel
     token features u [(B C), N, F]: the map the loss sees and the patch-attention tap's context.
@@ -210,7 +221,7 @@ class DCdetector(Backbone):
         # model trained with dropout > 0 takes the direct path while training.
         factored = not self.materialise and (self.dropout_p == 0.0 or not self.training)
         maps = []  # (A [B,H,N,N], P [B,H,p,p], p, N) per patch size and layer
-        taps = []
+        z = None  # the patch-attention tap, accumulated over patch sizes
         for i, p in enumerate(self.patch_sizes):
             n = t // p
             seq_size = rearrange(x, "b (n p) c -> (b c) n p", p=p)
@@ -241,7 +252,7 @@ class DCdetector(Backbone):
                     if tap_here:  # the direct form of the same tap
                         ctx = reduce(a.mean(dim=1) @ x_size, "(b c) n d -> b n d", "mean", c=c)
                 if tap_here:
-                    taps.append(repeat(ctx, "b n d -> b (n p) d", p=p))
+                    z = spread_add(z, ctx / len(self.patch_sizes), p)
                 if self.materialise:
                     # Benchmark baseline: what the reference does, up-sample every channel's
                     # maps to T x T first, then average over channels (same values, T^2 memory).
@@ -251,11 +262,7 @@ class DCdetector(Backbone):
                                  p_up / p_up.sum(dim=-1, keepdim=True), 0, 0))
                 else:
                     maps.append((a_mean, reduce(pr, "(b c) h m k -> b h m k", "mean", c=c), p, n))
-        if not self.tap_needed:
-            z = None
-        elif self.embed_tap == "patch_attention":
-            z = torch.stack(taps).mean(0)
-        else:
+        if self.tap_needed and self.embed_tap == "input_embedding":
             z = self.embed_window(x)
         return BackboneOutput(z=z, aux={"maps": maps})
 
