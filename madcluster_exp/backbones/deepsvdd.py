@@ -56,7 +56,9 @@ class DeepSVDD(Backbone):
 
     def forward(self, x: torch.Tensor) -> BackboneOutput:
         z = self.encoder(rearrange(x, "b t c -> b c t"))
-        return BackboneOutput(z=rearrange(z, "b f t -> b t f"))
+        # Contiguous [B, T, f]: every per-step reduction over f (its own distance, the
+        # plug-in's dot products) then walks memory in order.
+        return BackboneOutput(z=rearrange(z, "b f t -> b t f").contiguous())
 
     def distance(self, out: BackboneOutput) -> torch.Tensor:
         return ((out.z - self.center) ** 2).sum(dim=-1)  # [B, T]
