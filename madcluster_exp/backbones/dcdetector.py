@@ -122,7 +122,7 @@ class ChannelMeans(torch.autograd.Function):
             # [B, 1, N, F] @ [B, C, F, M] -> [B, C, N, M], then the map gradient added in place
             grad = (g_ctx / (c * h)).unsqueeze(1) @ u.view(b, c, m, -1).transpose(-1, -2)
             grad = grad.unsqueeze(2) + (g_mean / c).unsqueeze(1) if h > 1 else \
-                grad.add_((g_mean / c)).unsqueeze(2)
+                grad.add_(g_mean / c).unsqueeze(2)
             grad_a = grad.reshape(s, h, n, m)
         if ctx.needs_input_grad[1]:
             head_mean = a.view(b, c, n, m) if h == 1 else a.view(b, c, h, n, m).mean(dim=2)

@@ -163,9 +163,17 @@ def kl_terms(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return (p * (torch.log(p.clamp_min(1e-12)) - torch.log(q.clamp_min(1e-12)))).sum(dim=-1)
 
 
+def bounded_nu(theta: torch.Tensor, margin: float):
+    """(nu, 1 - nu) = m + (1 - 2m) sigmoid(+-theta): nu inside [m, 1 - m] whatever theta does,
+    each computed directly so neither loses precision near the bounds. The one definition of
+    the paper variant's nu (the plug-in's ``nu`` and the fused terms both call it)."""
+    span = 1.0 - 2.0 * margin
+    return margin + span * torch.sigmoid(theta), margin + span * torch.sigmoid(-theta)
+
+
 class _PaperTerms(torch.autograd.Function):
     """The k = 1 paper plug-in's per-step terms in one op: from (z.c, |z|^2, |c|^2) and the raw
-    threshold parameter theta (nu = m + (1 - 2m) sigmoid(theta)) to (|z - c|^2, OD loss).
+    threshold parameter theta (nu from :func:`bounded_nu`) to (|z - c|^2, OD loss).
 
     The same values as ``cosine_from_dot`` + ``od_loss_terms`` composed (tested, gradients
     included), with a hand-derived backward: autograd would record ~40 small nodes per step,
@@ -175,9 +183,7 @@ class _PaperTerms(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
     def forward(ctx, zc, zz, cc, theta, tau: float, margin: float):
-        span = 1.0 - 2.0 * margin
-        s, sn = torch.sigmoid(theta), torch.sigmoid(-theta)
-        nu, omn = margin + span * s, margin + span * sn  # nu and 1 - nu, each exact
+        nu, omn = bounded_nu(theta, margin)
         log_nu = torch.log(nu)
         e = torch.expm1(omn * log_nu)
         slope = -e / omn  # f1's slope, (1 - nu^(1-nu)) / (1 - nu)
@@ -195,15 +201,15 @@ class _PaperTerms(torch.autograd.Function):
         log_f2 = log_q.mul(omn)
         loss = torch.lerp(log_f2, torch.log(a1), ps).neg_()
         ctx.save_for_backward(zc, zz, cc, d_raw, prod, pc, r, cos, q_raw, q, ps, qm1, a1, log_q,
-                              s, sn, nu, omn, log_nu, e, slope)
-        ctx.span = span
+                              nu, omn, log_nu, e, slope)
+        ctx.margin = margin
         return d_raw.clamp_min(0.0), loss
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, g_d, g_l):
         (zc, zz, cc, d_raw, prod, pc, r, cos, q_raw, q, ps, qm1, a1, log_q,
-         s, sn, nu, omn, log_nu, e, slope) = ctx.saved_tensors
+         nu, omn, log_nu, e, slope) = ctx.saved_tensors
         # loss = -[ps log(1 + slope (q - 1)) + (1 - ps)(1 - nu) log q]
         inv_a1 = a1.reciprocal()
         dl_dq = torch.lerp(omn / q, slope * inv_a1, ps).neg_()
@@ -222,7 +228,9 @@ class _PaperTerms(torch.autograd.Function):
         dslope_domn = -((e + 1.0) * log_nu * omn - e) / (omn * omn)
         g_nu = g_slope * dslope_dnu
         g_omn = g_omn + g_slope * dslope_domn
-        g_theta = (g_nu - g_omn) * (ctx.span * s * sn)
+        # d nu / d theta = span sigmoid(theta) sigmoid(-theta) = (nu - m)(1 - nu - m) / span
+        m = ctx.margin
+        g_theta = (g_nu - g_omn) * ((nu - m) * (omn - m) / (1.0 - 2.0 * m))
         return g_zc, g_zz, g_cc, g_theta, None, None
 
 

@@ -139,9 +139,7 @@ class MADCluster(_PluginBase):
         """(nu, 1 - nu), each computed directly so neither loses precision near the bounds."""
         if self.variant == "reference":
             return self.nu_raw, 1.0 - self.nu_raw
-        span = 1.0 - 2.0 * NU_MARGIN
-        return (NU_MARGIN + span * torch.sigmoid(self.nu_raw),
-                NU_MARGIN + span * torch.sigmoid(-self.nu_raw))
+        return losses.bounded_nu(self.nu_raw, NU_MARGIN)
 
     @property
     def nu(self) -> torch.Tensor:
