@@ -244,6 +244,9 @@ class TrainConfig:
     # Restore the weights of the best validation epoch before scoring.
     restore_best: bool = True
     grad_clip: Optional[float] = None
+    # Adam's fused kernel (one op per step for all parameters; CPU and CUDA): ~10 % faster steps
+    # on small backbones. false = torch's per-parameter loop (rounding differs in the last bits).
+    fused_optimizer: bool = True
     # Cap on batches per epoch (debugging); None = all.
     max_batches_per_epoch: Optional[int] = None
     # torch threads; None = leave torch's default.

@@ -384,3 +384,24 @@ def test_dcdetector_skips_the_tap_when_madcluster_is_off():
     assert det.backbone(torch.randn(2, 20, C)).z is None
     det = _detector(_cfg("dcdetector", "on"))
     assert det.backbone(torch.randn(2, 20, C)).z.shape == (2, 20, 16)
+
+
+def test_fused_and_looped_adam_train_alike():
+    """train.fused_optimizer only changes how Adam's update is computed: same trajectory up to
+    float rounding, and the optimizers really are of the requested kind."""
+    cfg = _cfg("usad", "on")
+    x = torch.rand(16, int(cfg.backbone.window), C)
+    params = {}
+    for fused in (True, False):
+        torch.manual_seed(0)
+        det = _detector(cfg)
+        det.configure_optimizers(1e-3, 0.0, None, fused=fused)
+        assert all(bool(o.defaults["fused"]) == fused for o in det.optimizers.values())
+        det.train()
+        start = [p.detach().clone() for p in det.parameters()]
+        for epoch in range(5):
+            det.training_step(x, epoch)
+        params[fused] = [p.detach().clone() for p in det.parameters()]
+        assert max((a - b).abs().max().item() for a, b in zip(start, params[fused])) > 1e-3
+    moved = max((a - b).abs().max().item() for a, b in zip(params[True], params[False]))
+    assert moved < 1e-5

@@ -264,42 +264,6 @@ def test_fused_dot_and_norm_on_gapped_and_overlapping_views(make):
     torch.testing.assert_close(c.grad, c2.grad)
 
 
-def _composed_paper_terms(zc, zz, cc, theta, tau):
-    """The plug-in's k = 1 terms written with the readable building blocks."""
-    from madcluster_exp.madcluster.plugin import NU_MARGIN
-    span = 1 - 2 * NU_MARGIN
-    nu, omn = NU_MARGIN + span * torch.sigmoid(theta), NU_MARGIN + span * torch.sigmoid(-theta)
-    dist2 = (zz - 2.0 * zc + cc).clamp_min(0.0)
-    return dist2, losses.od_loss_terms(losses.cosine_from_dot(zc, zz, cc), nu, omn, tau)
-
-
-@pytest.mark.parametrize("theta", [0.3, -2.0, 5.0])
-def test_fused_paper_terms_equal_the_composed_objective_with_gradients(theta):
-    from madcluster_exp.madcluster.plugin import NU_MARGIN
-    g = torch.Generator().manual_seed(0)
-    z = torch.randn(4, 7, 5, generator=g, dtype=torch.float64)
-    c = torch.randn(5, generator=g, dtype=torch.float64)
-    z[0, 0] = 0.0  # a zero row: the cosine's clamp
-    z[1, 1] = -2.0 * c  # exactly opposite: q clamps at Q_EPS
-    inputs = (z @ c, (z * z).sum(-1), (c * c).sum(), torch.tensor(theta, dtype=torch.float64))
-    w = torch.randn(2, 4, 7, generator=g, dtype=torch.float64)
-    results = []
-    for fn in (lambda *a: losses.paper_terms(*a, 0.01, NU_MARGIN),
-               lambda *a: _composed_paper_terms(*a, 0.01)):
-        args = [t.clone().requires_grad_() for t in inputs]
-        dist2, loss = fn(*args)
-        grads = torch.autograd.grad((dist2 * w[0]).sum() + (loss * w[1]).sum(), args)
-        results.append((dist2, loss, grads))
-    (d_a, l_a, g_a), (d_b, l_b, g_b) = results
-    torch.testing.assert_close(d_a, d_b, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(l_a, l_b, rtol=1e-12, atol=1e-12)
-    for a, b in zip(g_a, g_b):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
-    # and against finite differences, away from the clamps' kinks
-    safe = [t.clone().requires_grad_() for t in (inputs[0][2:], inputs[1][2:], *inputs[2:])]
-    assert torch.autograd.gradcheck(lambda *a: losses.paper_terms(*a, 0.01, NU_MARGIN), safe)
-
-
 def test_time_broadcast_embeddings_give_the_same_terms_as_materialised_ones():
     plugin = build_plugin(6, _cfg(), seed=0)
     code = torch.randn(4, 1, 6)

@@ -39,7 +39,8 @@ def loss_logs(total: torch.Tensor, backbone: torch.Tensor, plugin: Optional[dict
     logs = {"loss": total, "loss_backbone": backbone, **extra}
     if plugin is not None:
         logs.update(loss_mapping=plugin["mapping"], loss_cluster=plugin["cluster"])
-    values = torch.stack([v.detach().float().reshape(()) for v in logs.values()]).tolist()
+    with torch.no_grad():  # one stack of the 0-d losses, not three calls per value
+        values = torch.stack(list(logs.values())).float().tolist()
     return dict(zip(logs, values))
 
 

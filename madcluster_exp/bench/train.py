@@ -66,7 +66,8 @@ def build_detector(name: str, state: str, device: str = "cpu"):
     torch.manual_seed(0)
     backbone = build_backbone(CHANNELS, cfg.backbone)
     det = Detector(backbone, build_plugin(backbone.embed_dim, cfg.madcluster, 0)).to(device)
-    det.configure_optimizers(float(cfg.backbone.lr), 0.0, None)
+    det.configure_optimizers(float(cfg.backbone.lr), 0.0, None,
+                             fused=bool(cfg.train.fused_optimizer))
     return det, cfg
 
 

@@ -5,6 +5,8 @@ Everything works per time step on tensors shaped [B, T] (assignments) or [B, T, 
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 # q = (1 + cos)/2 reaches 0 only for exactly opposite vectors; log(0) would be -inf.
@@ -41,6 +43,53 @@ class _MemoryOrder:
         return t.permute(ranks)
 
 
+def distinct_steps(z: torch.Tensor):
+    """(u, reps): z with its broadcast axes (stride 0, e.g. USAD's per-window code expanded over
+    time) narrowed to one entry, and how many entries of z each entry of u stands for. Work on
+    u is the same work on z without the copies."""
+    u, reps = z, 1
+    for d in range(z.dim() - 1):
+        if z.stride(d) == 0 and z.shape[d] > 1:
+            reps *= z.shape[d]
+            u = u.narrow(d, 0, 1)
+    return u, reps
+
+
+def _dot_and_norm(z: torch.Tensor, c: torch.Tensor):
+    """(z . c, |z|^2) over the last axis, walking z's memory in order."""
+    m = _MemoryOrder(z)
+    last = m.zm.dim() - 1
+    if m.f == last:  # a GEMV over rows (and counted as MACs by the FLOP counter)
+        zc = m.zm @ c
+    elif m.f == last - 1:  # features one axis out (a Conv1d's output): a batched GEMV
+        zc = c @ m.zm
+    else:
+        zc = torch.linalg.vecdot(m.zm, m.feature_shaped(c), dim=m.f)
+    zz = torch.linalg.vecdot(m.zm, m.zm, dim=m.f)
+    return m.back(zc, False), m.back(zz, False)
+
+
+def _dot_and_norm_grads(z, c, g_zc, g_zz, need_z: bool, need_c: bool):
+    """Gradients of (z . c, |z|^2) weighted by (g_zc, g_zz): dz = g_zc c + 2 g_zz z in one
+    fused pass, dc = sum g_zc z reduced along z's memory order."""
+    m = _MemoryOrder(z)
+    gc = m.to_memory(g_zc)
+    grad_z = grad_c = None
+    if need_z:
+        grad = torch.addcmul(gc * m.feature_shaped(c), m.to_memory(g_zz), m.zm, value=2.0)
+        grad_z = m.back(grad, True)
+    if need_c:
+        last = m.zm.dim() - 1
+        if m.f == last and m.zm.is_contiguous():  # rows of zm weighted by g: one GEMV
+            grad_c = m.zm.reshape(-1, m.zm.shape[-1]).T @ gc.reshape(-1)
+        elif m.f != last:  # reduce the innermost axis first, where the memory runs
+            grad_c = torch.linalg.vecdot(m.zm, gc, dim=last)
+            grad_c = grad_c.sum(dim=[d for d in range(last) if d != m.f])
+        else:  # overlapping or gapped strides: the plain form
+            grad_c = (m.zm * gc).sum(dim=list(range(last)))
+    return grad_z, grad_c
+
+
 class _DotAndSquaredNorm(torch.autograd.Function):
     """(z . c, |z|^2) over the last axis in one op; backward is one fused pass,
     dz = g_zc c + 2 g_zz z, instead of three separate broadcast multiplies."""
@@ -51,37 +100,13 @@ class _DotAndSquaredNorm(torch.autograd.Function):
     @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
     def forward(ctx, z, c):
         ctx.save_for_backward(z, c)
-        m = _MemoryOrder(z)
-        last = m.zm.dim() - 1
-        if m.f == last:  # a GEMV over rows (and counted as MACs by the FLOP counter)
-            zc = m.zm @ c
-        elif m.f == last - 1:  # features one axis out (a Conv1d's output): a batched GEMV
-            zc = c @ m.zm
-        else:
-            zc = torch.linalg.vecdot(m.zm, m.feature_shaped(c), dim=m.f)
-        zz = torch.linalg.vecdot(m.zm, m.zm, dim=m.f)
-        return m.back(zc, False), m.back(zz, False)
+        return _dot_and_norm(z, c)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, g_zc, g_zz):
         z, c = ctx.saved_tensors
-        m = _MemoryOrder(z)
-        gc = m.to_memory(g_zc)
-        grad_z = grad_c = None
-        if ctx.needs_input_grad[0]:
-            grad = torch.addcmul(gc * m.feature_shaped(c), m.to_memory(g_zz), m.zm, value=2.0)
-            grad_z = m.back(grad, True)
-        if ctx.needs_input_grad[1]:
-            last = m.zm.dim() - 1
-            if m.f == last and m.zm.is_contiguous():  # rows of zm weighted by g: one GEMV
-                grad_c = m.zm.reshape(-1, m.zm.shape[-1]).T @ gc.reshape(-1)
-            elif m.f != last:  # reduce the innermost axis first, where the memory runs
-                grad_c = torch.linalg.vecdot(m.zm, gc, dim=last)
-                grad_c = grad_c.sum(dim=[d for d in range(last) if d != m.f])
-            else:  # overlapping or gapped strides: the plain form
-                grad_c = (m.zm * gc).sum(dim=list(range(last)))
-        return grad_z, grad_c
+        return _dot_and_norm_grads(z, c, g_zc, g_zz, *ctx.needs_input_grad[:2])
 
 
 def dot_and_squared_norm(z: torch.Tensor, c: torch.Tensor):
@@ -163,78 +188,29 @@ def kl_terms(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return (p * (torch.log(p.clamp_min(1e-12)) - torch.log(q.clamp_min(1e-12)))).sum(dim=-1)
 
 
-def bounded_nu(theta: torch.Tensor, margin: float):
+def _sigmoid(x: float) -> float:
+    """Logistic function of a Python float, without overflow for either sign."""
+    if x >= 0.0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
+def bounded_nu(theta, margin: float):
     """(nu, 1 - nu) = m + (1 - 2m) sigmoid(+-theta): nu inside [m, 1 - m] whatever theta does,
     each computed directly so neither loses precision near the bounds. The one definition of
-    the paper variant's nu (the plug-in's ``nu`` and the fused terms both call it)."""
+    the paper variant's nu, for a tensor theta (the plug-in's ``nu``) or a float (the fused
+    loss on CPU)."""
     span = 1.0 - 2.0 * margin
-    return margin + span * torch.sigmoid(theta), margin + span * torch.sigmoid(-theta)
+    if isinstance(theta, torch.Tensor):
+        return margin + span * torch.sigmoid(theta), margin + span * torch.sigmoid(-theta)
+    return margin + span * _sigmoid(theta), margin + span * _sigmoid(-theta)
 
 
-class _PaperTerms(torch.autograd.Function):
-    """The k = 1 paper plug-in's per-step terms in one op: from (z.c, |z|^2, |c|^2) and the raw
-    threshold parameter theta (nu from :func:`bounded_nu`) to (|z - c|^2, OD loss).
-
-    The same values as ``cosine_from_dot`` + ``od_loss_terms`` composed (tested, gradients
-    included), with a hand-derived backward: autograd would record ~40 small nodes per step,
-    whose bookkeeping costs more than their arithmetic on [B, T] tensors; this costs ~20 ops.
-    """
-
-    @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
-    def forward(ctx, zc, zz, cc, theta, tau: float, margin: float):
-        nu, omn = bounded_nu(theta, margin)
-        log_nu = torch.log(nu)
-        e = torch.expm1(omn * log_nu)
-        slope = -e / omn  # f1's slope, (1 - nu^(1-nu)) / (1 - nu)
-        d_raw = torch.add(zz, zc, alpha=-2.0).add_(cc)
-        prod = zz * cc
-        pc = prod.clamp_min(1e-16)
-        r = pc.rsqrt()
-        cos = zc * r
-        q_raw = cos.mul(0.5).add_(0.5)
-        q = q_raw.clamp(Q_EPS, 1.0)
-        ps = (q >= nu).to(q.dtype).mul_(1.0 - 2.0 * tau).add_(tau)  # smoothed hard target
-        qm1 = q - 1.0
-        a1 = qm1.mul(slope).add_(1.0)
-        log_q = torch.log(q)
-        log_f2 = log_q.mul(omn)
-        loss = torch.lerp(log_f2, torch.log(a1), ps).neg_()
-        ctx.save_for_backward(zc, zz, cc, d_raw, prod, pc, r, cos, q_raw, q, ps, qm1, a1, log_q,
-                              nu, omn, log_nu, e, slope)
-        ctx.margin = margin
-        return d_raw.clamp_min(0.0), loss
-
-    @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
-    def backward(ctx, g_d, g_l):
-        (zc, zz, cc, d_raw, prod, pc, r, cos, q_raw, q, ps, qm1, a1, log_q,
-         nu, omn, log_nu, e, slope) = ctx.saved_tensors
-        # loss = -[ps log(1 + slope (q - 1)) + (1 - ps)(1 - nu) log q]
-        inv_a1 = a1.reciprocal()
-        dl_dq = torch.lerp(omn / q, slope * inv_a1, ps).neg_()
-        g_q = g_l * dl_dq * ((q_raw >= Q_EPS) & (q_raw <= 1.0))
-        g_cos = 0.5 * g_q
-        # cos = zc / sqrt(max(zz cc, 1e-16)); dist = max(zz - 2 zc + cc, 0)
-        g_prod = (g_cos * cos / pc).mul_(-0.5) * (prod >= 1e-16)
-        g_draw = g_d * (d_raw >= 0.0)
-        g_zc = torch.addcmul(-2.0 * g_draw, g_cos, r)
-        g_zz = torch.addcmul(g_draw, g_prod, cc)
-        g_cc = (g_prod * zz).sum() + g_draw.sum()
-        # theta moves nu (through f1's slope) and 1 - nu (through the slope and log f2)
-        g_slope = (g_l * ps * qm1 * inv_a1).sum().neg()
-        g_omn = (g_l * (1.0 - ps) * log_q).sum().neg()
-        dslope_dnu = -(e + 1.0) / nu
-        dslope_domn = -((e + 1.0) * log_nu * omn - e) / (omn * omn)
-        g_nu = g_slope * dslope_dnu
-        g_omn = g_omn + g_slope * dslope_domn
-        # d nu / d theta = span sigmoid(theta) sigmoid(-theta) = (nu - m)(1 - nu - m) / span
-        m = ctx.margin
-        g_theta = (g_nu - g_omn) * ((nu - m) * (omn - m) / (1.0 - 2.0 * m))
-        return g_zc, g_zz, g_cc, g_theta, None, None
-
-
-def paper_terms(zc: torch.Tensor, zz: torch.Tensor, cc: torch.Tensor, theta: torch.Tensor,
-                tau: float, margin: float):
-    """(|z - c|^2, OD loss) per step for the paper variant; see :class:`_PaperTerms`."""
-    return _PaperTerms.apply(zc, zz, cc, theta, tau, margin)
+def distance_mapping(dist2, r2, nu_r: float):
+    """Per-step distance mapping from squared distances: one-class (``r2`` None) |h - c|^2,
+    soft-boundary R^2 + max(0, |h - c|^2 - R^2) / nu_R. Tensors or numpy arrays alike (the
+    fused loss runs it in numpy on CPU)."""
+    if r2 is None:
+        return dist2
+    return r2 + (dist2 - r2).clip(0.0) / nu_r

@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from madcluster_exp.madcluster import losses
+from madcluster_exp.madcluster import fused, losses
 from madcluster_exp.nn_utils import QuantileSample
 
 # nu lives in [NU_MARGIN, 1 - NU_MARGIN] whatever its raw parameter does: at nu = 1 the slope of
@@ -73,24 +73,34 @@ class _PluginBase(nn.Module):
     # -- shared ---------------------------------------------------------------------------
     def mapping_terms(self, dist2: torch.Tensor) -> torch.Tensor:
         """Per-step distance mapping [B, T] from squared distances [B, T]."""
-        if self.objective == "one-class":
-            return dist2
-        r2 = self.radius ** 2
-        return r2 + torch.clamp(dist2 - r2, min=0) / self.nu_r
+        return losses.distance_mapping(dist2, self._radius2(), self.nu_r)
+
+    def _radius2(self) -> Optional[torch.Tensor]:
+        return None if self.objective == "one-class" else self.radius ** 2
 
     def loss(self, z: torch.Tensor) -> Dict[str, torch.Tensor]:
         """mapping and cluster (mean over the batch of per-window sums) and the total term;
-        through ``torch.compile`` while training with ``madcluster.compile=true``."""
+        the composition through ``torch.compile`` while training with ``madcluster.compile``."""
         if self.compile and self.training and torch.is_grad_enabled():
             if self._compiled_loss is None:
-                self._compiled_loss = torch.compile(self._loss)
+                self._compiled_loss = torch.compile(self._composed_loss)
             return self._compiled_loss(z)
         return self._loss(z)
 
     def _loss(self, z: torch.Tensor) -> Dict[str, torch.Tensor]:
-        dist2, cluster_t = self.terms(z)
-        if self.training and self.objective == "soft-boundary":  # only R needs the sample
+        """The eager loss: the composition, unless a subclass has a fused op for it."""
+        return self._composed_loss(z)
+
+    def _samples_distances(self) -> bool:
+        return self.training and self.objective == "soft-boundary"  # only R needs the sample
+
+    def _record_distances(self, dist2: torch.Tensor) -> None:
+        if self._samples_distances():
             self._dist_sample.add(dist2.sqrt())
+
+    def _composed_loss(self, z: torch.Tensor) -> Dict[str, torch.Tensor]:
+        dist2, cluster_t = self.terms(z)
+        self._record_distances(dist2)
         mapping = self.mapping_terms(dist2).sum(dim=1)  # [B]
         cluster = cluster_t.sum(dim=1)  # [B]
         used = mapping * self.use_mapping + cluster * self.use_cluster
@@ -165,9 +175,20 @@ class MADCluster(_PluginBase):
             dist2 = (zz - 2.0 * zc + cc).clamp_min(0.0)
             q = losses.cosine_from_dot(zc, zz, cc)
             return dist2, losses.reference_loss_terms(q, self.nu_raw, self.tau)
-        # cosine_from_dot + od_loss_terms with the bounded nu, fused into one op (same values
-        # and gradients, tested): their ~40 autograd nodes cost more than their arithmetic.
-        return losses.paper_terms(zc, zz, cc, self.nu_raw, self.tau, NU_MARGIN)
+        return fused.paper_terms(zc, zz, cc, self.nu_raw, self.tau, NU_MARGIN)
+
+    def _loss(self, z: torch.Tensor) -> Dict[str, torch.Tensor]:
+        if self.variant == "reference":
+            return self._composed_loss(z)
+        # The whole paper objective as one op (same values and gradients as the composition,
+        # tested): on a small backbone the composition's dispatches cost more than its math.
+        sample = self._samples_distances()
+        total, mapping, cluster, dist2 = fused.paper_loss(
+            z, self.center, self.nu_raw, self.tau, NU_MARGIN, self._radius2(), self.nu_r,
+            self.use_mapping, self.use_cluster, distances=sample)
+        if sample:
+            self._dist_sample.add(dist2.sqrt())
+        return {"mapping": mapping, "cluster": cluster, "total": total}
 
     def score(self, z: torch.Tensor) -> torch.Tensor:
         if self.variant == "reference":

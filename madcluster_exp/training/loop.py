@@ -78,7 +78,7 @@ def fit(detector: Detector, data: PreparedData, cfg: DictConfig, device: torch.d
     val_ws = WindowSet(data.val, window, stride=int(cfg.dataset.train_stride))
     order = torch.Generator().manual_seed(int(cfg.seed))
     detector.configure_optimizers(float(bcfg.lr), float(bcfg.weight_decay),
-                                  cfg.madcluster.nu_lr, tcfg.grad_clip)
+                                  cfg.madcluster.nu_lr, tcfg.grad_clip, bool(tcfg.fused_optimizer))
     detector.to(device)
 
     def initial_batches():
