@@ -1,13 +1,13 @@
 """The k = 1 paper objective as one op: the same values and gradients as the readable
-composition in :mod:`madcluster_exp.madcluster.losses` (tested to 1e-12 in float64, gradcheck
+composition in :mod:`madcluster_exp.madcluster.losses` (tested to 1e-10 in float64, gradcheck
 included), at a fraction of its cost per training step.
 
 Why it exists: after the two reductions over z (z.c and |z|^2, BLAS work that scales with the
 embedding), everything MADCluster computes is elementwise arithmetic on [B, T] numbers, or on B
 numbers for a per-window code such as USAD's. On CPU such small tensors cost per call, not per
-number: ~1.5 us per torch op in a tight loop and three to four times that inside a real
-training step, where the backbone's work has evicted the dispatcher's code and data from the
-caches (measured; design notes in the README). The composition dispatches ~120 ops and records
+number: ~1.1 us per torch op in a tight loop and four to six times that inside a real
+training step, where the backbone's work has evicted the interpreter's and the dispatcher's
+code and data from the caches (measured; see the README's benchmark notes). The composition dispatches ~120 ops and records
 ~45 autograd nodes per step; on USAD that was 10 % of the step.
 
 So the elementwise chain and its hand-derived backward are written once, against two small

@@ -162,11 +162,12 @@ class MADCluster(_PluginBase):
         return [self.center]
 
     def terms(self, z: torch.Tensor):
-        if z.dim() == 3 and z.shape[1] > 1 and z.stride(1) == 0:
+        u, reps = losses.distinct_steps(z)
+        if reps > 1:
             # A per-window code broadcast over time (e.g. USAD's latent): every step is the
-            # same, so compute one step and broadcast the result.
-            dist2, cluster = self.terms(z[:, :1])
-            return dist2.expand(-1, z.shape[1]), cluster.expand(-1, z.shape[1])
+            # same, so compute the distinct steps once and broadcast the result.
+            dist2, cluster = self.terms(u)
+            return dist2.expand(z.shape[:-1]), cluster.expand(z.shape[:-1])
         # One pass over z for both: z.c and |z|^2 give the cosine and |z - c|^2 alike.
         c = self.center
         zc, zz = losses.dot_and_squared_norm(z, c)
