@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from madcluster_exp.madcluster.losses import (Q_EPS, _dot_and_norm, _dot_and_norm_grads,
-                                              bounded_nu, cosine_from_dot, distance_mapping,
-                                              distinct_steps, od_loss_terms)
+                                              bounded_nu, cosine_from_dot, distance_from_dot,
+                                              distance_mapping, distinct_steps, od_loss_terms)
 
 
 class _NumpyMath:
@@ -254,22 +254,20 @@ class _Steps:
         reps, grad_z, grad_c = self.reps, None, None
         if self.rows is None:
             grad_u, grad_c = _dot_and_norm_grads(self.u, c, g_zc, g_zz, need_z, need_c)
-            if need_c:
+        elif need_z:  # dz = g_zc c + 2 g_zz z, row by row, laid out as u is
+            grad_rows = torch.addcmul(torch.outer(g_zc, c), g_zz.unsqueeze(1), self.rows,
+                                      value=2.0)
+            grad_u = grad_rows.as_strided(self.u.shape, self.u.stride(), 0)
+        if need_c:  # dc = reps (sum of g_zc z + 2 g_cc c)
+            if self.rows is not None and host:  # all of it in one GEMV
+                grad_c = torch.addmv(c, self.rows.T, g_zc, beta=2.0 * g_cc * reps, alpha=reps)
+            else:
+                if self.rows is not None:
+                    grad_c = self.rows.T @ g_zc
                 grad_c = (torch.add(grad_c, c, alpha=2.0 * g_cc) if host
                           else torch.addcmul(grad_c, c, g_cc, value=2.0))
                 if reps > 1:
                     grad_c = grad_c.mul_(reps)
-        else:
-            if need_z:  # dz = g_zc c + 2 g_zz z, row by row, laid out as u is
-                grad_rows = torch.addcmul(torch.outer(g_zc, c), g_zz.unsqueeze(1), self.rows,
-                                          value=2.0)
-                grad_u = grad_rows.as_strided(self.u.shape, self.u.stride(), 0)
-            if need_c:  # dc = reps (rows^T g_zc + 2 g_cc c)
-                if host:
-                    grad_c = torch.addmv(c, self.rows.T, g_zc, beta=2.0 * g_cc * reps,
-                                         alpha=reps)
-                else:
-                    grad_c = torch.addcmul(self.rows.T @ g_zc, c, g_cc, value=2.0) * reps
         if need_z:
             grad_z = grad_u.expand(self.z.shape) if reps > 1 else grad_u
         return grad_z, grad_c
@@ -350,8 +348,8 @@ def paper_terms(zc: torch.Tensor, zz: torch.Tensor, cc: torch.Tensor, theta: tor
     composition; without (scoring, validation) through the fused forward."""
     if torch.is_grad_enabled() and any(t.requires_grad for t in (zc, zz, cc, theta)):
         nu, omn = bounded_nu(theta, margin)
-        dist2 = (zz - 2.0 * zc + cc).clamp_min(0.0)
-        return dist2, od_loss_terms(cosine_from_dot(zc, zz, cc), nu, omn, tau)
+        return (distance_from_dot(zc, zz, cc),
+                od_loss_terms(cosine_from_dot(zc, zz, cc), nu, omn, tau))
     xp = _math_for(zc)
     s = _step_terms(xp, xp.array(zc), xp.array(zz), xp.scalar(cc),
                     threshold_constants(theta, margin, xp.host), tau)

@@ -114,6 +114,12 @@ def dot_and_squared_norm(z: torch.Tensor, c: torch.Tensor):
     return _DotAndSquaredNorm.apply(z, c)
 
 
+def distance_from_dot(zc: torch.Tensor, zz: torch.Tensor, cc: torch.Tensor) -> torch.Tensor:
+    """|z - c|^2 = |z|^2 - 2 z.c + |c|^2 from the dot products already at hand, clamped at 0
+    (rounding can take it a hair below)."""
+    return (zz - 2.0 * zc + cc).clamp_min(0.0)
+
+
 def cosine_from_dot(zc: torch.Tensor, zz: torch.Tensor, cc: torch.Tensor) -> torch.Tensor:
     """q = (1 + cos)/2 from z.c, |z|^2 and |c|^2 (already at hand for the distance), in
     [Q_EPS, 1]; equal to (1 + F.cosine_similarity(z, c))/2 without a second pass over z."""

@@ -173,9 +173,9 @@ class MADCluster(_PluginBase):
         zc, zz = losses.dot_and_squared_norm(z, c)
         cc = torch.dot(c, c)
         if self.variant == "reference":
-            dist2 = (zz - 2.0 * zc + cc).clamp_min(0.0)
             q = losses.cosine_from_dot(zc, zz, cc)
-            return dist2, losses.reference_loss_terms(q, self.nu_raw, self.tau)
+            return (losses.distance_from_dot(zc, zz, cc),
+                    losses.reference_loss_terms(q, self.nu_raw, self.tau))
         return fused.paper_terms(zc, zz, cc, self.nu_raw, self.tau, NU_MARGIN)
 
     def _loss(self, z: torch.Tensor) -> Dict[str, torch.Tensor]:
