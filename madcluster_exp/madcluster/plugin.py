@@ -162,6 +162,8 @@ class MADCluster(_PluginBase):
         return [self.center]
 
     def terms(self, z: torch.Tensor):
+        if self.variant == "paper" and not self._tracks_grad(z) and fused.supports(z):
+            return fused.paper_terms(z, self.center, self.nu_raw, self.tau, NU_MARGIN)
         u, reps = losses.distinct_steps(z)
         if reps > 1:
             # A per-window code broadcast over time (e.g. USAD's latent): every step is the
@@ -172,14 +174,19 @@ class MADCluster(_PluginBase):
         c = self.center
         zc, zz = losses.dot_and_squared_norm(z, c)
         cc = torch.dot(c, c)
+        dist2 = losses.distance_from_dot(zc, zz, cc)
+        q = losses.cosine_from_dot(zc, zz, cc)
         if self.variant == "reference":
-            q = losses.cosine_from_dot(zc, zz, cc)
-            return (losses.distance_from_dot(zc, zz, cc),
-                    losses.reference_loss_terms(q, self.nu_raw, self.tau))
-        return fused.paper_terms(zc, zz, cc, self.nu_raw, self.tau, NU_MARGIN)
+            return dist2, losses.reference_loss_terms(q, self.nu_raw, self.tau)
+        nu, omn = self.nu_and_complement()
+        return dist2, losses.od_loss_terms(q, nu, omn, self.tau)
+
+    def _tracks_grad(self, z: torch.Tensor) -> bool:
+        return torch.is_grad_enabled() and (z.requires_grad or self.center.requires_grad
+                                            or self.nu_raw.requires_grad)
 
     def _loss(self, z: torch.Tensor) -> Dict[str, torch.Tensor]:
-        if self.variant == "reference":
+        if self.variant == "reference" or not fused.supports(z):
             return self._composed_loss(z)
         # The whole paper objective as one op (same values and gradients as the composition,
         # tested): on a small backbone the composition's dispatches cost more than its math.
