@@ -221,7 +221,7 @@ class MADClusterConfig:
     # Soft-boundary: R is the (1 - nu_r)-quantile of ||h - c|| over training embeddings.
     nu_r: float = 0.01
     radius_warmup_epochs: int = 0
-    # Learning rate of nu's own optimizer (None = the backbone's lr, as in the reference).
+    # Learning rate of nu's own parameter group (None = the backbone's lr, as in the reference).
     nu_lr: Optional[float] = None
     # Ablation of the plug-in's parts (loss and score): both | mapping | clustering
     components: str = "both"

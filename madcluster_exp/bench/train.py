@@ -109,6 +109,8 @@ def run_one(name: str, state: str, steps: int, score_batches: int, device: str =
             best = (wait, step)
     wait, step = best
     det.eval()
+    det.score_components(x.to(dev))  # warm-up: first-use work (e.g. loading compiled kernels)
+    _sync(dev)
     t0 = time.perf_counter()
     n_scored = 0
     for b, (_, x) in enumerate(windows.batches(bs)):

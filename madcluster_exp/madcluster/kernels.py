@@ -182,8 +182,8 @@ def loss_backward(u, c, work, theta, margin, tau, soft, r2, nu_r, use_d, a_d, us
     n_steps = zc.shape[0]
     if use_d and soft:
         a_d = a_d / nu_r
-    g = np.zeros((2, n_steps))  # d/d(z.c) and d/d|z|^2 per step
-    g_zc, g_zz = g[0], g[1]
+    g_zc = np.zeros(n_steps)  # d/d(z.c) per step
+    g_zz = np.zeros(n_steps)  # d/d|z|^2 per step
     gcc_sum = 0.0
     theta_sum = 0.0
     # Each term's loop is branch-free (selects, not ifs), so it vectorises.
