@@ -10,7 +10,7 @@ import torch
 
 from madcluster_exp.backbones import BACKBONES, build_backbone
 from madcluster_exp.backbones.dcdetector import (ChannelMeans, DualAttentionLayer, factorised_kl,
-                                                 materialised_kl)
+                                                 materialised_kl, narrow_matmul)
 from madcluster_exp.backbones.layers import DataEmbedding, circular_unfold
 from madcluster_exp.backbones.layers import RevIN, association_kl
 from madcluster_exp.backbones.slmr import Res2NetBlock, geometric_mask, interleave
@@ -395,14 +395,23 @@ def test_factored_attention_equals_projected_attention(heads, width):
     torch.testing.assert_close(factored, direct, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("width", [2, 5])  # narrower than the 4 patches (transposed product) or not
 @pytest.mark.parametrize("heads", [1, 3])
-def test_channel_means_backward_is_the_gradient(heads):
+def test_channel_means_backward_is_the_gradient(heads, width):
     a = torch.softmax(torch.randn(2 * 3, heads, 4, 4, dtype=torch.float64), -1).requires_grad_()
-    u = torch.randn(2 * 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    u = torch.randn(2 * 3, 4, width, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, u: ChannelMeans.apply(a, u, 3), (a, u))
     mean, ctx = ChannelMeans.apply(a, u, 3)
     torch.testing.assert_close(mean, a.view(2, 3, heads, 4, 4).mean(1))
-    torch.testing.assert_close(ctx, (a.mean(1) @ u).view(2, 3, 4, 5).mean(1))
+    torch.testing.assert_close(ctx, (a.mean(1) @ u).view(2, 3, 4, width).mean(1))
+
+
+@pytest.mark.parametrize("shape", [((5, 7, 3), (5, 3, 2)), ((5, 2, 3), (5, 3, 7)), ((4, 1, 6, 3), (4, 3, 3))])
+def test_narrow_matmul_is_matmul(shape):
+    x, y = (torch.randn(s, dtype=torch.float64) for s in shape)
+    got = narrow_matmul(x, y)
+    torch.testing.assert_close(got, x @ y, rtol=1e-12, atol=1e-12)
+    assert got.is_contiguous() == (y.shape[-1] >= x.shape[-2])  # transposed view when narrow
 
 
 def test_dcdetector_skips_the_tap_when_madcluster_is_off():
