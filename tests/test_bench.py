@@ -1,6 +1,11 @@
 """The benchmark's statistics (the timings themselves live in ``make bench``, not in tests)."""
-import numpy as np
+import subprocess
+import sys
 
+import numpy as np
+import pytest
+
+from madcluster_exp.bench.common import PEAK_RSS_WRAPPER, child_peak_rss_mb, peak_rss_mb
 from madcluster_exp.bench.train import _bootstrap_interval
 
 
@@ -19,3 +24,25 @@ def test_bootstrap_interval_brackets_the_estimate_and_narrows_with_more_pairs():
     few_low, few_high = _bootstrap_interval(first[:10], second[:10])
     assert few_high - few_low > 2 * (high - low)
     assert _bootstrap_interval(first, second) == (low, high)  # seeded: reproducible
+
+
+def test_peak_rss_is_the_processs_own_not_its_parents():
+    """A child of a large process reports its own peak (ru_maxrss would report the parent's)."""
+    ballast = np.ones(50_000_000)  # 400 MB, touched
+    assert peak_rss_mb() >= ballast.nbytes / 2 ** 20
+    code = ("import resource; from madcluster_exp.bench.common import peak_rss_mb; "
+            "print(peak_rss_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    own, inherited = map(float, subprocess.run([sys.executable, "-c", code], check=True,
+                                               capture_output=True, text=True).stdout.split())
+    assert own < 100 < 400 <= inherited  # the child holds no ballast; ru_maxrss says it does
+    del ballast
+
+
+def test_the_wrapped_run_reports_its_peak_and_keeps_the_exit_status(tmp_path):
+    bad = subprocess.run([sys.executable, "-c", PEAK_RSS_WRAPPER, "backbone=nope"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert bad.returncode != 0
+    assert "nope" in bad.stderr  # Hydra's own message about the unknown backbone
+    assert 10 < child_peak_rss_mb(bad.stderr) < 2000
+    with pytest.raises(ValueError, match="PEAK_RSS_MB"):
+        child_peak_rss_mb("no such line\n")

@@ -8,13 +8,56 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Sequence
 
-import torch
-
 
 def environment() -> Dict[str, object]:
+    import torch  # here, so that a child that only reports its peak RSS stays small
+
     return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(),
             "machine": platform.machine()}
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak resident set (MB).
+
+    Linux's VmHWM, not ``getrusage().ru_maxrss``: the latter is carried over from the parent
+    through fork and exec, so a child started by a large benchmark process reports at least
+    the parent's size (a 14 MB child of an 800 MB parent reported 790 MB here). ru_maxrss is
+    the fallback where /proc is missing."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    import resource
+    import sys
+
+    scale = 2 ** 20 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
+
+
+# Runs ``python -m madcluster_exp`` with the arguments after it and prints its own peak RSS
+# to stderr on the way out (the parent cannot read a child's VmHWM once it has exited).
+PEAK_RSS_WRAPPER = """
+import runpy, sys
+from madcluster_exp.bench.common import peak_rss_mb
+sys.argv = ["madcluster_exp", *sys.argv[1:]]
+try:
+    runpy.run_module("madcluster_exp", run_name="__main__", alter_sys=True)
+finally:
+    print(f"PEAK_RSS_MB {peak_rss_mb():.1f}", file=sys.stderr, flush=True)
+"""
+
+
+def child_peak_rss_mb(stderr: str) -> float:
+    """The figure PEAK_RSS_WRAPPER printed, from the child's stderr."""
+    for line in reversed(stderr.splitlines()):
+        if line.startswith("PEAK_RSS_MB "):
+            return float(line.split()[1])
+    raise ValueError("the child printed no PEAK_RSS_MB line (did it start through "
+                     "PEAK_RSS_WRAPPER?)")
 
 
 def best_time(fn: Callable[[], object], repeat: int = 3) -> float:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from madcluster_exp.bench.common import table, write
+from madcluster_exp.bench.common import PEAK_RSS_WRAPPER, child_peak_rss_mb, table, write
 
 
 def make_smd_sized(root: Path, machines: int = 28, rows: int = 25_300, features: int = 38) -> None:
@@ -56,7 +55,7 @@ def main(argv=None) -> None:
     window = 100
     copies_mb = (len(raw.train) - window + 1) * window * raw.n_channels * 4 / 2 ** 20
 
-    cmd = [sys.executable, "-m", "madcluster_exp", "dataset=SMD", f"paths.data_dir={args.root}",
+    cmd = [sys.executable, "-c", PEAK_RSS_WRAPPER, "dataset=SMD", f"paths.data_dir={args.root}",
            "backbone.window=100", "train.epochs=1", "train.max_batches_per_epoch=50",
            "scoring.stride=25", "tracking=none", "tracking.plots=false", "train.progress=none",
            f"hydra.run.dir={args.out / 'smd_sized_run'}"]
@@ -66,7 +65,7 @@ def main(argv=None) -> None:
     if proc.returncode != 0:
         print(proc.stderr[-3000:])
         raise SystemExit("the SMD-sized run failed")
-    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
+    peak_mb = child_peak_rss_mb(proc.stderr)  # the child's own (ru_maxrss includes ours)
     rows_out = [{"what": "load full SMD-sized dataset (28 machines, train + test)",
                  "value": f"{load_s:.2f} s", "rows": rows, "note": f"{data_mb:.0f} MB float32"},
                 {"what": "peak RSS, window-100 run (deepsvdd, 50 batches, score stride 25)",

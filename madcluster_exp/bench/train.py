@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from madcluster_exp.bench.common import environment, table, write
+from madcluster_exp.bench.common import environment, peak_rss_mb, table, write
 
 CHANNELS = 38
 # name, backbone overrides (reference settings; DCdetector and SLMR as the issue lists them)
@@ -123,7 +122,7 @@ def run_one(name: str, state: str, steps: int, score_batches: int, device: str =
     return {"config": name, "madcluster": state, "batch": bs, "window": backbone.input_length,
             "train_wps": steps * bs / step, "score_wps": n_scored / score_s,
             "step_s": step / steps, "data_wait_pct": 100 * wait / (wait + step),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_rss_mb": peak_rss_mb(),
             "threads": torch.get_num_threads(), "device": device,
             "peak_gpu_mb": (torch.cuda.max_memory_allocated(dev) / 2**20
                             if dev.type == "cuda" else None)}
