@@ -406,7 +406,8 @@ def test_channel_means_backward_is_the_gradient(heads, width):
     torch.testing.assert_close(ctx, (a.mean(1) @ u).view(2, 3, 4, width).mean(1))
 
 
-@pytest.mark.parametrize("shape", [((5, 7, 3), (5, 3, 2)), ((5, 2, 3), (5, 3, 7)), ((4, 1, 6, 3), (4, 3, 3))])
+@pytest.mark.parametrize("shape", [((5, 7, 3), (5, 3, 2)), ((5, 2, 3), (5, 3, 7)),
+                                   ((4, 1, 6, 3), (4, 3, 3))])  # narrow, wide, broadcast
 def test_narrow_matmul_is_matmul(shape):
     x, y = (torch.randn(s, dtype=torch.float64) for s in shape)
     got = narrow_matmul(x, y)

@@ -1,4 +1,5 @@
-"""The benchmark's statistics (the timings themselves live in ``make bench``, not in tests)."""
+"""The benchmark's statistics and its memory measurement (the timings themselves live in
+``make bench``, not in tests)."""
 import subprocess
 import sys
 
