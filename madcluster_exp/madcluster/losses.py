@@ -54,41 +54,6 @@ def distinct_steps(z: torch.Tensor):
     return u, reps
 
 
-def _dot_and_norm(z: torch.Tensor, c: torch.Tensor):
-    """(z . c, |z|^2) over the last axis, walking z's memory in order."""
-    m = _MemoryOrder(z)
-    last = m.zm.dim() - 1
-    if m.f == last:  # a GEMV over rows (and counted as MACs by the FLOP counter)
-        zc = m.zm @ c
-    elif m.f == last - 1:  # features one axis out (a Conv1d's output): a batched GEMV
-        zc = c @ m.zm
-    else:
-        zc = torch.linalg.vecdot(m.zm, m.feature_shaped(c), dim=m.f)
-    zz = torch.linalg.vecdot(m.zm, m.zm, dim=m.f)
-    return m.back(zc, False), m.back(zz, False)
-
-
-def _dot_and_norm_grads(z, c, g_zc, g_zz, need_z: bool, need_c: bool):
-    """Gradients of (z . c, |z|^2) weighted by (g_zc, g_zz): dz = g_zc c + 2 g_zz z in one
-    fused pass, dc = sum g_zc z reduced along z's memory order."""
-    m = _MemoryOrder(z)
-    gc = m.to_memory(g_zc)
-    grad_z = grad_c = None
-    if need_z:
-        grad = torch.addcmul(gc * m.feature_shaped(c), m.to_memory(g_zz), m.zm, value=2.0)
-        grad_z = m.back(grad, True)
-    if need_c:
-        last = m.zm.dim() - 1
-        if m.f == last and m.zm.is_contiguous():  # rows of zm weighted by g: one GEMV
-            grad_c = m.zm.reshape(-1, m.zm.shape[-1]).T @ gc.reshape(-1)
-        elif m.f != last:  # reduce the innermost axis first, where the memory runs
-            grad_c = torch.linalg.vecdot(m.zm, gc, dim=last)
-            grad_c = grad_c.sum(dim=[d for d in range(last) if d != m.f])
-        else:  # overlapping or gapped strides: the plain form
-            grad_c = (m.zm * gc).sum(dim=list(range(last)))
-    return grad_z, grad_c
-
-
 class _DotAndSquaredNorm(torch.autograd.Function):
     """(z . c, |z|^2) over the last axis in one op; backward is one fused pass,
     dz = g_zc c + 2 g_zz z, instead of three separate broadcast multiplies."""
@@ -99,13 +64,37 @@ class _DotAndSquaredNorm(torch.autograd.Function):
     @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
     def forward(ctx, z, c):
         ctx.save_for_backward(z, c)
-        return _dot_and_norm(z, c)
+        m = _MemoryOrder(z)
+        last = m.zm.dim() - 1
+        if m.f == last:  # a GEMV over rows (and counted as MACs by the FLOP counter)
+            zc = m.zm @ c
+        elif m.f == last - 1:  # features one axis out (a Conv1d's output): a batched GEMV
+            zc = c @ m.zm
+        else:
+            zc = torch.linalg.vecdot(m.zm, m.feature_shaped(c), dim=m.f)
+        zz = torch.linalg.vecdot(m.zm, m.zm, dim=m.f)
+        return m.back(zc, False), m.back(zz, False)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, g_zc, g_zz):
         z, c = ctx.saved_tensors
-        return _dot_and_norm_grads(z, c, g_zc, g_zz, *ctx.needs_input_grad[:2])
+        m = _MemoryOrder(z)
+        gc = m.to_memory(g_zc)
+        grad_z = grad_c = None
+        if ctx.needs_input_grad[0]:
+            grad = torch.addcmul(gc * m.feature_shaped(c), m.to_memory(g_zz), m.zm, value=2.0)
+            grad_z = m.back(grad, True)
+        if ctx.needs_input_grad[1]:
+            last = m.zm.dim() - 1
+            if m.f == last and m.zm.is_contiguous():  # rows of zm weighted by g: one GEMV
+                grad_c = m.zm.reshape(-1, m.zm.shape[-1]).T @ gc.reshape(-1)
+            elif m.f != last:  # reduce the innermost axis first, where the memory runs
+                grad_c = torch.linalg.vecdot(m.zm, gc, dim=last)
+                grad_c = grad_c.sum(dim=[d for d in range(last) if d != m.f])
+            else:  # overlapping or gapped strides: the plain form
+                grad_c = (m.zm * gc).sum(dim=list(range(last)))
+        return grad_z, grad_c
 
 
 def dot_and_squared_norm(z: torch.Tensor, c: torch.Tensor):
