@@ -103,6 +103,13 @@ class BackboneConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     batch_size: int = 128
+    # Per-epoch multiplicative learning-rate factor (None = constant): the learning rate of
+    # (0-based) epoch e is lr * lr_decay ** max(0, e - lr_decay_delay). The MADCluster reference
+    # uses LambdaLR(0.9 ** epoch) (decay 0.9, delay 0); the Anomaly Transformer and DCdetector
+    # references halve it after every epoch from their second on (decay 0.5, delay 1). The plug-in's
+    # nu keeps its constant learning rate (its own optimizer has no scheduler in the reference).
+    lr_decay: Optional[float] = None
+    lr_decay_delay: int = 0
 
 
 @dataclass
@@ -160,6 +167,10 @@ class AnomalyTransformerConfig(BackboneConfig):
     temperature: float = 50.0
     lr: float = 1e-4
     batch_size: int = 256
+    # The reference (thuml/Anomaly-Transformer solver.py, adjust_learning_rate after each epoch)
+    # halves the learning rate after every epoch from the second on.
+    lr_decay: Optional[float] = 0.5
+    lr_decay_delay: int = 1
 
 
 @dataclass
@@ -247,6 +258,15 @@ class TrainConfig:
     # Adam's fused kernel (one op per step for all parameters; CPU and CUDA): ~10 % faster steps
     # on small backbones. false = torch's per-parameter loop (rounding differs in the last bits).
     fused_optimizer: bool = True
+    # AMSGrad on the backbone's optimizer(s) (the MADCluster reference: Adam(amsgrad=True)).
+    # The plug-in's nu is always trained with AMSGrad, as in the reference.
+    amsgrad: bool = False
+    # Weight initialisation of the backbone after it is built. default: each layer's own PyTorch
+    # init | he: He-normal (Kaiming, fan_in, ReLU gain: std sqrt(2 / fan_in)) on every Linear and
+    # Conv1d/2d/3d weight, zero biases, as the MADCluster reference's he_init_normal (which lists
+    # Linear, Conv2d and Conv3d; its DCdetector's only Conv1d has its own Kaiming init). RNNs,
+    # norms, transposed convs and the plug-in's center (He-normal anyway) keep their init.
+    init: str = "default"
     # Cap on batches per epoch (debugging); None = all.
     max_batches_per_epoch: Optional[int] = None
     # torch threads; None = leave torch's default.
@@ -383,6 +403,7 @@ _CHOICES = {
     "madcluster.combine": ("sum", "product", "madcluster_only", "backbone_only"),
     "madcluster.components": ("both", "mapping", "clustering"),
     "train.progress": ("auto", "bar", "line", "none"),
+    "train.init": ("default", "he"),
     "scoring.aggregate": ("mean", "max"),
     "threshold.kind": ("val_percentile", "pot", "spot", "transductive", "oracle"),
     "tracking.backend": ("mlflow", "none"),
@@ -396,6 +417,8 @@ _RANGES = {
     "backbone.window": (2, None, True, None),
     "backbone.lr": (0.0, None, False, None),
     "backbone.batch_size": (1, None, True, None),
+    "backbone.lr_decay": (0.0, 1.0, False, True),
+    "backbone.lr_decay_delay": (0, None, True, None),
     "madcluster.k": (1, None, True, None),
     "madcluster.nu_init": (0.0, 1.0, False, False),
     "madcluster.tau": (0.0, 0.5, True, False),

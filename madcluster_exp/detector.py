@@ -28,6 +28,14 @@ class Detector(nn.Module):
         self.plugin = plugin
         # Deep SVDD-like backbones hand their objective over to MADCluster's center.
         self.uses_own_objective = plugin is None or backbone.keeps_objective_with_plugin
+        if plugin is not None and not self.uses_own_objective and not plugin.use_cluster:
+            # Nothing would be left but ||h - c||^2 with c *learnable*: its minimum is the
+            # trivial collapse (Ruff et al. 2018, Prop. 1), so the run would measure nothing.
+            raise ValueError(
+                f"madcluster.components=mapping with backbone {backbone.__class__.__name__}: the "
+                "plug-in replaces this backbone's own objective, leaving only the distance to a "
+                "learnable center, which collapses. The paper's 'distance only' row (appendix "
+                "Table 3) is Deep SVDD alone: use madcluster=off (experiment=paper_ablation).")
         backbone.tap_needed = plugin is not None
         self.optimizers: Dict[str, torch.optim.Optimizer] = {}
         self.host_group = "main"
@@ -36,14 +44,16 @@ class Detector(nn.Module):
 
     # -- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self, lr: float, weight_decay: float, nu_lr: Optional[float],
-                             grad_clip: Optional[float] = None, fused: bool = True) -> None:
+                             grad_clip: Optional[float] = None, fused: bool = True,
+                             amsgrad: bool = False) -> None:
         """One Adam per backbone parameter group; the plug-in's centers join the first group
         (same optimizer as the backbone, as in the reference); nu gets its own parameter group
         in that optimizer, AMSGrad without weight decay, so its dynamics are not pulled toward
         zero (a group rather than a second optimizer: one optimizer call less per step, ~1/3
         of the plug-in's remaining overhead on USAD, measured). ``fused``: Adam's
         fused kernel, one op per step for all of an optimizer's parameters instead of ~8 per
-        parameter (measured: USAD steps ~10 % faster on CPU)."""
+        parameter (measured: USAD steps ~10 % faster on CPU). ``amsgrad``: AMSGrad on the
+        backbone's groups (``train.amsgrad``; the MADCluster reference sets it)."""
         groups = self.backbone.optimizer_groups()
         self.host_group = next(iter(groups))
         self.optimizers: Dict[str, torch.optim.Optimizer] = {}
@@ -52,7 +62,7 @@ class Detector(nn.Module):
             if i == 0 and self.plugin is not None:
                 params += list(self.plugin.center_parameters())
             self.optimizers[name] = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay,
-                                                     fused=fused)
+                                                     amsgrad=amsgrad, fused=fused)
         nu_params = list(self.plugin.nu_parameters()) if self.plugin is not None else []
         if nu_params:
             # A parameter group of the host optimizer: its own learning rate, AMSGrad and no
@@ -60,6 +70,9 @@ class Detector(nn.Module):
             self.optimizers[self.host_group].add_param_group(
                 {"params": nu_params, "lr": nu_lr or lr, "amsgrad": True, "weight_decay": 0.0,
                  "name": NU_GROUP})
+        for opt in self.optimizers.values():
+            for g in opt.param_groups:
+                g["initial_lr"] = g["lr"]  # what set_epoch_lr scales (torch's schedulers' key)
         self.grad_clip = grad_clip
         # Every optimized parameter once: zeroing them directly costs one attribute write each,
         # where each optimizer's zero_grad() pays its own hooks and profiler scope per call.
@@ -68,6 +81,18 @@ class Detector(nn.Module):
             for g in opt.param_groups:
                 seen.update((id(p), p) for p in g["params"])
         self._optimized = list(seen.values())
+
+    def set_epoch_lr(self, epoch: int, decay: Optional[float], delay: int = 0) -> float:
+        """Learning rate of (0-based) ``epoch``: initial * decay ** max(0, epoch - delay) on every
+        backbone group (``backbone.lr_decay``); nu's group keeps its own constant rate, as its
+        scheduler-free optimizer in the reference. A pure function of the epoch, so a resumed
+        run continues on the same schedule. Returns the host group's rate (for the logs)."""
+        factor = 1.0 if decay is None else float(decay) ** max(0, epoch - int(delay))
+        for opt in self.optimizers.values():
+            for g in opt.param_groups:
+                if g.get("name") != NU_GROUP:
+                    g["lr"] = g["initial_lr"] * factor
+        return float(self.optimizers[self.host_group].param_groups[0]["lr"])
 
     def _optimize(self, loss: torch.Tensor, group: Optional[str] = None) -> None:
         for p in self._optimized:

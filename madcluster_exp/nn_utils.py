@@ -5,6 +5,32 @@ from typing import List, Optional
 
 import numpy as np
 import torch
+from torch import nn
+
+#: Layers ``init_weights(kind="he")`` re-initialises (see ``train.init`` in config.py).
+HE_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def init_weights(module: nn.Module, kind: str) -> int:
+    """Re-initialise ``module``'s layers as ``train.init`` says; returns how many were touched.
+
+    ``default`` leaves PyTorch's per-layer init. ``he``: He-normal weights (Kaiming, fan_in, ReLU
+    gain, std sqrt(2 / fan_in)) and zero biases on every Linear and ConvNd layer, as the
+    MADCluster reference applies ``he_init_normal`` to its whole model. Draws from the global
+    RNG, so it is seeded like the backbone's own construction (the same for MADCluster on/off).
+    """
+    if kind == "default":
+        return 0
+    if kind != "he":
+        raise ValueError(f"train.init={kind!r}: expected default or he")
+    touched = 0
+    for m in module.modules():
+        if isinstance(m, HE_LAYERS):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+            touched += 1
+    return touched
 
 
 class QuantileSample:

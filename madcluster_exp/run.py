@@ -29,6 +29,7 @@ from madcluster_exp.data import load_dataset, prepare
 from madcluster_exp.complexity import complexity
 from madcluster_exp.detector import Detector
 from madcluster_exp.madcluster import build_plugin
+from madcluster_exp.nn_utils import init_weights
 from madcluster_exp.evaluation import evaluate_point, evaluate_reference
 from madcluster_exp.scoring import score_split
 from madcluster_exp.scoring.score import window_labels
@@ -307,6 +308,7 @@ def _fit_and_score(cfg: DictConfig, tracker: NullTracker, name: str, raw, entity
     # ---- model: the backbone's init depends on the seed alone, on and off alike ---------
     seed_everything(int(cfg.seed))
     backbone = build_backbone(data.n_channels, cfg.backbone)
+    init_weights(backbone, cfg.train.init)
     plugin = build_plugin(backbone.embed_dim, cfg.madcluster, int(cfg.seed))
     detector = Detector(backbone, plugin)
     if log_params:

@@ -78,7 +78,8 @@ def fit(detector: Detector, data: PreparedData, cfg: DictConfig, device: torch.d
     val_ws = WindowSet(data.val, window, stride=int(cfg.dataset.train_stride))
     order = torch.Generator().manual_seed(int(cfg.seed))
     detector.configure_optimizers(float(bcfg.lr), float(bcfg.weight_decay),
-                                  cfg.madcluster.nu_lr, tcfg.grad_clip, bool(tcfg.fused_optimizer))
+                                  cfg.madcluster.nu_lr, tcfg.grad_clip, bool(tcfg.fused_optimizer),
+                                  amsgrad=bool(tcfg.amsgrad))
     detector.to(device)
 
     def initial_batches():
@@ -112,6 +113,7 @@ def fit(detector: Detector, data: PreparedData, cfg: DictConfig, device: torch.d
     # A checkpoint written after early stopping (or the last epoch) has nothing left to run.
     remaining = range(first_epoch, int(tcfg.epochs)) if not stopped_early else range(0)
     for epoch in remaining:
+        lr = detector.set_epoch_lr(epoch, bcfg.lr_decay, int(bcfg.lr_decay_delay))
         detector.train()
         sums, n = defaultdict(float), 0
         t_epoch = time.perf_counter()
@@ -129,6 +131,7 @@ def fit(detector: Detector, data: PreparedData, cfg: DictConfig, device: torch.d
         epoch_logs.update(detector.on_epoch_end(epoch))
         val = validation_loss(detector, val_ws, batch_size, device)
         epoch_logs.update({f"val/{k}": v for k, v in val.items()})
+        epoch_logs["train/lr"] = lr
         epoch_logs["time/epoch_s"] = time.perf_counter() - t_epoch
         history.append(epoch_logs)
         if log_metrics is not None:
