@@ -13,7 +13,7 @@ from madcluster_exp.config import ConfigError, validate
 from tests.conftest import compose_config
 
 GROUPS = ["paths", "dataset", "backbone", "madcluster", "train", "scoring", "threshold",
-          "metrics", "tracking", "experiment", "debug"]
+          "metrics", "tracking", "setup", "experiment", "debug"]
 
 
 def _options():

@@ -120,3 +120,132 @@ def test_command_line_restricts_the_paper_sweep():
                        "dataset=SMD", "seed=0", "debug=fast"])
     assert len(jobs) == 2 * 3
     assert all(j.train.epochs == 1 and j.backbone.window == 100 for j in jobs)
+
+
+# ------------------------------------------------------------- reference-only training options
+def _fit_spy(monkeypatch):
+    """Record the detector each run trains and the learning rate its optimizer steps with."""
+    import madcluster_exp.run as run_module
+
+    seen = {"detector": None, "step_lr": []}
+    real_fit = run_module.fit
+
+    def spying_fit(detector, data, cfg, device, **kwargs):
+        seen["detector"] = detector
+        real_step = detector.training_step
+
+        def step(x, epoch):
+            opt = detector.optimizers[detector.host_group]
+            seen["step_lr"].append((epoch, [g["lr"] for g in opt.param_groups]))
+            return real_step(x, epoch)
+
+        detector.training_step = step
+        return real_fit(detector, data, cfg, device, **kwargs)
+
+    monkeypatch.setattr(run_module, "fit", spying_fit)
+    return seen
+
+
+def _run(make_cfg, tmp_path, *overrides):
+    from madcluster_exp.run import run
+
+    cfg = make_cfg("tracking=none", "train.checkpoint=false", "train.max_batches_per_epoch=2",
+                   *overrides)
+    return run(cfg, output_dir=tmp_path / "job", verbose=False)
+
+
+def test_lr_decay_scales_every_backbone_group_per_epoch_and_leaves_nu_alone(
+        make_cfg, tmp_path, monkeypatch):
+    seen = _fit_spy(monkeypatch)
+    result = _run(make_cfg, tmp_path, "train.epochs=4", "backbone.lr=0.002",
+                  "backbone.lr_decay=0.5", "madcluster.nu_lr=0.01")
+    assert [h["train/lr"] for h in result.fit.history] == [0.002, 0.001, 0.0005, 0.00025]
+    by_epoch = {e: lrs for e, lrs in seen["step_lr"]}  # [backbone group, nu group]
+    assert by_epoch == {0: [0.002, 0.01], 1: [0.001, 0.01], 2: [0.0005, 0.01],
+                        3: [0.00025, 0.01]}
+
+
+def test_lr_decay_delay_keeps_the_initial_rate_as_the_anomaly_transformer_reference():
+    from tests.conftest import compose_config
+
+    cfg = compose_config(["backbone=anomaly_transformer"]).backbone
+    assert (cfg.lr_decay, cfg.lr_decay_delay) == (0.5, 1)
+    assert compose_config(["backbone=usad"]).backbone.lr_decay is None  # constant by default
+    det = _tiny_detector()
+    det.configure_optimizers(1e-4, 0.0, None)
+    rates = [det.set_epoch_lr(e, cfg.lr_decay, cfg.lr_decay_delay) for e in range(4)]
+    assert rates == pytest.approx([1e-4, 1e-4, 5e-5, 2.5e-5], rel=1e-12)
+
+
+def _tiny_detector(plugin=True):
+    from madcluster_exp.backbones import build_backbone
+    from madcluster_exp.detector import Detector
+    from madcluster_exp.madcluster import build_plugin
+    from tests.conftest import compose_config
+
+    cfg = compose_config(["backbone=deepsvdd", "backbone.window=16"])
+    bb = build_backbone(3, cfg.backbone)
+    return Detector(bb, build_plugin(bb.embed_dim, cfg.madcluster, 0) if plugin else None)
+
+
+@pytest.mark.parametrize("amsgrad", [True, False])
+def test_amsgrad_is_set_on_the_backbone_optimizer(make_cfg, tmp_path, monkeypatch, amsgrad):
+    seen = _fit_spy(monkeypatch)
+    _run(make_cfg, tmp_path, "train.epochs=1", f"train.amsgrad={str(amsgrad).lower()}")
+    det = seen["detector"]
+    groups = {g.get("name", "backbone"): g for o in det.optimizers.values()
+              for g in o.param_groups}
+    assert groups["backbone"]["amsgrad"] is amsgrad
+    assert groups["madcluster_nu"]["amsgrad"] is True  # nu: AMSGrad always, as the reference
+    state = det.optimizers[det.host_group].state[det.backbone.encoder[0].weight]
+    assert ("max_exp_avg_sq" in state) is amsgrad  # AMSGrad's running maximum was kept
+
+
+def test_he_init_gives_kaiming_std_and_zero_biases():
+    from madcluster_exp.nn_utils import init_weights
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(400, 300), torch.nn.Conv1d(50, 200, 8),
+                              torch.nn.GRU(5, 7))
+    gru_before = [p.detach().clone() for p in net[2].parameters()]
+    assert init_weights(net, "he") == 2
+    for layer, fan_in in ((net[0], 400), (net[1], 50 * 8)):
+        assert layer.weight.std().item() == pytest.approx(math.sqrt(2.0 / fan_in), rel=0.02)
+        assert layer.weight.mean().item() == pytest.approx(0.0, abs=0.01 * math.sqrt(2 / fan_in))
+        assert torch.count_nonzero(layer.bias) == 0
+    # PyTorch's default (Kaiming-uniform, a = sqrt(5)) has std 1/sqrt(3 fan_in): far from He.
+    for before, after in zip(gru_before, net[2].parameters()):
+        assert torch.equal(before, after)  # RNNs keep their own init
+    assert init_weights(net, "default") == 0
+
+
+def test_train_init_he_reaches_the_backbone_of_a_run(make_cfg, tmp_path, monkeypatch):
+    import madcluster_exp.run as run_module
+
+    inits = {}
+    real_fit = run_module.fit
+
+    def first_weights(detector, data, cfg, device, **kwargs):
+        inits[cfg.train.init] = detector.backbone.encoder[0].weight.detach().clone()
+        return real_fit(detector, data, cfg, device, **kwargs)
+
+    monkeypatch.setattr(run_module, "fit", first_weights)
+    for kind in ("default", "he"):
+        _run(make_cfg, tmp_path / kind, "train.epochs=1", f"train.init={kind}",
+             "backbone.hidden=256")
+    w = inits["he"]
+    fan_in = w.shape[1] * w.shape[2]
+    assert w.std().item() == pytest.approx(math.sqrt(2.0 / fan_in), rel=0.05)
+    assert inits["default"].std().item() == pytest.approx(1 / math.sqrt(3 * fan_in), rel=0.05)
+
+
+def test_mapping_only_is_refused_where_the_plugin_replaces_the_objective():
+    from madcluster_exp.backbones import build_backbone
+    from madcluster_exp.detector import Detector
+    from madcluster_exp.madcluster import build_plugin
+    from tests.conftest import compose_config
+
+    cfg = compose_config(["madcluster.components=mapping"])
+    bb = build_backbone(3, cfg.backbone)
+    with pytest.raises(ValueError, match="madcluster=off"):
+        Detector(bb, build_plugin(bb.embed_dim, cfg.madcluster, 0))
