@@ -249,3 +249,60 @@ def test_mapping_only_is_refused_where_the_plugin_replaces_the_objective():
     bb = build_backbone(3, cfg.backbone)
     with pytest.raises(ValueError, match="madcluster=off"):
         Detector(bb, build_plugin(bb.embed_dim, cfg.madcluster, 0))
+
+
+# ------------------------------------------------------------------------ the SMAP channels
+# The MADCluster reference's SMAP channels (MADCluster_run_all_datasets.py, DATASET_INFO).
+REFERENCE_SMAP = [
+    "A-1", "A-2", "A-3", "A-4", "A-5", "A-6", "A-7", "A-8", "A-9", "B-1", "D-1", "D-2", "D-3",
+    "D-4", "D-5", "D-6", "D-7", "D-8", "D-9", "D-11", "D-12", "D-13", "E-1", "E-2", "E-3", "E-4",
+    "E-5", "E-6", "E-7", "E-8", "E-9", "E-10", "E-11", "E-12", "E-13", "F-1", "F-2", "F-3", "G-1",
+    "G-2", "G-3", "G-4", "G-6", "G-7", "P-1", "P-2", "P-3", "P-4", "P-7", "R-1", "S-1", "T-1",
+    "T-2", "T-3"]
+
+
+def _write_smap_like_the_published_file(root: Path, n: int = 80) -> None:
+    """Every reference channel, tiny, with P-2 on two rows as in the published
+    labeled_anomalies.csv (55 SMAP rows, 54 channels), plus one MSL row."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for name in REFERENCE_SMAP + ["M-1"]:
+        for split in ("train", "test"):
+            (root / "data" / split).mkdir(parents=True, exist_ok=True)
+            np.save(root / "data" / split / f"{name}.npy",
+                    rng.normal(size=(n, 55 if name == "M-1" else 25)))
+        craft = "MSL" if name == "M-1" else "SMAP"
+        seqs = ['"[[10, 19]]"', '"[[15, 29]]"'] if name == "P-2" else ['"[[40, 44]]"']
+        rows += [f'{name},{craft},{s},[point],{n}' for s in seqs]
+    (root / "labeled_anomalies.csv").write_text(
+        "chan_id,spacecraft,anomaly_sequences,class,num_values\n" + "\n".join(rows) + "\n")
+
+
+def test_paper_setup_loads_the_reference_54_smap_channels_and_merges_p2(tmp_path):
+    from madcluster_exp.data import load_dataset
+    from tests.conftest import compose_config
+
+    _write_smap_like_the_published_file(tmp_path / "SMAP")
+    cfg = compose_config(["setup=paper", "dataset=SMAP"])
+    raw = load_dataset(cfg.dataset, tmp_path)
+    assert raw.entities == REFERENCE_SMAP and len(raw.entities) == 54
+    raw.test.unseal()
+    labels = raw.test.get().entity("P-2").labels
+    assert labels[10:30].all() and labels.sum() == 20  # the union of both rows' sequences
+
+
+def test_a_channel_listed_twice_with_different_lengths_is_refused(tmp_path):
+    from madcluster_exp.data import load_dataset
+    from madcluster_exp.data.series import DataError
+    from tests.conftest import compose_config
+
+    _write_smap_like_the_published_file(tmp_path / "SMAP")
+    csv = tmp_path / "SMAP" / "labeled_anomalies.csv"
+    lines = csv.read_text().splitlines()
+    p2 = [i for i, line in enumerate(lines) if line.startswith("P-2,")]
+    lines[p2[1]] = lines[p2[1]].rsplit(",", 1)[0] + ",81"
+    csv.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"P-2 is listed on lines \[\d+, \d+\] with different"):
+        load_dataset(compose_config(["dataset=SMAP"]).dataset, tmp_path)

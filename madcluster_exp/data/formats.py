@@ -120,7 +120,42 @@ def read_telemanom_table(root: Path, spacecraft: str) -> pd.DataFrame:
     missing = {"chan_id", "spacecraft", "anomaly_sequences", "num_values"} - set(table.columns)
     if missing:
         raise DataError(f"{path}: missing columns {sorted(missing)}")
-    return table[table["spacecraft"] == spacecraft].reset_index(drop=True)
+    return _merge_repeated_channels(table[table["spacecraft"] == spacecraft], path)
+
+
+def _merge_repeated_channels(table: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """One row per channel: a channel listed on several rows gets the union of their anomaly
+    sequences (rows must agree on num_values).
+
+    The published file has 55 SMAP rows for 54 channels: P-2 appears twice, with the sequences
+    [5350, 6575] and [5300, 6420]. Both label the same test series, so both count. (The
+    MADCluster reference concatenates the two label vectors and then only ever reads the first
+    row's part; its 54-channel list is exactly the distinct channels.)
+    """
+    repeated = table["chan_id"].duplicated(keep=False)
+    if not repeated.any():
+        return table.reset_index(drop=True)
+    merged = []
+    for chan, rows in table[repeated].groupby("chan_id", sort=False):
+        lengths = set(rows["num_values"].astype(int))
+        if len(lengths) > 1:
+            raise DataError(f"{path}: channel {chan} is listed on lines "
+                            f"{[int(i) + 2 for i in rows.index]} with different num_values "
+                            f"{sorted(lengths)}; expected one length per channel")
+        sequences = []
+        for text in rows["anomaly_sequences"]:
+            try:
+                sequences += list(ast.literal_eval(str(text)))
+            except (ValueError, SyntaxError):
+                raise DataError(f"{path}: anomaly_sequences of {chan} is not a list of "
+                                f"[start, end] pairs: {text!r}") from None
+        row = rows.iloc[0].copy()
+        row["anomaly_sequences"] = str(sequences)
+        merged.append((rows.index[0], row))
+    out = table[~repeated | ~table["chan_id"].duplicated(keep="first")].copy()
+    for index, row in merged:
+        out.loc[index] = row
+    return out.reset_index(drop=True)
 
 
 def read_npy(path: Path) -> np.ndarray:
