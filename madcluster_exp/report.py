@@ -7,6 +7,8 @@
   seeds pooled) with mean ± std over seeds of each chosen metric;
 - ``onoff.md`` / ``onoff.csv`` (when MADCluster was swept off/on): per configuration the on - off
   difference, paired by seed, with a paired t-test (two-sided p-value; n = number of pairs);
+- ``paper_vs_measured.csv`` (when runs measure a figure the paper published): the published
+  value beside the measured mean ± std, per metric (``report_paper.py``);
 - plots (PNG): metric bars off vs on, k-sweep curves (when madcluster.k varies), training
   curves of every run, and score timelines of the first seed of each configuration.
 
@@ -26,6 +28,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from madcluster_exp.report_paper import paper_sections
 from madcluster_exp.tracking import resolve_tracking_uri
 from madcluster_exp.tracking.callbacks import PARENT_FILE
 
@@ -137,8 +140,6 @@ def summary_table(sweep: Sweep, metrics: Sequence[str]) -> pd.DataFrame:
 
 def onoff_table(sweep: Sweep, metrics: Sequence[str]) -> Optional[pd.DataFrame]:
     """On - off per configuration, paired by seed, with a paired t-test."""
-    from scipy.stats import ttest_rel
-
     if "madcluster.enabled" not in sweep.factors:
         return None
     df = sweep.runs
@@ -146,29 +147,46 @@ def onoff_table(sweep: Sweep, metrics: Sequence[str]) -> Optional[pd.DataFrame]:
     pair_keys = [f for f in sweep.factors if not f.startswith("madcluster.")]
     rows = []
     grouped = df.groupby([f"param:{f}" for f in pair_keys], dropna=False) if pair_keys else [((), df)]
+    # Several plug-in settings (e.g. combine=sum and backbone_only): each is paired with off.
+    arm_keys = [f"param:{f}" for f in plugin_factors(sweep)]
     for key, g in grouped:
         key = key if isinstance(key, tuple) else (key,)
-        on = g[g["param:madcluster.enabled"] == "True"].set_index("param:seed")
         off = g[g["param:madcluster.enabled"] == "False"].set_index("param:seed")
-        seeds = sorted(set(on.index) & set(off.index))
-        row = dict(zip(pair_keys, key))
-        row["pairs"] = len(seeds)
-        for m in metrics:
-            if m not in g or not seeds:
-                continue
-            a = pd.to_numeric(on.loc[seeds, m], errors="coerce").to_numpy(dtype=float)
-            b = pd.to_numeric(off.loc[seeds, m], errors="coerce").to_numpy(dtype=float)
-            d = a - b
-            row[f"{m} off"] = float(np.nanmean(b))
-            row[f"{m} on"] = float(np.nanmean(a))
-            row[f"{m} diff"] = float(np.nanmean(d))
-            row[f"{m} diff std"] = float(np.nanstd(d, ddof=1)) if len(d) > 1 else float("nan")
-            if len(d) > 1 and np.nanstd(d) > 0:
-                row[f"{m} p"] = float(ttest_rel(a, b, nan_policy="omit").pvalue)
-            else:
-                row[f"{m} p"] = float("nan")
-        rows.append(row)
+        ons = g[g["param:madcluster.enabled"] == "True"]
+        for arm, on in (ons.groupby(arm_keys, dropna=False) if arm_keys else [((), ons)]):
+            rows.append(_onoff_row(dict(zip(pair_keys, key)), arm, arm_keys, on, off, g, metrics))
     return pd.DataFrame(rows)
+
+
+def plugin_factors(sweep: Sweep) -> List[str]:
+    """The plug-in settings a sweep varies besides on/off (they tell the on arms apart)."""
+    return [f for f in sweep.factors if f.startswith("madcluster.") and f != "madcluster.enabled"]
+
+
+def _onoff_row(row, arm, arm_keys, on, off, g, metrics):
+    """One on-setting against off: per metric both means and the paired difference + t-test."""
+    from scipy.stats import ttest_rel
+
+    arm = arm if isinstance(arm, tuple) else (arm,)
+    row.update({k[len("param:"):]: v for k, v in zip(arm_keys, arm)})
+    on = on.set_index("param:seed")
+    seeds = sorted(set(on.index) & set(off.index))
+    row["pairs"] = len(seeds)
+    for m in metrics:
+        if m not in g or not seeds:
+            continue
+        a = pd.to_numeric(on.loc[seeds, m], errors="coerce").to_numpy(dtype=float)
+        b = pd.to_numeric(off.loc[seeds, m], errors="coerce").to_numpy(dtype=float)
+        d = a - b
+        row[f"{m} off"] = float(np.nanmean(b))
+        row[f"{m} on"] = float(np.nanmean(a))
+        row[f"{m} diff"] = float(np.nanmean(d))
+        row[f"{m} diff std"] = float(np.nanstd(d, ddof=1)) if len(d) > 1 else float("nan")
+        if len(d) > 1 and np.nanstd(d) > 0:
+            row[f"{m} p"] = float(ttest_rel(a, b, nan_policy="omit").pvalue)
+        else:
+            row[f"{m} p"] = float("nan")
+    return row
 
 
 def to_markdown(df: pd.DataFrame, factors: Sequence[str], metrics: Sequence[str],
@@ -295,8 +313,10 @@ def score_timelines(sweep: Sweep, out_dir: Path, limit: int = 8) -> List[Path]:
         if "test_score" not in data:
             continue
         p = out_dir / f"timeline_{r['run_name']}.png"
+        # Per-entity runs keep one threshold per entity, drawn over its span.
         paths.append(plot_score_timeline(p, data["test_score"], data["test_label"],
-                                         float(data["threshold"]), r["run_name"]))
+                                         data["threshold"], r["run_name"],
+                                         bounds=data.get("entity_bounds")))
     return paths
 
 
@@ -325,11 +345,16 @@ def build_report(target: str, metrics: Optional[Sequence[str]] = None, uri: Opti
     onoff = onoff_table(sweep, wanted)
     if onoff is not None:
         pair_keys = [f for f in sweep.factors if not f.startswith("madcluster.")]
+        pair_keys += plugin_factors(sweep)
         onoff.to_csv(out_dir / "onoff.csv", index=False)
         md += ["", "## MADCluster on − off (paired by seed; p: paired t-test)", "",
                to_markdown(onoff, pair_keys, wanted, "onoff")]
         files += [out_dir / "onoff.csv",
                   plot_onoff_bars(onoff, pair_keys, wanted[:4], out_dir / "onoff_bars.png")]
+    paper_md = paper_sections(sweep.runs, out_dir)
+    if paper_md:
+        md += paper_md
+        files.append(out_dir / "paper_vs_measured.csv")
     if "madcluster.k" in sweep.factors:
         files.append(plot_k_curves(sweep, wanted[:4], out_dir / "k_sweep.png"))
     files.append(plot_training_curves(sweep, out_dir / "training_curves.png"))

@@ -306,3 +306,91 @@ def test_a_channel_listed_twice_with_different_lengths_is_refused(tmp_path):
     csv.write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match=r"P-2 is listed on lines \[\d+, \d+\] with different"):
         load_dataset(compose_config(["dataset=SMAP"]).dataset, tmp_path)
+
+
+# ------------------------------------------------------------- published vs measured report
+def _cli(args, cwd, timeout=900):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _children(db: Path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("madcluster_exp")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    return [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+
+
+def test_report_puts_published_beside_measured_for_a_real_sweep(tmp_path):
+    import pandas as pd
+
+    from tests.dataset_fixtures import make_telemanom
+
+    make_telemanom(tmp_path / "datasets" / "MSL")
+    out = _cli(["-m", "madcluster_exp", "-m", "dataset=MSL", "dataset.mode=per_entity",
+                "dataset.entities=[C-2,M-1]", "backbone=deepsvdd", "backbone.window=16",
+                "train.epochs=1", "train.patience=null", "train.progress=none",
+                "tracking.plots=false", "madcluster=off,on,on_backbone_only", "seed=0,1"],
+               tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (sweep,) = [p.parent for p in tmp_path.glob("outputs/multiruns/*/*/mlflow_parent.json")]
+    rep = _cli(["-m", "madcluster_exp.report", str(sweep), "log=false"], tmp_path)
+    assert rep.returncode == 0, rep.stderr[-3000:]
+
+    # The measured side, straight from MLflow: per arm, the seeds' per-entity-mean oracle F1.
+    runs = _children(tmp_path / "outputs" / "mlflow.db")
+    assert len(runs) == 6
+    f1 = {}
+    for r in runs:
+        p = r.data.params
+        arm = ("off" if p["madcluster.enabled"] == "False" else
+               "on_backbone_only" if p["madcluster.combine"] == "backbone_only" else "on")
+        f1.setdefault(arm, []).append(r.data.metrics["test/f1_oracle_entity_mean"])
+    mean = {a: sum(v) / len(v) for a, v in f1.items()}
+
+    (csv,) = tmp_path.glob("outputs/reports/*/paper_vs_measured.csv")
+    long = pd.read_csv(csv)
+    t2 = long[(long["table"] == "Table 2") & (long["metric"] == "F1")].set_index("arm")
+    assert t2.loc["off", "paper"] == 0.37 and t2.loc["on", "paper"] == 0.52
+    assert math.isnan(t2.loc["on_backbone_only", "paper"])  # no published counterpart
+    for arm in ("off", "on", "on_backbone_only"):
+        assert t2.loc[arm, "measured_mean"] == pytest.approx(mean[arm], abs=1e-12)
+        assert t2.loc[arm, "n"] == 2
+        assert t2.loc[arm, "measured_key"] == "test/f1_oracle_entity_mean"
+    assert set(long["table"]) == {"Table 1", "Table 2", "Table 3"}
+    t3 = long[(long["table"] == "Table 3") & (long["metric"] == "Aff-R")].set_index("arm")
+    assert t3.loc["clustering_only", "paper"] == 0.66 and t3.loc["clustering_only", "n"] == 0
+    t1 = long[(long["table"] == "Table 1") & (long["metric"] == "F1")]
+    assert t1["arm"].tolist() == ["on", "on_backbone_only"] and t1["paper"].iloc[0] == 0.52
+
+    md = rep.stdout
+    agrees = "yes" if mean["on"] > mean["off"] else "no"
+    row = (f"| MSL | deepsvdd | 1 | point | 0.37 | 0.52 | "
+           f"{mean['off']:.3f} ± ")
+    assert "## Published vs measured" in md and "### Table 2" in md and row in md
+    line = next(ln for ln in md.splitlines() if ln.startswith(row))
+    assert line.endswith(f"| +0.15 | {mean['on'] - mean['off']:+.3f} | {agrees} |")
+
+
+def test_published_file_is_checked_row_by_row(tmp_path):
+    from madcluster_exp.report_paper import PUBLISHED, PublishedDataError, load_published
+
+    table = load_published()
+    assert len(table) == 7 * 2 * 3 + 4 * 3 * 3 + 10 * 4 * 3
+    msl = table[(table["table"] == "Table 2") & (table["backbone"] == "dcdetector")]
+    assert msl.set_index(["madcluster", "metric"])["value"].to_dict() == {
+        ("off", "F1"): 0.28, ("off", "VUS-ROC"): 0.52, ("off", "VUS-PR"): 0.19,
+        ("on", "F1"): 0.41, ("on", "VUS-ROC"): 0.64, ("on", "VUS-PR"): 0.32}
+    bad = tmp_path / "published.csv"
+    bad.write_text(PUBLISHED.read_text().replace("Table 3,Clustering,MSL,deepsvdd,clustering_only",
+                                                 "Table 3,Clustering,MSL,deepsvdd,clustering"))
+    with pytest.raises(PublishedDataError, match=r"data row \d+ \(Table 3, Clustering, F1\): "
+                                                 r"madcluster='clustering'"):
+        load_published(bad)

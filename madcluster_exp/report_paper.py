@@ -1,0 +1,225 @@
+"""Published MADCluster figures beside the measured ones, for a sweep that measures any of them.
+
+The published figures live in one data file, ``madcluster_exp/data/published.csv`` (table, row,
+dataset, backbone, MADCluster arm, k, metric, value). A finished run measures a published figure
+when its dataset, backbone, arm and k match it. The arm of a run:
+
+- ``off``: MADCluster off (the backbone alone; Table 3's "DeepSVDD" row, distance mapping only,
+  is Deep SVDD alone: see conf/experiment/paper_ablation.yaml);
+- ``on``: MADCluster on with both components and a score that uses the plug-in;
+- ``on_backbone_only``: on, but scored by the backbone alone (the control arm);
+- ``clustering_only``: on with ``madcluster.components=clustering``;
+- ``mapping_only``: on with ``madcluster.components=mapping`` (no published counterpart).
+
+Which measured metric stands for a published one: ``F1`` is the paper's best F1 over all test
+thresholds (an oracle), so the oracle ``f1_oracle``; ``VUS-ROC``/``VUS-PR`` and ``Aff-P``/
+``Aff-R`` the same names. Under ``protocol=reference`` the ``ref/`` keys (the reference's
+evaluation: window scores, range metrics on the oracle-binarised prediction), else ``test/``
+(point scores; affiliation at the fitted, honest threshold). In per-entity mode the mean over
+entities (``*_entity_mean``): the reference trains and evaluates each entity by itself, and the
+paper's per-dataset figure is read as their mean (the paper does not say; the pooled value is
+logged as well). The report names the key it used.
+
+Per published table: one markdown table per metric with, per (dataset, backbone, k, protocol),
+the published value of each arm, the measured mean ± std over seeds of each arm, and, where the
+table has both ``off`` and ``on``, both on − off differences and whether their signs agree.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+
+PUBLISHED = Path(__file__).with_name("data") / "published.csv"
+COLUMNS = ["table", "row", "dataset", "backbone", "madcluster", "k", "metric", "value"]
+#: Published metric name -> the measured metric's name (without the ``test/``/``ref/`` prefix).
+MEASURED = {"F1": "f1_oracle", "VUS-ROC": "vus_roc", "VUS-PR": "vus_pr",
+            "Aff-P": "affiliation_precision", "Aff-R": "affiliation_recall"}
+ARMS = ["off", "clustering_only", "mapping_only", "on", "on_backbone_only"]
+ARM_LABELS = {"off": "alone", "on": "with", "on_backbone_only": "with (backbone score)",
+              "clustering_only": "clustering only", "mapping_only": "mapping only"}
+KEY = ["dataset", "backbone", "k", "protocol"]
+
+
+class PublishedDataError(ValueError):
+    """published.csv does not have the expected shape; the message names the row."""
+
+
+def load_published(path: Path = PUBLISHED) -> pd.DataFrame:
+    """The published figures, checked: known arms and metrics, values in [0, 1]."""
+    table = pd.read_csv(path, comment="#", dtype={"k": int})
+    if list(table.columns) != COLUMNS:
+        raise PublishedDataError(f"{path}: columns {list(table.columns)}; expected {COLUMNS}")
+    for i, r in table.iterrows():
+        line = f"{path}: data row {i + 1} ({r['table']}, {r['row']}, {r['metric']})"
+        if r["madcluster"] not in ARMS:
+            raise PublishedDataError(f"{line}: madcluster={r['madcluster']!r}; expected one of "
+                                     f"{', '.join(ARMS)}")
+        if r["metric"] not in MEASURED:
+            raise PublishedDataError(f"{line}: metric={r['metric']!r}; expected one of "
+                                     f"{', '.join(MEASURED)}")
+        if not 0.0 <= float(r["value"]) <= 1.0:
+            raise PublishedDataError(f"{line}: value={r['value']}; expected a value in [0, 1]")
+    return table
+
+
+# ----------------------------------------------------------------------------- measured side
+def run_arm(params: pd.Series) -> str:
+    """The arm a run measures, from its logged parameters."""
+    if str(params.get("param:madcluster.enabled")) != "True":
+        return "off"
+    components = params.get("param:madcluster.components", "both")
+    if components == "clustering":
+        return "clustering_only"
+    if components == "mapping":
+        return "mapping_only"
+    if params.get("param:madcluster.combine") == "backbone_only":
+        return "on_backbone_only"
+    return "on"
+
+
+def measured_key(metric: str, protocol: str, per_entity: bool) -> str:
+    prefix = "ref" if protocol == "reference" else "test"
+    return f"{prefix}/{MEASURED[metric]}" + ("_entity_mean" if per_entity else "")
+
+
+def _runs_long(runs: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
+    """One row per (run, published metric): key columns, arm, measured key and value."""
+    rows = []
+    for _, r in runs.iterrows():
+        protocol = r.get("param:protocol", "point")
+        per_entity = r.get("param:dataset.mode") == "per_entity"
+        for m in metrics:
+            key = measured_key(m, protocol, per_entity)
+            value = pd.to_numeric(r.get(key, np.nan), errors="coerce")
+            rows.append({"dataset": r.get("param:dataset.name"),
+                         "backbone": r.get("param:backbone.name"),
+                         "k": int(r.get("param:madcluster.k", 1)), "protocol": protocol,
+                         "arm": run_arm(r), "seed": r.get("param:seed"), "metric": m,
+                         "measured_key": key, "value": float(value)})
+    return pd.DataFrame(rows)
+
+
+def _stats(values: pd.Series) -> Tuple[float, float, int]:
+    v = values.dropna().to_numpy(dtype=float)
+    if not len(v):
+        return math.nan, math.nan, 0
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else math.nan, len(v)
+
+
+# ------------------------------------------------------------------------------- comparison
+def compare(runs: pd.DataFrame, published: Optional[pd.DataFrame] = None) -> pd.DataFrame:
+    """Long table: one row per (published table, dataset, backbone, k, protocol, arm, metric)
+    that the runs measure, with the published value (NaN where the paper has none, e.g. Table
+    2 outside MSL) and the measured mean, std and n. Empty when nothing matches."""
+    published = load_published() if published is None else published
+    measured = _runs_long(runs, sorted(MEASURED))
+    out = []
+    for name, pub in published.groupby("table", sort=True):
+        metrics = list(dict.fromkeys(pub["metric"]))
+        backbones, ks = set(pub["backbone"]), set(pub["k"])
+        table_arms = [a for a in ARMS if a in set(pub["madcluster"])]
+        arms = table_arms + (["on_backbone_only"] if "on" in table_arms else [])
+        mine = measured[measured["backbone"].isin(backbones) & measured["k"].isin(ks)
+                        & measured["arm"].isin(arms) & measured["metric"].isin(metrics)]
+        if mine.empty or not (set(mine["arm"]) & set(table_arms)):
+            continue
+        values = pub.set_index(["dataset", "backbone", "k", "madcluster", "metric"])
+        for (dataset, backbone, k, protocol), g in mine.groupby(KEY, sort=True):
+            for arm in arms:
+                for m in metrics:
+                    cell = g[(g["arm"] == arm) & (g["metric"] == m)]
+                    if cell.empty and arm not in table_arms:
+                        continue
+                    idx = (dataset, backbone, k, arm, m)
+                    paper = float(values.loc[idx, "value"]) if idx in values.index else math.nan
+                    row = (values.loc[idx, "row"] if idx in values.index else "")
+                    mean, std, n = _stats(cell["value"])
+                    out.append({"table": name, "row": row, "dataset": dataset,
+                                "backbone": backbone, "k": k, "protocol": protocol, "arm": arm,
+                                "metric": m, "paper": paper, "measured_mean": mean,
+                                "measured_std": std, "n": n, "in_table": arm in table_arms,
+                                "measured_key": measured_key(m, protocol, False) if cell.empty
+                                else cell["measured_key"].iloc[0]})
+    return pd.DataFrame(out)
+
+
+def _sign(x: float) -> str:
+    return "n/a" if math.isnan(x) else ("+" if x > 0 else "−" if x < 0 else "0")
+
+
+def _agreement(paper: float, measured: float) -> str:
+    if math.isnan(paper) or math.isnan(measured):
+        return "n/a"
+    if round(paper, 2) == 0.0:
+        return "paper: no change"
+    return "yes" if _sign(paper) == _sign(measured) else "no"
+
+
+def _cell(mean: float, std: float, n: int) -> str:
+    if n == 0 or math.isnan(mean):
+        return "n/a"
+    return f"{mean:.3f} ± {std:.3f} (n={n})" if not math.isnan(std) else f"{mean:.3f} (n={n})"
+
+
+def metric_table(long: pd.DataFrame, table: str, metric: str) -> pd.DataFrame:
+    """Wide table of one published table and metric: paper and measured value per arm, and the
+    on − off differences with their sign agreement where the table has both arms."""
+    sub = long[(long["table"] == table) & (long["metric"] == metric)]
+    arms = [a for a in ARMS if a in set(sub["arm"])]
+    published_arms = [a for a in arms if sub.loc[sub["arm"] == a, "in_table"].any()]
+    rows = []
+    for key, g in sub.groupby(KEY, sort=True):
+        by_arm = g.set_index("arm")
+        row = dict(zip(KEY, key))
+        for a in published_arms:
+            v = by_arm["paper"].get(a, math.nan)
+            row[f"paper {ARM_LABELS[a]}"] = "n/a" if math.isnan(v) else f"{v:.2f}"
+        for a in arms:
+            if a in by_arm.index:
+                r = by_arm.loc[a]
+                row[f"measured {ARM_LABELS[a]}"] = _cell(r["measured_mean"], r["measured_std"],
+                                                         int(r["n"]))
+        if {"off", "on"} <= set(by_arm.index):
+            d_paper = by_arm.loc["on", "paper"] - by_arm.loc["off", "paper"]
+            d_meas = by_arm.loc["on", "measured_mean"] - by_arm.loc["off", "measured_mean"]
+            row["paper on − off"] = "n/a" if math.isnan(d_paper) else f"{d_paper:+.2f}"
+            row["measured on − off"] = "n/a" if math.isnan(d_meas) else f"{d_meas:+.3f}"
+            row["sign agrees"] = _agreement(d_paper, d_meas)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for _, r in df.iterrows()]
+    return "\n".join(lines)
+
+
+def paper_sections(runs: pd.DataFrame, out_dir: Path,
+                   published: Optional[pd.DataFrame] = None) -> List[str]:
+    """Markdown lines of the published-vs-measured section (none when the sweep measures no
+    published figure); writes ``paper_vs_measured.csv`` (the long table) into ``out_dir``."""
+    long = compare(runs, published)
+    if long.empty:
+        return []
+    long.to_csv(out_dir / "paper_vs_measured.csv", index=False)
+    md = ["", "## Published vs measured", "",
+          f"Published: {PUBLISHED.name} (MADCluster appendix). Measured: mean ± std over seeds "
+          "(n = seeds). The paper's F1 is an oracle (best threshold on test labels)."]
+    for table in sorted(set(long["table"])):
+        sub = long[long["table"] == table]
+        md += ["", f"### {table}"]
+        if table == "Table 3":
+            md += ["", "alone = Deep SVDD alone, the paper's distance-mapping-only row."]
+        for metric in dict.fromkeys(sub["metric"]):
+            keys = sorted(set(sub.loc[(sub["metric"] == metric) & (sub["n"] > 0),
+                                      "measured_key"]))
+            md += ["", f"**{metric}** (measured: {', '.join(keys)})", "",
+                   _markdown(metric_table(long, table, metric))]
+    return md
+
