@@ -394,3 +394,29 @@ def test_published_file_is_checked_row_by_row(tmp_path):
     with pytest.raises(PublishedDataError, match=r"data row \d+ \(Table 3, Clustering, F1\): "
                                                  r"madcluster='clustering'"):
         load_published(bad)
+
+
+@pytest.mark.slow
+def test_paper_table_runs_through_on_smd_layout_data_and_reports_paper_vs_measured(tmp_path):
+    """The issue's done-when check, restricted to two backbones, one machine and one seed."""
+    from tests.dataset_fixtures import make_smd
+
+    make_smd(tmp_path / "SMD", machines=("machine-1-1",), n_train=1000, n_test=600)
+    out = _cli(["-m", "madcluster_exp", "-m", "experiment=paper_table", "dataset=SMD",
+                f"dataset.path={tmp_path / 'SMD'}", "debug=fast", "backbone=deepsvdd,usad",
+                "seed=0", "train.progress=none"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = _children(tmp_path / "outputs" / "mlflow.db")
+    assert len(runs) == 2 * 3 and all(r.info.status == "FINISHED" for r in runs)
+    for r in runs:
+        p = r.data.params
+        assert (p["backbone.window"], p["dataset.mode"], p["dataset.normalize"]) == (
+            "100", "per_entity", "minmax")
+        assert (p["train.amsgrad"], p["train.init"], p["backbone.lr_decay"]) == (
+            "True", "he", "0.9")
+    (sweep,) = [p.parent for p in tmp_path.glob("outputs/multiruns/*/*/mlflow_parent.json")]
+    rep = _cli(["-m", "madcluster_exp.report", str(sweep)], tmp_path)
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    assert "## Published vs measured" in rep.stdout and "### Table 2" in rep.stdout
+    assert "| SMD | usad | 1 | point | n/a | n/a | " in rep.stdout  # Table 2: MSL only
+    assert "| SMD | deepsvdd | 1 | point | 0.19 | 0.20 | 0.48 | " in rep.stdout  # Table 3, F1
