@@ -13,6 +13,8 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from madcluster_exp.errors import ExpectedError
+
 
 # --------------------------------------------------------------------------------------- paths
 @dataclass
@@ -368,7 +370,7 @@ def register_configs() -> None:
 
 
 # --------------------------------------------------------------------------------- validation
-class ConfigError(ValueError):
+class ConfigError(ExpectedError, ValueError):
     """A config value that composes but cannot be run; the message names key and expectation."""
 
 

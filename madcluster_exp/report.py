@@ -26,6 +26,8 @@ from typing import List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from madcluster_exp.cli import Option, parse
+from madcluster_exp.errors import ExpectedError, cli_errors
 from madcluster_exp.tracking import resolve_tracking_uri
 from madcluster_exp.tracking.callbacks import PARENT_FILE
 
@@ -36,7 +38,7 @@ NOT_A_FACTOR = {"seed", "tracking.run_name_suffix", "notes", "torch_threads", "p
                 "paths.output_dir"}
 
 
-class ReportError(ValueError):
+class ReportError(ExpectedError, ValueError):
     pass
 
 
@@ -348,36 +350,21 @@ def build_report(target: str, metrics: Optional[Sequence[str]] = None, uri: Opti
     return out_dir
 
 
-def _parse(argv: List[str]):
-    target, opts = None, {}
-    for a in argv:
-        if "=" in a:
-            k, v = a.split("=", 1)
-            opts[k] = v
-        elif target is None:
-            target = a
-        else:
-            raise ReportError(f"unexpected argument {a!r}")
-    if target is None:
-        raise ReportError(__doc__.split("\n\n")[1])
-    unknown = set(opts) - {"report.metrics", "uri", "out", "log"}
-    if unknown:
-        raise ReportError(f"unknown option(s) {sorted(unknown)}; expected report.metrics, uri, "
-                          "out, log")
-    metrics = None
-    if "report.metrics" in opts:
-        metrics = [m.strip() for m in opts["report.metrics"].strip("[]").split(",") if m.strip()]
-    return target, metrics, opts
+OPTIONS = {
+    "target": Option("parent run id or sweep directory", required=True),
+    "report.metrics": Option("metrics to tabulate, e.g. [test/f1,test/vus_pr]", kind=list),
+    "uri": Option("tracking uri (default: the sweep's, else $MLFLOW_TRACKING_URI)"),
+    "out": Option("output folder (default: outputs/reports/<parent id>)"),
+    "log": Option("log the report as artifacts of the parent run", kind=bool, default=True),
+}
 
 
+@cli_errors
 def main(argv: Optional[List[str]] = None) -> int:
-    try:
-        target, metrics, opts = _parse(sys.argv[1:] if argv is None else argv)
-        build_report(target, metrics, opts.get("uri"),
-                     Path(opts["out"]) if "out" in opts else None, opts.get("log", "true") == "true")
-    except ReportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    args = parse(sys.argv[1:] if argv is None else argv, OPTIONS, __doc__.split("\n\n")[1],
+                 positional="target")
+    build_report(args["target"], args["report.metrics"], args["uri"],
+                 Path(args["out"]) if args["out"] else None, args["log"])
     return 0
 
 

@@ -141,4 +141,4 @@ def test_evaluate_names_what_it_could_not_find(tmp_path):
     assert out.returncode == 2 and "'abc' is neither a run directory nor a run id" in out.stderr
     out = subprocess.run([sys.executable, "-m", "madcluster_exp.evaluate", "foo"],
                          capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2 and "expected key=value" in out.stderr
+    assert out.returncode == 2 and "unexpected argument 'foo'" in out.stderr
