@@ -1,8 +1,9 @@
 """Small datasets in the real published layouts, and a local HTTP server that serves them.
 
 The generators write exactly the formats the loaders read (SMD's header-less text files,
-telemanom's .npy + labeled_anomalies.csv, PSM's CSVs with a timestamp column, TimeEval CSV),
-with a few hundred rows so tests run in seconds.
+telemanom's .npy + labeled_anomalies.csv, PSM's CSVs with a timestamp column, TimeEval CSV,
+TSB-AD's CSV with the training prefix in its name, the UCR anomaly archive's .txt), with a few
+hundred rows so tests run in seconds.
 """
 from __future__ import annotations
 

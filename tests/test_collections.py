@@ -15,6 +15,8 @@ from omegaconf import OmegaConf
 from madcluster_exp.config import ConfigError, validate
 from madcluster_exp.data import DataError, load_dataset
 from madcluster_exp.data.collection import TIMEEVAL, TSBAD, UCR, scan_collection
+from madcluster_exp.run import run
+from madcluster_exp.series_runs import series_results
 from tests.conftest import compose_config
 from tests.dataset_fixtures import make_timeeval, make_tsbad, make_ucr
 
@@ -189,12 +191,9 @@ def test_collection_run_gives_one_child_run_per_series_and_skips_bad_files(tmp_p
     _edit_line(bad, 10, "abc,0")
     short, _ = make_ucr(data, 6, n=300, train_end=40, begin=200, end=210)  # < 3 windows to fit
     (data / "README.md").write_text("notes\n")
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    out = subprocess.run(
-        [sys.executable, "-m", "madcluster_exp", "dataset=collection", f"dataset.path={data}",
-         "backbone.window=16", "train.epochs=2", "train.patience=null", "train.progress=none",
-         "tracking.plots=false", "madcluster=off"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    out = _cli(tmp_path, "dataset=collection", f"dataset.path={data}", "backbone.window=16",
+               "train.epochs=2", "train.patience=null", "train.progress=none",
+               "tracking.plots=false", "madcluster=off")
     assert out.returncode == 0, out.stderr[-3000:]
     assert (f"skipped {bad.name}: {bad}: line 11, column 'Data': 'abc' is not a number"
             in out.stdout)
@@ -233,3 +232,52 @@ def test_collection_run_gives_one_child_run_per_series_and_skips_bad_files(tmp_p
     rows = {r["file"]: r["reason"] for r in csv.DictReader(local.open())}
     assert set(rows) == {bad.name, short.name, "README.md"}
     assert "line 11, column 'Data'" in rows[bad.name]
+    table = series_results(client.tracking_uri, parent.info.run_id)
+    assert sorted(table["series"]) == sorted(good + [short.stem])
+    done = table[table["status"] == "FINISHED"].set_index("series")
+    assert done.loc["te", "test/vus_pr"] == finished["te"].data.metrics["test/vus_pr"]
+
+
+def _cli(tmp_path, *args):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.run([sys.executable, "-m", "madcluster_exp", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow  # two CLI jobs: `make test-all`
+def test_in_a_sweep_each_job_is_a_child_of_the_sweep_and_each_series_a_child_of_its_job(
+        tmp_path):
+    data = tmp_path / "series"
+    data.mkdir()
+    make_ucr(data, 1, n=300, train_end=120, begin=200, end=210)
+    make_timeeval(data / "te.csv", n=300, anomaly=(200, 215))
+    out = _cli(tmp_path, "-m", "dataset=collection", f"dataset.path={data}", "backbone.window=8",
+               "train.epochs=1", "train.patience=null", "train.progress=none",
+               "tracking.plots=false", "madcluster=off", "seed=0,1")
+    assert out.returncode == 0, out.stderr[-3000:]
+    from mlflow.tracking import MlflowClient
+    uri = f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}"
+    runs = MlflowClient(uri).search_runs(
+        [MlflowClient(uri).get_experiment_by_name("madcluster_exp").experiment_id])
+    (sweep,) = [r for r in runs if r.data.tags.get("sweep") == "parent"]
+    jobs = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == sweep.info.run_id]
+    assert sweep.data.tags["children"] == "2" and len(jobs) == 2 and len(runs) == 1 + 2 + 4
+    table = series_results(uri, sweep.info.run_id)
+    assert len(table) == 4 and set(table["status"]) == {"FINISHED"}
+    assert set(table["job_run_id"]) == {j.info.run_id for j in jobs}
+    assert sorted(zip(table["param:seed"], table["series"])) == sorted(
+        (seed, name) for seed in ("0", "1") for name in ("001_UCR_Anomaly_Fixture_120_200_210", "te"))
+
+
+def test_a_resumed_collection_run_continues_the_same_parent_and_child_runs(make_cfg, tmp_path):
+    data = tmp_path / "series"
+    data.mkdir()
+    make_timeeval(data / "te.csv", n=300, anomaly=(200, 215))
+    cfg = make_cfg("dataset=collection", f"dataset.path={data}", "backbone.window=8",
+                   "train.epochs=1", "train.patience=null", "train.progress=none",
+                   "tracking.plots=false", "madcluster=off", fast=False)
+    first = run(cfg, output_dir=tmp_path / "job", verbose=False)
+    again = run(cfg, output_dir=tmp_path / "job", verbose=False)
+    assert again.run_id == first.run_id
+    table = series_results(first.tracking_uri, first.run_id)
+    assert table["series"].tolist() == ["te"] and table["status"].tolist() == ["FINISHED"]
