@@ -265,8 +265,9 @@ def test_in_a_sweep_each_job_is_a_child_of_the_sweep_and_each_series_a_child_of_
     table = series_results(uri, sweep.info.run_id)
     assert len(table) == 4 and set(table["status"]) == {"FINISHED"}
     assert set(table["job_run_id"]) == {j.info.run_id for j in jobs}
+    names = ("001_UCR_Anomaly_Fixture_120_200_210", "te")
     assert sorted(zip(table["param:seed"], table["series"])) == sorted(
-        (seed, name) for seed in ("0", "1") for name in ("001_UCR_Anomaly_Fixture_120_200_210", "te"))
+        (seed, name) for seed in ("0", "1") for name in names)
 
 
 def test_a_resumed_collection_run_continues_the_same_parent_and_child_runs(make_cfg, tmp_path):

@@ -6,11 +6,12 @@ Formats are told apart by name and content (first line), never by a flag:
   a header of feature columns then ``Label`` (0/1); the first ``n`` rows are the training part
   (TSB-AD reads ``filename.split('_')[-3]``, the number after ``_tr_``). Univariate files have
   one feature column (``Data``), multivariate ones several.
-- **UCR anomaly archive** (Wu & Keogh, 2021): ``<id>_UCR_Anomaly_<name>_<train_end>_<begin>_<end>.txt``,
-  whitespace-separated values (one per line, or several files with all values on one line).
-  The archive is indexed as in MATLAB, from 1 with inclusive ends: values ``1..train_end`` are
-  the training part and values ``begin..end`` the one anomaly, i.e. 0-based rows
-  ``[0, train_end)`` and ``[begin - 1, end - 1]``.
+- **UCR anomaly archive** (Wu & Keogh, 2021):
+  ``<id>_UCR_Anomaly_<name>_<train_end>_<begin>_<end>.txt``, whitespace-separated values
+  (one per line; a few files hold all values on one line). The archive is indexed as in
+  MATLAB, from 1 with inclusive ends: values ``1..train_end`` are the training part and values
+  ``begin..end`` the one anomaly, i.e. 0-based rows ``[0, train_end)`` and
+  ``[begin - 1, end - 1]``.
 - **TimeEval** (Schmidl et al., VLDB 2022): ``<name>.csv`` with ``timestamp, features...,
   is_anomaly``; an optional ``<name>.train.csv`` beside it is the training part (its labels are
   never read for fitting), otherwise the leading ``dataset.train_fraction`` of the file is.
