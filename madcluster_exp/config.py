@@ -93,6 +93,20 @@ class CSVDatasetConfig(DatasetConfig):
     label_column: str = "is_anomaly"
 
 
+@dataclass
+class CollectionDatasetConfig(DatasetConfig):
+    name: str = "collection"
+    # A folder of series files (TSB-AD CSV, UCR .txt, TimeEval CSV [+ <name>.train.csv]); each
+    # file is one entity with its own model and its own MLflow child run (data/collection.py).
+    path: Optional[str] = MISSING
+    mode: str = "per_entity"
+    # Test part: rest (rows after the training prefix; never overlaps training) | whole (the
+    # whole series, TSB-AD's published protocol, which also scores the training prefix).
+    test_part: str = "rest"
+    # TimeEval files without a <name>.train.csv beside them: the leading fraction trains.
+    train_fraction: float = 0.5
+
+
 # ------------------------------------------------------------------------------------ backbone
 @dataclass
 class BackboneConfig:
@@ -353,6 +367,7 @@ def register_configs() -> None:
         ("dataset", "telemanom", TelemanomConfig),
         ("dataset", "PSM", PSMConfig),
         ("dataset", "csv", CSVDatasetConfig),
+        ("dataset", "collection", CollectionDatasetConfig),
         ("backbone", "deepsvdd", DeepSVDDConfig),
         ("backbone", "lstm_ae", LSTMAEConfig),
         ("backbone", "usad", USADConfig),
@@ -380,6 +395,7 @@ _CHOICES = {
     "dataset.normalize": ("standard", "minmax", "none"),
     "dataset.mode": ("concat", "per_entity"),
     "dataset.nan_policy": ("error", "zero"),
+    "dataset.test_part": ("rest", "whole"),
     "madcluster.variant": ("paper", "reference"),
     "madcluster.objective": ("one-class", "soft-boundary"),
     "madcluster.combine": ("sum", "product", "madcluster_only", "backbone_only"),
@@ -395,6 +411,7 @@ _RANGES = {
     "seed": (0, None, True, None),
     "dataset.val_fraction": (0.0, 1.0, False, False),
     "dataset.train_stride": (1, None, True, None),
+    "dataset.train_fraction": (0.0, 1.0, False, False),
     "backbone.window": (2, None, True, None),
     "backbone.lr": (0.0, None, False, None),
     "backbone.batch_size": (1, None, True, None),
@@ -445,5 +462,9 @@ def validate(cfg: DictConfig) -> None:
     if cfg.protocol == "reference" and cfg.scoring.stride != 1:
         problems.append(f"protocol=reference with scoring.stride={cfg.scoring.stride}: the "
                         "reference protocol scores every stride-1 window; expected 1")
+    if cfg.dataset.name == "collection" and cfg.dataset.mode != "per_entity":
+        problems.append(f"dataset.mode={cfg.dataset.mode!r} with dataset=collection: every "
+                        "series of a collection is its own entity with its own model and "
+                        "child run; expected per_entity")
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from madcluster_exp.backbones import backbone_class, build_backbone
 from madcluster_exp.config import validate
 from madcluster_exp.data import load_dataset, prepare
+from madcluster_exp.data.collection import Collection
 from madcluster_exp.complexity import complexity
 from madcluster_exp.detector import Detector
 from madcluster_exp.madcluster import build_plugin
@@ -243,12 +244,20 @@ def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_d
 
     raw = load_dataset(cfg.dataset, resolve_path(root, cfg.paths.data_dir))
     per_entity = cfg.dataset.mode == "per_entity"
-    parts = [(e, raw.subset(e)) for e in raw.entities] if per_entity else [(None, raw)]
-    if per_entity:
-        say(f"[{name}] per-entity mode: {len(parts)} models, one per entity")
-    units = [_fit_and_score(cfg, tracker, name, part, entity, window, device, say,
-                            log_params=(i == 0), job_dir=job_dir)
-             for i, (entity, part) in enumerate(parts)]
+    if isinstance(raw, Collection):
+        # One child run per series, read one at a time; bad files are skipped (series_runs.py).
+        from madcluster_exp.series_runs import run_collection
+
+        say(f"[{name}] collection {raw.root}: {len(raw.entities)} series, one model and one "
+            "child run each")
+        units, _ = run_collection(cfg, tracker, name, raw, window, device, say, root, job_dir)
+    else:
+        parts = [(e, raw.subset(e)) for e in raw.entities] if per_entity else [(None, raw)]
+        if per_entity:
+            say(f"[{name}] per-entity mode: {len(parts)} models, one per entity")
+        units = [_fit_and_score(cfg, tracker, name, part, entity, window, device, say,
+                                log_params=(i == 0), job_dir=job_dir)
+                 for i, (entity, part) in enumerate(parts)]
 
     # ---- metrics -------------------------------------------------------------------------
     t_metrics = time.perf_counter()
@@ -297,7 +306,7 @@ def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_d
 
 def _fit_and_score(cfg: DictConfig, tracker: NullTracker, name: str, raw, entity: Optional[str],
                    window: int, device: torch.device, say, log_params: bool,
-                   job_dir: Path) -> _Unit:
+                   job_dir: Path, metric_prefix: Optional[str] = None) -> _Unit:
     tag = f"[{name}{'/' + entity if entity else ''}]"
     # ---- data: training part only; the test split stays sealed -------------------------
     data = prepare(raw, window, float(cfg.dataset.val_fraction), cfg.dataset.normalize)
@@ -320,7 +329,9 @@ def _fit_and_score(cfg: DictConfig, tracker: NullTracker, name: str, raw, entity
             f"{sizes['macs/backbone']:,} MACs per window; {plug}")
 
     # ---- fit on train, early-stop on validation ----------------------------------------
-    prefix = f"{entity}/" if entity else ""
+    # Training curves of one entity in a shared run go under "<entity>/"; a child run of its
+    # own (a collection's series) passes metric_prefix="".
+    prefix = metric_prefix if metric_prefix is not None else (f"{entity}/" if entity else "")
     checkpointer = (Checkpointer(job_dir / "checkpoints", entity or "last")
                     if cfg.train.checkpoint else None)
     fit_result = fit(detector, data, cfg, device, log_metrics=lambda m, step: tracker.log_metrics(
