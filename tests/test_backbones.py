@@ -226,7 +226,8 @@ def test_slmr_shares_one_block_between_its_branches():
     bb.block.register_forward_hook(lambda m, args, kwargs, out: calls.append(kwargs),
                                    with_kwargs=True)
     bb(torch.randn(2, 11, C))
-    assert calls == [{"pool_cascade": True}, {}]  # steps 0, 2, ... pool their cascade; 1, 3, ... not
+    # steps 0, 2, ... pool their cascade; steps 1, 3, ... do not
+    assert calls == [{"pool_cascade": True}, {}]
 
 
 def test_slmr_models_the_reference_target_channel_on_msl_and_smap():
