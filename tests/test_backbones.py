@@ -17,8 +17,7 @@ from madcluster_exp.backbones.layers import RevIN, association_kl
 from madcluster_exp.backbones.slmr import Res2NetBlock, geometric_mask, interleave
 from madcluster_exp.bench.dcdetector_baseline import MaterialisedDCdetector, materialised_kl
 from madcluster_exp.data import SeriesSplit
-from madcluster_exp.detector import Detector
-from madcluster_exp.madcluster import build_plugin
+from madcluster_exp.detector import Detector, build_detector
 from madcluster_exp.run import run
 from madcluster_exp.scoring import score_split
 from tests.conftest import compose_config
@@ -44,8 +43,7 @@ def _cfg(backbone, state, *extra):
 
 def _detector(cfg):
     torch.manual_seed(0)
-    bb = build_backbone(C, cfg.backbone)
-    return Detector(bb, build_plugin(bb.embed_dim, cfg.madcluster, 0))
+    return build_detector(cfg, C)
 
 
 def test_every_backbone_has_a_config_and_a_test_case():
