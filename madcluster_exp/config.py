@@ -8,7 +8,7 @@ ignored. Values that a type cannot express (choices, ranges, cross-field rules) 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -155,7 +155,9 @@ class USADConfig(BackboneConfig):
     family: str = "reconstruction"
     embed_tap: str = "latent"
     window: int = 12
-    latent: int = 100
+    # Latent size per window step: the code has window * hidden units, as the reference notebook
+    # (z_size = window_size * hidden_size, hidden_size = 100).
+    hidden: int = 100
     alpha: float = 0.5
     beta: float = 0.5
 
@@ -190,10 +192,8 @@ class DCdetectorConfig(BackboneConfig):
     patch_sizes: List[int] = field(default_factory=lambda: [2, 5, 10])
     dropout: float = 0.0
     temperature: float = 50.0
+    # Instance normalisation of each window (non-affine, as the original).
     revin: bool = True
-    # Benchmark baseline only: build the up-sampled T x T maps per channel as the reference does
-    # (same values, far more time and memory).
-    materialise: bool = False
     lr: float = 1e-4
     batch_size: int = 128
 
@@ -217,6 +217,15 @@ class SLMRConfig(BackboneConfig):
     gamma: float = 0.8
     mask_ratio: float = 0.03
     mask_mean_run: float = 3.0
+    # Columns the forecast and reconstruction heads model, and so the columns the score reads
+    # (null = every column; the encoder always reads every column). Default as the reference
+    # code (utils.get_target_dims): reference_targets[dataset.name] where listed, else every column.
+    target_channels: Optional[List[int]] = (
+        "${oc.select:.reference_targets.${dataset.name},null}")  # type: ignore[assignment]
+    # The reference's targets per dataset: column 0, the telemetry value, on MSL and SMAP (their
+    # other columns are one-hot command flags).
+    reference_targets: Dict[str, List[int]] = field(
+        default_factory=lambda: {"MSL": [0], "SMAP": [0]})
     lr: float = 1e-3
     batch_size: int = 256
 

@@ -23,13 +23,12 @@ import torch
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from madcluster_exp.backbones import backbone_class, build_backbone
+from madcluster_exp.backbones import backbone_class
 from madcluster_exp.config import validate
 from madcluster_exp.data import load_dataset, prepare
 from madcluster_exp.data.collection import Collection
 from madcluster_exp.complexity import complexity
-from madcluster_exp.detector import Detector
-from madcluster_exp.madcluster import build_plugin
+from madcluster_exp.detector import build_detector
 from madcluster_exp.evaluation import evaluate_point, evaluate_reference
 from madcluster_exp.scoring import score_split
 from madcluster_exp.scoring.score import window_labels
@@ -315,9 +314,8 @@ def _fit_and_score(cfg: DictConfig, tracker: NullTracker, name: str, raw, entity
 
     # ---- model: the backbone's init depends on the seed alone, on and off alike ---------
     seed_everything(int(cfg.seed))
-    backbone = build_backbone(data.n_channels, cfg.backbone)
-    plugin = build_plugin(backbone.embed_dim, cfg.madcluster, int(cfg.seed))
-    detector = Detector(backbone, plugin)
+    detector = build_detector(cfg, data.n_channels)
+    backbone, plugin = detector.backbone, detector.plugin
     if log_params:
         sizes = complexity(detector, data.n_channels)
         tracker.log_params({**sizes, "data_window": window,

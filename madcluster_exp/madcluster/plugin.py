@@ -58,9 +58,6 @@ class _PluginBase(nn.Module):
         the work both need."""  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def nearest_distance(self, z: torch.Tensor) -> torch.Tensor:
-        return self.terms(z)[0]
-
     def cluster_terms(self, z: torch.Tensor) -> torch.Tensor:
         return self.terms(z)[1]
 

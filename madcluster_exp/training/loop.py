@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig
 
 from madcluster_exp.data import PreparedData, WindowSet
-from madcluster_exp.detector import Detector
+from madcluster_exp.detector import Detector, optimizer_options
 from madcluster_exp.training.checkpoint import Checkpointer, rng_state, set_rng_state
 from madcluster_exp.training.progress import Progress
 
@@ -77,8 +77,7 @@ def fit(detector: Detector, data: PreparedData, cfg: DictConfig, device: torch.d
     train_ws = WindowSet(data.train, window, stride=int(cfg.dataset.train_stride))
     val_ws = WindowSet(data.val, window, stride=int(cfg.dataset.train_stride))
     order = torch.Generator().manual_seed(int(cfg.seed))
-    detector.configure_optimizers(float(bcfg.lr), float(bcfg.weight_decay),
-                                  cfg.madcluster.nu_lr, tcfg.grad_clip, bool(tcfg.fused_optimizer))
+    detector.configure_optimizers(**optimizer_options(cfg))
     detector.to(device)
 
     def initial_batches():
