@@ -263,7 +263,7 @@ def plot_training_curves(sweep: Sweep, path: Path) -> Path:
             hist = client.get_metric_history(r["run_id"], key)
             if hist:
                 hist = sorted(hist, key=lambda h: h.step)
-                ax.plot([h.step + 1 for h in hist], [h.value for h in hist], lw=0.8, alpha=0.8,
+                ax.plot([h.step for h in hist], [h.value for h in hist], lw=0.8, alpha=0.8,
                         label=r["run_name"])
     for ax, key in zip(axes, ("train/loss", "val/loss")):
         ax.set_xlabel("epoch")

@@ -150,6 +150,14 @@ def effective_threshold_kind(cfg: DictConfig) -> str:
     return "oracle" if cfg.protocol == "reference" else cfg.threshold.kind
 
 
+def early_stopping_tag(cfg: DictConfig, fits: List[FitResult]) -> str:
+    """How the kept epoch was chosen: ``no_signal`` when a model's validation loss was constant
+    (full schedule trained, latest weights kept), else ``val_loss`` or ``off`` (no patience)."""
+    if any(f.val_loss_signal is False for f in fits):
+        return "no_signal"
+    return "off" if cfg.train.patience is None else "val_loss"
+
+
 def identity_tags(cfg: DictConfig, root: Path) -> Dict[str, str]:
     tags = {
         "backbone": cfg.backbone.name,
@@ -264,7 +272,7 @@ def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_d
     fit_result = units[0].fit
     metrics.update({
         "val/best_loss": float(np.mean([u.fit.best_val_loss for u in units])),
-        "train/best_epoch": fit_result.best_epoch + 1,
+        "train/best_epoch": fit_result.best_epoch,
         "train/epochs_run": fit_result.epochs_run,
         "time/fit_s": sum(u.fit.fit_seconds for u in units),
         "time/score_s": sum(u.score_s for u in units),
@@ -273,7 +281,8 @@ def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_d
     metrics["time/total_s"] = time.perf_counter() - t_start
     metrics["time/tracking_s"] = tracker.seconds  # everything logged up to here
     tracker.log_params({"score_rule": ev.score_rule})
-    tracker.set_tags({"threshold.family": ev.threshold_family})
+    tracker.set_tags({"threshold.family": ev.threshold_family,
+                      "early_stopping": early_stopping_tag(cfg, [u.fit for u in units])})
     tracker.log_metrics(metrics)
 
     # ---- artifacts -------------------------------------------------------------------------
