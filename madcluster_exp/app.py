@@ -77,4 +77,7 @@ def job(cfg: DictConfig) -> float:
             raise
         log.error("job failed (%s: %s); marked FAILED, sweep continues", type(exc).__name__, exc)
         return math.nan
+    if result.fit.val_loss_signal is False:
+        log.warning("the validation loss of %s was constant over every epoch: a sweeper "
+                    "minimising it learns nothing from this job", result.run_name)
     return float(result.metrics["val/best_loss"])

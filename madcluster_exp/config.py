@@ -7,6 +7,7 @@ ignored. Values that a type cannot express (choices, ranges, cross-field rules) 
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -251,8 +252,12 @@ class MADClusterConfig:
     # Ablation of the plug-in's parts (loss and score): both | mapping | clustering
     components: str = "both"
     # How the plug-in score meets the backbone score:
-    # sum (of validation-standardised scores) | product | madcluster_only | backbone_only
-    combine: str = "sum"
+    # sum (of validation-standardised scores) | product | madcluster_only | backbone_only.
+    # None = by protocol: sum under protocol=point, product (the reference code's rule) under
+    # protocol=reference; resolved by combine_rule, and runs log the resolved rule.
+    # backbone_only with MADCluster on is the control arm of an on/off comparison: the plug-in
+    # trains the embedding, the backbone's own score is used (no second score to ensemble).
+    combine: Optional[str] = None
     # torch.compile the plug-in's training loss (one fused kernel per direction instead of ~100
     # small ops): worth it on a GPU, where small ops are launch-bound; costs seconds of
     # compilation at start and needs a C++ compiler on CPU (Triton on CUDA).
@@ -391,6 +396,23 @@ def register_configs() -> None:
         ("tracking", "default", TrackingConfig),
     ]:
         cs.store(group=f"schema/{group}", name=name, node=node)
+
+
+# ------------------------------------------------------------------------ by-protocol defaults
+#: madcluster.combine when unset: the rule each protocol implies.
+PROTOCOL_COMBINE = {"point": "sum", "reference": "product"}
+
+
+def combine_rule(cfg: DictConfig) -> str:
+    """madcluster.combine, or the protocol's rule when unset: the one place this is decided."""
+    return cfg.madcluster.combine or PROTOCOL_COMBINE[cfg.protocol]
+
+
+def resolve_defaults(cfg: DictConfig) -> DictConfig:
+    """A copy of ``cfg`` with the by-protocol defaults filled in: what a run uses and logs."""
+    out = copy.deepcopy(cfg)
+    out.madcluster.combine = combine_rule(cfg)
+    return out
 
 
 # --------------------------------------------------------------------------------- validation

@@ -5,8 +5,9 @@
 
 - ``summary.md`` / ``summary.csv``: every configuration of the sweep (the parameters that vary,
   seeds pooled) with mean ± std over seeds of each chosen metric;
-- ``onoff.md`` / ``onoff.csv`` (when MADCluster was swept off/on): per configuration the on - off
-  difference, paired by seed, with a paired t-test (two-sided p-value; n = number of pairs);
+- ``onoff.csv`` (when MADCluster was swept off/on): per configuration and arm (on with sum, the
+  backbone_only control arm, ...) the on - off difference, paired by seed, with a paired t-test
+  (:mod:`madcluster_exp.report_onoff`);
 - plots (PNG): metric bars off vs on, k-sweep curves (when madcluster.k varies), training
   curves of every run, and score timelines of the first seed of each configuration.
 
@@ -28,6 +29,7 @@ import pandas as pd
 
 from madcluster_exp.cli import Option, parse
 from madcluster_exp.errors import ExpectedError, cli_errors
+from madcluster_exp import report_onoff
 from madcluster_exp.tracking import resolve_tracking_uri
 from madcluster_exp.tracking.callbacks import PARENT_FILE
 
@@ -137,42 +139,6 @@ def summary_table(sweep: Sweep, metrics: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def onoff_table(sweep: Sweep, metrics: Sequence[str]) -> Optional[pd.DataFrame]:
-    """On - off per configuration, paired by seed, with a paired t-test."""
-    from scipy.stats import ttest_rel
-
-    if "madcluster.enabled" not in sweep.factors:
-        return None
-    df = sweep.runs
-    # Off runs carry plug-in params at their defaults; only non-plug-in factors pair runs.
-    pair_keys = [f for f in sweep.factors if not f.startswith("madcluster.")]
-    rows = []
-    grouped = df.groupby([f"param:{f}" for f in pair_keys], dropna=False) if pair_keys else [((), df)]
-    for key, g in grouped:
-        key = key if isinstance(key, tuple) else (key,)
-        on = g[g["param:madcluster.enabled"] == "True"].set_index("param:seed")
-        off = g[g["param:madcluster.enabled"] == "False"].set_index("param:seed")
-        seeds = sorted(set(on.index) & set(off.index))
-        row = dict(zip(pair_keys, key))
-        row["pairs"] = len(seeds)
-        for m in metrics:
-            if m not in g or not seeds:
-                continue
-            a = pd.to_numeric(on.loc[seeds, m], errors="coerce").to_numpy(dtype=float)
-            b = pd.to_numeric(off.loc[seeds, m], errors="coerce").to_numpy(dtype=float)
-            d = a - b
-            row[f"{m} off"] = float(np.nanmean(b))
-            row[f"{m} on"] = float(np.nanmean(a))
-            row[f"{m} diff"] = float(np.nanmean(d))
-            row[f"{m} diff std"] = float(np.nanstd(d, ddof=1)) if len(d) > 1 else float("nan")
-            if len(d) > 1 and np.nanstd(d) > 0:
-                row[f"{m} p"] = float(ttest_rel(a, b, nan_policy="omit").pvalue)
-            else:
-                row[f"{m} p"] = float("nan")
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
 def to_markdown(df: pd.DataFrame, factors: Sequence[str], metrics: Sequence[str],
                 kind: str) -> str:
     header = list(factors)
@@ -265,7 +231,7 @@ def plot_training_curves(sweep: Sweep, path: Path) -> Path:
             hist = client.get_metric_history(r["run_id"], key)
             if hist:
                 hist = sorted(hist, key=lambda h: h.step)
-                ax.plot([h.step + 1 for h in hist], [h.value for h in hist], lw=0.8, alpha=0.8,
+                ax.plot([h.step for h in hist], [h.value for h in hist], lw=0.8, alpha=0.8,
                         label=r["run_name"])
     for ax, key in zip(axes, ("train/loss", "val/loss")):
         ax.set_xlabel("epoch")
@@ -324,14 +290,9 @@ def build_report(target: str, metrics: Optional[Sequence[str]] = None, uri: Opti
           "", "## Mean ± std over seeds", "", to_markdown(summary, sweep.factors, wanted, "summary")]
     files += [out_dir / "summary.csv"]
 
-    onoff = onoff_table(sweep, wanted)
-    if onoff is not None:
-        pair_keys = [f for f in sweep.factors if not f.startswith("madcluster.")]
-        onoff.to_csv(out_dir / "onoff.csv", index=False)
-        md += ["", "## MADCluster on − off (paired by seed; p: paired t-test)", "",
-               to_markdown(onoff, pair_keys, wanted, "onoff")]
-        files += [out_dir / "onoff.csv",
-                  plot_onoff_bars(onoff, pair_keys, wanted[:4], out_dir / "onoff_bars.png")]
+    onoff_md, onoff_files = report_onoff.section(sweep, wanted, out_dir)
+    md += onoff_md
+    files += onoff_files
     if "madcluster.k" in sweep.factors:
         files.append(plot_k_curves(sweep, wanted[:4], out_dir / "k_sweep.png"))
     files.append(plot_training_curves(sweep, out_dir / "training_curves.png"))

@@ -24,7 +24,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from madcluster_exp.backbones import backbone_class
-from madcluster_exp.config import validate
+from madcluster_exp.config import PROTOCOL_COMBINE, ConfigError, resolve_defaults, validate
 from madcluster_exp.data import load_dataset, prepare
 from madcluster_exp.data.collection import Collection
 from madcluster_exp.complexity import complexity
@@ -125,7 +125,12 @@ def git_commit(root: Path) -> str:
 
 # ---------------------------------------------------------------------------- identification
 def run_name(cfg: DictConfig) -> str:
+    """{backbone}-{dataset}-{on|off}-s{seed}; "on+<rule>" when MADCluster's score meets the
+    backbone's by another rule than the protocol's (e.g. the backbone_only control arm)."""
     state = "on" if cfg.madcluster.enabled else "off"
+    combine = cfg.madcluster.combine
+    if cfg.madcluster.enabled and combine and combine != PROTOCOL_COMBINE[cfg.protocol]:
+        state = f"on+{combine}"
     name = f"{cfg.backbone.name}-{cfg.dataset.name}-{state}-s{cfg.seed}"
     return f"{name}-{cfg.tracking.run_name_suffix}" if cfg.tracking.run_name_suffix else name
 
@@ -150,6 +155,27 @@ def effective_threshold_kind(cfg: DictConfig) -> str:
     return "oracle" if cfg.protocol == "reference" else cfg.threshold.kind
 
 
+def check_backbone_score_exists(cfg: DictConfig) -> None:
+    """madcluster.combine=backbone_only with MADCluster on needs a backbone score; a backbone
+    that hands its objective and score to the plug-in (Deep SVDD) has none, and the combiner
+    would silently use the plug-in's. Fails before any training."""
+    if (cfg.madcluster.enabled and cfg.madcluster.combine == "backbone_only"
+            and not backbone_class(cfg.backbone.name).keeps_objective_with_plugin):
+        raise ConfigError(
+            f"madcluster.combine=backbone_only with backbone={cfg.backbone.name}: this backbone "
+            "hands its objective and score to MADCluster's center, so there is no backbone "
+            "score to keep; the control arm does not apply to it (use madcluster=off for the "
+            "backbone alone)")
+
+
+def early_stopping_tag(cfg: DictConfig, fits: List[FitResult]) -> str:
+    """How the kept epoch was chosen: ``no_signal`` when a model's validation loss was constant
+    (full schedule trained, latest weights kept), else ``val_loss`` or ``off`` (no patience)."""
+    if any(f.val_loss_signal is False for f in fits):
+        return "no_signal"
+    return "off" if cfg.train.patience is None else "val_loss"
+
+
 def identity_tags(cfg: DictConfig, root: Path) -> Dict[str, str]:
     tags = {
         "backbone": cfg.backbone.name,
@@ -164,7 +190,8 @@ def identity_tags(cfg: DictConfig, root: Path) -> Dict[str, str]:
     }
     if cfg.madcluster.enabled:
         tags.update({"madcluster.k": str(cfg.madcluster.k),
-                     "madcluster.variant": cfg.madcluster.variant})
+                     "madcluster.variant": cfg.madcluster.variant,
+                     "madcluster.combine": str(cfg.madcluster.combine)})
     hc = _hydra_runtime()
     if hc is not None:
         tags["hydra.overrides"] = " ".join(hc.overrides.task)
@@ -180,6 +207,7 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None, verbose: bool = True
     """Run one configured job end to end. A crash marks the tracked run FAILED (KILLED on
     Ctrl-C), keeps everything already written and logs the traceback, then re-raises."""
     validate(cfg)
+    cfg = resolve_defaults(cfg)
     root = project_root(cfg)
     out_root = resolve_path(root, cfg.paths.output_dir)
     job_dir = Path(output_dir) if output_dir is not None else job_output_dir(cfg, root)
@@ -240,6 +268,7 @@ def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_d
         torch.use_deterministic_algorithms(True)
     # The data window may differ from backbone.window (SLMR adds its forecast target).
     window = backbone_class(cfg.backbone.name).data_window(int(cfg.backbone.window))
+    check_backbone_score_exists(cfg)
 
     raw = load_dataset(cfg.dataset, resolve_path(root, cfg.paths.data_dir))
     per_entity = cfg.dataset.mode == "per_entity"
@@ -272,7 +301,7 @@ def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_d
     fit_result = units[0].fit
     metrics.update({
         "val/best_loss": float(np.mean([u.fit.best_val_loss for u in units])),
-        "train/best_epoch": fit_result.best_epoch + 1,
+        "train/best_epoch": fit_result.best_epoch,
         "train/epochs_run": fit_result.epochs_run,
         "time/fit_s": sum(u.fit.fit_seconds for u in units),
         "time/score_s": sum(u.score_s for u in units),
@@ -281,7 +310,8 @@ def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_d
     metrics["time/total_s"] = time.perf_counter() - t_start
     metrics["time/tracking_s"] = tracker.seconds  # everything logged up to here
     tracker.log_params({"score_rule": ev.score_rule})
-    tracker.set_tags({"threshold.family": ev.threshold_family})
+    tracker.set_tags({"threshold.family": ev.threshold_family,
+                      "early_stopping": early_stopping_tag(cfg, [u.fit for u in units])})
     tracker.log_metrics(metrics)
 
     # ---- artifacts -------------------------------------------------------------------------

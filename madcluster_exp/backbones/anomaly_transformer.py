@@ -78,6 +78,9 @@ class EncoderLayer(nn.Module):
 class AnomalyTransformer(Backbone):
     family = "transformer"
     embed_taps = ("encoder", "embedding")
+    # The reference's EarlyStopping counts a tie with the best validation loss as an
+    # improvement (saves the model, resets patience): solver.py, EarlyStopping.
+    keep_latest_on_tie = True
 
     def __init__(self, n_channels: int, cfg: DictConfig):
         super().__init__(n_channels, cfg)

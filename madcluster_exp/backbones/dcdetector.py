@@ -185,6 +185,9 @@ class DualAttentionLayer(nn.Module):
 class DCdetector(Backbone):
     family = "transformer"
     embed_taps = ("patch_attention", "input_embedding")
+    # The reference's EarlyStopping saves the model when the validation loss ties the best; its
+    # loss is 0 in value every epoch, so it keeps the last epoch (solver.py, EarlyStopping).
+    keep_latest_on_tie = True
 
     def __init__(self, n_channels: int, cfg: DictConfig):
         super().__init__(n_channels, cfg)
