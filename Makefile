@@ -8,9 +8,11 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
 DATASET ?= SMD
+PORT ?= 5000
+SERVER_ARTIFACTS ?= outputs/server-artifacts
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all test-cuda run smoke bench data ui clean
+.PHONY: help install test test-all test-cuda run smoke bench data ui server clean
 
 help: ## list every target
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -43,8 +45,11 @@ bench: ## benchmarks with ratios against baselines measured in the same run (out
 data: ## download, verify and unpack a dataset: make data DATASET=SMD (SMD, MSL, SMAP, PSM)
 	$(PYTHON) -m madcluster_exp.data download $(DATASET)
 
-ui: ## MLflow UI on 127.0.0.1:5000 over outputs/mlflow.db
-	$(PYTHON) -m mlflow ui --host 127.0.0.1 --port $${PORT:-5000} --backend-store-uri "sqlite:///$(CURDIR)/outputs/mlflow.db"
+ui: ## MLflow UI on 127.0.0.1:$(PORT) over outputs/mlflow.db
+	$(PYTHON) -m mlflow ui --host 127.0.0.1 --port $(PORT) --backend-store-uri "sqlite:///$(CURDIR)/outputs/mlflow.db"
+
+server: ## team MLflow server on 127.0.0.1:$(PORT), PostgreSQL store ($$MLFLOW_BACKEND_URI), proxied artifacts
+	$(PYTHON) -m madcluster_exp.tracking.server port=$(PORT) "artifacts=$(SERVER_ARTIFACTS)"
 
 clean: ## remove Hydra run directories and caches (keeps outputs/mlflow.db)
 	rm -rf outputs/runs outputs/multiruns .pytest_cache

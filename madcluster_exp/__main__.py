@@ -1,8 +1,10 @@
 """Entry point: ``python -m madcluster_exp [overrides]`` (Hydra CLI: --help, --cfg job, -m)."""
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from madcluster_exp.app import CONFIG_DIR, job
+from madcluster_exp.app import CONFIG_DIR, job, normalise_argv
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
@@ -11,4 +13,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = normalise_argv(sys.argv[1:])
     main()

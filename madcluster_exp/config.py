@@ -7,11 +7,14 @@ ignored. Values that a type cannot express (choices, ranges, cross-field rules) 
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+
+from madcluster_exp.errors import ExpectedError
 
 
 # --------------------------------------------------------------------------------------- paths
@@ -91,6 +94,20 @@ class CSVDatasetConfig(DatasetConfig):
     label_column: str = "is_anomaly"
 
 
+@dataclass
+class CollectionDatasetConfig(DatasetConfig):
+    name: str = "collection"
+    # A folder of series files (TSB-AD CSV, UCR .txt, TimeEval CSV [+ <name>.train.csv]); each
+    # file is one entity with its own model and its own MLflow child run (data/collection.py).
+    path: Optional[str] = MISSING
+    mode: str = "per_entity"
+    # Test part: rest (rows after the training prefix; never overlaps training) | whole (the
+    # whole series, TSB-AD's published protocol, which also scores the training prefix).
+    test_part: str = "rest"
+    # TimeEval files without a <name>.train.csv beside them: the leading fraction trains.
+    train_fraction: float = 0.5
+
+
 # ------------------------------------------------------------------------------------ backbone
 @dataclass
 class BackboneConfig:
@@ -146,7 +163,9 @@ class USADConfig(BackboneConfig):
     family: str = "reconstruction"
     embed_tap: str = "latent"
     window: int = 12
-    latent: int = 100
+    # Latent size per window step: the code has window * hidden units, as the reference notebook
+    # (z_size = window_size * hidden_size, hidden_size = 100).
+    hidden: int = 100
     alpha: float = 0.5
     beta: float = 0.5
 
@@ -185,10 +204,8 @@ class DCdetectorConfig(BackboneConfig):
     patch_sizes: List[int] = field(default_factory=lambda: [2, 5, 10])
     dropout: float = 0.0
     temperature: float = 50.0
+    # Instance normalisation of each window (non-affine, as the original).
     revin: bool = True
-    # Benchmark baseline only: build the up-sampled T x T maps per channel as the reference does
-    # (same values, far more time and memory).
-    materialise: bool = False
     lr: float = 1e-4
     batch_size: int = 128
 
@@ -212,6 +229,15 @@ class SLMRConfig(BackboneConfig):
     gamma: float = 0.8
     mask_ratio: float = 0.03
     mask_mean_run: float = 3.0
+    # Columns the forecast and reconstruction heads model, and so the columns the score reads
+    # (null = every column; the encoder always reads every column). Default as the reference
+    # code (utils.get_target_dims): reference_targets[dataset.name] where listed, else every column.
+    target_channels: Optional[List[int]] = (
+        "${oc.select:.reference_targets.${dataset.name},null}")  # type: ignore[assignment]
+    # The reference's targets per dataset: column 0, the telemetry value, on MSL and SMAP (their
+    # other columns are one-hot command flags).
+    reference_targets: Dict[str, List[int]] = field(
+        default_factory=lambda: {"MSL": [0], "SMAP": [0]})
     lr: float = 1e-3
     batch_size: int = 256
 
@@ -237,8 +263,12 @@ class MADClusterConfig:
     # Ablation of the plug-in's parts (loss and score): both | mapping | clustering
     components: str = "both"
     # How the plug-in score meets the backbone score:
-    # sum (of validation-standardised scores) | product | madcluster_only | backbone_only
-    combine: str = "sum"
+    # sum (of validation-standardised scores) | product | madcluster_only | backbone_only.
+    # None = by protocol: sum under protocol=point, product (the reference code's rule) under
+    # protocol=reference; resolved by combine_rule, and runs log the resolved rule.
+    # backbone_only with MADCluster on is the control arm of an on/off comparison: the plug-in
+    # trains the embedding, the backbone's own score is used (no second score to ensemble).
+    combine: Optional[str] = None
     # torch.compile the plug-in's training loss (one fused kernel per direction instead of ~100
     # small ops): worth it on a GPU, where small ops are launch-bound; costs seconds of
     # compilation at start and needs a C++ compiler on CPU (Triton on CUDA).
@@ -371,6 +401,7 @@ def register_configs() -> None:
         ("dataset", "telemanom", TelemanomConfig),
         ("dataset", "PSM", PSMConfig),
         ("dataset", "csv", CSVDatasetConfig),
+        ("dataset", "collection", CollectionDatasetConfig),
         ("backbone", "deepsvdd", DeepSVDDConfig),
         ("backbone", "lstm_ae", LSTMAEConfig),
         ("backbone", "usad", USADConfig),
@@ -387,8 +418,25 @@ def register_configs() -> None:
         cs.store(group=f"schema/{group}", name=name, node=node)
 
 
+# ------------------------------------------------------------------------ by-protocol defaults
+#: madcluster.combine when unset: the rule each protocol implies.
+PROTOCOL_COMBINE = {"point": "sum", "reference": "product"}
+
+
+def combine_rule(cfg: DictConfig) -> str:
+    """madcluster.combine, or the protocol's rule when unset: the one place this is decided."""
+    return cfg.madcluster.combine or PROTOCOL_COMBINE[cfg.protocol]
+
+
+def resolve_defaults(cfg: DictConfig) -> DictConfig:
+    """A copy of ``cfg`` with the by-protocol defaults filled in: what a run uses and logs."""
+    out = copy.deepcopy(cfg)
+    out.madcluster.combine = combine_rule(cfg)
+    return out
+
+
 # --------------------------------------------------------------------------------- validation
-class ConfigError(ValueError):
+class ConfigError(ExpectedError, ValueError):
     """A config value that composes but cannot be run; the message names key and expectation."""
 
 
@@ -398,6 +446,7 @@ _CHOICES = {
     "dataset.normalize": ("standard", "minmax", "none"),
     "dataset.mode": ("concat", "per_entity"),
     "dataset.nan_policy": ("error", "zero"),
+    "dataset.test_part": ("rest", "whole"),
     "madcluster.variant": ("paper", "reference"),
     "madcluster.objective": ("one-class", "soft-boundary"),
     "madcluster.combine": ("sum", "product", "madcluster_only", "backbone_only"),
@@ -414,6 +463,7 @@ _RANGES = {
     "seed": (0, None, True, None),
     "dataset.val_fraction": (0.0, 1.0, False, False),
     "dataset.train_stride": (1, None, True, None),
+    "dataset.train_fraction": (0.0, 1.0, False, False),
     "backbone.window": (2, None, True, None),
     "backbone.lr": (0.0, None, False, None),
     "backbone.batch_size": (1, None, True, None),
@@ -466,5 +516,9 @@ def validate(cfg: DictConfig) -> None:
     if cfg.protocol == "reference" and cfg.scoring.stride != 1:
         problems.append(f"protocol=reference with scoring.stride={cfg.scoring.stride}: the "
                         "reference protocol scores every stride-1 window; expected 1")
+    if cfg.dataset.name == "collection" and cfg.dataset.mode != "per_entity":
+        problems.append(f"dataset.mode={cfg.dataset.mode!r} with dataset=collection: every "
+                        "series of a collection is its own entity with its own model and "
+                        "child run; expected per_entity")
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))

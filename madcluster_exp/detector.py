@@ -5,12 +5,16 @@ The loop only ever calls ``training_step``, ``evaluate_loss``, ``score_component
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, Optional, Type
 
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
+from madcluster_exp.backbones import backbone_class
 from madcluster_exp.backbones.base import Backbone, StepContext, combine_losses, loss_logs
+from madcluster_exp.madcluster import build_plugin
+from madcluster_exp.nn_utils import init_weights
 
 NU_GROUP = "madcluster_nu"
 
@@ -28,14 +32,6 @@ class Detector(nn.Module):
         self.plugin = plugin
         # Deep SVDD-like backbones hand their objective over to MADCluster's center.
         self.uses_own_objective = plugin is None or backbone.keeps_objective_with_plugin
-        if plugin is not None and not self.uses_own_objective and not plugin.use_cluster:
-            # Nothing would be left but ||h - c||^2 with c *learnable*: its minimum is the
-            # trivial collapse (Ruff et al. 2018, Prop. 1), so the run would measure nothing.
-            raise ValueError(
-                f"madcluster.components=mapping with backbone {backbone.__class__.__name__}: the "
-                "plug-in replaces this backbone's own objective, leaving only the distance to a "
-                "learnable center, which collapses. The paper's 'distance only' row (appendix "
-                "Table 3) is Deep SVDD alone: use madcluster=off (experiment=paper_ablation).")
         backbone.tap_needed = plugin is not None
         self.optimizers: Dict[str, torch.optim.Optimizer] = {}
         self.host_group = "main"
@@ -143,3 +139,22 @@ class Detector(nn.Module):
         if self.plugin is not None:
             logs.update(self.plugin.on_epoch_end(epoch))
         return logs
+
+
+def build_detector(cfg: DictConfig, n_channels: int,
+                   backbone_cls: Optional[Type[Backbone]] = None) -> Detector:
+    """The detector for a composed config, as a run builds it: the backbone ``backbone.name``
+    names (or ``backbone_cls``, a variant of it such as the benchmark's baseline) over
+    ``n_channels`` channels, with MADCluster per ``madcluster`` (none when disabled). The
+    weights are drawn here: seed the RNGs first."""
+    cls = backbone_cls or backbone_class(cfg.backbone.name)
+    backbone = cls(n_channels, cfg.backbone)
+    init_weights(backbone, cfg.train.init)
+    return Detector(backbone, build_plugin(backbone.embed_dim, cfg.madcluster, int(cfg.seed)))
+
+
+def optimizer_options(cfg: DictConfig) -> Dict[str, object]:
+    """:meth:`Detector.configure_optimizers`' arguments from a composed config."""
+    return {"lr": float(cfg.backbone.lr), "weight_decay": float(cfg.backbone.weight_decay),
+            "nu_lr": cfg.madcluster.nu_lr, "grad_clip": cfg.train.grad_clip,
+            "fused": bool(cfg.train.fused_optimizer), "amsgrad": bool(cfg.train.amsgrad)}

@@ -19,6 +19,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from madcluster_exp.cli import Option, parse
+from madcluster_exp.errors import ExpectedError, cli_errors
 from madcluster_exp.evaluation import reference_metrics
 from madcluster_exp.metrics import basic_suite, full_suite
 from madcluster_exp.tracking import resolve_tracking_uri
@@ -26,22 +28,21 @@ from madcluster_exp.tracking import resolve_tracking_uri
 USAGE = __doc__.split("\n\n")[1]
 
 
-class EvaluateError(ValueError):
+class EvaluateError(ExpectedError, ValueError):
     pass
 
 
-def parse_args(argv: List[str]) -> Dict[str, str]:
-    args = {"metrics": "full", "log": "true"}
-    for item in argv:
-        if "=" not in item:
-            raise EvaluateError(f"argument {item!r}: expected key=value\n{USAGE}")
-        key, value = item.split("=", 1)
-        if key not in ("run", "metrics", "window", "uri", "log"):
-            raise EvaluateError(f"unknown argument {key!r}; expected run, metrics, window, uri "
-                                f"or log\n{USAGE}")
-        args[key] = value
-    if "run" not in args:
-        raise EvaluateError(f"missing run=<run-id | run directory>\n{USAGE}")
+OPTIONS = {
+    "run": Option("run id or run directory", required=True),
+    "metrics": Option("full | basic", default="full"),
+    "window": Option("range window of R_AUC/VUS (default: the run's)", kind=int),
+    "uri": Option("tracking uri (default: $MLFLOW_TRACKING_URI, else outputs/mlflow.db)"),
+    "log": Option("log the recomputed metrics to the same MLflow run", kind=bool, default=True),
+}
+
+
+def parse_args(argv: List[str]) -> Dict[str, object]:
+    args = parse(argv, OPTIONS, USAGE)
     if args["metrics"] not in ("full", "basic"):
         raise EvaluateError(f"metrics={args['metrics']!r}: expected full or basic")
     return args
@@ -72,7 +73,11 @@ def locate(run: str, uri: Optional[str]) -> Tuple[Path, Optional[str], Optional[
 
 
 def recompute(scores_path: Path, suite: str, window: Optional[int]) -> Dict[str, float]:
-    data = np.load(scores_path)
+    data = dict(np.load(scores_path))
+    needed = {"range_window", "protocol"}
+    if not needed <= set(data):
+        raise EvaluateError(f"{scores_path}: lacks {sorted(needed - set(data))}; expected the "
+                            "scores.npz a run writes (metrics.save_scores=true)")
     w = int(window) if window is not None else int(data["range_window"])
     protocol = str(data["protocol"])
     if protocol == "reference":
@@ -86,20 +91,17 @@ def recompute(scores_path: Path, suite: str, window: Optional[int]) -> Dict[str,
     return {f"test/{k}": v for k, v in out.items()}
 
 
+@cli_errors
 def main(argv: Optional[List[str]] = None) -> int:
-    try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
-        scores_path, run_id, uri = locate(args["run"], args.get("uri"))
-        t0 = time.perf_counter()
-        metrics = recompute(scores_path, args["metrics"], args.get("window"))
-        metrics["time/metrics_s"] = time.perf_counter() - t0
-    except (EvaluateError, FileNotFoundError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    scores_path, run_id, uri = locate(args["run"], args.get("uri"))
+    t0 = time.perf_counter()
+    metrics = recompute(scores_path, args["metrics"], args.get("window"))
+    metrics["time/metrics_s"] = time.perf_counter() - t0
     width = max(len(k) for k in metrics)
     for key in sorted(metrics):
         print(f"  {key:<{width}}  {metrics[key]:.6g}")
-    if args["log"] == "true" and run_id and uri:
+    if args["log"] and run_id and uri:
         from madcluster_exp.tracking import MLflowTracker
 
         tracker = MLflowTracker.for_run(uri, run_id)

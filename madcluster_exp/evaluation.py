@@ -17,6 +17,7 @@ from typing import Dict
 
 import numpy as np
 
+from madcluster_exp.config import combine_rule
 from madcluster_exp.metrics import (affiliation_suite, full_suite, range_suite)
 from madcluster_exp.metrics.point import ranking_metrics
 from madcluster_exp.scoring import ScoreCombiner, build_threshold
@@ -33,7 +34,7 @@ class Evaluation:
 
 def evaluate_point(cfg, val_comps: Dict[str, np.ndarray], test_comps: Dict[str, np.ndarray],
                    test_labels: np.ndarray) -> Evaluation:
-    combiner = ScoreCombiner(cfg.madcluster.combine).fit(val_comps)
+    combiner = ScoreCombiner(combine_rule(cfg)).fit(val_comps)
     val = combiner.combine(val_comps)
     test = combiner.combine(test_comps)
     threshold = fit_threshold(build_threshold(cfg.threshold), val, test, test_labels)
@@ -55,7 +56,7 @@ def point_metrics(labels, score, pred, mcfg, seed: int) -> Dict[str, float]:
 
 def evaluate_reference(cfg, val_windows: Dict[str, np.ndarray],
                        test_windows: Dict[str, np.ndarray], labels: np.ndarray) -> Evaluation:
-    combiner = ScoreCombiner(cfg.madcluster.combine).fit(val_windows)
+    combiner = ScoreCombiner(combine_rule(cfg)).fit(val_windows)
     score = combiner.combine(test_windows)
     metrics, pred, thr = reference_metrics(labels, score, int(cfg.metrics.range_window))
     arrays = {"protocol": np.array("reference"), "window_score": score, "window_label": labels,

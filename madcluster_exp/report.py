@@ -5,10 +5,11 @@
 
 - ``summary.md`` / ``summary.csv``: every configuration of the sweep (the parameters that vary,
   seeds pooled) with mean ± std over seeds of each chosen metric;
-- ``onoff.md`` / ``onoff.csv`` (when MADCluster was swept off/on): per configuration the on - off
-  difference, paired by seed, with a paired t-test (two-sided p-value; n = number of pairs);
+- ``onoff.csv`` (when MADCluster was swept off/on): per configuration and arm (on with sum, the
+  backbone_only control arm, ...) the on - off difference, paired by seed, with a paired t-test
+  (:mod:`madcluster_exp.report_onoff`);
 - ``paper_vs_measured.csv`` (when runs measure a figure the paper published): the published
-  value beside the measured mean ± std, per metric (``report_paper.py``);
+  value beside the measured mean ± std, per metric (:mod:`madcluster_exp.report_paper`);
 - plots (PNG): metric bars off vs on, k-sweep curves (when madcluster.k varies), training
   curves of every run, and score timelines of the first seed of each configuration.
 
@@ -28,7 +29,9 @@ from typing import List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from madcluster_exp.report_paper import paper_sections
+from madcluster_exp.cli import Option, parse
+from madcluster_exp.errors import ExpectedError, cli_errors
+from madcluster_exp import report_onoff, report_paper
 from madcluster_exp.tracking import resolve_tracking_uri
 from madcluster_exp.tracking.callbacks import PARENT_FILE
 
@@ -39,7 +42,7 @@ NOT_A_FACTOR = {"seed", "tracking.run_name_suffix", "notes", "torch_threads", "p
                 "paths.output_dir"}
 
 
-class ReportError(ValueError):
+class ReportError(ExpectedError, ValueError):
     pass
 
 
@@ -138,57 +141,6 @@ def summary_table(sweep: Sweep, metrics: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def onoff_table(sweep: Sweep, metrics: Sequence[str]) -> Optional[pd.DataFrame]:
-    """On - off per configuration, paired by seed, with a paired t-test."""
-    if "madcluster.enabled" not in sweep.factors:
-        return None
-    df = sweep.runs
-    # Off runs carry plug-in params at their defaults; only non-plug-in factors pair runs.
-    pair_keys = [f for f in sweep.factors if not f.startswith("madcluster.")]
-    rows = []
-    grouped = df.groupby([f"param:{f}" for f in pair_keys], dropna=False) if pair_keys else [((), df)]
-    # Several plug-in settings (e.g. combine=sum and backbone_only): each is paired with off.
-    arm_keys = [f"param:{f}" for f in plugin_factors(sweep)]
-    for key, g in grouped:
-        key = key if isinstance(key, tuple) else (key,)
-        off = g[g["param:madcluster.enabled"] == "False"].set_index("param:seed")
-        ons = g[g["param:madcluster.enabled"] == "True"]
-        for arm, on in (ons.groupby(arm_keys, dropna=False) if arm_keys else [((), ons)]):
-            rows.append(_onoff_row(dict(zip(pair_keys, key)), arm, arm_keys, on, off, g, metrics))
-    return pd.DataFrame(rows)
-
-
-def plugin_factors(sweep: Sweep) -> List[str]:
-    """The plug-in settings a sweep varies besides on/off (they tell the on arms apart)."""
-    return [f for f in sweep.factors if f.startswith("madcluster.") and f != "madcluster.enabled"]
-
-
-def _onoff_row(row, arm, arm_keys, on, off, g, metrics):
-    """One on-setting against off: per metric both means and the paired difference + t-test."""
-    from scipy.stats import ttest_rel
-
-    arm = arm if isinstance(arm, tuple) else (arm,)
-    row.update({k[len("param:"):]: v for k, v in zip(arm_keys, arm)})
-    on = on.set_index("param:seed")
-    seeds = sorted(set(on.index) & set(off.index))
-    row["pairs"] = len(seeds)
-    for m in metrics:
-        if m not in g or not seeds:
-            continue
-        a = pd.to_numeric(on.loc[seeds, m], errors="coerce").to_numpy(dtype=float)
-        b = pd.to_numeric(off.loc[seeds, m], errors="coerce").to_numpy(dtype=float)
-        d = a - b
-        row[f"{m} off"] = float(np.nanmean(b))
-        row[f"{m} on"] = float(np.nanmean(a))
-        row[f"{m} diff"] = float(np.nanmean(d))
-        row[f"{m} diff std"] = float(np.nanstd(d, ddof=1)) if len(d) > 1 else float("nan")
-        if len(d) > 1 and np.nanstd(d) > 0:
-            row[f"{m} p"] = float(ttest_rel(a, b, nan_policy="omit").pvalue)
-        else:
-            row[f"{m} p"] = float("nan")
-    return row
-
-
 def to_markdown(df: pd.DataFrame, factors: Sequence[str], metrics: Sequence[str],
                 kind: str) -> str:
     header = list(factors)
@@ -281,7 +233,7 @@ def plot_training_curves(sweep: Sweep, path: Path) -> Path:
             hist = client.get_metric_history(r["run_id"], key)
             if hist:
                 hist = sorted(hist, key=lambda h: h.step)
-                ax.plot([h.step + 1 for h in hist], [h.value for h in hist], lw=0.8, alpha=0.8,
+                ax.plot([h.step for h in hist], [h.value for h in hist], lw=0.8, alpha=0.8,
                         label=r["run_name"])
     for ax, key in zip(axes, ("train/loss", "val/loss")):
         ax.set_xlabel("epoch")
@@ -342,19 +294,12 @@ def build_report(target: str, metrics: Optional[Sequence[str]] = None, uri: Opti
           "", "## Mean ± std over seeds", "", to_markdown(summary, sweep.factors, wanted, "summary")]
     files += [out_dir / "summary.csv"]
 
-    onoff = onoff_table(sweep, wanted)
-    if onoff is not None:
-        pair_keys = [f for f in sweep.factors if not f.startswith("madcluster.")]
-        pair_keys += plugin_factors(sweep)
-        onoff.to_csv(out_dir / "onoff.csv", index=False)
-        md += ["", "## MADCluster on − off (paired by seed; p: paired t-test)", "",
-               to_markdown(onoff, pair_keys, wanted, "onoff")]
-        files += [out_dir / "onoff.csv",
-                  plot_onoff_bars(onoff, pair_keys, wanted[:4], out_dir / "onoff_bars.png")]
-    paper_md = paper_sections(sweep.runs, out_dir)
-    if paper_md:
-        md += paper_md
-        files.append(out_dir / "paper_vs_measured.csv")
+    onoff_md, onoff_files = report_onoff.section(sweep, wanted, out_dir)
+    md += onoff_md
+    files += onoff_files
+    paper_md, paper_files = report_paper.section(sweep.runs, out_dir)
+    md += paper_md
+    files += paper_files
     if "madcluster.k" in sweep.factors:
         files.append(plot_k_curves(sweep, wanted[:4], out_dir / "k_sweep.png"))
     files.append(plot_training_curves(sweep, out_dir / "training_curves.png"))
@@ -373,36 +318,21 @@ def build_report(target: str, metrics: Optional[Sequence[str]] = None, uri: Opti
     return out_dir
 
 
-def _parse(argv: List[str]):
-    target, opts = None, {}
-    for a in argv:
-        if "=" in a:
-            k, v = a.split("=", 1)
-            opts[k] = v
-        elif target is None:
-            target = a
-        else:
-            raise ReportError(f"unexpected argument {a!r}")
-    if target is None:
-        raise ReportError(__doc__.split("\n\n")[1])
-    unknown = set(opts) - {"report.metrics", "uri", "out", "log"}
-    if unknown:
-        raise ReportError(f"unknown option(s) {sorted(unknown)}; expected report.metrics, uri, "
-                          "out, log")
-    metrics = None
-    if "report.metrics" in opts:
-        metrics = [m.strip() for m in opts["report.metrics"].strip("[]").split(",") if m.strip()]
-    return target, metrics, opts
+OPTIONS = {
+    "target": Option("parent run id or sweep directory", required=True),
+    "report.metrics": Option("metrics to tabulate, e.g. [test/f1,test/vus_pr]", kind=list),
+    "uri": Option("tracking uri (default: the sweep's, else $MLFLOW_TRACKING_URI)"),
+    "out": Option("output folder (default: outputs/reports/<parent id>)"),
+    "log": Option("log the report as artifacts of the parent run", kind=bool, default=True),
+}
 
 
+@cli_errors
 def main(argv: Optional[List[str]] = None) -> int:
-    try:
-        target, metrics, opts = _parse(sys.argv[1:] if argv is None else argv)
-        build_report(target, metrics, opts.get("uri"),
-                     Path(opts["out"]) if "out" in opts else None, opts.get("log", "true") == "true")
-    except ReportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    args = parse(sys.argv[1:] if argv is None else argv, OPTIONS, __doc__.split("\n\n")[1],
+                 positional="target")
+    build_report(args["target"], args["report.metrics"], args["uri"],
+                 Path(args["out"]) if args["out"] else None, args["log"])
     return 0
 
 

@@ -200,14 +200,15 @@ def _markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def paper_sections(runs: pd.DataFrame, out_dir: Path,
-                   published: Optional[pd.DataFrame] = None) -> List[str]:
-    """Markdown lines of the published-vs-measured section (none when the sweep measures no
-    published figure); writes ``paper_vs_measured.csv`` (the long table) into ``out_dir``."""
+def section(runs: pd.DataFrame, out_dir: Path,
+            published: Optional[pd.DataFrame] = None) -> Tuple[List[str], List[Path]]:
+    """(markdown lines, files) of the published-vs-measured section; nothing when the sweep
+    measures no published figure. Writes ``paper_vs_measured.csv`` (the long table)."""
     long = compare(runs, published)
     if long.empty:
-        return []
-    long.to_csv(out_dir / "paper_vs_measured.csv", index=False)
+        return [], []
+    csv = out_dir / "paper_vs_measured.csv"
+    long.to_csv(csv, index=False)
     md = ["", "## Published vs measured", "",
           f"Published: {PUBLISHED.name} (MADCluster appendix). Measured: mean ± std over seeds "
           "(n = seeds). The paper's F1 is an oracle (best threshold on test labels)."]
@@ -221,5 +222,5 @@ def paper_sections(runs: pd.DataFrame, out_dir: Path,
                                       "measured_key"]))
             md += ["", f"**{metric}** (measured: {', '.join(keys)})", "",
                    _markdown(metric_table(long, table, metric))]
-    return md
+    return md, [csv]
 

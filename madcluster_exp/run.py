@@ -23,13 +23,12 @@ import torch
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from madcluster_exp.backbones import backbone_class, build_backbone
-from madcluster_exp.config import validate
+from madcluster_exp.backbones import backbone_class
+from madcluster_exp.config import PROTOCOL_COMBINE, ConfigError, resolve_defaults, validate
 from madcluster_exp.data import load_dataset, prepare
+from madcluster_exp.data.collection import Collection
 from madcluster_exp.complexity import complexity
-from madcluster_exp.detector import Detector
-from madcluster_exp.madcluster import build_plugin
-from madcluster_exp.nn_utils import init_weights
+from madcluster_exp.detector import build_detector
 from madcluster_exp.evaluation import evaluate_point, evaluate_reference
 from madcluster_exp.scoring import score_split
 from madcluster_exp.scoring.score import window_labels
@@ -126,7 +125,12 @@ def git_commit(root: Path) -> str:
 
 # ---------------------------------------------------------------------------- identification
 def run_name(cfg: DictConfig) -> str:
+    """{backbone}-{dataset}-{on|off}-s{seed}; "on+<rule>" when MADCluster's score meets the
+    backbone's by another rule than the protocol's (e.g. the backbone_only control arm)."""
     state = "on" if cfg.madcluster.enabled else "off"
+    combine = cfg.madcluster.combine
+    if cfg.madcluster.enabled and combine and combine != PROTOCOL_COMBINE[cfg.protocol]:
+        state = f"on+{combine}"
     name = f"{cfg.backbone.name}-{cfg.dataset.name}-{state}-s{cfg.seed}"
     return f"{name}-{cfg.tracking.run_name_suffix}" if cfg.tracking.run_name_suffix else name
 
@@ -151,6 +155,42 @@ def effective_threshold_kind(cfg: DictConfig) -> str:
     return "oracle" if cfg.protocol == "reference" else cfg.threshold.kind
 
 
+def check_backbone_score_exists(cfg: DictConfig) -> None:
+    """madcluster.combine=backbone_only with MADCluster on needs a backbone score; a backbone
+    that hands its objective and score to the plug-in (Deep SVDD) has none, and the combiner
+    would silently use the plug-in's. Fails before any training."""
+    if (cfg.madcluster.enabled and cfg.madcluster.combine == "backbone_only"
+            and not backbone_class(cfg.backbone.name).keeps_objective_with_plugin):
+        raise ConfigError(
+            f"madcluster.combine=backbone_only with backbone={cfg.backbone.name}: this backbone "
+            "hands its objective and score to MADCluster's center, so there is no backbone "
+            "score to keep; the control arm does not apply to it (use madcluster=off for the "
+            "backbone alone)")
+
+
+def check_components_apply(cfg: DictConfig) -> None:
+    """madcluster.components=mapping on a backbone whose objective the plug-in replaces (Deep
+    SVDD) leaves only ||h - c||^2 with a *learnable* center c: its minimum is the trivial
+    collapse (Ruff et al. 2018, Prop. 1), so the run would measure nothing. The paper's
+    "distance only" row is Deep SVDD alone (madcluster=off). Fails before any training."""
+    mc = cfg.madcluster
+    if (mc.enabled and mc.components == "mapping"
+            and not backbone_class(cfg.backbone.name).keeps_objective_with_plugin):
+        raise ConfigError(
+            f"madcluster.components=mapping with backbone={cfg.backbone.name}: MADCluster "
+            "replaces this backbone's objective, leaving only the distance to a learnable "
+            "center, which collapses; the paper's 'distance only' row (appendix Table 3) is "
+            f"{cfg.backbone.name} alone: use madcluster=off (see experiment=paper_ablation)")
+
+
+def early_stopping_tag(cfg: DictConfig, fits: List[FitResult]) -> str:
+    """How the kept epoch was chosen: ``no_signal`` when a model's validation loss was constant
+    (full schedule trained, latest weights kept), else ``val_loss`` or ``off`` (no patience)."""
+    if any(f.val_loss_signal is False for f in fits):
+        return "no_signal"
+    return "off" if cfg.train.patience is None else "val_loss"
+
+
 def identity_tags(cfg: DictConfig, root: Path) -> Dict[str, str]:
     tags = {
         "backbone": cfg.backbone.name,
@@ -165,7 +205,8 @@ def identity_tags(cfg: DictConfig, root: Path) -> Dict[str, str]:
     }
     if cfg.madcluster.enabled:
         tags.update({"madcluster.k": str(cfg.madcluster.k),
-                     "madcluster.variant": cfg.madcluster.variant})
+                     "madcluster.variant": cfg.madcluster.variant,
+                     "madcluster.combine": str(cfg.madcluster.combine)})
     hc = _hydra_runtime()
     if hc is not None:
         tags["hydra.overrides"] = " ".join(hc.overrides.task)
@@ -181,6 +222,7 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None, verbose: bool = True
     """Run one configured job end to end. A crash marks the tracked run FAILED (KILLED on
     Ctrl-C), keeps everything already written and logs the traceback, then re-raises."""
     validate(cfg)
+    cfg = resolve_defaults(cfg)
     root = project_root(cfg)
     out_root = resolve_path(root, cfg.paths.output_dir)
     job_dir = Path(output_dir) if output_dir is not None else job_output_dir(cfg, root)
@@ -241,15 +283,25 @@ def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_d
         torch.use_deterministic_algorithms(True)
     # The data window may differ from backbone.window (SLMR adds its forecast target).
     window = backbone_class(cfg.backbone.name).data_window(int(cfg.backbone.window))
+    check_backbone_score_exists(cfg)
+    check_components_apply(cfg)
 
     raw = load_dataset(cfg.dataset, resolve_path(root, cfg.paths.data_dir))
     per_entity = cfg.dataset.mode == "per_entity"
-    parts = [(e, raw.subset(e)) for e in raw.entities] if per_entity else [(None, raw)]
-    if per_entity:
-        say(f"[{name}] per-entity mode: {len(parts)} models, one per entity")
-    units = [_fit_and_score(cfg, tracker, name, part, entity, window, device, say,
-                            log_params=(i == 0), job_dir=job_dir)
-             for i, (entity, part) in enumerate(parts)]
+    if isinstance(raw, Collection):
+        # One child run per series, read one at a time; bad files are skipped (series_runs.py).
+        from madcluster_exp.series_runs import run_collection
+
+        say(f"[{name}] collection {raw.root}: {len(raw.entities)} series, one model and one "
+            "child run each")
+        units, _ = run_collection(cfg, tracker, name, raw, window, device, say, root, job_dir)
+    else:
+        parts = [(e, raw.subset(e)) for e in raw.entities] if per_entity else [(None, raw)]
+        if per_entity:
+            say(f"[{name}] per-entity mode: {len(parts)} models, one per entity")
+        units = [_fit_and_score(cfg, tracker, name, part, entity, window, device, say,
+                                log_params=(i == 0), job_dir=job_dir)
+                 for i, (entity, part) in enumerate(parts)]
 
     # ---- metrics -------------------------------------------------------------------------
     t_metrics = time.perf_counter()
@@ -265,7 +317,7 @@ def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_d
     fit_result = units[0].fit
     metrics.update({
         "val/best_loss": float(np.mean([u.fit.best_val_loss for u in units])),
-        "train/best_epoch": fit_result.best_epoch + 1,
+        "train/best_epoch": fit_result.best_epoch,
         "train/epochs_run": fit_result.epochs_run,
         "time/fit_s": sum(u.fit.fit_seconds for u in units),
         "time/score_s": sum(u.score_s for u in units),
@@ -274,7 +326,8 @@ def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_d
     metrics["time/total_s"] = time.perf_counter() - t_start
     metrics["time/tracking_s"] = tracker.seconds  # everything logged up to here
     tracker.log_params({"score_rule": ev.score_rule})
-    tracker.set_tags({"threshold.family": ev.threshold_family})
+    tracker.set_tags({"threshold.family": ev.threshold_family,
+                      "early_stopping": early_stopping_tag(cfg, [u.fit for u in units])})
     tracker.log_metrics(metrics)
 
     # ---- artifacts -------------------------------------------------------------------------
@@ -298,7 +351,7 @@ def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_d
 
 def _fit_and_score(cfg: DictConfig, tracker: NullTracker, name: str, raw, entity: Optional[str],
                    window: int, device: torch.device, say, log_params: bool,
-                   job_dir: Path) -> _Unit:
+                   job_dir: Path, metric_prefix: Optional[str] = None) -> _Unit:
     tag = f"[{name}{'/' + entity if entity else ''}]"
     # ---- data: training part only; the test split stays sealed -------------------------
     data = prepare(raw, window, float(cfg.dataset.val_fraction), cfg.dataset.normalize)
@@ -307,10 +360,8 @@ def _fit_and_score(cfg: DictConfig, tracker: NullTracker, name: str, raw, entity
 
     # ---- model: the backbone's init depends on the seed alone, on and off alike ---------
     seed_everything(int(cfg.seed))
-    backbone = build_backbone(data.n_channels, cfg.backbone)
-    init_weights(backbone, cfg.train.init)
-    plugin = build_plugin(backbone.embed_dim, cfg.madcluster, int(cfg.seed))
-    detector = Detector(backbone, plugin)
+    detector = build_detector(cfg, data.n_channels)
+    backbone, plugin = detector.backbone, detector.plugin
     if log_params:
         sizes = complexity(detector, data.n_channels)
         tracker.log_params({**sizes, "data_window": window,
@@ -322,7 +373,9 @@ def _fit_and_score(cfg: DictConfig, tracker: NullTracker, name: str, raw, entity
             f"{sizes['macs/backbone']:,} MACs per window; {plug}")
 
     # ---- fit on train, early-stop on validation ----------------------------------------
-    prefix = f"{entity}/" if entity else ""
+    # Training curves of one entity in a shared run go under "<entity>/"; a child run of its
+    # own (a collection's series) passes metric_prefix="".
+    prefix = metric_prefix if metric_prefix is not None else (f"{entity}/" if entity else "")
     checkpointer = (Checkpointer(job_dir / "checkpoints", entity or "last")
                     if cfg.train.checkpoint else None)
     fit_result = fit(detector, data, cfg, device, log_metrics=lambda m, step: tracker.log_metrics(

@@ -1,6 +1,7 @@
 """Shared fixtures: compose configs the way the CLI does, with outputs in a temp dir."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterable
 
@@ -32,3 +33,42 @@ def make_cfg(tmp_path: Path):
         return compose_config(base + (FAST if fast else []) + list(overrides))
 
     return _make
+
+
+POSTGRES_ADMIN = "postgresql://127.0.0.1:5432/postgres"
+
+
+def require_service(name: str, reachable: bool, how_to_start: str) -> None:
+    """Skip a test whose service is missing, saying what to start; under CI a missing service
+    is a failure (CI's machines run it)."""
+    if reachable:
+        return
+    message = f"{name} is not reachable: {how_to_start}"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"CI=true and {message}")
+    pytest.skip(message)
+
+
+@pytest.fixture
+def postgres_uri():
+    """A fresh PostgreSQL database on 127.0.0.1:5432 for one test, dropped afterwards."""
+    import uuid
+
+    from madcluster_exp.tracking.server import drop_database, ensure_database
+
+    try:
+        import psycopg
+
+        with psycopg.connect(POSTGRES_ADMIN, connect_timeout=5):
+            reachable = True
+    except Exception:  # noqa: BLE001 - any failure means: not usable here
+        reachable = False
+    require_service("PostgreSQL on 127.0.0.1:5432", reachable,
+                    "start it (trust authentication for local connections), e.g. "
+                    "`pg_ctlcluster 15 main start`")
+    uri = f"postgresql://127.0.0.1:5432/madcluster_test_{uuid.uuid4().hex[:12]}"
+    ensure_database(uri)
+    try:
+        yield uri
+    finally:
+        drop_database(uri)

@@ -1,8 +1,9 @@
 """Small datasets in the real published layouts, and a local HTTP server that serves them.
 
 The generators write exactly the formats the loaders read (SMD's header-less text files,
-telemanom's .npy + labeled_anomalies.csv, PSM's CSVs with a timestamp column, TimeEval CSV),
-with a few hundred rows so tests run in seconds.
+telemanom's .npy + labeled_anomalies.csv, PSM's CSVs with a timestamp column, TimeEval CSV,
+TSB-AD's CSV with the training prefix in its name, the UCR anomaly archive's .txt), with a few
+hundred rows so tests run in seconds.
 """
 from __future__ import annotations
 
@@ -87,6 +88,38 @@ def make_timeeval(path: Path, n=400, channels=2, seed=0, anomaly=(250, 270)):
                         + f",{lab}" for i, (row, lab) in enumerate(zip(x, y))]
     path.write_text("\n".join(lines) + "\n")
     return x, y
+
+
+def make_tsbad(folder: Path, index=1, n=400, n_train=150, channels=1, anomaly=(250, 270),
+               seed=0, dataset="Fixture"):
+    """A TSB-AD file: features then ``Label``, the training prefix in the name (``_tr_<n>_``);
+    univariate files name their one column ``Data``, as TSB-AD-U does."""
+    rng = np.random.default_rng(seed)
+    x = _signal(rng, n, channels)
+    y = np.zeros(n, dtype=int)
+    y[anomaly[0]:anomaly[1]] = 1
+    x[y == 1] += 3.0
+    cols = ["Data"] if channels == 1 else [f"sensor_{i}" for i in range(channels)]
+    domain = "Sensor" if channels > 1 else "Facility"
+    path = folder / f"{index:03d}_{dataset}_id_{index}_{domain}_tr_{n_train}_1st_{anomaly[0]}.csv"
+    lines = [",".join(cols + ["Label"])] + [",".join(f"{v:.5f}" for v in row) + f",{lab}"
+                                            for row, lab in zip(x, y)]
+    path.write_text("\n".join(lines) + "\n")
+    return path, x, y
+
+
+def make_ucr(folder: Path, index=1, n=400, train_end=150, begin=261, end=280, one_line=False,
+             seed=0, name="Fixture"):
+    """A UCR anomaly archive file: ``<id>_UCR_Anomaly_<name>_<train_end>_<begin>_<end>.txt``,
+    1-based inclusive positions, one value per line (or all on one line, as a few archive
+    files have them, separated by runs of spaces)."""
+    rng = np.random.default_rng(seed)
+    x = _signal(rng, n, 1)[:, 0]
+    x[begin - 1:end] += 3.0
+    path = folder / f"{index:03d}_UCR_Anomaly_{name}_{train_end}_{begin}_{end}.txt"
+    values = [f"{v:.6e}" for v in x]
+    path.write_text(("   " + "   ".join(values) + "\n") if one_line else "\n".join(values) + "\n")
+    return path, x
 
 
 def zip_tree(src: Path, prefix: str) -> bytes:

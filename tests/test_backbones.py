@@ -9,14 +9,15 @@ import pytest
 import torch
 
 from madcluster_exp.backbones import BACKBONES, build_backbone
+from madcluster_exp.backbones.anomaly_transformer import EncoderLayer
 from madcluster_exp.backbones.dcdetector import (ChannelMeans, DualAttentionLayer, factorised_kl,
-                                                 materialised_kl, narrow_matmul)
+                                                 narrow_matmul)
 from madcluster_exp.backbones.layers import DataEmbedding, circular_unfold
 from madcluster_exp.backbones.layers import RevIN, association_kl
 from madcluster_exp.backbones.slmr import Res2NetBlock, geometric_mask, interleave
+from madcluster_exp.bench.dcdetector_baseline import MaterialisedDCdetector, materialised_kl
 from madcluster_exp.data import SeriesSplit
-from madcluster_exp.detector import Detector
-from madcluster_exp.madcluster import build_plugin
+from madcluster_exp.detector import Detector, build_detector
 from madcluster_exp.run import run
 from madcluster_exp.scoring import score_split
 from tests.conftest import compose_config
@@ -25,7 +26,7 @@ from tests.conftest import compose_config
 SMALL = {
     "deepsvdd": ["backbone.window=20"],
     "lstm_ae": ["backbone.window=20", "backbone.hidden=16"],
-    "usad": ["backbone.window=12", "backbone.latent=16"],
+    "usad": ["backbone.window=12", "backbone.hidden=2"],
     "anomaly_transformer": ["backbone.window=20", "backbone.d_model=16", "backbone.n_heads=2",
                             "backbone.d_ff=16", "backbone.layers=2"],
     "dcdetector": ["backbone.window=20", "backbone.d_model=16", "backbone.layers=2",
@@ -42,8 +43,7 @@ def _cfg(backbone, state, *extra):
 
 def _detector(cfg):
     torch.manual_seed(0)
-    bb = build_backbone(C, cfg.backbone)
-    return Detector(bb, build_plugin(bb.embed_dim, cfg.madcluster, 0))
+    return build_detector(cfg, C)
 
 
 def test_every_backbone_has_a_config_and_a_test_case():
@@ -170,24 +170,103 @@ def test_interleave_inverts_even_odd_split():
     assert torch.equal(interleave(x[..., 0::2], x[..., 1::2]), x)
 
 
-def test_res2net_block_cascade_by_hand():
+def _pool3(t: torch.Tensor) -> torch.Tensor:
+    """MaxPool(3, 1, 1) along the last axis by hand: each step's max with its neighbours."""
+    padded = torch.nn.functional.pad(t, (1, 1), value=-math.inf)
+    return torch.stack([padded[..., :-2], padded[..., 1:-1], padded[..., 2:]]).amax(0)
+
+
+@pytest.mark.parametrize("pool_cascade", [False, True])
+def test_res2net_block_cascade_by_hand(pool_cascade):
     """With 1x1 identity convs, no BN effect (eval, fresh stats) and identity expand/project,
-    chunk i's output is relu(chunk_i + previous output), and the block returns h - concat."""
+    chunk i's output is relu(chunk_i + previous output), max-pooled first in the branch that
+    pools its cascade (the reference's, for steps 0, 2, 4, ...), and the block returns
+    h - concat."""
     block = Res2NetBlock(n_features=4, groups=1, width=4, scales=4, kernels=[1, 1, 1], dilation=1)
     with torch.no_grad():
         for conv in [block.expand, block.project, *block.convs]:
+            assert conv.bias is None  # bias-free, as the reference's conv1x1 / conv3x3
             conv.weight.copy_(torch.eye(conv.weight.shape[0]).unsqueeze(-1))
-            conv.bias.zero_()
     block.eval()
-    eps = block.bn_in.eps
-    x = torch.tensor([[[1.0], [-2.0], [3.0], [0.5]]])  # [B=1, C=4, L=1]
-    h = torch.relu(x / math.sqrt(1 + eps))
+    s = math.sqrt(1 + block.bn_in.eps)
+    x = torch.tensor([[[1.0, -1.0, 0.2], [-2.0, 4.0, 1.0], [3.0, 0.0, -3.0],
+                       [0.5, 2.0, -1.0]]])  # [B=1, C=4, L=3]
+    h = torch.relu(_pool3(x) / s)
     c = [h[:, i:i + 1] for i in range(4)]
-    o1 = torch.relu(c[1] / math.sqrt(1 + eps))
-    o2 = torch.relu((c[2] + o1) / math.sqrt(1 + eps))
-    o3 = torch.relu((c[3] + o2) / math.sqrt(1 + eps))
+    pool = _pool3 if pool_cascade else (lambda t: t)
+    o1 = torch.relu(pool(c[1]) / s)
+    o2 = torch.relu(pool(c[2] + o1) / s)
+    o3 = torch.relu(pool(c[3] + o2) / s)
     expected = h - torch.cat([c[0], o1, o2, o3], dim=1)
-    torch.testing.assert_close(block(x), expected)
+    torch.testing.assert_close(block(x, pool_cascade=pool_cascade), expected)
+    if pool_cascade:  # the pooling changes the result here: the check can tell the branches apart
+        assert not torch.allclose(block(x), expected)
+
+
+# Parameter counts of the reference's model (qiumiao30/SLMR, se_in_gru_zhiqian.py, built as its
+# train.py does: planes 150, groups 6, scales 5, GRU/forecast/reconstruction hidden 150, SE on),
+# less its `downsample` branch, which is built but never called (24,000 / 34,200 / 16,200
+# parameters at 38 / 55 / 25 features). Heads of 38 outputs on SMD, 1 (column 0) on MSL and SMAP.
+SLMR_REFERENCE_PARAMETERS = [("SMD", 38, 414_138), ("MSL", 55, 441_800), ("SMAP", 25, 373_368)]
+
+
+@pytest.mark.parametrize("dataset,features,expected", SLMR_REFERENCE_PARAMETERS)
+def test_slmr_parameter_count_matches_the_reference(dataset, features, expected):
+    cfg = compose_config(["backbone=slmr", f"dataset={dataset}"])
+    bb = build_backbone(features, cfg.backbone)
+    assert sum(p.numel() for p in bb.parameters()) == expected
+
+
+def test_slmr_shares_one_block_between_its_branches():
+    bb = build_backbone(C, _cfg("slmr", "off").backbone).eval()
+    assert [n for n, m in bb.named_modules() if isinstance(m, Res2NetBlock)] == ["block"]
+    calls = []
+    bb.block.register_forward_hook(lambda m, args, kwargs, out: calls.append(kwargs),
+                                   with_kwargs=True)
+    bb(torch.randn(2, 11, C))
+    # steps 0, 2, ... pool their cascade; steps 1, 3, ... do not
+    assert calls == [{"pool_cascade": True}, {}]
+
+
+def test_slmr_models_the_reference_target_channel_on_msl_and_smap():
+    for dataset, targets in [("MSL", [0]), ("SMAP", [0]), ("SMD", None), ("PSM", None),
+                             ("synthetic", None)]:
+        cfg = compose_config(["backbone=slmr", f"dataset={dataset}"])
+        assert cfg.backbone.target_channels == targets, dataset
+    cfg = compose_config(["backbone=slmr", "dataset=MSL", "backbone.target_channels=null"])
+    assert cfg.backbone.target_channels is None
+
+
+def _slmr(*extra):
+    torch.manual_seed(0)
+    return build_backbone(C, _cfg("slmr", "off", *extra).backbone).eval()
+
+
+def test_slmr_forecasts_reconstructs_and_scores_only_its_target_channels():
+    """With target_channels=[0] the heads have one output, the loss is the RMSE on column 0 and
+    the score ignores the other columns of the target step (which no lookback contains)."""
+    bb = _slmr("backbone.target_channels=[0]")
+    x = torch.randn(4, 11, C)
+    out = bb(x)
+    assert out.aux["y_hat"].shape == (4, 1) and out.aux["x_hat"].shape == (4, 10, 1)
+    rmse = lambda a, b: torch.sqrt(((a - b) ** 2).mean())  # noqa: E731
+    expected = rmse(out.aux["y_hat"], x[:, -1, :1]) + rmse(out.aux["x_hat"], x[:, :-1, :1])
+    torch.testing.assert_close(bb.loss(x, out), expected)
+    moved = x.clone()
+    moved[:, -1, 1:] += 5.0
+    torch.testing.assert_close(bb.score(moved, bb(moved)), bb.score(x, out))
+    moved[:, -1, 0] += 5.0
+    assert (bb.score(moved, bb(moved))[:, -1] > bb.score(x, out)[:, -1]).all()
+    every = _slmr()  # every column modelled: the other columns count
+    moved = x.clone()
+    moved[:, -1, 1:] += 5.0
+    assert not torch.allclose(every.score(moved, every(moved)), every.score(x, every(x)))
+
+
+@pytest.mark.parametrize("targets", ["[3]", "[0,0]", "[]", "[-1]"])
+def test_slmr_rejects_target_channels_outside_the_data(targets):
+    with pytest.raises(ValueError, match=r"backbone.target_channels=.*\[0, 3\)"):
+        _slmr(f"backbone.target_channels={targets}")
 
 
 def test_slmr_point_score_is_forecast_plus_gamma_reconstruction():
@@ -266,9 +345,23 @@ def test_dcdetector_input_embedding_tap_is_the_reference_tap_without_backbone_gr
 
 def test_revin_normalises_each_window_and_channel():
     x = torch.randn(5, 30, 4) * 3 + 7
-    y = RevIN(4)(x)
+    y = RevIN()(x)
     torch.testing.assert_close(y.mean(1), torch.zeros(5, 4), atol=1e-5, rtol=0)
     torch.testing.assert_close(y.std(1, unbiased=False), torch.ones(5, 4), atol=1e-3, rtol=0)
+
+
+def test_dcdetector_revin_is_non_affine_as_the_original():
+    """The original's RevIN weights are constants, never trained: RevIN adds no parameters, and
+    the normalised window is exactly (x - mean) / std."""
+    counts = {}
+    for revin in ("true", "false"):
+        bb = build_backbone(C, _cfg("dcdetector", "off", f"backbone.revin={revin}").backbone)
+        counts[revin] = sum(p.numel() for p in bb.parameters())
+    assert counts["true"] == counts["false"]
+    assert list(RevIN().parameters()) == []
+    x = torch.randn(2, 20, C) * 4 + 1
+    mean, var = x.mean(1, keepdim=True), x.var(1, keepdim=True, unbiased=False)
+    torch.testing.assert_close(RevIN()(x), (x - mean) / torch.sqrt(var + 1e-5))
 
 
 def test_association_kl_by_hand():
@@ -288,6 +381,34 @@ def test_anomaly_transformer_prior_rows_sum_to_one_and_follow_a_gaussian():
         torch.testing.assert_close(prior.sum(-1), torch.ones_like(prior.sum(-1)))
         row = prior.detach()[0, 0, 10]  # symmetric around its own position, decreasing with distance
         assert row[9] == pytest.approx(row[11].item(), rel=1e-5) and row[10] > row[9] > row[8]
+
+
+def test_usad_latent_is_window_times_hidden_as_the_reference_notebook():
+    """z_size = window_size * hidden_size; at the notebook's settings (window 12, hidden 100) and
+    38 channels the model has the reference UsadModel(12 * 38, 12 * 100)'s 803,418 parameters."""
+    bb = build_backbone(C, _cfg("usad", "off").backbone)
+    assert bb.embed_dim == 12 * 2 and bb.encoder[-2].out_features == 24
+    assert bb(torch.rand(2, 12, C)).z.shape == (2, 12, 24)
+    ref = build_backbone(38, compose_config(["backbone=usad"]).backbone)
+    assert ref.embed_dim == 1200
+    assert sum(p.numel() for p in ref.parameters()) == 803_418
+
+
+def test_anomaly_transformer_feed_forward_uses_gelu():
+    """The reference's encoder layer: norm2(x1 + conv2(gelu(conv1(x1)))), x1 = norm1(x + attn)."""
+    torch.manual_seed(0)
+    layer = EncoderLayer(window=6, d_model=8, n_heads=2, d_ff=8, dropout=0.0).eval()
+    x = torch.randn(3, 6, 8)
+    got, _, _ = layer(x)
+    attn, _, _ = layer.attention(x)
+    x1 = layer.norm1(x + attn)
+
+    def expected(act):
+        y = layer.conv2(act(layer.conv1(x1.transpose(1, 2)))).transpose(1, 2)
+        return layer.norm2(x1 + y)
+
+    torch.testing.assert_close(got, expected(torch.nn.functional.gelu))
+    assert not torch.allclose(got, expected(torch.relu))  # the check tells GELU from ReLU
 
 
 def test_usad_phases_use_their_own_optimizers():
@@ -360,9 +481,10 @@ def assert_dcdetector_fast_path_equals_baseline(heads: int, device: str = "cpu")
             "backbone.layers=2", f"backbone.n_heads={heads}", "backbone.patch_sizes=[2,4,5]"]
     x = torch.randn(4, 20, C, generator=torch.Generator().manual_seed(1)).to(device)
     outs = []
-    for extra in ([], ["backbone.materialise=true"]):
+    for baseline in (False, True):
         torch.manual_seed(0)
-        model = build_backbone(C, compose_config(base + extra).backbone).to(device)
+        cfg = compose_config(base).backbone
+        model = (MaterialisedDCdetector(C, cfg) if baseline else build_backbone(C, cfg)).to(device)
         out = model(x)
         series, prior = model.discrepancies(out)
         (prior - series + out.z.square().mean()).backward()

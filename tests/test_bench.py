@@ -47,3 +47,23 @@ def test_the_wrapped_run_reports_its_peak_and_keeps_the_exit_status(tmp_path):
     assert 10 < child_peak_rss_mb(bad.stderr) < 2000
     with pytest.raises(ValueError, match="PEAK_RSS_MB"):
         child_peak_rss_mb("no such line\n")
+
+
+def test_benchmark_builds_and_configures_detectors_as_a_run_does():
+    """One builder for runs and the benchmark: the run's class (or the named baseline), the
+    run's optimizer settings (Deep SVDD's weight decay included), the plug-in compiled only when
+    asked and only with MADCluster on."""
+    from madcluster_exp.backbones import BACKBONES
+    from madcluster_exp.bench.dcdetector_baseline import MaterialisedDCdetector
+    from madcluster_exp.bench.train import bench_config, build_bench_detector
+
+    det, cfg = build_bench_detector("deepsvdd", "on")
+    assert type(det.backbone) is BACKBONES["deepsvdd"] and det.plugin is not None
+    group = det.optimizers["main"].param_groups[0]
+    assert group["weight_decay"] == cfg.backbone.weight_decay == 1e-6
+    assert group["lr"] == cfg.backbone.lr
+    det, _ = build_bench_detector("dcdetector_materialised", "off")
+    assert type(det.backbone) is MaterialisedDCdetector and det.plugin is None
+    assert bench_config("usad", "on", plugin_compile=True).madcluster.compile
+    assert not bench_config("usad", "off", plugin_compile=True).madcluster.compile
+    assert not bench_config("usad", "on").madcluster.compile

@@ -14,8 +14,8 @@ import sys
 import pytest
 import torch
 
-from madcluster_exp.backbones import BACKBONES, build_backbone
-from madcluster_exp.detector import Detector
+from madcluster_exp.backbones import BACKBONES
+from madcluster_exp.detector import build_detector
 from madcluster_exp.madcluster import build_plugin
 from madcluster_exp.run import run
 from tests.conftest import compose_config
@@ -45,8 +45,8 @@ def _quality(metrics):
 def test_every_backbone_trains_and_scores_on_cuda(backbone, amp):
     cfg = compose_config([f"backbone={backbone}", "madcluster=on", *SMALL[backbone]])
     torch.manual_seed(0)
-    bb = build_backbone(C, cfg.backbone)
-    det = Detector(bb, build_plugin(bb.embed_dim, cfg.madcluster, 0)).cuda()
+    det = build_detector(cfg, C).cuda()
+    bb = det.backbone
     det.configure_optimizers(1e-3, 0.0, None)
     det.train()
     x = torch.randn(8, bb.input_length, C, device="cuda")

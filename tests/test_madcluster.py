@@ -194,6 +194,35 @@ def test_soft_boundary_radius_comes_from_training_distances_only():
     torch.testing.assert_close(plugin.mapping_terms(d2), torch.stack([r2, r2 + 2.0 / 0.1]).reshape(1, 2))
 
 
+@pytest.mark.parametrize("k", [1, 3])
+def test_soft_boundary_score_is_the_squared_distance_not_the_flat_mapping(k):
+    plugin = build_plugin(4, _cfg(objective="soft-boundary", nu_r=0.1, k=k), seed=0)
+    plugin.train()
+    plugin.loss(torch.randn(8, 50, 4))
+    plugin.on_epoch_end(0)  # fits R from those training distances
+    plugin.eval()
+    r = float(plugin.radius)
+    assert r > 0
+    centers = plugin.center.detach()[None] if k == 1 else plugin.centers.detach()
+    # Two steps inside the radius at different distances, one outside.
+    near = centers[0] + torch.tensor([0.1 * r, 0.0, 0.0, 0.0])
+    mid = centers[0] + torch.tensor([0.0, 0.6 * r, 0.0, 0.0])
+    far = centers[0] + torch.tensor([0.0, 0.0, 3.0 * r, 0.0])
+    z = torch.stack([near, mid, far])[None]  # [1, 3, 4]
+    dist2 = ((z[..., None, :] - centers) ** 2).sum(-1).min(-1).values
+    score = plugin.score(z)
+    torch.testing.assert_close(score, plugin.cluster_terms(z) + dist2)
+    mapping = plugin.mapping_terms(dist2)
+    if k == 1:  # the mapping (the loss) cannot tell the two inside steps apart; the score can
+        assert mapping[0, 0] == mapping[0, 1] == pytest.approx(r * r)
+    distance_only = build_plugin(4, _cfg(objective="soft-boundary", k=k,
+                                         components="mapping"), seed=0)
+    distance_only.load_state_dict(plugin.state_dict())
+    s = distance_only.eval().score(z)[0]
+    torch.testing.assert_close(s, dist2[0])
+    assert s[0] < s[1] < s[2]
+
+
 def test_reference_variant_scores_one_value_per_window():
     plugin = build_plugin(4, _cfg(variant="reference"), seed=0)
     s = plugin.score(torch.randn(3, 7, 4))

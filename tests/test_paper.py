@@ -16,7 +16,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from madcluster_exp.app import CONFIG_DIR
-from madcluster_exp.config import validate
+from madcluster_exp.config import ConfigError, validate
+from madcluster_exp.run import check_backbone_score_exists
 
 PAPER_BACKBONES = {"deepsvdd", "usad", "beatgan", "omnianomaly", "thoc", "anomaly_transformer",
                    "dcdetector"}
@@ -89,6 +90,12 @@ def test_paper_table_composes_every_job_in_the_papers_setup():
     assert {j.dataset.name for j in jobs} == PAPER_DATASETS
     for cfg in jobs:
         _assert_paper_setup(cfg)
+        if cfg.backbone.name == "deepsvdd" and _arm(cfg) == "on_backbone_only":
+            # Deep SVDD has no score of its own with MADCluster on: this job stops at once.
+            with pytest.raises(ConfigError, match="control arm does not apply"):
+                check_backbone_score_exists(cfg)
+        else:
+            check_backbone_score_exists(cfg)
     arms = Counter((j.backbone.name, j.dataset.name, j.seed, _arm(j)) for j in jobs)
     assert set(arms.values()) == {1}
     assert {a for (*_, a) in arms} == {"off", "on", "on_backbone_only"}
@@ -240,15 +247,14 @@ def test_train_init_he_reaches_the_backbone_of_a_run(make_cfg, tmp_path, monkeyp
 
 
 def test_mapping_only_is_refused_where_the_plugin_replaces_the_objective():
-    from madcluster_exp.backbones import build_backbone
-    from madcluster_exp.detector import Detector
-    from madcluster_exp.madcluster import build_plugin
+    from madcluster_exp.config import ConfigError
+    from madcluster_exp.run import check_components_apply
     from tests.conftest import compose_config
 
-    cfg = compose_config(["madcluster.components=mapping"])
-    bb = build_backbone(3, cfg.backbone)
-    with pytest.raises(ValueError, match="madcluster=off"):
-        Detector(bb, build_plugin(bb.embed_dim, cfg.madcluster, 0))
+    with pytest.raises(ConfigError, match="'distance only' row .* use madcluster=off"):
+        check_components_apply(compose_config(["madcluster.components=mapping"]))
+    check_components_apply(compose_config(["madcluster.components=mapping", "backbone=usad"]))
+    check_components_apply(compose_config(["madcluster=clustering_only"]))
 
 
 # ------------------------------------------------------------------------ the SMAP channels
@@ -335,7 +341,7 @@ def test_report_puts_published_beside_measured_for_a_real_sweep(tmp_path):
 
     make_telemanom(tmp_path / "datasets" / "MSL")
     out = _cli(["-m", "madcluster_exp", "-m", "dataset=MSL", "dataset.mode=per_entity",
-                "dataset.entities=[C-2,M-1]", "backbone=deepsvdd", "backbone.window=16",
+                "dataset.entities=[C-2,M-1]", "backbone=usad", "backbone.window=16",
                 "train.epochs=1", "train.patience=null", "train.progress=none",
                 "tracking.plots=false", "madcluster=off,on,on_backbone_only", "seed=0,1"],
                tmp_path)
@@ -357,26 +363,26 @@ def test_report_puts_published_beside_measured_for_a_real_sweep(tmp_path):
 
     (csv,) = tmp_path.glob("outputs/reports/*/paper_vs_measured.csv")
     long = pd.read_csv(csv)
-    t2 = long[(long["table"] == "Table 2") & (long["metric"] == "F1")].set_index("arm")
-    assert t2.loc["off", "paper"] == 0.37 and t2.loc["on", "paper"] == 0.52
+    assert set(long["table"]) == {"Table 2"}  # Tables 1 and 3 are Deep SVDD's
+    t2 = long[long["metric"] == "F1"].set_index("arm")
+    assert t2.loc["off", "paper"] == 0.53 and t2.loc["on", "paper"] == 0.53
     assert math.isnan(t2.loc["on_backbone_only", "paper"])  # no published counterpart
     for arm in ("off", "on", "on_backbone_only"):
         assert t2.loc[arm, "measured_mean"] == pytest.approx(mean[arm], abs=1e-12)
         assert t2.loc[arm, "n"] == 2
         assert t2.loc[arm, "measured_key"] == "test/f1_oracle_entity_mean"
-    assert set(long["table"]) == {"Table 1", "Table 2", "Table 3"}
-    t3 = long[(long["table"] == "Table 3") & (long["metric"] == "Aff-R")].set_index("arm")
-    assert t3.loc["clustering_only", "paper"] == 0.66 and t3.loc["clustering_only", "n"] == 0
-    t1 = long[(long["table"] == "Table 1") & (long["metric"] == "F1")]
-    assert t1["arm"].tolist() == ["on", "on_backbone_only"] and t1["paper"].iloc[0] == 0.52
 
     md = rep.stdout
-    agrees = "yes" if mean["on"] > mean["off"] else "no"
-    row = (f"| MSL | deepsvdd | 1 | point | 0.37 | 0.52 | "
-           f"{mean['off']:.3f} ± ")
+    row = (f"| MSL | usad | 1 | point | 0.53 | 0.53 | {mean['off']:.3f} ± ")
     assert "## Published vs measured" in md and "### Table 2" in md and row in md
     line = next(ln for ln in md.splitlines() if ln.startswith(row))
-    assert line.endswith(f"| +0.15 | {mean['on'] - mean['off']:+.3f} | {agrees} |")
+    # USAD's published F1 does not move (.53 -> .53): no sign to agree with.
+    assert line.endswith(f"| +0.00 | {mean['on'] - mean['off']:+.3f} | paper: no change |")
+    vus = long[long["metric"] == "VUS-ROC"].set_index("arm")["measured_mean"]
+    agrees = "yes" if vus["on"] > vus["off"] else "no"
+    line = next(ln for ln in md.splitlines()
+                if ln.startswith("| MSL | usad | 1 | point | 0.71 | 0.72 | "))
+    assert line.endswith(f"| +0.01 | {vus['on'] - vus['off']:+.3f} | {agrees} |")
 
 
 def test_published_file_is_checked_row_by_row(tmp_path):
@@ -407,7 +413,10 @@ def test_paper_table_runs_through_on_smd_layout_data_and_reports_paper_vs_measur
                 "seed=0", "train.progress=none"], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     runs = _children(tmp_path / "outputs" / "mlflow.db")
-    assert len(runs) == 2 * 3 and all(r.info.status == "FINISHED" for r in runs)
+    failed = [r for r in runs if r.info.status != "FINISHED"]
+    assert len(runs) == 2 * 3 and [r.info.run_name for r in failed] == [
+        "deepsvdd-SMD-on+backbone_only-s0-paper_table"]  # no backbone score: refused at once
+    assert "control arm does not apply" in failed[0].data.tags["error"]
     for r in runs:
         p = r.data.params
         assert (p["backbone.window"], p["dataset.mode"], p["dataset.normalize"]) == (

@@ -32,7 +32,7 @@ def test_end_to_end_run_writes_an_mlflow_run_with_expected_keys(make_cfg, tmp_pa
     for key in EXPECTED_FINAL + EXPECTED_PER_EPOCH + ["madcluster/radius"]:
         assert key in r.data.metrics, key
     history = client.get_metric_history(result.run_id, "madcluster/threshold")
-    assert [m.step for m in history] == [0, 1, 2]
+    assert [m.step for m in history] == [1, 2, 3]  # epoch numbers, as train/best_epoch
     nus = [m.value for m in history]
     assert all(0 < v < 1 for v in nus) and nus[-1] != nus[0]  # nu is learned
     assert len(client.get_metric_history(result.run_id, "madcluster/radius")) == 3
@@ -180,3 +180,58 @@ def test_cli_bad_value_exits_non_zero_with_the_key_named(tmp_path):
     out = _cli(["madcluster.nu_init=1.5", "tracking=none"], tmp_path)
     assert out.returncode != 0
     assert "madcluster.nu_init=1.5" in out.stderr
+
+
+# ------------------------------------------------------------------------------ early stopping
+DCDETECTOR_TINY = ["backbone=dcdetector", "backbone.window=20", "backbone.d_model=16",
+                   "backbone.batch_size=64"]
+
+
+def test_dcdetector_alone_trains_its_full_schedule_and_logs_best_epoch_3(make_cfg, tmp_path,
+                                                                          capsys):
+    # Its loss is 0 in value every epoch: the validation loss carries no signal.
+    cfg = make_cfg(*DCDETECTOR_TINY, "madcluster=off", "train.epochs=3", "train.patience=1")
+    result = run(cfg, output_dir=tmp_path / "job", verbose=False)
+    assert result.metrics["train/best_epoch"] == 3
+    assert result.metrics["train/epochs_run"] == 3
+    assert "carries no signal" in capsys.readouterr().out
+    client = MlflowClient(result.tracking_uri)
+    r = client.get_run(result.run_id)
+    assert r.data.tags["early_stopping"] == "no_signal"
+    assert r.data.metrics["train/best_epoch"] == 3
+    # The same numbering as the per-epoch metrics: best_epoch names a logged step.
+    steps = [m.step for m in client.get_metric_history(result.run_id, "val/loss")]
+    assert steps == [1, 2, 3]
+
+
+def test_a_constant_validation_loss_disables_early_stopping_whatever_the_tie_rule(
+        make_cfg, tmp_path, monkeypatch):
+    from madcluster_exp.backbones.dcdetector import DCdetector
+
+    monkeypatch.setattr(DCdetector, "keep_latest_on_tie", False)
+    cfg = make_cfg(*DCDETECTOR_TINY, "madcluster=off", "train.epochs=3", "train.patience=1",
+                   "tracking=none")
+    fit = run(cfg, output_dir=tmp_path / "job", verbose=False).fit
+    assert (fit.best_epoch, fit.epochs_run, fit.stopped_early) == (3, 3, False)
+    assert fit.val_loss_signal is False
+
+
+@pytest.mark.parametrize("keep_latest_on_tie, best_epoch, epochs_run", [
+    (False, 2, 4),  # strict: the tie at epoch 3 is a bad epoch, 0.7 the second -> stop at 4
+    (True, 3, 5),  # reference rule of DCdetector / Anomaly Transformer: the tie is kept
+])
+def test_early_stopping_follows_the_backbones_tie_rule(make_cfg, tmp_path, monkeypatch,
+                                                       keep_latest_on_tie, best_epoch,
+                                                       epochs_run):
+    from madcluster_exp.backbones.deepsvdd import DeepSVDD
+    from madcluster_exp.training import loop
+
+    losses = iter([1.0, 0.5, 0.5, 0.7, 0.8, 0.9])
+    # Scripted validation losses: the rule under test is the loop's, not the model's.
+    monkeypatch.setattr(loop, "validation_loss", lambda *a, **k: {"loss": next(losses)})
+    monkeypatch.setattr(DeepSVDD, "keep_latest_on_tie", keep_latest_on_tie)
+    cfg = make_cfg("train.epochs=6", "train.patience=2", "tracking=none")
+    result = run(cfg, output_dir=tmp_path / "job", verbose=False)
+    assert (result.fit.best_epoch, result.fit.epochs_run) == (best_epoch, epochs_run)
+    assert result.fit.stopped_early and result.fit.val_loss_signal is True
+    assert result.metrics["train/best_epoch"] == best_epoch

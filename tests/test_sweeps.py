@@ -196,7 +196,13 @@ def test_optuna_search_minimises_the_validation_loss(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Best value" in out.stderr + out.stdout
     _, runs = _runs(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
-    assert len([r for r in runs if "mlflow.parentRunId" in r.data.tags]) == 2
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 2
+    # Only optimisation settings vary; the loss-shaping plug-in keys stay at their defaults
+    # (minimising the validation loss would drive tau to its bound).
+    assert len({c.data.params["backbone.lr"] for c in children}) == 2
+    assert {c.data.params["madcluster.tau"] for c in children} == {"0.01"}
+    assert {c.data.params["madcluster.nu_init"] for c in children} == {"0.5"}
 
 
 def test_experiment_smoke_is_a_sweep_of_off_on_and_seeds(tmp_path):
@@ -205,3 +211,98 @@ def test_experiment_smoke_is_a_sweep_of_off_on_and_seeds(tmp_path):
     _, runs = _runs(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
     names = sorted(r.info.run_name for r in runs if "mlflow.parentRunId" in r.data.tags)
     assert names == [f"deepsvdd-synthetic-{s}-s{i}-smoke" for s in ("off", "on") for i in (0, 1)]
+
+
+@pytest.mark.slow  # nine jobs (~80 s on 2 shared cores); the table's logic is tested fast below
+def test_onoff_experiment_reports_each_arm_against_off_with_its_paired_test(tmp_path):
+    import numpy as np
+    import pandas as pd
+    from scipy.stats import ttest_rel
+
+    out = _cli(["-m", "experiment=onoff", *FAST, "backbone=lstm_ae", "seed=0,1,2"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    client, runs = _runs(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(c.info.run_name for c in children) == sorted(
+        f"lstm_ae-synthetic-{arm}-s{s}-onoff" for arm in ("off", "on", "on+backbone_only")
+        for s in range(3))
+    rep = subprocess.run([sys.executable, "-m", "madcluster_exp.report", str(_sweep_dir(tmp_path)),
+                          "report.metrics=[test/auc_roc,test/f1]", "log=false"], cwd=tmp_path,
+                         env=_env(), capture_output=True, text=True, timeout=300)
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    (report_dir,) = (tmp_path / "outputs" / "reports").iterdir()
+    table = pd.read_csv(report_dir / "onoff.csv").set_index("arm")
+    assert sorted(table.index) == ["on(combine=backbone_only)", "on(combine=sum)"]
+    assert table["pairs"].tolist() == [3, 3]
+
+    def by_seed(name_part):
+        return {int(c.data.params["seed"]): c.data.metrics["test/auc_roc"] for c in children
+                if c.info.run_name.startswith(f"lstm_ae-synthetic-{name_part}-s")}
+
+    off = by_seed("off")
+    for arm, name_part in (("on(combine=sum)", "on"), ("on(combine=backbone_only)",
+                                                      "on+backbone_only")):
+        on = by_seed(name_part)
+        a, b = np.array([on[s] for s in range(3)]), np.array([off[s] for s in range(3)])
+        row = table.loc[arm]
+        assert row["test/auc_roc diff"] == pytest.approx(float(np.mean(a - b)), abs=1e-12)
+        assert row["test/auc_roc off"] == pytest.approx(float(np.mean(b)), abs=1e-12)
+        assert row["test/auc_roc p"] == pytest.approx(float(ttest_rel(a, b).pvalue), rel=1e-9)
+    md = (report_dir / "report.md").read_text()
+    assert "| arm | pairs | test/auc_roc (on − off) |" in md
+    assert "on(combine=backbone_only) − off: the plug-in's training alone" in md
+    assert "on(combine=sum) − off: the plug-in's training plus its score added" in md
+    assert "fewer than 5 seed pairs" in md
+
+
+def _runs_frame(rows):
+    import pandas as pd
+    return pd.DataFrame([{f"param:{k}": str(v) for k, v in r.items() if k != "auc"}
+                         | {"test/auc_roc": r["auc"]} for r in rows])
+
+
+def test_onoff_table_pairs_every_arm_with_off_by_seed():
+    import numpy as np
+    from scipy.stats import ttest_rel
+
+    from madcluster_exp.report_onoff import onoff_table
+
+    off, on_sum, on_bb = [0.60, 0.62, 0.65], [0.70, 0.69, 0.74], [0.61, 0.66, 0.64]
+    rows = []
+    for backbone, shift in (("usad", 0.0), ("lstm_ae", 0.1)):
+        for seed in range(3):
+            common = {"backbone.name": backbone, "seed": seed}
+            rows += [{**common, "madcluster.enabled": False, "madcluster.combine": "sum",
+                      "auc": off[seed] + shift},
+                     {**common, "madcluster.enabled": True, "madcluster.combine": "sum",
+                      "auc": on_sum[seed] + shift},
+                     {**common, "madcluster.enabled": True, "madcluster.combine": "backbone_only",
+                      "auc": on_bb[seed] + shift}]
+    rows = rows[:-1]  # lstm_ae's control arm lost its seed-2 run
+    table = onoff_table(_runs_frame(rows), ["backbone.name", "madcluster.enabled",
+                                            "madcluster.combine"], ["test/auc_roc"])
+    table = table.set_index(["backbone.name", "arm"])
+    usad_sum = table.loc[("usad", "on(combine=sum)")]
+    assert usad_sum["pairs"] == 3 and usad_sum["madcluster.combine"] == "sum"
+    assert usad_sum["test/auc_roc diff"] == pytest.approx(np.mean(np.subtract(on_sum, off)))
+    assert usad_sum["test/auc_roc p"] == pytest.approx(ttest_rel(on_sum, off).pvalue)
+    usad_bb = table.loc[("usad", "on(combine=backbone_only)")]
+    assert usad_bb["test/auc_roc diff"] == pytest.approx(np.mean(np.subtract(on_bb, off)))
+    assert usad_bb["test/auc_roc p"] == pytest.approx(ttest_rel(on_bb, off).pvalue)
+    lstm_bb = table.loc[("lstm_ae", "on(combine=backbone_only)")]
+    assert lstm_bb["pairs"] == 2  # only the seeds both arms have
+    assert lstm_bb["test/auc_roc diff"] == pytest.approx(np.mean(np.subtract(on_bb, off)[:2]))
+
+
+def test_onoff_table_pairs_with_off_runs_of_the_same_plugin_setting_where_off_varies():
+    from madcluster_exp.report_onoff import onoff_table
+
+    # A sweep of madcluster=off,on x madcluster.k=1,3: off runs exist for both k.
+    rows = [{"seed": s, "madcluster.enabled": e, "madcluster.k": k, "auc": auc}
+            for s in range(2) for k, base in ((1, 0.5), (3, 0.7))
+            for e, auc in ((False, base + 0.01 * s), (True, base + 0.1 + 0.01 * s))]
+    table = onoff_table(_runs_frame(rows), ["madcluster.enabled", "madcluster.k"],
+                        ["test/auc_roc"]).set_index("arm")
+    assert table.loc["on(k=1)", "test/auc_roc off"] == pytest.approx(0.505)
+    assert table.loc["on(k=3)", "test/auc_roc off"] == pytest.approx(0.705)
+    assert table["test/auc_roc diff"].tolist() == pytest.approx([0.1, 0.1])

@@ -141,4 +141,92 @@ def test_evaluate_names_what_it_could_not_find(tmp_path):
     assert out.returncode == 2 and "'abc' is neither a run directory nor a run id" in out.stderr
     out = subprocess.run([sys.executable, "-m", "madcluster_exp.evaluate", "foo"],
                          capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2 and "expected key=value" in out.stderr
+    assert out.returncode == 2 and "unexpected argument 'foo'" in out.stderr
+
+
+# ------------------------------------------------------------------------- score combination
+@pytest.mark.parametrize("overrides, rule", [
+    ([], "sum"),
+    (["protocol=reference"], "product"),  # the reference code multiplies the two scores
+    (["protocol=reference", "madcluster.combine=sum"], "sum"),  # an explicit choice stays
+    (["madcluster.combine=product"], "product"),
+])
+def test_the_score_combination_defaults_by_protocol_unless_set(overrides, rule):
+    from madcluster_exp.config import combine_rule, resolve_defaults
+    from tests.conftest import compose_config
+
+    cfg = compose_config(overrides)
+    assert combine_rule(cfg) == rule
+    assert resolve_defaults(cfg).madcluster.combine == rule
+
+
+def _window_mean_softmax(n: int, seed: int) -> np.ndarray:
+    """DCdetector's reference-protocol backbone score: a float32 softmax over each window's
+    T = 100 steps, averaged over those steps (exactly 1/T, up to rounding)."""
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    return torch.softmax(torch.randn(n, 100, generator=g), dim=-1).mean(dim=1).double().numpy()
+
+
+def test_sum_refuses_to_standardise_a_component_that_is_rounding_noise():
+    from madcluster_exp.scoring import ScoreCombiner
+    rng = np.random.default_rng(0)
+    noise = _window_mean_softmax(400, 0)
+    assert np.abs(noise - 0.01).max() < 1e-8 and noise.std() > 0
+    comps = {"backbone": noise, "madcluster": rng.gamma(2.0, size=400)}
+    with pytest.raises(ValueError, match=r"'backbone' score component.*constant up to rounding"
+                                         r".*madcluster\.combine=product"):
+        ScoreCombiner("sum").fit(comps)
+    # The reference's rule keeps it (a product with a constant only rescales), and a component
+    # with real spread is standardised as before.
+    product = ScoreCombiner("product").fit(comps).combine(comps)
+    np.testing.assert_allclose(product, comps["madcluster"] * noise)
+    real = {"backbone": rng.normal(5.0, 0.5, 400), "madcluster": comps["madcluster"]}
+    combined = ScoreCombiner("sum").fit(real).combine(real)
+    assert combined.mean() == pytest.approx(0.0, abs=1e-9)
+    assert combined.std() == pytest.approx(np.std(sum(
+        (v - v.mean()) / v.std() for v in real.values())), rel=1e-12)
+
+
+DCDETECTOR_TINY = ["backbone=dcdetector", "backbone.window=20", "backbone.d_model=16",
+                   "train.epochs=1", "protocol=reference"]
+
+
+def test_reference_protocol_multiplies_dcdetectors_scores_by_default(make_cfg, tmp_path):
+    result = run(make_cfg(*DCDETECTOR_TINY), output_dir=tmp_path / "j", verbose=False)
+    r = MlflowClient(result.tracking_uri).get_run(result.run_id)
+    assert r.data.params["madcluster.combine"] == "product"  # logged resolved
+    assert r.data.params["score_rule"] == "product"
+    saved = np.load(result.output_dir / "scores.npz")
+    np.testing.assert_allclose(saved["window_score"], saved["window_component_backbone"]
+                               * saved["window_component_madcluster"])
+    assert np.abs(saved["window_component_backbone"] - 1 / 20).max() < 1e-7  # 1/T
+
+
+def test_reference_protocol_with_sum_names_dcdetectors_noise_component(make_cfg, tmp_path):
+    with pytest.raises(ValueError, match=r"cannot standardise the 'backbone' score component"):
+        run(make_cfg(*DCDETECTOR_TINY, "madcluster.combine=sum", "tracking=none"),
+            output_dir=tmp_path / "j", verbose=False)
+
+
+def test_control_arm_uses_the_backbones_own_score_with_the_plugin_trained(make_cfg, tmp_path):
+    result = run(make_cfg("backbone=lstm_ae", "madcluster=on_backbone_only", "train.epochs=1"),
+                 output_dir=tmp_path / "j", verbose=False)
+    r = MlflowClient(result.tracking_uri).get_run(result.run_id)
+    assert r.info.run_name == "lstm_ae-synthetic-on+backbone_only-s0"
+    assert r.data.params["score_rule"] == "backbone_only"
+    assert r.data.params["madcluster.enabled"] == "True"
+    assert "train/loss_cluster" in r.data.metrics  # the plug-in trained
+    saved = np.load(result.output_dir / "scores.npz")
+    assert "test_component_madcluster" in saved.files
+    np.testing.assert_array_equal(saved["test_score"], saved["test_component_backbone"])
+
+
+def test_control_arm_refuses_a_backbone_without_its_own_score_before_training(make_cfg,
+                                                                              tmp_path):
+    from madcluster_exp.config import ConfigError
+    with pytest.raises(ConfigError, match=r"backbone_only with backbone=deepsvdd"):
+        run(make_cfg("madcluster=on_backbone_only"), output_dir=tmp_path / "j", verbose=False)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    (r,) = client.search_runs([client.get_experiment_by_name("madcluster_exp").experiment_id])
+    assert r.info.status == "FAILED" and "train/loss" not in r.data.metrics

@@ -8,6 +8,11 @@ stop-gradients, exactly as the reference's two backward passes before one optimi
   loss2 = rec + k * (KL(P, S.detach) + KL(S.detach, P))
 and the gradient of loss1 + loss2 is what one step applies, so :meth:`loss` returns that sum.
 Score per step: softmax over time of -(AssDis * temperature), times the reconstruction error.
+
+Encoder layers as the reference (github.com/thuml/Anomaly-Transformer, model/AnomalyTransformer.py):
+attention, residual, LayerNorm, a position-wise feed-forward of two kernel-1 convolutions with
+GELU between them (the model's ``activation='gelu'`` default, which solver.py keeps), residual,
+LayerNorm.
 """
 from __future__ import annotations
 
@@ -65,7 +70,7 @@ class EncoderLayer(nn.Module):
     def forward(self, x: torch.Tensor):
         attn, series, prior = self.attention(x)
         x = self.norm1(x + self.dropout(attn))
-        y = self.dropout(torch.relu(self.conv1(x.transpose(1, 2))))
+        y = self.dropout(nn.functional.gelu(self.conv1(x.transpose(1, 2))))
         y = self.dropout(self.conv2(y).transpose(1, 2))
         return self.norm2(x + y), series, prior
 
@@ -73,6 +78,9 @@ class EncoderLayer(nn.Module):
 class AnomalyTransformer(Backbone):
     family = "transformer"
     embed_taps = ("encoder", "embedding")
+    # The reference's EarlyStopping counts a tie with the best validation loss as an
+    # improvement (saves the model, resets patience): solver.py, EarlyStopping.
+    keep_latest_on_tie = True
 
     def __init__(self, n_channels: int, cfg: DictConfig):
         super().__init__(n_channels, cfg)

@@ -77,6 +77,11 @@ class Backbone(nn.Module):
     #: How this backbone's per-step scores fold into point scores; None = ``scoring.aggregate``.
     #: SLMR uses "sum" over sparse per-step scores to reproduce its reference point score.
     score_aggregate: ClassVar[Optional[str]] = None
+    #: Early stopping's tie rule, as the backbone's reference code: True = a validation loss
+    #: equal to the best so far (within ``train.min_delta``) counts as an improvement, so the
+    #: latest such epoch is kept and patience restarts (the EarlyStopping class of the
+    #: DCdetector and Anomaly Transformer code); False = only a strictly lower loss does.
+    keep_latest_on_tie: ClassVar[bool] = False
 
     def __init__(self, n_channels: int, cfg: DictConfig):
         super().__init__()

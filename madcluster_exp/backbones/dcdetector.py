@@ -1,6 +1,7 @@
 """DCdetector (Yang et al., KDD 2023): dual-attention contrastive representation learning.
 
-Per patch size p (T = N p): RevIN, channel independence, two views of each channel's window,
+Per patch size p (T = N p): RevIN (non-affine, as the original: its affine weights are
+constant ones and zeros, never trained), channel independence, two views of each channel's window,
 "patch-wise" (N tokens of p values) and "in-patch" (p tokens of N values, the reference's
 ``(p n)`` split), each embedded and attended with Q/K projections shared between the views.
 The N x N patch-wise map is up-sampled to T x T by repeating every entry in a p x p block, the
@@ -26,8 +27,10 @@ reference configuration):
    with a = i // p, r = i % p: O(N^2 + p^2) per row block instead of O(T^2) per row, with
    identical values (tested against the materialised form).
 
-``materialise=true`` runs the reference's way (d-wide projections, T x T maps): the benchmark
-baseline. The MADCluster tap is skipped when nothing consumes it (MADCluster off).
+The reference's way (d-wide projections, T x T maps) is ``MaterialisedDCdetector`` in
+``madcluster_exp.bench.dcdetector_baseline``: the benchmark's baseline and the tests' oracle; it
+overrides the three hooks ``factored``, ``keep_maps`` and ``pair_kl``. The MADCluster tap is
+skipped when nothing consumes it (MADCluster off).
 """
 from __future__ import annotations
 
@@ -40,8 +43,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from madcluster_exp.backbones.base import Backbone, BackboneOutput
-from madcluster_exp.backbones.layers import (KL_EPS, DataEmbedding, RevIN, association_kl,
-                                             circular_unfold)
+from madcluster_exp.backbones.layers import KL_EPS, DataEmbedding, RevIN, circular_unfold
 
 
 def factorised_kl(a: torch.Tensor, b: torch.Tensor, p: int, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -60,23 +62,6 @@ def factorised_kl(a: torch.Tensor, b: torch.Tensor, p: int, n: int) -> Tuple[tor
     # [B, H, N, p] -> [B, H, T] with i = a * p + r, then mean over heads.
     flat = lambda t: rearrange(t, "b h a r -> b h (a r)").mean(dim=1)  # noqa: E731
     return flat(kl_sp), flat(kl_ps)
-
-
-def materialised_kl(a: torch.Tensor, b: torch.Tensor, p: int, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The reference's way: build both T x T maps, then the row-wise KL. For tests and the
-    benchmark baseline only."""
-    s_up = repeat(a, "b h m k -> b h (m r1) (k r2)", r1=p, r2=p)
-    p_up = b.repeat(1, 1, n, n)
-    p_up = p_up / p_up.sum(dim=-1, keepdim=True)
-    return association_kl(s_up, p_up), association_kl(p_up, s_up)
-
-
-def pair_kl(a: torch.Tensor, pr: torch.Tensor, p: int, n: int):
-    """(KL(S||P), KL(P||S)) per position for one map pair; p == 0 marks maps that are already
-    up-sampled and normalised (the materialising baseline)."""
-    if p == 0:
-        return association_kl(a, pr), association_kl(pr, a)
-    return factorised_kl(a, pr, p, n)
 
 
 def spread_add(z, ctx: torch.Tensor, p: int) -> torch.Tensor:
@@ -200,6 +185,9 @@ class DualAttentionLayer(nn.Module):
 class DCdetector(Backbone):
     family = "transformer"
     embed_taps = ("patch_attention", "input_embedding")
+    # The reference's EarlyStopping saves the model when the validation loss ties the best; its
+    # loss is 0 in value every epoch, so it keeps the last epoch (solver.py, EarlyStopping).
+    keep_latest_on_tie = True
 
     def __init__(self, n_channels: int, cfg: DictConfig):
         super().__init__(n_channels, cfg)
@@ -212,7 +200,7 @@ class DCdetector(Backbone):
             raise ValueError(f"backbone.d_model={cfg.d_model} must be divisible by "
                              f"backbone.n_heads={cfg.n_heads}")
         d = int(cfg.d_model)
-        self.revin = RevIN(n_channels) if cfg.revin else None
+        self.revin = RevIN() if cfg.revin else None
         self.embed_size = nn.ModuleList(DataEmbedding(p, d, cfg.dropout) for p in self.patch_sizes)
         self.embed_num = nn.ModuleList(DataEmbedding(self.window // p, d, cfg.dropout)
                                        for p in self.patch_sizes)
@@ -223,17 +211,32 @@ class DCdetector(Backbone):
                              if self.embed_tap == "input_embedding" else None)
         self.temperature = float(cfg.temperature)
         self.embed_dim = d
-        self.materialise = bool(cfg.materialise)
         self.dropout_p = float(cfg.dropout)
+
+    # -- the three steps the reference's way does differently (bench/dcdetector_baseline.py) --
+    def factored(self) -> bool:
+        """Attention scores from the factored form (no d-wide tokens). Embedding dropout would
+        break the factorisation (it masks the d-wide tokens), so a model trained with
+        dropout > 0 takes the direct path while training."""
+        return self.dropout_p == 0.0 or not self.training
+
+    def keep_maps(self, a: torch.Tensor, a_mean: torch.Tensor, pr: torch.Tensor, p: int,
+                  n: int, c: int) -> tuple:
+        """What the loss and score need of one layer's maps: the channel means of the patch-wise
+        map ``a`` [(B C), H, N, N] (given: ``a_mean``) and of the in-patch map ``pr``."""
+        return a_mean, reduce(pr, "(b c) h m k -> b h m k", "mean", c=c), p, n
+
+    @staticmethod
+    def pair_kl(a: torch.Tensor, pr: torch.Tensor, p: int, n: int):
+        """(KL(S_up || P_up), KL(P_up || S_up)) per position for one kept pair of maps."""
+        return factorised_kl(a, pr, p, n)
 
     def forward(self, x: torch.Tensor) -> BackboneOutput:
         b, t, c = x.shape
         if self.revin is not None:
             x = self.revin(x)
-        # Embedding dropout would break the factorisation (it masks the d-wide tokens), so a
-        # model trained with dropout > 0 takes the direct path while training.
-        factored = not self.materialise and (self.dropout_p == 0.0 or not self.training)
-        maps = []  # (A [B,H,N,N], P [B,H,p,p], p, N) per patch size and layer
+        factored = self.factored()
+        maps = []  # keep_maps() per patch size and layer: (A [B,H,N,N], P [B,H,p,p], p, N)
         z = None  # the patch-attention tap, accumulated over patch sizes
         for i, p in enumerate(self.patch_sizes):
             n = t // p
@@ -266,15 +269,7 @@ class DCdetector(Backbone):
                         ctx = reduce(a.mean(dim=1) @ x_size, "(b c) n d -> b n d", "mean", c=c)
                 if tap_here:
                     z = spread_add(z, ctx / len(self.patch_sizes), p)
-                if self.materialise:
-                    # Benchmark baseline: what the reference does, up-sample every channel's
-                    # maps to T x T first, then average over channels (same values, T^2 memory).
-                    s_up = repeat(a, "bc h m k -> bc h (m r1) (k r2)", r1=p, r2=p)
-                    p_up = reduce(pr.repeat(1, 1, n, n), "(b c) h i j -> b h i j", "mean", c=c)
-                    maps.append((reduce(s_up, "(b c) h i j -> b h i j", "mean", c=c),
-                                 p_up / p_up.sum(dim=-1, keepdim=True), 0, 0))
-                else:
-                    maps.append((a_mean, reduce(pr, "(b c) h m k -> b h m k", "mean", c=c), p, n))
+                maps.append(self.keep_maps(a, a_mean, pr, p, n, c))
         if self.tap_needed and self.embed_tap == "input_embedding":
             z = self.embed_window(x)
         return BackboneOutput(z=z, aux={"maps": maps})
@@ -285,8 +280,8 @@ class DCdetector(Backbone):
         reverse. Their values are equal (a symmetric KL); their gradients are not."""
         series_loss = prior_loss = 0.0
         for a, pr, p, n in out.aux["maps"]:
-            s_to_fixed_p, fixed_p_to_s = pair_kl(a, pr.detach(), p, n)
-            fixed_s_to_p, p_to_fixed_s = pair_kl(a.detach(), pr, p, n)
+            s_to_fixed_p, fixed_p_to_s = self.pair_kl(a, pr.detach(), p, n)
+            fixed_s_to_p, p_to_fixed_s = self.pair_kl(a.detach(), pr, p, n)
             series_loss = series_loss + s_to_fixed_p.mean() + fixed_p_to_s.mean()
             prior_loss = prior_loss + fixed_s_to_p.mean() + p_to_fixed_s.mean()
         k = len(out.aux["maps"])
@@ -300,6 +295,6 @@ class DCdetector(Backbone):
     def score(self, x: torch.Tensor, out: BackboneOutput) -> torch.Tensor:
         dis = 0.0
         for a, pr, p, n in out.aux["maps"]:
-            kl_sp, kl_ps = pair_kl(a, pr, p, n)
+            kl_sp, kl_ps = self.pair_kl(a, pr, p, n)
             dis = dis + (kl_sp + kl_ps) * self.temperature
         return torch.softmax(-dis, dim=-1)

@@ -46,21 +46,18 @@ def circular_unfold(x: torch.Tensor) -> torch.Tensor:
 
 
 class RevIN(nn.Module):
-    """Reversible instance normalisation (Kim et al., ICLR 2022): per window and channel."""
+    """Reversible instance normalisation (Kim et al., ICLR 2022) per window and channel, without
+    the affine part: DCdetector's original builds its RevIN inside every forward pass with
+    constant (never trained) weights 1 and biases 0, and never de-normalises."""
 
-    def __init__(self, n_channels: int, eps: float = 1e-5, affine: bool = True):
+    def __init__(self, eps: float = 1e-5):
         super().__init__()
         self.eps = eps
-        self.affine = affine
-        if affine:
-            self.weight = nn.Parameter(torch.ones(n_channels))
-            self.bias = nn.Parameter(torch.zeros(n_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, C]
         mean = x.mean(dim=1, keepdim=True).detach()
         std = torch.sqrt(x.var(dim=1, keepdim=True, unbiased=False) + self.eps).detach()
-        y = (x - mean) / std
-        return y * self.weight + self.bias if self.affine else y
+        return (x - mean) / std
 
 
 KL_EPS = 1e-4  # the reference implementations add 1e-4 inside both logs

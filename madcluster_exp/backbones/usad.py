@@ -6,6 +6,15 @@ with n the epoch number (1-based). Each phase has its own optimizer, as in the r
 schedule lives in :meth:`USAD.training_step`, not in the training loop. With MADCluster on, its
 term joins phase 1 (whose optimizer also carries the plug-in's center).
 Score per step: alpha ||W - AE1(W)||^2 + beta ||W - AE2(AE1(W))||^2 (mean over channels).
+
+Sizes as the reference notebook (github.com/manigalati/usad, USAD.ipynb and usad.py): the
+flattened window W of T * C values goes through linear layers of T C / 2 and T C / 4 units to a
+latent code of T * hidden units (``z_size = window_size * hidden_size``, hidden 100: 1,200 at
+window 12, wider than the input for fewer than 100 channels); both decoders mirror that and end
+in a sigmoid. Deviations: the notebook trains 100 epochs in batches of 7,919 windows, here the
+framework's batch size and epoch count apply; the notebook scores a window by its mean error,
+here each step gets its own error and the point score aggregates the windows covering it
+(``scoring.aggregate``).
 """
 from __future__ import annotations
 
@@ -34,12 +43,13 @@ class USAD(Backbone):
     def __init__(self, n_channels: int, cfg: DictConfig):
         super().__init__(n_channels, cfg)
         w = self.window * n_channels
-        sizes = [w, max(1, w // 2), max(1, w // 4), int(cfg.latent)]
+        latent = self.window * int(cfg.hidden)  # the notebook's z_size = window_size * hidden_size
+        sizes = [w, max(1, w // 2), max(1, w // 4), latent]
         self.encoder = _mlp(sizes, nn.ReLU())
         self.decoder1 = _mlp(sizes[::-1], nn.Sigmoid())
         self.decoder2 = _mlp(sizes[::-1], nn.Sigmoid())
         self.alpha, self.beta = float(cfg.alpha), float(cfg.beta)
-        self.embed_dim = int(cfg.latent)
+        self.embed_dim = latent
 
     def optimizer_groups(self) -> Dict[str, List[nn.Parameter]]:
         enc = list(self.encoder.parameters())

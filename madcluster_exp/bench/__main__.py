@@ -1,23 +1,31 @@
-"""python -m madcluster_exp.bench [metrics|data|train ...] [-- options for a single benchmark]
+"""python -m madcluster_exp.bench [metrics|data|train ...] [<one benchmark> --its-options]
 
 Runs the named benchmarks (all by default). For one benchmark, options after its name go to it:
-``python -m madcluster_exp.bench train --steps 8``.
+``python -m madcluster_exp.bench train --steps 8``; ``python -m madcluster_exp.bench train --help``
+lists them.
 """
+import argparse
 import sys
 
 from madcluster_exp.bench import data, metrics, train
 
 BENCHMARKS = {"metrics": metrics.main, "data": data.main, "train": train.main}
 
-if __name__ == "__main__":
-    argv = sys.argv[1:]
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in BENCHMARKS and any(a.startswith("-") for a in argv[1:]):
         names, options = [argv[0]], argv[1:]
     else:
-        names, options = argv or list(BENCHMARKS), []
-    unknown = [n for n in names if n not in BENCHMARKS]
-    if unknown:
-        sys.exit(f"unknown benchmark(s) {unknown}; available: {sorted(BENCHMARKS)}")
+        ap = argparse.ArgumentParser(prog="python -m madcluster_exp.bench",
+                                     description=__doc__.split("\n\n")[1])
+        ap.add_argument("names", nargs="*", choices=[[], *BENCHMARKS], metavar="benchmark",
+                        help=f"one or more of {', '.join(BENCHMARKS)} (default: all)")
+        names, options = ap.parse_args(argv).names or list(BENCHMARKS), []
     for name in names:
         print(f"=== {name}", flush=True)
         BENCHMARKS[name](options)
+
+
+if __name__ == "__main__":
+    main()

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from madcluster_exp.bench.common import environment, peak_rss_mb, table, write
+from madcluster_exp.bench.dcdetector_baseline import MaterialisedDCdetector
 
 CHANNELS = 38
 # name, backbone overrides (reference settings; DCdetector and SLMR as the issue lists them)
@@ -28,10 +29,12 @@ CONFIGS = {
     "usad": ["backbone=usad"],
     "anomaly_transformer": ["backbone=anomaly_transformer"],
     "dcdetector": ["backbone=dcdetector"],
-    "dcdetector_materialised": ["backbone=dcdetector", "backbone.materialise=true"],
+    "dcdetector_materialised": ["backbone=dcdetector"],
     "slmr_w10": ["backbone=slmr"],
     "slmr_w100": ["backbone=slmr", "backbone.window=100"],
 }
+# Configurations that run a baseline variant of their backbone instead of the production class.
+BASELINES = {"dcdetector_materialised": MaterialisedDCdetector}
 
 
 def _compose(overrides):
@@ -49,32 +52,32 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-# Extra overrides for the MADCluster-on configurations (``--plugin-compile`` adds
-# madcluster.compile=true); set once by main(), passed on to the per-configuration processes.
-ON_OVERRIDES: list = []
+def bench_config(name: str, state: str, plugin_compile: bool = False):
+    """The composed config of a benchmark configuration with MADCluster ``state`` (on | off);
+    ``plugin_compile`` adds madcluster.compile=true to the on state."""
+    extra = ["madcluster.compile=true"] if plugin_compile and state == "on" else []
+    return _compose(CONFIGS[name] + [f"madcluster={state}", *extra])
 
 
-def build_detector(name: str, state: str, device: str = "cpu"):
-    """(detector with optimizers, its config) for a benchmark configuration, seed 0."""
-    from madcluster_exp.backbones import build_backbone
-    from madcluster_exp.detector import Detector
-    from madcluster_exp.madcluster import build_plugin
+def build_bench_detector(name: str, state: str, device: str = "cpu",
+                         plugin_compile: bool = False):
+    """(detector with optimizers, its config) for a benchmark configuration: built and
+    configured as a run builds them (``build_detector``, ``optimizer_options``), seed 0."""
+    from madcluster_exp.detector import build_detector, optimizer_options
 
-    extra = ON_OVERRIDES if state == "on" else []
-    cfg = _compose(CONFIGS[name] + [f"madcluster={state}"] + extra)
-    torch.manual_seed(0)
-    backbone = build_backbone(CHANNELS, cfg.backbone)
-    det = Detector(backbone, build_plugin(backbone.embed_dim, cfg.madcluster, 0)).to(device)
-    det.configure_optimizers(float(cfg.backbone.lr), 0.0, None,
-                             fused=bool(cfg.train.fused_optimizer))
+    cfg = bench_config(name, state, plugin_compile)
+    torch.manual_seed(int(cfg.seed))
+    det = build_detector(cfg, CHANNELS, BASELINES.get(name)).to(device)
+    det.configure_optimizers(**optimizer_options(cfg))
     return det, cfg
 
 
-def run_one(name: str, state: str, steps: int, score_batches: int, device: str = "cpu") -> dict:
+def run_one(name: str, state: str, steps: int, score_batches: int, device: str = "cpu",
+            plugin_compile: bool = False) -> dict:
     from madcluster_exp.data import SeriesSplit, WindowSet
 
     dev = torch.device(device)
-    det, cfg = build_detector(name, state, device)
+    det, cfg = build_bench_detector(name, state, device, plugin_compile)
     backbone = det.backbone
     bs = int(cfg.backbone.batch_size)
     rng = np.random.default_rng(0)
@@ -128,13 +131,14 @@ def run_one(name: str, state: str, steps: int, score_batches: int, device: str =
                             if dev.type == "cuda" else None)}
 
 
-def interleaved_overhead(name: str, reps: int = 30, device: str = "cpu") -> dict:
+def interleaved_overhead(name: str, reps: int = 30, device: str = "cpu",
+                         plugin_compile: bool = False) -> dict:
     """MADCluster's step-time overhead measured robustly: off and on detectors in one process,
     steps alternated on the same batch (first one, then the other first), medians compared
     (drift and other load cancel out)."""
     dets = {}
     for state in ("off", "on"):
-        det, cfg = build_detector(name, state, device)
+        det, cfg = build_bench_detector(name, state, device, plugin_compile)
         det.train()
         dets[state] = det
     dev = torch.device(device)
@@ -180,7 +184,7 @@ def _bootstrap_interval(first: np.ndarray, second: np.ndarray, draws: int = 4000
     return float(np.quantile(stat, 0.025)), float(np.quantile(stat, 0.975))
 
 
-def dcdetector_equivalence(device: str = "cpu") -> dict:
+def dcdetector_equivalence(device: str = "cpu", plugin_compile: bool = False) -> dict:
     """The fast DCdetector against its materialising baseline on one batch at the reference
     configuration (same weights): |delta| of both loss terms, of MADCluster's loss and the
     largest gradient difference. The speed ratio only counts if these are within 1e-5."""
@@ -188,7 +192,7 @@ def dcdetector_equivalence(device: str = "cpu") -> dict:
     x = torch.randn(128, 100, CHANNELS, generator=torch.Generator().manual_seed(0)).to(dev)
     got = {}
     for name in ("dcdetector", "dcdetector_materialised"):
-        det, _ = build_detector(name, "on", device)
+        det, _ = build_bench_detector(name, "on", device, plugin_compile)
         det.train()
         out = det.backbone(x)
         series, prior = det.backbone.discrepancies(out)
@@ -205,10 +209,11 @@ def dcdetector_equivalence(device: str = "cpu") -> dict:
             "max_grad_abs_diff": max(float((g - slow[3][n]).abs().max()) for n, g in fast[3].items())}
 
 
-def _subprocess_one(name, state, steps, score_batches, device="cpu") -> dict:
+def _subprocess_one(name, state, steps, score_batches, device="cpu",
+                    plugin_compile=False) -> dict:
     out = subprocess.run([sys.executable, "-m", "madcluster_exp.bench.train", "--one", name, state,
                           "--steps", str(steps), "--score-batches", str(score_batches),
-                          "--device", device] + (["--plugin-compile"] if ON_OVERRIDES else []),
+                          "--device", device] + (["--plugin-compile"] if plugin_compile else []),
                          capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"{name}/{state} failed:\n{out.stderr[-3000:]}")
@@ -256,14 +261,12 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                     help="where to train and score (cuda adds peak GPU memory)")
     args = ap.parse_args(argv)
-    if args.plugin_compile:
-        ON_OVERRIDES.append("madcluster.compile=true")
     if args.equivalence:
-        print(json.dumps(dcdetector_equivalence(args.device)))
+        print(json.dumps(dcdetector_equivalence(args.device, args.plugin_compile)))
         return
     if args.one:
         print(json.dumps(run_one(args.one[0], args.one[1], args.steps, args.score_batches,
-                                 args.device)))
+                                 args.device, args.plugin_compile)))
         return
     rows = []
     for name in args.configs:
@@ -273,7 +276,7 @@ def main(argv=None) -> None:
             if name == "dcdetector_materialised" and state == "off":
                 continue
             rows.append(_subprocess_one(name, state, steps, 1 if heavy else args.score_batches,
-                                        args.device))
+                                        args.device, args.plugin_compile))
             print(f"  {name}/{state}: {rows[-1]['train_wps']:.1f} windows/s", flush=True)
     by = {(r["config"], r["madcluster"]): r for r in rows}
     for r in rows:
@@ -287,15 +290,18 @@ def main(argv=None) -> None:
     if "dcdetector" in args.configs and "dcdetector_materialised" in args.configs:
         # Own process: the baseline's peak memory must not add to another configuration's.
         out = subprocess.run([sys.executable, "-m", "madcluster_exp.bench.train", "--equivalence",
-                              "--device", args.device], capture_output=True, text=True)
+                              "--device", args.device]
+                             + (["--plugin-compile"] if args.plugin_compile else []),
+                             capture_output=True, text=True)
         if out.returncode != 0:
             raise SystemExit(f"DCdetector equivalence check failed:\n{out.stderr[-3000:]}")
         equivalence = [json.loads(out.stdout.strip().splitlines()[-1])]
     # Every backbone's overhead, interleaved (the materialising baseline is not a backbone).
     # Anomaly Transformer's reference step takes ~15 s on 2 CPU cores: 5 pairs, not 30.
     overhead = [interleaved_overhead(n, reps=5 if n == "anomaly_transformer" and
-                                     args.device == "cpu" else args.pairs, device=args.device)
-                for n in args.configs if n != "dcdetector_materialised"]
+                                     args.device == "cpu" else args.pairs, device=args.device,
+                                     plugin_compile=args.plugin_compile)
+                for n in args.configs if n not in BASELINES]
     share = None if args.skip_runs else _run_share(args)
     print(f"\nThroughput at reference configurations, {CHANNELS} channels "
           f"(threads {environment()['torch_threads']}):")

@@ -6,6 +6,7 @@ from typing import Callable, Dict
 
 from omegaconf import DictConfig
 
+from madcluster_exp.data.collection import Collection, load_collection
 from madcluster_exp.data.formats import (natural_key, read_npy, read_psm, read_smd_entity,
                                          read_smd_labels, read_telemanom_table,
                                          read_timeeval_csv, smd_entities, telemanom_labels)
@@ -170,6 +171,13 @@ def load_csv(cfg: DictConfig, data_dir: Path) -> RawDataset:
         return SeriesSplit.concat([(name, tx, ty)], str(path))
 
     return RawDataset("csv", train, SealedTest(load_test, str(path)), {"path": str(path)})
+
+
+@register("collection")
+def load_series_collection(cfg: DictConfig, data_dir: Path) -> Collection:
+    """Every series file in ``dataset.path`` as its own entity (formats: data/collection.py).
+    Returns a :class:`Collection`, read one series at a time, not one RawDataset."""
+    return load_collection(cfg, Path(cfg.path))
 
 
 def load_dataset(cfg: DictConfig, data_dir: Path) -> RawDataset:

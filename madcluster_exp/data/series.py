@@ -11,8 +11,10 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from madcluster_exp.errors import ExpectedError
 
-class DataError(ValueError):
+
+class DataError(ExpectedError, ValueError):
     """Bad input data; the message names the file or entity, the row and what was expected."""
 
 

@@ -11,6 +11,9 @@ The plug-in sees only per-step embeddings z [B, T, f]; it never knows which back
 Distance mapping: one-class ||h - c||^2, or soft-boundary R^2 + (1/nu_R) max(0, ||h - c||^2 - R^2)
 with R refitted each epoch as the (1 - nu_R)-quantile of ||h - c|| over *training* embeddings.
 Total plug-in loss as in the reference: log(mean_batch sum_t (mapping_t + cluster_t) + 1e-8).
+Score: clustering term + ||h - c||^2 under either objective (method.md section 1): the
+soft-boundary mapping is a loss, flat (= R^2) inside the radius, so as a score it would rank
+every step inside R alike.
 """
 from __future__ import annotations
 
@@ -57,9 +60,6 @@ class _PluginBase(nn.Module):
         """(squared distance to the nearest center, clustering term), each [B, T], sharing
         the work both need."""  # pragma: no cover - abstract
         raise NotImplementedError
-
-    def nearest_distance(self, z: torch.Tensor) -> torch.Tensor:
-        return self.terms(z)[0]
 
     def cluster_terms(self, z: torch.Tensor) -> torch.Tensor:
         return self.terms(z)[1]
@@ -108,14 +108,15 @@ class _PluginBase(nn.Module):
         return {"mapping": mapping.mean(), "cluster": cluster.mean(), "total": total}
 
     def score(self, z: torch.Tensor) -> torch.Tensor:
-        """Per-step anomaly score [B, T]: clustering term plus distance mapping (each only
-        when its component is enabled)."""
+        """Per-step anomaly score [B, T]: clustering term plus ||h - c||^2 (each only when its
+        component is enabled). The squared distance itself, not the soft-boundary mapping,
+        which is constant inside R."""
         dist2, cluster = self.terms(z)
         score = torch.zeros_like(dist2)
         if self.use_cluster:
             score = score + cluster
         if self.use_mapping:
-            score = score + self.mapping_terms(dist2)
+            score = score + dist2
         return score
 
     def on_epoch_end(self, epoch: int) -> Dict[str, float]:

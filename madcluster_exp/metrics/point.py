@@ -15,8 +15,10 @@ from typing import Dict, Tuple
 
 import numpy as np
 
+from madcluster_exp.errors import ExpectedError
 
-class MetricInputError(ValueError):
+
+class MetricInputError(ExpectedError, ValueError):
     """Inputs a metric cannot be computed on; the message says which and why."""
 
 

@@ -5,7 +5,13 @@
 - ``product``: the raw product, as the reference code multiplies them;
 - ``madcluster_only`` / ``backbone_only``: one component.
 With a single component (MADCluster off, or a backbone whose objective the plug-in replaces)
-that component is the score.
+that component is the score. Unset (None), the rule follows the protocol
+(:func:`madcluster_exp.config.combine_rule`).
+
+``sum`` refuses a component whose validation spread is rounding noise relative to its mean:
+standardising it would divide noise by noise and add it to the score at full weight. That is
+what DCdetector's window-mean score is under ``protocol=reference`` (a softmax over the window's
+steps averaged over those steps: exactly 1/T plus float32 rounding).
 """
 from __future__ import annotations
 
@@ -14,6 +20,10 @@ from typing import Dict
 import numpy as np
 
 RULES = ("sum", "product", "madcluster_only", "backbone_only")
+
+# A spread below this fraction of |mean| is rounding, not signal: ~8 float32 rounding units
+# (eps = 1.19e-7); real scores spread by far more, DCdetector's window means by ~3e-8.
+NOISE_RTOL = 1e-6
 
 
 class ScoreCombiner:
@@ -29,10 +39,22 @@ class ScoreCombiner:
         return self.rule
 
     def fit(self, val_components: Dict[str, np.ndarray]) -> "ScoreCombiner":
-        """Remember validation mean and std of each component."""
+        """Remember validation mean and std of each component; with ``sum``, refuse a
+        component whose spread is rounding noise (the message names it and the fix)."""
+        standardises = self.effective_rule(val_components) == "sum"
         for name, s in val_components.items():
-            std = float(np.std(s))
-            self.stats[name] = (float(np.mean(s)), std if std > 1e-12 else 1.0)
+            mean, std = float(np.mean(s)), float(np.std(s))
+            if standardises and std <= NOISE_RTOL * abs(mean):
+                raise ValueError(
+                    f"madcluster.combine=sum cannot standardise the {name!r} score component: "
+                    f"its validation scores are constant up to rounding (mean {mean:.9g}, std "
+                    f"{std:.3g}, {std / abs(mean) if mean else 0.0:.2g} of the mean, limit "
+                    f"{NOISE_RTOL:g}), so standardising would turn rounding noise into half of "
+                    "the score. (DCdetector's window-mean score is exactly 1/T under "
+                    "protocol=reference.) Use madcluster.combine=product (the reference code's "
+                    "rule and protocol=reference's default) or madcluster.combine="
+                    f"{'madcluster_only' if name == 'backbone' else 'backbone_only'}.")
+            self.stats[name] = (mean, std)
         return self
 
     def combine(self, components: Dict[str, np.ndarray]) -> np.ndarray:

@@ -1,10 +1,15 @@
 """Experiment tracking: MLflow (default) or nothing."""
+import os
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from madcluster_exp.tracking.mlflow_tracker import (MLflowTracker, NullTracker,
                                                     default_tracking_uri, resolve_tracking_uri)
+
+# Artifact downloads (report, evaluate, predict) print no progress bars between the results;
+# set MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=true to get them back.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def build_tracker(cfg: DictConfig, output_dir: Path) -> NullTracker:

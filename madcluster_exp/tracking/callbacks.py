@@ -75,3 +75,13 @@ class MLflowSweepCallback(Callback):
                                "children.killed": str(statuses.count("KILLED"))})
         self.tracker.end("FINISHED")
         os.environ.pop(PARENT_RUN_ENV, None)
+        print(sweep_summary(parent, statuses, _sweep_dir(config)), flush=True)
+
+
+def sweep_summary(parent_id: str, statuses: list, sweep_dir: Path) -> str:
+    """The lines a finished sweep ends with: parent run, children by status, report command."""
+    counts = {s: statuses.count(s) for s in ("FINISHED", "FAILED", "KILLED", "RUNNING")}
+    parts = [f"{n} {s.lower()}" for s, n in counts.items() if n]
+    return (f"\nSweep finished: MLflow parent run {parent_id}, {len(statuses)} children "
+            f"({', '.join(parts) or 'none'}).\n"
+            f"Report: python -m madcluster_exp.report {sweep_dir}")

@@ -74,6 +74,10 @@ class NullTracker:
     def end(self, status: str = "FINISHED") -> None:
         pass
 
+    def new_run(self) -> "NullTracker":
+        """A tracker for another run in the same store and experiment (a child run)."""
+        return NullTracker()
+
 
 class MLflowTracker(NullTracker):
     def __init__(self, uri: str, experiment: str, artifact_root: Optional[Path] = None):
@@ -96,6 +100,13 @@ class MLflowTracker(NullTracker):
         self.experiment_id = run.info.experiment_id
         self.run_id = run_id
         return self
+
+    def new_run(self) -> "MLflowTracker":
+        """A tracker for another run in the same store and experiment (a child run)."""
+        other = self.__class__.__new__(self.__class__)
+        other.uri, other.client, other.experiment_id = self.uri, self.client, self.experiment_id
+        other.run_id, other.seconds = None, 0.0
+        return other
 
     def _experiment_id(self, name: str, artifact_root: Optional[Path]) -> str:
         exp = self.client.get_experiment_by_name(name)

@@ -3,6 +3,15 @@
 It sees training and validation windows only (the test split is sealed until ``fit`` returns).
 The data order comes from a generator seeded with the run's seed and nothing else, so MADCluster
 on and off see the same batches in the same order.
+
+Early stopping follows the backbone's reference rule for ties (``Backbone.keep_latest_on_tie``).
+A validation loss that has not moved since the first epoch carries no signal (DCdetector's loss
+is 0 in value by construction): the loop says so, never counts those epochs against the
+patience and keeps the latest weights, so such a backbone trains its full schedule instead of
+being restored to its first epoch.
+
+Epochs are numbered from 1 wherever they leave the loop: the per-epoch metrics are logged at
+step = epoch number, and ``FitResult.best_epoch`` is the same number.
 """
 from __future__ import annotations
 
@@ -18,11 +27,15 @@ import torch
 from omegaconf import DictConfig
 
 from madcluster_exp.data import PreparedData, WindowSet
-from madcluster_exp.detector import Detector
+from madcluster_exp.detector import Detector, optimizer_options
 from madcluster_exp.training.checkpoint import Checkpointer, rng_state, set_rng_state
 from madcluster_exp.training.progress import Progress
 
 MetricsSink = Callable[[Dict[str, float], int], None]
+
+# Validation losses within this relative spread of each other (plus an absolute floor for a loss
+# that is 0 up to rounding) are "constant": float32 rounding, not learning, moves them.
+NO_SIGNAL_RTOL, NO_SIGNAL_ATOL = 1e-6, 1e-12
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -32,11 +45,29 @@ class TrainingDivergedError(FloatingPointError):
 @dataclass
 class FitResult:
     epochs_run: int
+    #: Epoch number (from 1, as the logged metric steps) whose weights were kept.
     best_epoch: int
     best_val_loss: float
     history: List[Dict[str, float]] = field(default_factory=list)
     fit_seconds: float = 0.0
     stopped_early: bool = False
+    #: False when the validation loss was constant over all epochs run (>= 2): early stopping
+    #: had nothing to go on; None after a single epoch (nothing to compare).
+    val_loss_signal: Optional[bool] = None
+
+
+def no_signal(val_losses: List[float]) -> bool:
+    """True when two or more validation losses are all equal up to rounding."""
+    if len(val_losses) < 2:
+        return False
+    spread = max(val_losses) - min(val_losses)
+    return spread <= NO_SIGNAL_RTOL * max(abs(v) for v in val_losses) + NO_SIGNAL_ATOL
+
+
+def improves(loss: float, best: float, min_delta: float, ties_improve: bool) -> bool:
+    """Early stopping's test: lower than the best by more than ``min_delta``, or by at least
+    ``min_delta`` where the backbone's reference counts ties (``keep_latest_on_tie``)."""
+    return loss <= best - min_delta if ties_improve else loss < best - min_delta
 
 
 def _mean(sums: Dict[str, float], n: int) -> Dict[str, float]:
@@ -77,9 +108,7 @@ def fit(detector: Detector, data: PreparedData, cfg: DictConfig, device: torch.d
     train_ws = WindowSet(data.train, window, stride=int(cfg.dataset.train_stride))
     val_ws = WindowSet(data.val, window, stride=int(cfg.dataset.train_stride))
     order = torch.Generator().manual_seed(int(cfg.seed))
-    detector.configure_optimizers(float(bcfg.lr), float(bcfg.weight_decay),
-                                  cfg.madcluster.nu_lr, tcfg.grad_clip, bool(tcfg.fused_optimizer),
-                                  amsgrad=bool(tcfg.amsgrad))
+    detector.configure_optimizers(**optimizer_options(cfg))
     detector.to(device)
 
     def initial_batches():
@@ -135,9 +164,13 @@ def fit(detector: Detector, data: PreparedData, cfg: DictConfig, device: torch.d
         epoch_logs["time/epoch_s"] = time.perf_counter() - t_epoch
         history.append(epoch_logs)
         if log_metrics is not None:
-            log_metrics(epoch_logs, epoch)
+            log_metrics(epoch_logs, epoch + 1)
 
-        improved = val["loss"] < best_loss - float(tcfg.min_delta)
+        flat = no_signal([h["val/loss"] for h in history])
+        if flat and len(history) == 2:
+            _say_no_signal(detector, val["loss"], int(tcfg.epochs))
+        improved = flat or improves(val["loss"], best_loss, float(tcfg.min_delta),
+                                    detector.backbone.keep_latest_on_tie)
         if improved:
             best_loss, best_epoch, bad_epochs = val["loss"], epoch, 0
             if tcfg.restore_best:
@@ -161,6 +194,14 @@ def fit(detector: Detector, data: PreparedData, cfg: DictConfig, device: torch.d
 
     if tcfg.restore_best and best_state is not None:
         detector.load_state_dict(best_state)
-    return FitResult(epochs_run=epoch + 1, best_epoch=best_epoch, best_val_loss=best_loss,
+    losses = [h["val/loss"] for h in history]
+    return FitResult(epochs_run=epoch + 1, best_epoch=best_epoch + 1, best_val_loss=best_loss,
                      history=history, fit_seconds=time.perf_counter() - t_start,
-                     stopped_early=stopped_early)
+                     stopped_early=stopped_early,
+                     val_loss_signal=None if len(losses) < 2 else not no_signal(losses))
+
+
+def _say_no_signal(detector: Detector, loss: float, epochs: int) -> None:
+    print(f"{type(detector.backbone).__name__}: the validation loss is {loss:.6g} in every "
+          "epoch so far; it carries no signal, so early stopping is off for this run: training "
+          f"all {epochs} epochs and keeping the latest weights", flush=True)

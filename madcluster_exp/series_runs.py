@@ -1,0 +1,176 @@
+"""A collection run: one model and one MLflow child run per series, under the job's own run.
+
+Design: the series of a collection are entities of ONE job (``dataset.mode=per_entity``), not
+jobs of a sweep. The job's run is the parent; each series gets a nested child run with its own
+params, tags (``series``, ``series.format``, ``series.file``), training curves, metrics and
+artifacts; the parent holds the pooled and per-series-mean metrics, ``per_entity.csv`` and the
+list of skipped files. This works the same from a single command and inside a sweep
+(``experiment=benchmark``: sweep parent -> one run per detector x seed -> one child per series),
+and a sweep that is resumed skips finished jobs as a whole.
+
+A series that cannot be used (unreadable file, wrong labels, too short for the window, ...) is
+skipped with its reason on the console, in the parent's ``collection.skipped`` tag and in its
+``skipped.csv`` artifact (and, if its child run had started, in that run's ``error`` tag with
+status FAILED); the other series go on. Errors that are not about the data still stop the job.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Callable, List, Optional, Tuple
+
+import torch
+from omegaconf import DictConfig
+
+from madcluster_exp.data import DataError
+from madcluster_exp.data.collection import Collection, Skipped
+from madcluster_exp.tracking import NullTracker
+
+RUNS_FILE = "series_runs.json"
+SKIPPED_FILE = "skipped.csv"
+
+
+def run_collection(cfg: DictConfig, tracker: NullTracker, name: str, collection: Collection,
+                   window: int, device: torch.device, say: Callable, root: Path,
+                   job_dir: Path) -> Tuple[list, List[Skipped]]:
+    """Fit, score and track every series; returns the finished units and every skipped file."""
+    skipped = list(collection.skipped)
+    for s in skipped:
+        say(f"[{name}] skipped {s.file}: {s.reason}")
+    runs_path = job_dir / RUNS_FILE
+    resumable = cfg.train.resume and cfg.train.checkpoint and runs_path.exists()
+    child_ids = json.loads(runs_path.read_text()) if resumable else {}
+    units = []
+    for entity in collection.entities:
+        unit = _series(cfg, tracker, name, collection, entity, window, device, say, root,
+                       job_dir, child_ids, skipped)
+        runs_path.write_text(json.dumps(child_ids, indent=2))
+        if unit is not None:
+            units.append(unit)
+    tracker.set_tags({"collection.path": str(collection.root),
+                      "collection.series": str(len(units)),
+                      "collection.skipped": str(len(skipped))})
+    if skipped:
+        tracker.set_tags({"collection.skipped_files": " ".join(s.file for s in skipped)[:5000]})
+    path = job_dir / SKIPPED_FILE
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["file", "reason"])
+        writer.writerows([s.file, s.reason] for s in skipped)
+    if cfg.tracking.log_artifacts:
+        tracker.log_artifact(path)
+    if not units:
+        raise DataError(f"collection {collection.root}: every series was skipped:"
+                        + "".join(f"\n  {s.file}: {s.reason}" for s in skipped))
+    say(series_table(name, collection, units, skipped))
+    return units, skipped
+
+
+_SHOWN = (("test/vus_pr", "VUS-PR"), ("test/auc_pr", "AUC-PR"), ("test/auc_roc", "AUC-ROC"))
+
+
+def series_table(name: str, collection: Collection, units: list, skipped: List[Skipped]) -> str:
+    """Per-series threshold-free metrics and their mean over series (as TSB-AD averages)."""
+    width = max(len(u.entity) for u in units)
+    head = f"  {'series':<{width}}  {'format':<8}" + "".join(f"  {t:>8}" for _, t in _SHOWN)
+    lines = [f"\nCollection {collection.root}: {len(units)} series run, {len(skipped)} file(s) "
+             f"skipped ({name})", head]
+    for u in units:
+        fmt = collection.series[u.entity].format
+        lines.append(f"  {u.entity:<{width}}  {fmt:<8}" + "".join(
+            f"  {u.evaluation.metrics.get(k, float('nan')):>8.4f}" for k, _ in _SHOWN))
+    means = [sum(u.evaluation.metrics.get(k, float("nan")) for u in units) / len(units)
+             for k, _ in _SHOWN]
+    lines.append(f"  {'mean over series':<{width + 10}}" + "".join(f"  {m:>8.4f}" for m in means))
+    lines += [f"  skipped {s.file}: {s.reason}" for s in skipped]
+    return "\n".join(lines)
+
+
+def _series(cfg, tracker, name, collection, entity, window, device, say, root, job_dir,
+            child_ids, skipped) -> Optional[object]:
+    from madcluster_exp.run import _fit_and_score, _write_artifacts, flatten, identity_tags
+
+    info = collection.describe(entity)
+    try:
+        raw = collection.subset(entity)  # reads and checks the file before any run starts
+    except DataError as exc:
+        return _skip(say, name, skipped, info["series.file"], exc)
+    child = tracker.new_run()
+    child_name = f"{name}/{entity}"
+    if child_ids.get(entity) and child.uri:
+        child.resume(child_ids[entity])
+    else:
+        child.start(child_name, flatten(cfg), {**identity_tags(cfg, root), **info},
+                    parent_run_id=tracker.run_id)
+    child_ids[entity] = child.run_id
+    t0 = time.perf_counter()
+    try:
+        unit = _fit_and_score(cfg, child, name, raw, entity, window, device, say,
+                              log_params=True, job_dir=job_dir, metric_prefix="")
+    except DataError as exc:
+        child.set_tags({"error": f"DataError: {exc}"[:5000]})
+        child.end("FAILED")
+        return _skip(say, name, skipped, info["series.file"], exc)
+    except BaseException as exc:
+        child.set_tags({"error": f"{type(exc).__name__}: {exc}"[:5000]})
+        child.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    metrics = {**unit.evaluation.metrics,
+               "val/best_loss": unit.fit.best_val_loss,
+               "train/best_epoch": unit.fit.best_epoch + 1,
+               "train/epochs_run": unit.fit.epochs_run,
+               "time/fit_s": unit.fit.fit_seconds,
+               "time/score_s": unit.score_s,
+               "time/total_s": time.perf_counter() - t0}
+    child.log_params({"score_rule": unit.evaluation.score_rule})
+    child.log_metrics(metrics)
+    series_dir = job_dir / "series" / entity
+    series_dir.mkdir(parents=True, exist_ok=True)
+    artifacts = _write_artifacts(cfg, series_dir, child_name, unit.fit, unit.evaluation,
+                                 unit.test.labels, metrics)
+    if cfg.tracking.log_artifacts:
+        for path in artifacts:
+            child.log_artifact(path)
+    child.end("FINISHED")
+    shown = "  ".join(f"{k}={metrics[k]:.4f}" for k in ("test/vus_pr", "test/auc_roc")
+                      if k in metrics)
+    say(f"[{child_name}] {info['series.format']}: {shown}")
+    return unit
+
+
+def series_results(uri: str, parent_id: str):
+    """One row per series run under ``parent_id`` (a DataFrame): the children of a collection
+    run, or, given a sweep's parent, the series children of each of its jobs. Columns:
+    ``run_id, run_name, status, job_run_id, series, series.format``, ``param:<key>`` for every
+    param and one column per final metric: what a per-series ranking of detectors needs."""
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment = client.get_run(parent_id).info.experiment_id
+
+    def children(run_id: str):
+        return client.search_runs([experiment], max_results=50_000,
+                                  filter_string=f"tags.mlflow.parentRunId = '{run_id}'")
+
+    rows = []
+    for job in [parent_id] + [r.info.run_id for r in children(parent_id)
+                              if "series" not in r.data.tags]:
+        for r in children(job):
+            if "series" not in r.data.tags:
+                continue
+            rows.append({"run_id": r.info.run_id, "run_name": r.info.run_name,
+                         "status": r.info.status, "job_run_id": job,
+                         "series": r.data.tags["series"],
+                         "series.format": r.data.tags.get("series.format"),
+                         **{f"param:{k}": v for k, v in r.data.params.items()},
+                         **r.data.metrics})
+    return pd.DataFrame(rows)
+
+
+def _skip(say, name: str, skipped: List[Skipped], file: str, exc: Exception) -> None:
+    skipped.append(Skipped(file, str(exc)))
+    say(f"[{name}] skipped {file}: {exc}")
+    return None

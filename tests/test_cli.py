@@ -1,0 +1,111 @@
+"""The command line as a person meets it: expected errors without tracebacks, --help on every
+command with the user-facing groups only, boolean on/off spellings, the job's name and log."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from madcluster_exp.app import normalise_argv
+from madcluster_exp.cli import Option, UsageError, parse
+from madcluster_exp.tracking.callbacks import sweep_summary
+
+
+def _run(module, *args, cwd, **env):
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("MLFLOW_TRACKING_URI", "MADCLUSTER_FULL_ERROR", "HYDRA_FULL_ERROR")}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env={**base, **env},
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_config_error_prints_the_message_alone_and_leaves_no_mlflow_run(tmp_path):
+    out = _run("madcluster_exp", "backbone.window=1", cwd=tmp_path)
+    assert out.returncode == 2
+    assert "error: invalid configuration" in out.stderr and "backbone.window=1" in out.stderr
+    assert "Traceback" not in out.stderr
+    db = tmp_path / "outputs" / "mlflow.db"
+    if db.exists():  # the store may exist; it must hold no run
+        client = MlflowClient(f"sqlite:///{db}")
+        exp = client.get_experiment_by_name("madcluster_exp")
+        assert exp is None or not client.search_runs([exp.experiment_id])
+
+
+def test_full_error_env_var_shows_the_traceback(tmp_path):
+    out = _run("madcluster_exp", "backbone.window=1", "tracking=none", cwd=tmp_path,
+               MADCLUSTER_FULL_ERROR="1")
+    assert out.returncode != 0 and "Traceback" in out.stderr and "ConfigError" in out.stderr
+
+
+def test_missing_dataset_names_the_path_and_the_fetch_command_without_traceback(tmp_path):
+    out = _run("madcluster_exp", "dataset=SMD", "tracking=none", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "dataset SMD not found" in out.stderr
+    assert "python -m madcluster_exp.data download SMD" in out.stderr
+
+
+@pytest.mark.parametrize("spelling,enabled", [("true", "true"), ("False", "false"),
+                                              ("yes", "true"), ("off", "false")])
+def test_madcluster_accepts_boolean_spellings_of_on_and_off(tmp_path, spelling, enabled):
+    out = _run("madcluster_exp", f"madcluster={spelling}", "--cfg", "job", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    block = out.stdout.split("madcluster:\n", 1)[1]
+    assert block.splitlines()[0].strip() == f"enabled: {enabled}"
+
+
+def test_normalise_argv_leaves_other_overrides_alone():
+    assert normalise_argv(["madcluster=TRUE", "madcluster.k=3", "+madcluster=no", "seed=1"]) == \
+        ["madcluster=on", "madcluster.k=3", "+madcluster=off", "seed=1"]
+
+
+def test_help_lists_user_facing_groups_and_no_schema_internals(tmp_path):
+    out = _run("madcluster_exp", "--help", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "madcluster: off, on" in out.stdout and "backbone: " in out.stdout
+    assert "hydra/launcher: " in out.stdout and "joblib" in out.stdout
+    assert "schema/" not in out.stdout
+    assert "seed: 0" in out.stdout  # the composed config follows
+
+
+@pytest.mark.parametrize("module", ["madcluster_exp.report", "madcluster_exp.evaluate",
+                                    "madcluster_exp.data", "madcluster_exp.bench"])
+def test_every_sub_command_has_help(tmp_path, module):
+    out = _run(module, "--help", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "usage" in out.stdout.lower() and "Traceback" not in out.stderr
+
+
+def test_sub_command_usage_errors_exit_2_with_a_message(tmp_path):
+    out = _run("madcluster_exp.evaluate", "metrics=full", cwd=tmp_path)
+    assert out.returncode == 2 and "missing run=" in out.stderr and "Traceback" not in out.stderr
+    out = _run("madcluster_exp.evaluate", "run=x", "colour=red", cwd=tmp_path)
+    assert out.returncode == 2 and "unknown option 'colour'" in out.stderr
+
+
+def test_key_value_parser_types_values_and_keeps_ids_as_typed():
+    opts = {"run": Option("id", required=True), "window": Option("w", kind=int),
+            "log": Option("l", kind=bool, default=True), "m": Option("m", kind=list)}
+    args = parse(["run=0123e4", "window=50", "log=false", "m=[test/f1,test/vus_pr]"], opts, "u")
+    assert args == {"run": "0123e4", "window": 50, "log": False, "m": ["test/f1", "test/vus_pr"]}
+    with pytest.raises(UsageError, match="log='maybe': expected true or false"):
+        parse(["run=a", "log=maybe"], opts, "u")
+    with pytest.raises(UsageError, match="window='x'"):
+        parse(["run=a", "window=x"], opts, "u")
+
+
+def test_job_is_named_after_the_project_and_its_log_holds_the_run(tmp_path):
+    run_dir = tmp_path / "run"
+    out = _run("madcluster_exp", "debug=fast", "tracking=none", f"hydra.run.dir={run_dir}",
+               cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (run_dir / "madcluster_exp.log").exists()
+    assert not (run_dir / "__main__.log").exists()
+
+
+def test_sweep_summary_names_parent_counts_and_report_command():
+    text = sweep_summary("abc123", ["FINISHED", "FINISHED", "FAILED"], Path("/s/d"))
+    assert "parent run abc123" in text and "3 children (2 finished, 1 failed)" in text
+    assert "python -m madcluster_exp.report /s/d" in text
