@@ -260,7 +260,9 @@ class MADClusterConfig:
     radius_warmup_epochs: int = 0
     # Learning rate of nu's own parameter group (None = the backbone's lr, as in the reference).
     nu_lr: Optional[float] = None
-    # Ablation of the plug-in's parts (loss and score): both | mapping | clustering
+    # Ablation of the plug-in's parts (loss and score): both | mapping | clustering. The
+    # paper's "distance only" row is the backbone alone (madcluster=off), not mapping: see
+    # docs/method.md; mapping is refused where the plug-in replaces the objective (Deep SVDD).
     components: str = "both"
     # How the plug-in score meets the backbone score:
     # sum (of validation-standardised scores) | product | madcluster_only | backbone_only.
