@@ -17,9 +17,9 @@ SERVER_ARTIFACTS ?= outputs/server-artifacts
 help: ## list every target
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
 
-install: ## install CPU torch, then the package (editable) with runtime and test dependencies
+install: ## install CPU torch, then the package (editable) with runtime, test and Ray dependencies
 	$(PIP) install $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
-	$(PIP) install -e ".[dev]"
+	$(PIP) install -e ".[dev,ray]"
 	# vus is the metric tests' reference; its declared dependencies (TensorFlow, ...) are not
 	# needed by get_metrics, so it is installed without them.
 	$(PIP) install --no-deps "vus==0.0.6"

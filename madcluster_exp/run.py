@@ -208,6 +208,7 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None, verbose: bool = True
     Ctrl-C), keeps everything already written and logs the traceback, then re-raises."""
     validate(cfg)
     cfg = resolve_defaults(cfg)
+    check_backbone_score_exists(cfg)  # a configuration error: before any MLflow run exists
     root = project_root(cfg)
     out_root = resolve_path(root, cfg.paths.output_dir)
     job_dir = Path(output_dir) if output_dir is not None else job_output_dir(cfg, root)
@@ -268,7 +269,6 @@ def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_d
         torch.use_deterministic_algorithms(True)
     # The data window may differ from backbone.window (SLMR adds its forecast target).
     window = backbone_class(cfg.backbone.name).data_window(int(cfg.backbone.window))
-    check_backbone_score_exists(cfg)
 
     raw = load_dataset(cfg.dataset, resolve_path(root, cfg.paths.data_dir))
     per_entity = cfg.dataset.mode == "per_entity"
