@@ -31,6 +31,7 @@ SMALL = {
     "dcdetector": ["backbone.window=20", "backbone.d_model=16", "backbone.layers=2",
                    "backbone.patch_sizes=[2,4,5]"],
     "slmr": ["backbone.window=10", "backbone.width=30", "backbone.gru_hidden=16"],
+    "thoc": ["backbone.window=20", "backbone.hidden=16", "backbone.clusters=[3,3,3]"],
 }
 CASES = [(b, s) for b in sorted(BACKBONES) for s in ("off", "on")]
 C = 3
