@@ -7,8 +7,9 @@ the public re-implementations
 - wagner-d/TimeSeAD @ a9795fb, ``timesead/models/other/thoc.py`` (model, loss, trainer) and
   ``timesead_experiments/other/train_thoc.py`` (settings); it quotes the authors' code in
   several comments ("Authors implementation") and is the reference for every default here;
-- carrtesy/THOC-Pytorch @ 596b7fb ``model.py`` and oksjjj/THOC @ d689762 ``thoc/model.py``
-  (which map their lines to the paper's equation numbers), to cross-check the equations.
+- carrtesy/THOC-Pytorch @ 5699146 ``model.py``, oksjjj/THOC @ d689762 ``thoc/model.py``
+  (which maps its lines to the paper's equation numbers) and kyeongjun1007/thoc-pytorch @
+  1c9d205 ``THOC_Module/THOC.py``, to cross-check the equations.
 
 Model (L layers, K^l centers at layer l, hidden size H):
 1. Dilated RNN (eq. 4): layer l is an RNN whose recurrence skips s(l) = ``dilations[l]`` steps
@@ -47,18 +48,27 @@ clustering, on the tapped embedding h_t:
   so with this tap the plug-in fights THOC's multi-center structure (offered for comparison).
 
 Deviations from the paper and the re-implementations
+- Hidden size 32 by default (TimeSeAD: 128): the clustering costs sum_l K^{l-1} H^2 per step
+  on top of the RNN, and the default synthetic run must take minutes on CPU.
+  ``backbone.hidden=128`` restores the reference size; the window stays the paper's 100.
 - Score per step for every t of a window (the framework folds overlapping windows into point
   scores); TimeSeAD scores only each window's last step, carrtesy and oksjjj cluster only the
   last step of each window.
-- tau starts at 1 (the paper's plain softmax of cosine similarities, as in carrtesy, oksjjj and
-  kyeongjun1007/thoc-pytorch); TimeSeAD starts at 100. Its annealing is applied once per
-  ``tau_decay_epochs`` epochs; TimeSeAD's trainer multiplies on every batch of such an epoch.
+- tau starts at 1 as in carrtesy, oksjjj and kyeongjun1007 (the paper's eq. 5 temperature; its
+  value was not readable here); TimeSeAD starts at 100, which keeps the assignment uniform for
+  ~60 epochs. The annealing (x 2/3 every 5 epochs, TimeSeAD and kyeongjun1007) is applied once
+  per ``tau_decay_epochs`` epochs; TimeSeAD's trainer multiplies on every batch of such epochs.
+- R^l is re-normalised by a softmax (eq. 10 as TimeSeAD and oksjjj read it); carrtesy and
+  kyeongjun1007 propagate sum_i R^{l-1}_i P^l_{j|i} without it.
 - The update uses P directly (the paper, as TimeSeAD); TimeSeAD reports that the authors'
   code applies a second softmax over the previous clusters there.
 - d = 1 - cos as in the paper (TimeSeAD: 0.5 (1 - cos), the authors' scaling by its account);
   the MVDD term sums over the K^L clusters (TimeSeAD averages, i.e. divides by K^L).
-- L_orth on the raw centers as the paper and the authors' code (TimeSeAD normalises them and
-  uses the mean of squared entries).
+- L_orth on the raw centers, Frobenius norm, as eq. 11 quoted by oksjjj and carrtesy and the
+  authors' code by TimeSeAD's account (TimeSeAD normalises the centers and takes the mean of
+  the squared entries).
+- TimeSeAD feeds batch-first windows to its sequence-first RNN (the recurrence then appears to
+  run over the batch axis); the recurrence here runs over time, as the paper.
 - Fusion is one linear map per layer (TimeSeAD); carrtesy/oksjjj share a 3-layer MLP.
   TimeSeAD trains it with a second Adam of identical settings; one optimizer here is the same.
 - k-means runs on an evenly spaced subsample of the training windows (``center_init_windows``)
@@ -293,9 +303,6 @@ class THOC(Backbone):
         if (epoch + 1) % self.tau_decay_epochs == 0:
             self.tau.fill_(max(float(self.tau) * self.tau_decay, self.tau_min))
         return {"backbone/tau": float(self.tau)}
-
-    def extra_log_params(self) -> Dict[str, object]:
-        return {"backbone.n_centers": sum(self.hierarchy.clusters)}
 
 
 def _evenly_spaced_windows(train_batches: Callable[[], Iterable[torch.Tensor]],
