@@ -78,13 +78,12 @@ Deviations from the paper and the re-implementations
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterable, List
+from typing import Callable, Dict, Iterable, List, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
-from sklearn.cluster import KMeans
 from torch import nn
 
 from madcluster_exp.backbones.base import Backbone, BackboneOutput
@@ -180,7 +179,7 @@ class HierarchicalClustering(nn.Module):
         mixed = torch.einsum("btkp,btph->btkh", p, F.linear(u, w[:, :h]))
         return mixed + F.linear(f_next, w[:, h:], b).unsqueeze(2)
 
-    def forward(self, feats: List[torch.Tensor], tau: float,
+    def forward(self, feats: List[torch.Tensor], tau: Union[float, torch.Tensor],
                 stop_at: int = -1) -> Dict[str, List[torch.Tensor]]:
         """Per layer l: ``inputs`` f̄^{l-1} [B, T, K^{l-1}, H], ``fused`` f̄^l [B, T, K^l, H]
         and ``relevance`` R^l [B, T, K^l]. ``stop_at=l`` returns once layer l's input exists
@@ -249,7 +248,7 @@ class THOC(Backbone):
     # -- forward, loss, score ------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> BackboneOutput:
         feats = self.drnn(x)
-        h = self.hierarchy(feats, float(self.tau))
+        h = self.hierarchy(feats, self.tau)  # the 0-d buffer: no device-to-host copy per step
         centers = self.hierarchy.centers
         layers = range(len(centers)) if self.mvdd_layers == "all" else [len(centers) - 1]
         dist = sum((h["relevance"][l] * paired_cosine_distance(h["fused"][l], centers[l]))
@@ -294,7 +293,7 @@ class THOC(Backbone):
             per_step = 1 if l == 0 else self.hierarchy.clusters[l - 1]
             stride = max(1, steps * per_step // KMEANS_MAX_POINTS)
             inputs = torch.cat([
-                self.hierarchy(self.drnn(w), float(self.tau), stop_at=l)["inputs"][l]
+                self.hierarchy(self.drnn(w), self.tau, stop_at=l)["inputs"][l]
                 .reshape(-1, c.shape[1])[::stride] for w in windows.split(256)])
             c.copy_(kmeans_centers(inputs, len(c), seed).to(c))
         self.train(was_training)
@@ -324,6 +323,7 @@ def _evenly_spaced_windows(train_batches: Callable[[], Iterable[torch.Tensor]],
 
 def kmeans_centers(points: torch.Tensor, k: int, seed: int) -> torch.Tensor:
     """k centers of ``points`` [N, H] by k-means (scikit-learn, one k-means++ start)."""
+    from sklearn.cluster import KMeans  # here: every run imports the backbones, few need it
     sample = points.double().cpu().numpy()
     n_distinct = len(np.unique(sample, axis=0))
     km = KMeans(n_clusters=min(k, n_distinct), n_init=1, random_state=seed).fit(sample)
