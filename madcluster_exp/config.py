@@ -231,6 +231,38 @@ class SLMRConfig(BackboneConfig):
     batch_size: int = 256
 
 
+@dataclass
+class THOCConfig(BackboneConfig):
+    name: str = "thoc"
+    family: str = "one_class"
+    # drnn (top dilated-RNN layer) | multiscale (all layers concatenated) | fused (THOC's
+    # relevance-weighted top fused feature); see madcluster_exp/backbones/thoc.py.
+    embed_tap: str = "drnn"
+    # The paper's window (TimeSeAD uses 64).
+    window: int = 100
+    # Recurrent cell of the dilated RNN: lstm (TimeSeAD) | gru | rnn
+    cell: str = "lstm"
+    # TimeSeAD uses 128; 32 keeps the default synthetic run at minutes on CPU (the clustering
+    # costs sum_l K^{l-1} H^2 per step on top of the RNN). backbone.hidden=128 for the reference.
+    hidden: int = 32
+    # Skip length of each layer's recurrence (one entry per layer).
+    dilations: List[int] = field(default_factory=lambda: [1, 2, 4])
+    # Hypersphere centers per layer (one entry per layer).
+    clusters: List[int] = field(default_factory=lambda: [6, 6, 6])
+    # Assignment temperature; multiplied by tau_decay every tau_decay_epochs, floored at tau_min.
+    tau: float = 1.0
+    tau_decay: float = 2 / 3
+    tau_decay_epochs: int = 5
+    tau_min: float = 1 / 300
+    lambda_orth: float = 1.0
+    lambda_tss: float = 10.0
+    # Layers whose fused distances form the loss and score: last (the paper) | all
+    mvdd_layers: str = "last"
+    # Training windows (evenly spaced) whose features seed the k-means centers.
+    center_init_windows: int = 2560
+    weight_decay: float = 1e-6
+
+
 # ---------------------------------------------------------------------------------- madcluster
 @dataclass
 class MADClusterConfig:
@@ -388,6 +420,7 @@ def register_configs() -> None:
         ("backbone", "anomaly_transformer", AnomalyTransformerConfig),
         ("backbone", "dcdetector", DCdetectorConfig),
         ("backbone", "slmr", SLMRConfig),
+        ("backbone", "thoc", THOCConfig),
         ("madcluster", "default", MADClusterConfig),
         ("train", "default", TrainConfig),
         ("scoring", "default", ScoringConfig),

@@ -9,6 +9,7 @@ from madcluster_exp.backbones.dcdetector import DCdetector
 from madcluster_exp.backbones.deepsvdd import DeepSVDD
 from madcluster_exp.backbones.lstm_ae import LSTMAE
 from madcluster_exp.backbones.slmr import SLMR
+from madcluster_exp.backbones.thoc import THOC
 from madcluster_exp.backbones.usad import USAD
 
 BACKBONES: Dict[str, Type[Backbone]] = {
@@ -18,6 +19,7 @@ BACKBONES: Dict[str, Type[Backbone]] = {
     "anomaly_transformer": AnomalyTransformer,
     "dcdetector": DCdetector,
     "slmr": SLMR,
+    "thoc": THOC,
 }
 
 
