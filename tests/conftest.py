@@ -110,11 +110,6 @@ def server(tmp_path, postgres_uri):
         proc.wait(timeout=60)
 
 
-def _ray(*args, env=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "ray.scripts.scripts", *args],
-                          capture_output=True, text=True, timeout=timeout, env=env)
-
-
 @pytest.fixture
 def ray_cluster(tmp_path_factory):
     """A real local Ray cluster: a head and one worker node, separate processes on 127.0.0.1,
@@ -124,19 +119,7 @@ def ray_cluster(tmp_path_factory):
     except ImportError:
         ray = None
     require_service("Ray", ray is not None, "install the extra: pip install -e .[ray]")
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    temp = tmp_path_factory.mktemp("ray")
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
-    head = _ray("start", "--head", f"--port={port}", "--num-cpus=1",
-                "--node-ip-address=127.0.0.1", "--include-dashboard=false",
-                "--disable-usage-stats", f"--temp-dir={temp}", env=env)
-    try:
-        assert head.returncode == 0, head.stdout[-2000:] + head.stderr[-2000:]
-        worker = _ray("start", f"--address={address}", "--num-cpus=1",
-                      "--node-ip-address=127.0.0.1", env=env)
-        assert worker.returncode == 0, worker.stdout[-2000:] + worker.stderr[-2000:]
+    from madcluster_exp.launchers.local_cluster import local_cluster
+
+    with local_cluster(tmp_path_factory.mktemp("ray"), cpus_per_node=1, workers=1) as address:
         yield address
-    finally:
-        _ray("stop", "--force", env=env)
