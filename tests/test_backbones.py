@@ -31,6 +31,8 @@ SMALL = {
     "dcdetector": ["backbone.window=20", "backbone.d_model=16", "backbone.layers=2",
                    "backbone.patch_sizes=[2,4,5]"],
     "slmr": ["backbone.window=10", "backbone.width=30", "backbone.gru_hidden=16"],
+    "omnianomaly": ["backbone.window=20", "backbone.rnn_hidden=16", "backbone.dense_dim=16",
+                    "backbone.nf_layers=4"],
 }
 CASES = [(b, s) for b in sorted(BACKBONES) for s in ("off", "on")]
 C = 3
@@ -102,6 +104,7 @@ MIN_AUC = {
     ("lstm_ae", "off"): 0.65, ("lstm_ae", "on"): 0.65,
     ("usad", "off"): 0.6, ("usad", "on"): 0.6,
     ("slmr", "off"): 0.6, ("slmr", "on"): 0.6,
+    ("omnianomaly", "off"): 0.65, ("omnianomaly", "on"): 0.65,
     ("anomaly_transformer", "on"): 0.6,
     ("dcdetector", "on"): 0.55,
 }
