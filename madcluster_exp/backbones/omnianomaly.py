@@ -170,7 +170,8 @@ class StateSpacePrior(nn.Module):
         """z [B, T, K] (T <= length) -> [B, T]: sum over K of log p(z_t | z_<t)."""
         t = z.shape[-2]
         chol = self.chol[:t, :t]  # Cholesky of a leading block = leading block of the Cholesky
-        u = torch.linalg.solve_triangular(chol, z, upper=False)
+        # float32 even under bf16 autocast: the solve has no low-precision kernel
+        u = torch.linalg.solve_triangular(chol, z.to(chol.dtype), upper=False)
         log_diag = torch.log(torch.diagonal(chol)).unsqueeze(-1)
         return (-0.5 * u * u - log_diag - LOG_SQRT_2PI).sum(-1)
 
