@@ -33,6 +33,8 @@ SMALL = {
                    "backbone.patch_sizes=[2,4,5]"],
     "slmr": ["backbone.window=10", "backbone.width=30", "backbone.gru_hidden=16"],
     "thoc": ["backbone.window=20", "backbone.hidden=16", "backbone.clusters=[3,3,3]"],
+    "omnianomaly": ["backbone.window=20", "backbone.rnn_hidden=16", "backbone.dense_dim=16",
+                    "backbone.nf_layers=4"],
 }
 CASES = [(b, s) for b in sorted(BACKBONES) for s in ("off", "on")]
 C = 3
@@ -106,6 +108,7 @@ MIN_AUC = {
     ("lstm_ae", "off"): 0.65, ("lstm_ae", "on"): 0.65,
     ("usad", "off"): 0.6, ("usad", "on"): 0.6,
     ("slmr", "off"): 0.6, ("slmr", "on"): 0.6,
+    ("omnianomaly", "off"): 0.65, ("omnianomaly", "on"): 0.65,
     ("anomaly_transformer", "on"): 0.6,
     ("dcdetector", "on"): 0.55,
     ("thoc", "off"): 0.6, ("thoc", "on"): 0.6,

@@ -8,6 +8,7 @@ from madcluster_exp.backbones.anomaly_transformer import AnomalyTransformer
 from madcluster_exp.backbones.dcdetector import DCdetector
 from madcluster_exp.backbones.deepsvdd import DeepSVDD
 from madcluster_exp.backbones.lstm_ae import LSTMAE
+from madcluster_exp.backbones.omnianomaly import OmniAnomaly
 from madcluster_exp.backbones.slmr import SLMR
 from madcluster_exp.backbones.thoc import THOC
 from madcluster_exp.backbones.usad import USAD
@@ -20,6 +21,7 @@ BACKBONES: Dict[str, Type[Backbone]] = {
     "dcdetector": DCdetector,
     "slmr": SLMR,
     "thoc": THOC,
+    "omnianomaly": OmniAnomaly,
 }
 
 
