@@ -79,6 +79,11 @@ def test_reference_window_builds_the_reference_network():
                if isinstance(m, torch.nn.ConvTranspose1d))
 
 
+def test_conv_lengths_are_logged():
+    bb = _backbone("backbone.window=100", "backbone.layers=5")
+    assert bb.extra_log_params() == {"beatgan/conv_lengths": "100,50,25,12,6,3"}
+
+
 def test_output_padding_undoes_the_rounding_of_odd_lengths():
     bb = _backbone("backbone.window=100", "backbone.layers=5")  # 100 50 25 12 6 3
     pads = [m.output_padding[0] for m in bb.decoder.modules()
@@ -248,7 +253,8 @@ def test_both_networks_use_the_reference_adam_betas_and_nu_keeps_the_default():
         assert all(g["betas"] == (0.5, 0.999) for g in groups)
     nu = [g for g in det.optimizers["generator"].param_groups if g.get("name") == "madcluster_nu"]
     assert len(nu) == 1 and nu[0]["betas"] == (0.9, 0.999)
-    assert any(det.plugin.center is p for p in det.optimizers["generator"].param_groups[0]["params"])
+    host = det.optimizers["generator"].param_groups[0]["params"]
+    assert any(det.plugin.center is p for p in host)
 
 
 def test_validation_loss_is_the_reconstruction_error():

@@ -15,7 +15,10 @@ Training, one batch (the reference's ``optimize``): first D, then G, each with i
 (lr 1e-4, betas (0.5, 0.999)):
   L_D = BCE(D(x), 1) + BCE(D(G(x)), 0)
   L_G = mean (x - G(x))^2 + w_adv * mean (f_D(G(x)) - f_D(x))^2   (pairwise feature matching)
-and D is re-initialised when L_D falls below 5e-6 (the reference's guard against a perfect D).
+The paper writes both terms as squared norms weighted by lambda; the reference (and this code)
+takes both as means over their elements, with w_adv = lambda = 1 for ECG (0.01 in its mocap
+MLP). D is re-initialised when L_D falls below 5e-6 (the reference's guard against a perfect D;
+its Adam state is kept, as there). Weights are initialised as the reference's ``weights_init``.
 The schedule lives in :meth:`BeatGAN.training_step`; with MADCluster on, its term joins the G
 phase, whose optimizer also carries the plug-in's center.
 Score per step: mean over channels of (x_t - G(x)_t)^2, the paper's anomaly score
@@ -220,6 +223,10 @@ class BeatGAN(Backbone):
 
     def optimizer_options(self) -> Dict[str, object]:
         return {"betas": (self.beta1, 0.999)}
+
+    def extra_log_params(self) -> Dict[str, object]:
+        """The lengths through the strided stack (the last is the final conv's kernel)."""
+        return {"beatgan/conv_lengths": ",".join(map(str, self.lengths))}
 
     # -- the contract --------------------------------------------------------------------------
     def generate(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -31,6 +31,7 @@ CONFIGS = {
     "dcdetector_materialised": ["backbone=dcdetector", "backbone.materialise=true"],
     "slmr_w10": ["backbone=slmr"],
     "slmr_w100": ["backbone=slmr", "backbone.window=100"],
+    "beatgan": ["backbone=beatgan"],
 }
 
 
