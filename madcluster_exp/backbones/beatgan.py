@@ -46,15 +46,21 @@ Deviations from paper and reference code (each stated so the numbers can be read
 2. Multivariate input. The reference ECG model reads 1 channel (nc=1); its mocap model is a
    separate MLP for 4 channels. Here every channel of the window is an input channel of the
    conv network (nc = number of channels), the paper's formulation for multivariate series.
-3. No time-warping augmentation (the paper's Sec. 3.3; ``n_aug=0`` in the reference's run script
-   too): it is a data-side operation for beat-segmented ECG.
-4. Model selection. The reference keeps the epoch with the best AUC on a labelled validation set.
-   That uses labels, so here validation is label-free: ``loss`` (the validation objective for
-   early stopping) is the reconstruction MSE, the quantity the score measures. The adversarial
-   term is left out of it because its value moves with the discriminator, not with G's fit.
-5. D's output: BCE is computed from D's logit (``binary_cross_entropy_with_logits``), the same
+3. No time-warping augmentation (the paper's data augmentation; ``data_aug`` in the reference,
+   off by default there too: ``n_aug=0`` in options.py and run_ecg.sh).
+4. Scaling. The reference ECG pipeline min-max scales every beat and channel to [-1, 1] (a
+   per-window normalisation, which fits the Tanh output). Here the framework's dataset-level
+   scaling applies (``dataset.normalize``, fitted on training data); per-window scaling would
+   erase level-shift anomalies. ``dataset.normalize=minmax`` keeps training data inside the
+   Tanh's range; ``output_activation=identity`` drops the Tanh for unbounded (z-scored) data.
+5. Model selection and schedule. The reference trains 100 epochs and keeps the epoch with the
+   best AUC on a labelled validation set. That uses labels, so here validation is label-free:
+   ``loss`` (the validation objective for early stopping, ``train.*`` sets epochs and patience)
+   is the reconstruction MSE, the quantity the score measures. The adversarial term is left out
+   of it because its value moves with the discriminator, not with G's fit.
+6. D's output: BCE is computed from D's logit (``binary_cross_entropy_with_logits``), the same
    function as the reference's sigmoid + BCELoss without its log clamp at -100.
-6. In the G phase, f_D(x) is computed without a gradient and D's weights are frozen; G's
+7. In the G phase, f_D(x) is computed without a gradient and D's weights are frozen; G's
    gradient is the reference's (its extra gradient into D was discarded by zero_grad anyway).
 """
 from __future__ import annotations
