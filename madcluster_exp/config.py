@@ -286,6 +286,34 @@ class OmniAnomalyConfig(BackboneConfig):
     batch_size: int = 50
 
 
+@dataclass
+class BeatGANConfig(BackboneConfig):
+    name: str = "beatgan"
+    family: str = "reconstruction"
+    # latent (encoder code, broadcast to every step) | decoder (last hidden decoder map per step)
+    embed_tap: str = "latent"
+    # The MADCluster paper's T; the reference's ECG beats are 320 long.
+    window: int = 100
+    # Size of the latent code (reference nz).
+    latent: int = 50
+    # Filters of the first encoder / discriminator conv (ndf) and of the last decoder block
+    # (ngf); each strided layer doubles them.
+    ndf: int = 32
+    ngf: int = 32
+    # Strided (kernel 4, stride 2) conv layers; the window must be >= 2^layers.
+    layers: int = 5
+    # Weight of the feature-matching adversarial term in the generator's loss.
+    w_adv: float = 1.0
+    # tanh (reference, for data scaled to [-1, 1]) | identity
+    output_activation: str = "tanh"
+    # Adam's beta1 for both networks (beta2 = 0.999).
+    beta1: float = 0.5
+    # Re-initialise the discriminator when its loss falls below this (None = never).
+    d_reinit_below: Optional[float] = 5e-6
+    lr: float = 1e-4
+    batch_size: int = 64
+
+
 # ---------------------------------------------------------------------------------- madcluster
 @dataclass
 class MADClusterConfig:
@@ -445,6 +473,7 @@ def register_configs() -> None:
         ("backbone", "slmr", SLMRConfig),
         ("backbone", "thoc", THOCConfig),
         ("backbone", "omnianomaly", OmniAnomalyConfig),
+        ("backbone", "beatgan", BeatGANConfig),
         ("madcluster", "default", MADClusterConfig),
         ("train", "default", TrainConfig),
         ("scoring", "default", ScoringConfig),

@@ -35,6 +35,8 @@ SMALL = {
     "thoc": ["backbone.window=20", "backbone.hidden=16", "backbone.clusters=[3,3,3]"],
     "omnianomaly": ["backbone.window=20", "backbone.rnn_hidden=16", "backbone.dense_dim=16",
                     "backbone.nf_layers=4"],
+    "beatgan": ["backbone.window=20", "backbone.layers=3", "backbone.ndf=8", "backbone.ngf=8",
+                "backbone.latent=8"],
 }
 CASES = [(b, s) for b in sorted(BACKBONES) for s in ("off", "on")]
 C = 3
@@ -109,6 +111,7 @@ MIN_AUC = {
     ("usad", "off"): 0.6, ("usad", "on"): 0.6,
     ("slmr", "off"): 0.6, ("slmr", "on"): 0.6,
     ("omnianomaly", "off"): 0.65, ("omnianomaly", "on"): 0.65,
+    ("beatgan", "off"): 0.6, ("beatgan", "on"): 0.6,
     ("anomaly_transformer", "on"): 0.6,
     ("dcdetector", "on"): 0.55,
     ("thoc", "off"): 0.6, ("thoc", "on"): 0.6,

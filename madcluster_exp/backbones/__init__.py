@@ -5,6 +5,7 @@ from omegaconf import DictConfig
 
 from madcluster_exp.backbones.base import Backbone, BackboneOutput, StepContext
 from madcluster_exp.backbones.anomaly_transformer import AnomalyTransformer
+from madcluster_exp.backbones.beatgan import BeatGAN
 from madcluster_exp.backbones.dcdetector import DCdetector
 from madcluster_exp.backbones.deepsvdd import DeepSVDD
 from madcluster_exp.backbones.lstm_ae import LSTMAE
@@ -22,6 +23,7 @@ BACKBONES: Dict[str, Type[Backbone]] = {
     "slmr": SLMR,
     "thoc": THOC,
     "omnianomaly": OmniAnomaly,
+    "beatgan": BeatGAN,
 }
 
 
