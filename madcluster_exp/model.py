@@ -2,8 +2,9 @@
 
 A run (``protocol=point``) saves ``<run dir>/model/``, an MLflow pyfunc model logged as the run's
 artifact directory ``model`` (so it outlives ``make clean`` and the MLflow UI shows it with its
-signature). Besides ``MLmodel`` and the pickled :class:`DetectorModel` wrapper, its
-``artifacts/detector/`` holds everything scoring needs:
+signature). Besides ``MLmodel`` and ``pyfunc_model.py`` (the pyfunc wrapper, MLflow's "models
+from code": nothing is unpickled on load), its ``artifacts/detector/`` holds everything
+scoring needs:
 
 - ``detector.json``: the resolved config and, per trained model (one; one per entity with
   ``dataset.mode=per_entity`` or a collection), its entity, channel count, the scaler's
@@ -29,7 +30,6 @@ import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-import mlflow.pyfunc
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -43,6 +43,7 @@ from madcluster_exp.scoring.thresholds import threshold_from_state
 
 FORMAT = 1
 META, WEIGHTS, ARTIFACT = "detector.json", "weights.pt", "detector"
+PYFUNC_CODE = "pyfunc_model.py"  # beside this file
 
 
 class ModelError(ExpectedError, ValueError):
@@ -65,6 +66,7 @@ def model_entry(entity: Optional[str], entities: Sequence[str], detector, scaler
 def requirements() -> List[str]:
     """The pip requirements of the pyfunc model: this package's runtime stack, pinned as here
     (given explicitly: MLflow's inference would load the model in a subprocess, seconds)."""
+    import mlflow
     import omegaconf
     import pandas
     import sklearn
@@ -92,6 +94,8 @@ def signature(n_channels: Optional[int]):
 def save_model(path: Path, cfg: DictConfig, entries: List[dict]) -> Path:
     """Write the pyfunc model directory ``path`` (replacing an older one) from the entries of
     :func:`model_entry`; returns ``path``."""
+    import mlflow.pyfunc
+
     path = Path(path)
     if path.exists():
         shutil.rmtree(path)
@@ -106,7 +110,7 @@ def save_model(path: Path, cfg: DictConfig, entries: List[dict]) -> Path:
         with warnings.catch_warnings():  # "no input example": one would cost a scoring pass
             warnings.simplefilter("ignore", UserWarning)
             mlflow.pyfunc.save_model(
-                str(path), python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+                str(path), python_model=str(Path(__file__).with_name(PYFUNC_CODE)),
                 artifacts={ARTIFACT: str(bundle)},
                 signature=signature(widths.pop() if len(widths) == 1 else None),
                 pip_requirements=requirements())
@@ -255,30 +259,3 @@ def choose_model(models: List[dict], entity: Optional[str], source: str) -> int:
 def _names(names: Sequence[str], shown: int = 10) -> str:
     more = f" and {len(names) - shown} more" if len(names) > shown else ""
     return ", ".join(names[:shown]) + more
-
-
-# ------------------------------------------------------------------------------------ pyfunc
-
-class DetectorModel(mlflow.pyfunc.PythonModel):
-    """MLflow pyfunc wrapper: ``predict(df)`` -> DataFrame ``score``, ``prediction``; the
-    columns of ``df`` are the channels in training order (one contiguous series). A per-entity
-    run needs ``params={"entity": name}``."""
-
-    # The model's signature validates its input; MLflow's type-hint validation (and its warning
-    # asking for hints) is not needed.
-    _skip_type_hint_validation = True
-
-    def load_context(self, context) -> None:
-        self._dir = Path(context.artifacts[ARTIFACT])
-        self._loaded: Dict[Optional[str], TrainedDetector] = {}
-
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
-
-        entity = (params or {}).get("entity") or None
-        if entity not in self._loaded:
-            self._loaded[entity] = load_bundle(self._dir, entity, "the MLflow model")
-        det = self._loaded[entity]
-        scores = det.score(np.asarray(model_input, dtype=np.float32))
-        return pd.DataFrame({"score": scores,
-                             "prediction": det.threshold_scores(scores).astype(np.int64)})
