@@ -142,6 +142,12 @@ def test_per_entity_runs_need_an_entity_except_on_their_own_dataset(tmp_path):
     det = load_detector(result.output_dir, entity="entity-1")
     np.testing.assert_allclose(det.score(test.values[a:b]), saved["test_score"][a:b],
                                rtol=1e-6, atol=1e-9)
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(str(result.output_dir / "model"))
+    out = model.predict(pd.DataFrame(test.values[a:b].astype(np.float64)),
+                        params={"entity": "entity-1"})
+    np.testing.assert_array_equal(out["prediction"].to_numpy(), saved["test_pred"][a:b])
     # Each entity of the run's dataset by its own model: the run's pooled test scores.
     proc = _cli(f"run={result.output_dir}", "data=synthetic", f"out={tmp_path / 'p.npz'}",
                 cwd=tmp_path)
