@@ -44,6 +44,10 @@ from madcluster_exp.scoring.thresholds import threshold_from_state
 FORMAT = 1
 META, WEIGHTS, ARTIFACT = "detector.json", "weights.pt", "detector"
 PYFUNC_CODE = "pyfunc_model.py"  # beside this file
+#: What loading and scoring a saved model imports (pyproject's runtime dependencies minus the
+#: tracking server's, plotting's and sweeps'); madcluster_exp itself must be installed too.
+RUNTIME_PACKAGES = ("torch", "hydra-core", "omegaconf", "einops", "numpy", "numba", "pandas",
+                    "scipy", "scikit-learn", "mlflow")
 
 
 class ModelError(ExpectedError, ValueError):
@@ -64,17 +68,18 @@ def model_entry(entity: Optional[str], entities: Sequence[str], detector, scaler
 
 
 def requirements() -> List[str]:
-    """The pip requirements of the pyfunc model: this package's runtime stack, pinned as here
-    (given explicitly: MLflow's inference would load the model in a subprocess, seconds)."""
-    import mlflow
-    import omegaconf
-    import pandas
-    import sklearn
+    """The pip requirements of the pyfunc model: this package's runtime stack, pinned as
+    installed here (given explicitly: MLflow's inference would load the model in a subprocess,
+    seconds per run)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
-            f"numpy=={np.__version__}", f"pandas=={pandas.__version__}",
-            f"omegaconf=={omegaconf.__version__}",
-            f"scikit-learn=={sklearn.__version__}"]
+    pins = []
+    for name in RUNTIME_PACKAGES:
+        try:
+            pins.append(f"{name}=={version(name).split('+')[0]}")  # 2.13.0+cpu -> 2.13.0
+        except PackageNotFoundError:
+            pins.append(name)
+    return pins
 
 
 def signature(n_channels: Optional[int]):

@@ -336,6 +336,11 @@ def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_d
         tracker.log_artifacts(model_dir, "model")
     result = RunResult(name, tracker.run_id, tracker.uri, job_dir, metrics, fit_result)
     say(format_results(result, cfg))
+    if model_dir is not None:
+        logged = (f" (MLflow: runs:/{tracker.run_id}/model)"
+                  if tracker.run_id and cfg.tracking.log_artifacts else "")
+        say(f"Model in {model_dir}{logged}; score new data with: python -m "
+            f"madcluster_exp.predict run={tracker.run_id or job_dir} data=<file.csv>")
     return result
 
 
