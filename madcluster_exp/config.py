@@ -422,6 +422,10 @@ class TrackingConfig:
     # Extra run-name suffix (e.g. a study name); the name is {backbone}-{dataset}-{on|off}-s{seed}.
     run_name_suffix: Optional[str] = None
     log_artifacts: bool = True
+    # Save the trained detector (weights, config, scaler, score combiner, threshold) as the
+    # MLflow pyfunc model `model/` that `python -m madcluster_exp.predict` and
+    # mlflow.pyfunc.load_model score new data with (protocol=point runs).
+    log_model: bool = True
     plots: bool = True
 
 

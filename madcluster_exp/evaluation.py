@@ -13,7 +13,7 @@ affiliation computed on that 0/1 prediction. Keys ``ref/<metric>`` so the two ne
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 
@@ -30,6 +30,9 @@ class Evaluation:
     arrays: Dict[str, np.ndarray]  # what scores.npz keeps
     score_rule: str
     threshold_family: str
+    #: What scores new data as this evaluation scored test (point protocol): the combiner's and
+    #: the threshold's fitted states, taken before the threshold saw any test score.
+    scorer: Optional[dict] = None
 
 
 def evaluate_point(cfg, val_comps: Dict[str, np.ndarray], test_comps: Dict[str, np.ndarray],
@@ -38,6 +41,7 @@ def evaluate_point(cfg, val_comps: Dict[str, np.ndarray], test_comps: Dict[str, 
     val = combiner.combine(val_comps)
     test = combiner.combine(test_comps)
     threshold = fit_threshold(build_threshold(cfg.threshold), val, test, test_labels)
+    scorer = {"combiner": combiner.state(), "threshold": threshold.state()}
     pred = threshold.predict(test)
     suite = point_metrics(test_labels, test, pred, cfg.metrics, int(cfg.seed))
     metrics = {f"test/{k}": v for k, v in suite.items()}
@@ -46,7 +50,8 @@ def evaluate_point(cfg, val_comps: Dict[str, np.ndarray], test_comps: Dict[str, 
               "test_pred": pred, "val_score": val, "threshold": np.float64(threshold.value),
               **{f"test_component_{k}": v for k, v in test_comps.items()},
               **{f"val_component_{k}": v for k, v in val_comps.items()}}
-    return Evaluation(metrics, arrays, combiner.effective_rule(val_comps), threshold.family)
+    return Evaluation(metrics, arrays, combiner.effective_rule(val_comps), threshold.family,
+                      scorer)
 
 
 def point_metrics(labels, score, pred, mcfg, seed: int) -> Dict[str, float]:

@@ -67,6 +67,16 @@ class ScoreCombiner:
             self.stats[name] = (mean, std)
         return self
 
+    def state(self) -> dict:
+        """Rule and fitted statistics as JSON-ready values (saved with a trained model)."""
+        return {"rule": self.rule, "stats": {k: [m, s] for k, (m, s) in self.stats.items()}}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "ScoreCombiner":
+        combiner = cls(state["rule"])
+        combiner.stats = {k: (float(m), float(s)) for k, (m, s) in state["stats"].items()}
+        return combiner
+
     def combine(self, components: Dict[str, np.ndarray]) -> np.ndarray:
         rule = self.effective_rule(components)
         if rule.endswith("_only"):
