@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
+from madcluster_exp.evaluate import EvaluateError, parse_args, recompute
 from madcluster_exp.metrics import MetricInputError, tsbad_get_metrics, vus_get_metrics
 from tests.vus_cases import (TSBAD_CASES, TSBAD_GOLDEN, TSBAD_KEYS, case_pred, make_case,
                              tsbad_reference)
@@ -166,3 +167,39 @@ def test_tsbad_inputs_are_validated(kwargs, match):
     y = np.array([0, 1, 1, 0, 0, 0])
     with pytest.raises(MetricInputError, match=match):
         tsbad_get_metrics(np.linspace(0, 1, 6), y, **kwargs)
+
+
+def test_a_tsbad_run_logs_tsbad_keys_beside_the_default_ones_and_evaluate_recomputes_them(
+        make_cfg, tmp_path):
+    from madcluster_exp.run import run
+
+    result = run(make_cfg("train.epochs=1", "metrics.definition=tsbad"),
+                 output_dir=tmp_path / "j", verbose=False)
+    m = result.metrics
+    names = ("auc_pr", "auc_roc", "vus_pr", "vus_roc", "standard_f1", "pa_f1", "event_f1",
+             "range_f1", "affiliation_f")
+    assert {f"test/tsbad/{k}" for k in names} <= set(m)
+    assert {f"test/tsbad/{k}_oracle" for k in names[4:]} <= set(m)
+    assert m["test/tsbad/vus_pr"] == m["test/vus_pr"] and m["test/tsbad/auc_roc"] == m["test/auc_roc"]
+    # at the run's own threshold TSB-AD's Standard-F1 is the plain F1; the oracle is no lower
+    assert m["test/tsbad/standard_f1"] == pytest.approx(m["test/f1"], abs=1e-12)
+    assert m["test/tsbad/pa_f1_oracle"] >= m["test/tsbad/pa_f1"] - 1e-12
+    saved = np.load(result.output_dir / "scores.npz")
+    assert str(saved["metrics_definition"]) == "tsbad"
+    again = recompute(result.output_dir / "scores.npz", "full", None)  # the run's definition
+    assert again["test/tsbad/event_f1_oracle"] == m["test/tsbad/event_f1_oracle"]
+    plain = recompute(result.output_dir / "scores.npz", "full", None, "vus006")
+    assert not any("tsbad" in k for k in plain) and plain["test/vus_pr"] == m["test/vus_pr"]
+
+
+def test_evaluate_rejects_an_unknown_definition():
+    with pytest.raises(EvaluateError, match="definition='tsb': expected vus006 or tsbad"):
+        parse_args(["run=x", "definition=tsb"])
+
+
+def test_metrics_definition_is_validated(make_cfg):
+    from madcluster_exp.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match="metrics.definition='tsb': expected one of vus006, "
+                                          "tsbad"):
+        validate(make_cfg("metrics.definition=tsb"))
