@@ -203,3 +203,18 @@ def test_metrics_definition_is_validated(make_cfg):
     with pytest.raises(ConfigError, match="metrics.definition='tsb': expected one of vus006, "
                                           "tsbad"):
         validate(make_cfg("metrics.definition=tsb"))
+
+
+@live
+def test_metric_bench_compares_with_both_packages_and_skips_past_its_budget(tmp_path, capsys):
+    from madcluster_exp.bench.metrics import main
+
+    main(["--sizes", "600", "1200", "--window", "5", "--tsbad-budget-s", "0",
+          "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "metrics.json").read_text())["rows"]
+    first, second = rows
+    assert first["tsbad_max_abs_diff"] <= TOL and first["tsbad_speedup"] > 1
+    assert "tsbad_s" not in second and "tsbad skipped" in second["note"]
+    if "vus_s" in second:
+        assert second["vus_max_abs_diff"] <= TOL
+    assert "tsbad_speedup" in capsys.readouterr().out
