@@ -23,6 +23,9 @@ install: ## install CPU torch, then the package (editable) with runtime, test an
 	# vus is the metric tests' reference; its declared dependencies (TensorFlow, ...) are not
 	# needed by get_metrics, so it is installed without them.
 	$(PIP) install --no-deps "vus==0.0.6"
+	# TSB-AD 1.5's get_metrics is the reference of metrics.definition=tsbad; its metrics module
+	# needs only numpy and scikit-learn, not the package's declared torch/transformers/stumpy.
+	$(PIP) install --no-deps "tsb-ad==1.5"
 
 lint: ## ruff: lint rules and formatting (what .ci/run checks first)
 	$(PYTHON) -m ruff check madcluster_exp tests

@@ -401,6 +401,11 @@ class ThresholdConfig:
 # ------------------------------------------------------------------------------------- metrics
 @dataclass
 class MetricsConfig:
+    # Metric set logged beside the default keys (point protocol): vus006 = the MADCluster
+    # paper's set with vus 0.0.6's definitions (test/<name>); tsbad = also TSB-AD 1.5's
+    # get_metrics set as test/tsbad/<key> at the run's threshold and test/tsbad/<key>_oracle at
+    # TSB-AD's own best-threshold search (see madcluster_exp/metrics/tsbad.py).
+    definition: str = "vus006"
     # Sliding window of R_AUC (and the largest window of VUS), as vus's slidingWindow.
     range_window: int = 100
     # Point-adjusted F1 (labelled *_pa, never the headline).
@@ -525,6 +530,7 @@ _CHOICES = {
     "scoring.aggregate": ("mean", "max"),
     "threshold.kind": ("val_percentile", "pot", "spot", "transductive", "oracle"),
     "tracking.backend": ("mlflow", "none"),
+    "metrics.definition": ("vus006", "tsbad"),
 }
 
 # key -> (low, high, low_inclusive, high_inclusive)

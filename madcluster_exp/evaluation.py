@@ -3,7 +3,8 @@
 ``point`` (default, honest): one score per time point; the score combiner and the threshold see
 validation scores only (other threshold families are tagged); threshold-free metrics (AUC,
 R_AUC, VUS) on the continuous score, P/R/F1 and affiliation on the thresholded prediction.
-Keys ``test/<metric>``.
+Keys ``test/<metric>``; ``metrics.definition=tsbad`` adds TSB-AD's set as ``test/tsbad/<metric>``
+(``_oracle`` where TSB-AD searches the threshold on the test labels).
 
 ``reference`` (the MADCluster code's evaluation, for comparison with published numbers): one
 score per stride-1 window, window label = any anomaly inside, the best-F1 threshold chosen on
@@ -18,7 +19,8 @@ from typing import Dict, Optional
 import numpy as np
 
 from madcluster_exp.config import combine_rule
-from madcluster_exp.metrics import (affiliation_suite, full_suite, range_suite)
+from madcluster_exp.metrics import affiliation_suite, range_suite
+from madcluster_exp.metrics.suite import definition_suite
 from madcluster_exp.metrics.point import ranking_metrics
 from madcluster_exp.scoring import ScoreCombiner, build_threshold
 from madcluster_exp.scoring.thresholds import fit_threshold
@@ -55,8 +57,9 @@ def evaluate_point(cfg, val_comps: Dict[str, np.ndarray], test_comps: Dict[str, 
 
 
 def point_metrics(labels, score, pred, mcfg, seed: int) -> Dict[str, float]:
-    return full_suite(y_true=labels, y_score=score, y_pred=pred, window=int(mcfg.range_window),
-                      point_adjust=mcfg.point_adjust, oracle=mcfg.oracle, seed=seed)
+    return definition_suite(definition=mcfg.definition, y_true=labels, y_score=score,
+                            y_pred=pred, window=int(mcfg.range_window),
+                            point_adjust=mcfg.point_adjust, oracle=mcfg.oracle, seed=seed)
 
 
 def evaluate_reference(cfg, val_windows: Dict[str, np.ndarray],

@@ -466,7 +466,7 @@ def _write_artifacts(cfg: DictConfig, job_dir: Path, name: str, fit_result: FitR
     if cfg.metrics.save_scores:
         scores_path = job_dir / "scores.npz"
         np.savez_compressed(scores_path, range_window=np.int64(cfg.metrics.range_window),
-                            **ev.arrays)
+                            metrics_definition=np.array(cfg.metrics.definition), **ev.arrays)
         paths.append(scores_path)
     if cfg.tracking.plots:
         from madcluster_exp.plots import plot_score_timeline, plot_training_curves
