@@ -12,17 +12,28 @@ PORT ?= 5000
 SERVER_ARTIFACTS ?= outputs/server-artifacts
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all test-cuda run smoke bench data ui server clean
+.PHONY: help install lint format test test-all test-cuda run smoke bench data ui server clean
 
 help: ## list every target
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
 
-install: ## install CPU torch, then the package (editable) with runtime and test dependencies
+install: ## install CPU torch, then the package (editable) with runtime, test and Ray dependencies
 	$(PIP) install $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
-	$(PIP) install -e ".[dev]"
+	$(PIP) install -e ".[dev,ray]"
 	# vus is the metric tests' reference; its declared dependencies (TensorFlow, ...) are not
 	# needed by get_metrics, so it is installed without them.
 	$(PIP) install --no-deps "vus==0.0.6"
+	# TSB-AD 1.5's get_metrics is the reference of metrics.definition=tsbad; its metrics module
+	# needs only numpy and scikit-learn, not the package's declared torch/transformers/stumpy.
+	$(PIP) install --no-deps "tsb-ad==1.5"
+
+lint: ## ruff: lint rules and formatting (what .ci/run checks first)
+	$(PYTHON) -m ruff check madcluster_exp tests
+	$(PYTHON) -m ruff format --check madcluster_exp tests
+
+format: ## apply ruff's formatting and safe lint fixes
+	$(PYTHON) -m ruff check --fix madcluster_exp tests
+	$(PYTHON) -m ruff format madcluster_exp tests
 
 test: ## run the default test suite (excludes tests marked slow)
 	$(PYTHON) -m pytest $(PYTEST_ARGS)

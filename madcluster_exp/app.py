@@ -17,11 +17,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from madcluster_exp.config import register_configs
 from madcluster_exp.errors import ExpectedError, full_error_requested, report
+from madcluster_exp.launchers import register_plugins
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("madcluster_exp")
 
 register_configs()
+register_plugins()  # hydra/launcher=ray
 
 # `madcluster=true|false` (and yes/no) mean on/off: Hydra would reject a boolean group option.
 _ONOFF = re.compile(r"^(\+{0,2}madcluster)=(true|false|yes|no)$", re.IGNORECASE)

@@ -242,6 +242,89 @@ class SLMRConfig(BackboneConfig):
     batch_size: int = 256
 
 
+@dataclass
+class THOCConfig(BackboneConfig):
+    name: str = "thoc"
+    family: str = "one_class"
+    # drnn (top dilated-RNN layer) | multiscale (all layers concatenated) | fused (THOC's
+    # relevance-weighted top fused feature); see madcluster_exp/backbones/thoc.py.
+    embed_tap: str = "drnn"
+    # The paper's window (TimeSeAD uses 64).
+    window: int = 100
+    # Recurrent cell of the dilated RNN: lstm (TimeSeAD) | gru | rnn
+    cell: str = "lstm"
+    # TimeSeAD uses 128; 32 keeps the default synthetic run at minutes on CPU (the clustering
+    # costs sum_l K^{l-1} H^2 per step on top of the RNN). backbone.hidden=128 for the reference.
+    hidden: int = 32
+    # Skip length of each layer's recurrence (one entry per layer).
+    dilations: List[int] = field(default_factory=lambda: [1, 2, 4])
+    # Hypersphere centers per layer (one entry per layer).
+    clusters: List[int] = field(default_factory=lambda: [6, 6, 6])
+    # Assignment temperature; multiplied by tau_decay every tau_decay_epochs, floored at tau_min.
+    tau: float = 1.0
+    tau_decay: float = 2 / 3
+    tau_decay_epochs: int = 5
+    tau_min: float = 1 / 300
+    lambda_orth: float = 1.0
+    lambda_tss: float = 10.0
+    # Layers whose fused distances form the loss and score: last (the paper) | all
+    mvdd_layers: str = "last"
+    # Training windows (evenly spaced) whose features seed the k-means centers.
+    center_init_windows: int = 2560
+    weight_decay: float = 1e-6
+
+
+@dataclass
+class OmniAnomalyConfig(BackboneConfig):
+    # Reference: NetManAIOps/OmniAnomaly main.py ExpConfig (commit 7fb0e0a).
+    name: str = "omnianomaly"
+    family: str = "reconstruction"
+    embed_tap: str = "encoder"
+    window: int = 100
+    z_dim: int = 3
+    # GRU units of the q-net and the p-net, and the width of the linear layers after each GRU.
+    # The code's 500 (paper set-up) costs ~40x more GRU work; 64 keeps the default run short.
+    rnn_hidden: int = 64
+    dense_dim: int = 64
+    dense_layers: int = 2
+    # Planar normalizing-flow layers on the posterior (0 = none, the code's flow type None)
+    nf_layers: int = 20
+    # Floor added to every softplus standard deviation
+    std_epsilon: float = 1e-4
+    # Per-tensor gradient clip by norm (tf.clip_by_norm); null = none
+    grad_clip_norm: Optional[float] = 10.0
+    lr: float = 1e-3
+    batch_size: int = 50
+
+
+@dataclass
+class BeatGANConfig(BackboneConfig):
+    name: str = "beatgan"
+    family: str = "reconstruction"
+    # latent (encoder code, broadcast to every step) | decoder (last hidden decoder map per step)
+    embed_tap: str = "latent"
+    # The MADCluster paper's T; the reference's ECG beats are 320 long.
+    window: int = 100
+    # Size of the latent code (reference nz).
+    latent: int = 50
+    # Filters of the first encoder / discriminator conv (ndf) and of the last decoder block
+    # (ngf); each strided layer doubles them.
+    ndf: int = 32
+    ngf: int = 32
+    # Strided (kernel 4, stride 2) conv layers; the window must be >= 2^layers.
+    layers: int = 5
+    # Weight of the feature-matching adversarial term in the generator's loss.
+    w_adv: float = 1.0
+    # tanh (reference, for data scaled to [-1, 1]) | identity
+    output_activation: str = "tanh"
+    # Adam's beta1 for both networks (beta2 = 0.999).
+    beta1: float = 0.5
+    # Re-initialise the discriminator when its loss falls below this (None = never).
+    d_reinit_below: Optional[float] = 5e-6
+    lr: float = 1e-4
+    batch_size: int = 64
+
+
 # ---------------------------------------------------------------------------------- madcluster
 @dataclass
 class MADClusterConfig:
@@ -340,6 +423,11 @@ class ThresholdConfig:
 # ------------------------------------------------------------------------------------- metrics
 @dataclass
 class MetricsConfig:
+    # Metric set logged beside the default keys (point protocol): vus006 = the MADCluster
+    # paper's set with vus 0.0.6's definitions (test/<name>); tsbad = also TSB-AD 1.5's
+    # get_metrics set as test/tsbad/<key> at the run's threshold and test/tsbad/<key>_oracle at
+    # TSB-AD's own best-threshold search (see madcluster_exp/metrics/tsbad.py).
+    definition: str = "vus006"
     # Sliding window of R_AUC (and the largest window of VUS), as vus's slidingWindow.
     range_window: int = 100
     # Point-adjusted F1 (labelled *_pa, never the headline).
@@ -361,6 +449,10 @@ class TrackingConfig:
     # Extra run-name suffix (e.g. a study name); the name is {backbone}-{dataset}-{on|off}-s{seed}.
     run_name_suffix: Optional[str] = None
     log_artifacts: bool = True
+    # Save the trained detector (weights, config, scaler, score combiner, threshold) as the
+    # MLflow pyfunc model `model/` that `python -m madcluster_exp.predict` and
+    # mlflow.pyfunc.load_model score new data with (protocol=point runs).
+    log_model: bool = True
     plots: bool = True
 
 
@@ -410,6 +502,9 @@ def register_configs() -> None:
         ("backbone", "anomaly_transformer", AnomalyTransformerConfig),
         ("backbone", "dcdetector", DCdetectorConfig),
         ("backbone", "slmr", SLMRConfig),
+        ("backbone", "thoc", THOCConfig),
+        ("backbone", "omnianomaly", OmniAnomalyConfig),
+        ("backbone", "beatgan", BeatGANConfig),
         ("madcluster", "default", MADClusterConfig),
         ("train", "default", TrainConfig),
         ("scoring", "default", ScoringConfig),
@@ -458,6 +553,7 @@ _CHOICES = {
     "scoring.aggregate": ("mean", "max"),
     "threshold.kind": ("val_percentile", "pot", "spot", "transductive", "oracle"),
     "tracking.backend": ("mlflow", "none"),
+    "metrics.definition": ("vus006", "tsbad"),
 }
 
 # key -> (low, high, low_inclusive, high_inclusive)

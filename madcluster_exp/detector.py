@@ -58,14 +58,16 @@ class Detector(nn.Module):
             if i == 0 and self.plugin is not None:
                 params += list(self.plugin.center_parameters())
             self.optimizers[name] = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay,
-                                                     amsgrad=amsgrad, fused=fused)
+                                                     amsgrad=amsgrad, fused=fused,
+                                                     **self.backbone.optimizer_options())
         nu_params = list(self.plugin.nu_parameters()) if self.plugin is not None else []
         if nu_params:
-            # A parameter group of the host optimizer: its own learning rate, AMSGrad and no
-            # weight decay, stepped with the host group without a second optimizer call.
+            # A parameter group of the host optimizer: its own learning rate, AMSGrad, no
+            # weight decay and torch's default betas (whatever the backbone's), stepped with the
+            # host group without a second optimizer call.
             self.optimizers[self.host_group].add_param_group(
                 {"params": nu_params, "lr": nu_lr or lr, "amsgrad": True, "weight_decay": 0.0,
-                 "name": NU_GROUP})
+                 "betas": (0.9, 0.999), "name": NU_GROUP})
         for opt in self.optimizers.values():
             for g in opt.param_groups:
                 g["initial_lr"] = g["lr"]  # what set_epoch_lr scales (torch's schedulers' key)

@@ -1,12 +1,13 @@
 """Recompute every metric of a finished run from its saved scores, without retraining.
 
     python -m madcluster_exp.evaluate run=<run-id | run directory> [metrics=full|basic]
-        [window=<range window>] [uri=<tracking uri>] [log=true|false]
+        [definition=vus006|tsbad] [window=<range window>] [uri=<tracking uri>] [log=true|false]
 
 A run directory is the Hydra output folder of a job (it holds ``scores.npz`` and
 ``run_info.json``); a run id is looked up in the tracking store (``uri=``, else
 $MLFLOW_TRACKING_URI, else ``outputs/mlflow.db``) and its ``scores.npz`` artifact downloaded.
 The recomputed metrics are logged to the same MLflow run (``log=false`` only prints them).
+``definition=tsbad`` adds TSB-AD 1.5's metric set (``test/tsbad/...``) to the full suite.
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ import numpy as np
 from madcluster_exp.cli import Option, parse
 from madcluster_exp.errors import ExpectedError, cli_errors
 from madcluster_exp.evaluation import reference_metrics
-from madcluster_exp.metrics import basic_suite, full_suite
+from madcluster_exp.metrics import basic_suite
+from madcluster_exp.metrics.suite import definition_suite
 from madcluster_exp.tracking import resolve_tracking_uri
 
 USAGE = __doc__.split("\n\n")[1]
@@ -35,6 +37,7 @@ class EvaluateError(ExpectedError, ValueError):
 OPTIONS = {
     "run": Option("run id or run directory", required=True),
     "metrics": Option("full | basic", default="full"),
+    "definition": Option("vus006 | tsbad: metric set of the full suite (default: the run's)"),
     "window": Option("range window of R_AUC/VUS (default: the run's)", kind=int),
     "uri": Option("tracking uri (default: $MLFLOW_TRACKING_URI, else outputs/mlflow.db)"),
     "log": Option("log the recomputed metrics to the same MLflow run", kind=bool, default=True),
@@ -45,6 +48,8 @@ def parse_args(argv: List[str]) -> Dict[str, object]:
     args = parse(argv, OPTIONS, USAGE)
     if args["metrics"] not in ("full", "basic"):
         raise EvaluateError(f"metrics={args['metrics']!r}: expected full or basic")
+    if args.get("definition") not in (None, "vus006", "tsbad"):
+        raise EvaluateError(f"definition={args['definition']!r}: expected vus006 or tsbad")
     return args
 
 
@@ -72,7 +77,8 @@ def locate(run: str, uri: Optional[str]) -> Tuple[Path, Optional[str], Optional[
     return Path(local), run, tracking_uri
 
 
-def recompute(scores_path: Path, suite: str, window: Optional[int]) -> Dict[str, float]:
+def recompute(scores_path: Path, suite: str, window: Optional[int],
+              definition: Optional[str] = None) -> Dict[str, float]:
     data = dict(np.load(scores_path))
     needed = {"range_window", "protocol"}
     if not needed <= set(data):
@@ -87,7 +93,9 @@ def recompute(scores_path: Path, suite: str, window: Optional[int]) -> Dict[str,
     if suite == "basic":
         out = basic_suite(y_true=y, y_score=s, y_pred=p)
     else:
-        out = full_suite(y_true=y, y_score=s, y_pred=p, window=w)
+        # runs from before metrics.definition existed used the vus006 set
+        chosen = definition or str(data.get("metrics_definition", "vus006"))
+        out = definition_suite(definition=chosen, y_true=y, y_score=s, y_pred=p, window=w)
     return {f"test/{k}": v for k, v in out.items()}
 
 
@@ -96,7 +104,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     scores_path, run_id, uri = locate(args["run"], args.get("uri"))
     t0 = time.perf_counter()
-    metrics = recompute(scores_path, args["metrics"], args.get("window"))
+    metrics = recompute(scores_path, args["metrics"], args.get("window"), args.get("definition"))
     metrics["time/metrics_s"] = time.perf_counter() - t0
     width = max(len(k) for k in metrics)
     for key in sorted(metrics):

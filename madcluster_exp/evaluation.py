@@ -3,7 +3,8 @@
 ``point`` (default, honest): one score per time point; the score combiner and the threshold see
 validation scores only (other threshold families are tagged); threshold-free metrics (AUC,
 R_AUC, VUS) on the continuous score, P/R/F1 and affiliation on the thresholded prediction.
-Keys ``test/<metric>``.
+Keys ``test/<metric>``; ``metrics.definition=tsbad`` adds TSB-AD's set as ``test/tsbad/<metric>``
+(``_oracle`` where TSB-AD searches the threshold on the test labels).
 
 ``reference`` (the MADCluster code's evaluation, for comparison with published numbers): one
 score per stride-1 window, window label = any anomaly inside, the best-F1 threshold chosen on
@@ -13,12 +14,13 @@ affiliation computed on that 0/1 prediction. Keys ``ref/<metric>`` so the two ne
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 
 from madcluster_exp.config import combine_rule
-from madcluster_exp.metrics import (affiliation_suite, full_suite, range_suite)
+from madcluster_exp.metrics import affiliation_suite, range_suite
+from madcluster_exp.metrics.suite import definition_suite
 from madcluster_exp.metrics.point import ranking_metrics
 from madcluster_exp.scoring import ScoreCombiner, build_threshold
 from madcluster_exp.scoring.thresholds import fit_threshold
@@ -30,6 +32,9 @@ class Evaluation:
     arrays: Dict[str, np.ndarray]  # what scores.npz keeps
     score_rule: str
     threshold_family: str
+    #: What scores new data as this evaluation scored test (point protocol): the combiner's and
+    #: the threshold's fitted states, taken before the threshold saw any test score.
+    scorer: Optional[dict] = None
 
 
 def evaluate_point(cfg, val_comps: Dict[str, np.ndarray], test_comps: Dict[str, np.ndarray],
@@ -38,6 +43,7 @@ def evaluate_point(cfg, val_comps: Dict[str, np.ndarray], test_comps: Dict[str, 
     val = combiner.combine(val_comps)
     test = combiner.combine(test_comps)
     threshold = fit_threshold(build_threshold(cfg.threshold), val, test, test_labels)
+    scorer = {"combiner": combiner.state(), "threshold": threshold.state()}
     pred = threshold.predict(test)
     suite = point_metrics(test_labels, test, pred, cfg.metrics, int(cfg.seed))
     metrics = {f"test/{k}": v for k, v in suite.items()}
@@ -46,12 +52,14 @@ def evaluate_point(cfg, val_comps: Dict[str, np.ndarray], test_comps: Dict[str, 
               "test_pred": pred, "val_score": val, "threshold": np.float64(threshold.value),
               **{f"test_component_{k}": v for k, v in test_comps.items()},
               **{f"val_component_{k}": v for k, v in val_comps.items()}}
-    return Evaluation(metrics, arrays, combiner.effective_rule(val_comps), threshold.family)
+    return Evaluation(metrics, arrays, combiner.effective_rule(val_comps), threshold.family,
+                      scorer)
 
 
 def point_metrics(labels, score, pred, mcfg, seed: int) -> Dict[str, float]:
-    return full_suite(y_true=labels, y_score=score, y_pred=pred, window=int(mcfg.range_window),
-                      point_adjust=mcfg.point_adjust, oracle=mcfg.oracle, seed=seed)
+    return definition_suite(definition=mcfg.definition, y_true=labels, y_score=score,
+                            y_pred=pred, window=int(mcfg.range_window),
+                            point_adjust=mcfg.point_adjust, oracle=mcfg.oracle, seed=seed)
 
 
 def evaluate_reference(cfg, val_windows: Dict[str, np.ndarray],

@@ -223,6 +223,8 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None, verbose: bool = True
     Ctrl-C), keeps everything already written and logs the traceback, then re-raises."""
     validate(cfg)
     cfg = resolve_defaults(cfg)
+    check_backbone_score_exists(cfg)  # a configuration error: before any MLflow run exists
+    check_components_apply(cfg)
     root = project_root(cfg)
     out_root = resolve_path(root, cfg.paths.output_dir)
     job_dir = Path(output_dir) if output_dir is not None else job_output_dir(cfg, root)
@@ -267,6 +269,9 @@ class _Unit:
     evaluation: object
     test: object  # SeriesSplit
     score_s: float
+    #: What the saved model needs of this unit (madcluster_exp.model.model_entry); None under
+    #: protocol=reference, whose test-label threshold does not score new data.
+    model: Optional[dict] = None
 
 
 def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_dir: Path,
@@ -283,8 +288,6 @@ def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_d
         torch.use_deterministic_algorithms(True)
     # The data window may differ from backbone.window (SLMR adds its forecast target).
     window = backbone_class(cfg.backbone.name).data_window(int(cfg.backbone.window))
-    check_backbone_score_exists(cfg)
-    check_components_apply(cfg)
 
     raw = load_dataset(cfg.dataset, resolve_path(root, cfg.paths.data_dir))
     per_entity = cfg.dataset.mode == "per_entity"
@@ -344,8 +347,16 @@ def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_d
     if cfg.tracking.log_artifacts:
         for path in artifacts + artifacts_extra:
             tracker.log_artifact(path)
+    model_dir = _save_model(cfg, job_dir, units, say)
+    if model_dir is not None and cfg.tracking.log_artifacts:
+        tracker.log_artifacts(model_dir, "model")
     result = RunResult(name, tracker.run_id, tracker.uri, job_dir, metrics, fit_result)
     say(format_results(result, cfg))
+    if model_dir is not None:
+        logged = (f" (MLflow: runs:/{tracker.run_id}/model)"
+                  if tracker.run_id and cfg.tracking.log_artifacts else "")
+        say(f"Model in {model_dir}{logged}; score new data with: python -m "
+            f"madcluster_exp.predict run={tracker.run_id or job_dir} data=<file.csv>")
     return result
 
 
@@ -400,7 +411,27 @@ def _fit_and_score(cfg: DictConfig, tracker: NullTracker, name: str, raw, entity
                                 window_labels(test.labels, test_out[2], window))
     else:
         ev = evaluate_point(cfg, val_out, test_out, test.labels)
-    return _Unit(entity, fit_result, ev, test, score_s)
+    model = None
+    if cfg.tracking.log_model and ev.scorer is not None:
+        from madcluster_exp.model import model_entry
+
+        model = model_entry(entity, data.entities, detector, data.scaler, ev.scorer)
+    return _Unit(entity, fit_result, ev, test, score_s, model)
+
+
+def _save_model(cfg: DictConfig, job_dir: Path, units: List[_Unit], say) -> Optional[Path]:
+    """``<job dir>/model``: the pyfunc model of every unit (madcluster_exp.model), or None when
+    there is none to save (tracking.log_model=false, protocol=reference)."""
+    entries = [u.model for u in units if u.model is not None]
+    if not cfg.tracking.log_model:
+        return None
+    if not entries:
+        say("no model saved: protocol=reference thresholds window scores on test labels, "
+            "which does not score new data (predict serves protocol=point runs)")
+        return None
+    from madcluster_exp.model import save_model
+
+    return save_model(job_dir / "model", cfg, entries)
 
 
 def _pool(cfg: DictConfig, units: List[_Unit]):
@@ -451,7 +482,7 @@ def _write_artifacts(cfg: DictConfig, job_dir: Path, name: str, fit_result: FitR
     if cfg.metrics.save_scores:
         scores_path = job_dir / "scores.npz"
         np.savez_compressed(scores_path, range_window=np.int64(cfg.metrics.range_window),
-                            **ev.arrays)
+                            metrics_definition=np.array(cfg.metrics.definition), **ev.arrays)
         paths.append(scores_path)
     if cfg.tracking.plots:
         from madcluster_exp.plots import plot_score_timeline, plot_training_curves

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Iterable
 
@@ -72,3 +75,51 @@ def postgres_uri():
         yield uri
     finally:
         drop_database(uri)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path, postgres_uri):
+    """`make server` as a person runs it, on a free port, over a fresh database."""
+    port = free_port()
+    log_path = tmp_path / "server.log"
+    env = {**os.environ, "MLFLOW_BACKEND_URI": postgres_uri}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(["make", "-s", "-C", str(ROOT), "server", f"PORT={port}",
+                                 f"SERVER_ARTIFACTS={tmp_path / 'server-artifacts'}",
+                                 f"PYTHON={sys.executable}"],
+                                env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    from madcluster_exp.tracking.server import wait_until_ready
+
+    try:
+        wait_until_ready(proc, f"http://127.0.0.1:{port}", log_path)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+@pytest.fixture
+def ray_cluster(tmp_path_factory):
+    """A real local Ray cluster: a head and one worker node, separate processes on 127.0.0.1,
+    one CPU each. Yields the address for RAY_ADDRESS; stops both nodes afterwards."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        ray = None
+    require_service("Ray", ray is not None, "install the extra: pip install -e .[ray]")
+    from madcluster_exp.launchers.local_cluster import local_cluster
+
+    with local_cluster(tmp_path_factory.mktemp("ray"), cpus_per_node=1, workers=1) as address:
+        yield address

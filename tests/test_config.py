@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
 from madcluster_exp.app import CONFIG_DIR
@@ -90,3 +91,26 @@ def test_cli_cfg_job_and_help(tmp_path):
     line = next(ln for ln in out.stdout.splitlines() if ln.startswith("madcluster: "))
     assert {"off", "on"} <= set(line[len("madcluster: "):].split(", "))
     assert "debug_data" not in out.stdout
+
+
+def _schema_defaults(entry):
+    from hydra.core.config_store import ConfigStore
+
+    (key, option), = entry.items()
+    node = ConfigStore.instance().load(f"{key.split('@')[0].strip('/')}/{option}.yaml").node
+    return OmegaConf.to_container(node, resolve=False)
+
+
+@pytest.mark.parametrize("path", sorted(p for p in Path(CONFIG_DIR).glob("*/*.yaml")
+                                        if "- /schema/" in p.read_text()),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_option_files_hold_only_what_differs_from_the_schema(path):
+    """Each default lives in the schema: a YAML value equal to it would silently stop
+    following an edit of config.py. `name` stays, to say what the option is."""
+    import yaml
+
+    data = yaml.safe_load(path.read_text())
+    defaults = _schema_defaults(next(d for d in data["defaults"] if isinstance(d, dict)))
+    repeated = [k for k, v in data.items()
+                if k not in ("defaults", "name") and k in defaults and defaults[k] == v]
+    assert not repeated, f"{path}: {repeated} repeat the schema defaults"

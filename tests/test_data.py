@@ -156,7 +156,7 @@ def test_shuffled_batches_follow_the_generator_only():
     assert order(2) != a
 
 
-@pytest.mark.parametrize("aggregate", ["mean", "max"])
+@pytest.mark.parametrize("aggregate", ["mean", "max", "last"])
 def test_point_scores_from_overlapping_windows(aggregate):
     rng = np.random.default_rng(0)
     n, T = 37, 6
@@ -171,7 +171,11 @@ def test_point_scores_from_overlapping_windows(aggregate):
     expected = np.empty(n)
     for p in range(n):
         vals = [scores[w, p - s] for w, s in enumerate(starts) if s <= p < s + T]
-        expected[p] = np.mean(vals) if aggregate == "mean" else np.max(vals)
+        if aggregate == "last":  # the window in which p sits latest (largest offset p - s)
+            cover = [(p - s, w) for w, s in enumerate(starts) if s <= p < s + T]
+            expected[p] = scores[max(cover)[1], max(cover)[0]]
+        else:
+            expected[p] = np.mean(vals) if aggregate == "mean" else np.max(vals)
     np.testing.assert_allclose(got, expected, rtol=1e-12)
 
 

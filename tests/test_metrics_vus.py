@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -40,9 +41,9 @@ def _have_vus() -> bool:
         return False
 
 
-@pytest.mark.skipif(not _have_vus(), reason="vus not installed (make install adds it, lean)")
-@pytest.mark.parametrize("seed", range(12))
-def test_equals_vus_live_on_random_cases(seed):
+def _random_case(seed: int):
+    """Small random labels; continuous, tied, heavy-tailed (3-sigma prediction not empty) or
+    negative scores (each branch of Precision_at_k)."""
     rng = np.random.default_rng(seed)
     n = int(rng.integers(50, 3000))
     window = int(rng.choice([0, 1, 3, 8, 25, 100]))
@@ -50,15 +51,71 @@ def test_equals_vus_live_on_random_cases(seed):
     y = y.astype(np.int64)
     if y.sum() == 0:
         y[-3:] = 1
-    s = rng.random(n) + 0.4 * y if seed % 2 else rng.integers(0, 3, n) / 2.0
+    kind = seed % 4
+    if kind == 0:
+        s = rng.random(n) + 0.4 * y
+    elif kind == 1:
+        s = rng.integers(0, 3, n) / 2.0
+    elif kind == 2:
+        s = rng.exponential(0.1, n) + 2.0 * y * (rng.random(n) < 0.5)
+    else:
+        s = rng.standard_t(2, n) - 2.0 + 5.0 * y * (rng.random(n) < 0.5)
+    return y, s, window
+
+
+@pytest.mark.skipif(not _have_vus(), reason="vus not installed (make install adds it, lean)")
+@pytest.mark.parametrize("seed", range(12))
+def test_equals_vus_live_on_random_cases(seed):
+    y, s, window = _random_case(seed)
     _assert_same(vus_get_metrics(s, y, window), vus_reference(y, s, window), seed)
 
 
 @pytest.mark.skipif(not _have_vus(), reason="vus not installed")
+def test_returns_every_key_of_vus_all():
+    from vus.metrics import get_metrics
+
+    y, s, window = make_case(37)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = get_metrics(s, y, metric="all", slidingWindow=window)
+    assert list(vus_get_metrics(s, y, window)) == list(ref) and len(ref) == 15
+
+
+@pytest.mark.skipif(not _have_vus(), reason="vus not installed")
 def test_float32_inputs_give_the_same_values_as_vus():
-    y, s, window = make_case(4)
-    _assert_same(vus_get_metrics(s.astype(np.float32), y.astype(np.float32), window),
-                 vus_reference(y.astype(np.float32), s.astype(np.float32), window), "float32")
+    for i in (4, 39):
+        y, s, window = make_case(i)
+        _assert_same(vus_get_metrics(s.astype(np.float32), y.astype(np.float32), window),
+                     vus_reference(y.astype(np.float32), s.astype(np.float32), window), i)
+
+
+@pytest.mark.skipif(not _have_vus(), reason="vus not installed")
+def test_all_one_labels_give_the_values_vus_defines():
+    s = np.random.default_rng(3).standard_t(2, 300)
+    y = np.ones(300, dtype=np.int64)
+    _assert_same(vus_get_metrics(s, y, 10), vus_reference(y, s, 10), "all-one")
+
+
+def test_labels_without_anomaly_report_every_vus_key_missing():
+    # vus itself raises here (IndexError in its VUS segmentation)
+    with pytest.warns(RuntimeWarning, match="no anomaly"):
+        out = vus_get_metrics(np.linspace(0, 1, 80), np.zeros(80, dtype=int), 10)
+    assert len(out) == 15 and all(math.isnan(v) for v in out.values())
+
+
+def test_three_sigma_keys_by_hand():
+    # 100 points, one spike of 10 at index 50 inside the anomaly [48, 52): mean + 3 std < 10,
+    # so the prediction is {50}: P = 1, R = 1/4, F = 0.4; range recall = 0.2 * 1 + 0.8 * 1/4
+    # = 0.4, range precision = 1 (the one predicted range is all anomalous), RF = 0.8 / 1.4.
+    # k = 4, the 96th percentile of the score is 0, so Precision_at_k = TP / k = 1/4.
+    s = np.zeros(100)
+    s[50] = 10.0
+    y = np.zeros(100, dtype=int)
+    y[48:52] = 1
+    out = vus_get_metrics(s, y, 4)
+    expected = {"Precision": 1.0, "Recall": 0.25, "F": 0.4, "Rrecall": 0.4, "Rprecision": 1.0,
+                "RF": 0.8 / 1.4, "Precision_at_k": 0.25}
+    assert {k: out[k] for k in expected} == pytest.approx(expected, abs=1e-12)
 
 
 def test_golden_file_covers_every_case():

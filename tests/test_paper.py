@@ -413,10 +413,10 @@ def test_paper_table_runs_through_on_smd_layout_data_and_reports_paper_vs_measur
                 "seed=0", "train.progress=none"], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     runs = _children(tmp_path / "outputs" / "mlflow.db")
-    failed = [r for r in runs if r.info.status != "FINISHED"]
-    assert len(runs) == 2 * 3 and [r.info.run_name for r in failed] == [
-        "deepsvdd-SMD-on+backbone_only-s0-paper_table"]  # no backbone score: refused at once
-    assert "control arm does not apply" in failed[0].data.tags["error"]
+    # Deep SVDD has no score of its own with MADCluster on: its control arm is refused before
+    # any run exists, and the sweep goes on.
+    assert "control arm does not apply" in out.stdout + out.stderr
+    assert len(runs) == 2 * 3 - 1 and all(r.info.status == "FINISHED" for r in runs)
     for r in runs:
         p = r.data.params
         assert (p["backbone.window"], p["dataset.mode"], p["dataset.normalize"]) == (

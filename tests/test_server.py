@@ -18,15 +18,9 @@ import pytest
 from madcluster_exp.tracking import MLflowTracker
 from madcluster_exp.tracking.migrate import migrate
 from madcluster_exp.tracking.server import ServerError, wait_until_ready
+from tests.conftest import free_port as _free_port
 from tests.conftest import FAST
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _post(base, path, body):
@@ -47,26 +41,6 @@ def _all_runs(base, experiment="madcluster_exp"):
     exp_id = next(e["experiment_id"] for e in exps["experiments"] if e["name"] == experiment)
     return _post(base, "/api/2.0/mlflow/runs/search",
                  {"experiment_ids": [exp_id], "max_results": 1000})["runs"]
-
-
-@pytest.fixture
-def server(tmp_path, postgres_uri):
-    """`make server` as a person runs it, on a free port, over a fresh database."""
-    port = _free_port()
-    log_path = tmp_path / "server.log"
-    env = {**os.environ, "MLFLOW_BACKEND_URI": postgres_uri}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(["make", "-s", "-C", str(ROOT), "server", f"PORT={port}",
-                                 f"SERVER_ARTIFACTS={tmp_path / 'server-artifacts'}",
-                                 f"PYTHON={sys.executable}"],
-                                env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    try:
-        wait_until_ready(proc, f"http://127.0.0.1:{port}", log_path)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
 
 
 def _tags(run):

@@ -168,6 +168,19 @@ def _window_mean_softmax(n: int, seed: int) -> np.ndarray:
     return torch.softmax(torch.randn(n, 100, generator=g), dim=-1).mean(dim=1).double().numpy()
 
 
+def test_product_refuses_a_signed_component():
+    from madcluster_exp.scoring import ScoreCombiner
+    rng = np.random.default_rng(1)
+    nll = rng.normal(-1.0, 2.0, 300)  # a negative log-likelihood takes both signs
+    comps = {"backbone": nll, "madcluster": rng.gamma(2.0, size=300)}
+    with pytest.raises(ValueError, match=r"product cannot use the 'backbone' score component.*"
+                                         r"negative values"):
+        ScoreCombiner("product").fit(comps)
+    shifted = {"backbone": nll - nll.min(), "madcluster": comps["madcluster"]}
+    np.testing.assert_allclose(ScoreCombiner("product").fit(shifted).combine(shifted),
+                               shifted["backbone"] * shifted["madcluster"])
+
+
 def test_sum_refuses_to_standardise_a_component_that_is_rounding_noise():
     from madcluster_exp.scoring import ScoreCombiner
     rng = np.random.default_rng(0)
@@ -227,6 +240,5 @@ def test_control_arm_refuses_a_backbone_without_its_own_score_before_training(ma
     from madcluster_exp.config import ConfigError
     with pytest.raises(ConfigError, match=r"backbone_only with backbone=deepsvdd"):
         run(make_cfg("madcluster=on_backbone_only"), output_dir=tmp_path / "j", verbose=False)
-    client = MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
-    (r,) = client.search_runs([client.get_experiment_by_name("madcluster_exp").experiment_id])
-    assert r.info.status == "FAILED" and "train/loss" not in r.data.metrics
+    # A configuration error found before any work leaves no (FAILED) run behind.
+    assert not (tmp_path / "outputs" / "mlflow.db").exists()

@@ -5,10 +5,13 @@ from omegaconf import DictConfig
 
 from madcluster_exp.backbones.base import Backbone, BackboneOutput, StepContext
 from madcluster_exp.backbones.anomaly_transformer import AnomalyTransformer
+from madcluster_exp.backbones.beatgan import BeatGAN
 from madcluster_exp.backbones.dcdetector import DCdetector
 from madcluster_exp.backbones.deepsvdd import DeepSVDD
 from madcluster_exp.backbones.lstm_ae import LSTMAE
+from madcluster_exp.backbones.omnianomaly import OmniAnomaly
 from madcluster_exp.backbones.slmr import SLMR
+from madcluster_exp.backbones.thoc import THOC
 from madcluster_exp.backbones.usad import USAD
 
 BACKBONES: Dict[str, Type[Backbone]] = {
@@ -18,6 +21,9 @@ BACKBONES: Dict[str, Type[Backbone]] = {
     "anomaly_transformer": AnomalyTransformer,
     "dcdetector": DCdetector,
     "slmr": SLMR,
+    "thoc": THOC,
+    "omnianomaly": OmniAnomaly,
+    "beatgan": BeatGAN,
 }
 
 

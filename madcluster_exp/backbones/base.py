@@ -122,6 +122,11 @@ class Backbone(nn.Module):
         """Named parameter groups, one optimizer each (USAD: one per autoencoder)."""
         return {"main": [p for p in self.parameters() if p.requires_grad]}
 
+    def optimizer_options(self) -> Dict[str, object]:
+        """Extra keyword arguments for every Adam of this backbone's groups (BeatGAN: its
+        reference's betas (0.5, 0.999)); {} = torch's defaults."""
+        return {}
+
     def extra_log_params(self) -> Dict[str, object]:
         """Backbone-specific facts to log as MLflow params (e.g. the effective tap)."""
         return {}

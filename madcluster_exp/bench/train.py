@@ -32,6 +32,7 @@ CONFIGS = {
     "dcdetector_materialised": ["backbone=dcdetector"],
     "slmr_w10": ["backbone=slmr"],
     "slmr_w100": ["backbone=slmr", "backbone.window=100"],
+    "beatgan": ["backbone=beatgan"],
 }
 # Configurations that run a baseline variant of their backbone instead of the production class.
 BASELINES = {"dcdetector_materialised": MaterialisedDCdetector}

@@ -73,17 +73,23 @@ class PointScoreAccumulator:
 
     Memory is O(points), not O(windows x T): batches are folded in as they arrive.
     ``mean`` averages every window's score for a point; ``max`` keeps the largest; ``sum``
-    adds them (for backbones whose per-step scores are sparse by design, see SLMR).
+    adds them (for backbones whose per-step scores are sparse by design, see SLMR); ``last``
+    keeps the score from the window in which the point sits latest (the window ending at it
+    where one exists: OmniAnomaly's "last point of the window" score, whose per-step scores
+    are causal, so a point before the first full window keeps its shorter-context score).
     """
 
     def __init__(self, n_points: int, window: int, aggregate: str = "mean"):
-        if aggregate not in ("mean", "max", "sum"):
-            raise ValueError(f"scoring.aggregate={aggregate!r}: expected mean, max or sum")
+        if aggregate not in ("mean", "max", "sum", "last"):
+            raise ValueError(f"scoring.aggregate={aggregate!r}: expected mean, max, sum or last")
         self.n, self.window, self.aggregate = n_points, window, aggregate
         self._offsets = np.arange(window, dtype=np.int64)
         if aggregate in ("mean", "sum"):
             self._sum = np.zeros(n_points, np.float64)
             self._count = np.zeros(n_points, np.int64)
+        elif aggregate == "last":
+            self._last = np.zeros(n_points, np.float64)
+            self._offset = np.full(n_points, -1, np.int64)  # offset of the kept score; -1 = none
         else:
             self._max = np.full(n_points, -np.inf, np.float64)
 
@@ -97,12 +103,30 @@ class PointScoreAccumulator:
             lo, hi = int(pos.min()), int(pos.max()) + 1
             self._sum[lo:hi] += np.bincount(pos - lo, weights=vals, minlength=hi - lo)
             self._count[lo:hi] += np.bincount(pos - lo, minlength=hi - lo)
+        elif self.aggregate == "last":
+            self._add_last(pos, np.tile(self._offsets, len(starts)), vals)
         else:
             np.maximum.at(self._max, pos, vals)
+
+    def _add_last(self, pos: np.ndarray, offsets: np.ndarray, vals: np.ndarray) -> None:
+        """Per point, the entry with the largest in-window offset, if larger than the kept one."""
+        order = np.lexsort((offsets, pos))  # by point, then offset: a point's last entry wins
+        pos, offsets, vals = pos[order], offsets[order], vals[order]
+        final = np.r_[pos[1:] != pos[:-1], True]
+        pos, offsets, vals = pos[final], offsets[final], vals[final]
+        better = offsets > self._offset[pos]
+        self._offset[pos[better]] = offsets[better]
+        self._last[pos[better]] = vals[better]
 
     def result(self) -> np.ndarray:
         if self.aggregate == "sum":
             return self._sum
+        if self.aggregate == "last":
+            uncovered = self._offset < 0
+            if uncovered.any():
+                raise RuntimeError(f"point {int(np.flatnonzero(uncovered)[0])} is covered by no "
+                                   "scored window")
+            return self._last
         uncovered = self._count == 0 if self.aggregate == "mean" else np.isneginf(self._max)
         if uncovered.any():
             missing = int(np.flatnonzero(uncovered)[0])

@@ -74,39 +74,46 @@ def _recall_outside(a, b, pivot, emin, emax, piece_after: bool):
 
 def affiliation(*, y_true: np.ndarray, y_pred: np.ndarray) -> Dict[str, float]:
     """Affiliation precision and recall of a 0/1 prediction; ``y_true`` needs an anomaly."""
-    n = len(y_true)
     js, je = _events(np.asarray(y_true))
     ps, pe = _events(np.asarray(y_pred))
-    m = len(js)
-    if m == 0:
+    return affiliation_events(js, je, ps, pe, len(y_true))
+
+
+def _zones(js, je, n: int):
+    """(starts, ends) of the zones E_j: borders at the midpoints of the gaps between events."""
+    if len(js) == 0:
         raise ValueError("affiliation needs at least one ground-truth event")
     mids = (je[:-1] + js[1:]) / 2
-    zs = np.r_[0.0, mids]  # zone starts
-    ze = np.r_[mids, float(n)]  # zone ends
-    # Cut predicted events by zone: event [s, e) meets zone j iff max(s, zs_j) < min(e, ze_j).
+    return np.r_[0.0, mids], np.r_[mids, float(n)]
+
+
+def _cut(ps, pe, zs, ze):
+    """Predicted events cut by zone: (zone, start, end) of every piece of positive length, in
+    time order. Event [s, e) meets zone j iff max(s, zs_j) < min(e, ze_j)."""
     first = np.searchsorted(ze, ps, side="right")
     last = np.searchsorted(zs, pe, side="left") - 1
     counts = np.maximum(last - first + 1, 0)
-    zone = np.repeat(first, counts) + (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts))
+    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    zone = np.repeat(first, counts) + offsets
     a = np.maximum(np.repeat(ps, counts), zs[zone])
     b = np.minimum(np.repeat(pe, counts), ze[zone])
     keep = a < b
-    zone, a, b = zone[keep], a[keep], b[keep]
-    jmin, jmax, emin, emax = js[zone], je[zone], zs[zone], ze[zone]
+    return zone[keep], a[keep], b[keep]
 
-    # precision
+
+def _precision_integral(zone, a, b, js, je, zs, ze):
+    """Integral of Fbar of each piece's zone over the piece [a, b)."""
+    jmin, jmax, emin, emax = js[zone], je[zone], zs[zone], ze[zone]
     before = _clip(a, b, -np.inf, jmin)
     after = _clip(a, b, jmax, np.inf)
     inside = np.maximum(np.minimum(b, jmax) - np.maximum(a, jmin), 0.0)
-    integral = (inside + _precision_outside(*before, jmin, jmax, emin, emax)
-                + _precision_outside(*after, jmin, jmax, emin, emax))
-    num = np.bincount(zone, weights=integral, minlength=m)
-    den = np.bincount(zone, weights=b - a, minlength=m)
-    has = np.bincount(zone, minlength=m) > 0
-    p_zone = np.where(has, num / np.where(has, den, 1.0), np.nan)
-    precision = float(np.mean(p_zone[has])) if has.any() else float("nan")
+    return (inside + _precision_outside(*before, jmin, jmax, emin, emax)
+            + _precision_outside(*after, jmin, jmax, emin, emax))
 
-    # recall: J cut at the midpoints between consecutive pieces of its zone
+
+def _recall_zones(zone, a, b, js, je, zs, ze) -> np.ndarray:
+    """Recall of every zone: J cut at the midpoints between consecutive pieces of its zone."""
+    jmin, jmax, emin, emax = js[zone], je[zone], zs[zone], ze[zone]
     same_prev = np.r_[False, zone[1:] == zone[:-1]]
     same_next = np.r_[zone[:-1] == zone[1:], False]
     f_lo = np.where(same_prev, (np.r_[0.0, b[:-1]] + a) / 2, emin)
@@ -117,5 +124,72 @@ def affiliation(*, y_true: np.ndarray, y_pred: np.ndarray) -> Dict[str, float]:
     j_inside = np.maximum(np.minimum(jb, b) - np.maximum(ja, a), 0.0)
     r_integral = (j_inside + _recall_outside(*j_before, a, emin, emax, piece_after=True)
                   + _recall_outside(*j_after, b, emin, emax, piece_after=False))
-    r_zone = np.bincount(zone, weights=r_integral, minlength=m) / (je - js)
+    return np.bincount(zone, weights=r_integral, minlength=len(js)) / (je - js)
+
+
+def affiliation_events(js, je, ps, pe, n: int) -> Dict[str, float]:
+    """Affiliation precision and recall from events: ground truth [js, je), prediction
+    [ps, pe) (float arrays, sorted, disjoint) on a series of ``n`` points."""
+    m = len(js)
+    zs, ze = _zones(js, je, n)
+    zone, a, b = _cut(ps, pe, zs, ze)
+    integral = _precision_integral(zone, a, b, js, je, zs, ze)
+    num = np.bincount(zone, weights=integral, minlength=m)
+    den = np.bincount(zone, weights=b - a, minlength=m)
+    has = np.bincount(zone, minlength=m) > 0
+    p_zone = np.where(has, num / np.where(has, den, 1.0), np.nan)
+    precision = float(np.mean(p_zone[has])) if has.any() else float("nan")
+    r_zone = _recall_zones(zone, a, b, js, je, zs, ze)
     return {"affiliation_precision": precision, "affiliation_recall": float(np.mean(r_zone))}
+
+
+class AffiliationCurve:
+    """Affiliation precision and recall of the predictions ``kappa > k`` for k = 0..K-1 (the
+    thresholds of a search), without paying for every predicted event at every k.
+
+    Precision: the predicted set is a union of unit cells [i, i+1), so each zone's integral is
+    a sum over its predicted cells. Cells are cut at the zone borders and integrated once; a
+    2-D histogram over (zone, kappa) then gives every threshold's sums at once.
+
+    Recall: a point of J belongs to the sub-zone of its nearest piece, so only the pieces that
+    meet J and the nearest piece on either side of it (within the zone) have a non-empty part
+    of J; the others add exact zeros and are left out.
+    """
+
+    def __init__(self, js, je, n: int, kappa: np.ndarray, n_thresholds: int):
+        self.js, self.je = js, je
+        self.zs, self.ze = _zones(js, je, n)
+        m, k1 = len(js), n_thresholds + 1
+        borders = np.union1d(np.arange(n + 1, dtype=np.float64), self.zs[1:])
+        a, b = borders[:-1], borders[1:]
+        zone = np.searchsorted(self.ze, a, side="right")
+        integral = _precision_integral(zone, a, b, js, je, self.zs, self.ze)
+        key = zone * k1 + kappa[a.astype(np.int64)]
+        # S[j, c] = sum over cells of zone j with kappa >= c; predicted at k <=> kappa > k
+        num = np.bincount(key, weights=integral, minlength=m * k1).reshape(m, k1)
+        den = np.bincount(key, weights=b - a, minlength=m * k1).reshape(m, k1)
+        num = np.cumsum(num[:, ::-1], axis=1)[:, ::-1][:, 1:]
+        den = np.cumsum(den[:, ::-1], axis=1)[:, ::-1][:, 1:]
+        has = den > 0
+        p_zone = np.where(has, num / np.where(has, den, 1.0), 0.0)
+        count = has.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            self.precision = np.where(count > 0, p_zone.sum(axis=0) / count, np.nan)
+
+    def recall(self, ps, pe) -> float:
+        """Affiliation recall of the prediction with events [ps, pe) (floats, sorted)."""
+        js, je, zs, ze = self.js, self.je, self.zs, self.ze
+        if len(ps) == 0:
+            return 0.0
+        first = np.searchsorted(pe, zs, side="right")  # first event ending after the zone start
+        last = np.searchsorted(ps, ze, side="left") - 1  # last event starting before its end
+        lo = np.maximum(np.searchsorted(pe, js, side="right") - 1, first)
+        hi = np.minimum(np.searchsorted(ps, je, side="left"), last)
+        counts = np.maximum(hi - lo + 1, 0)
+        offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        event = np.repeat(lo, counts) + offsets
+        zone = np.repeat(np.arange(len(js)), counts)
+        a = np.maximum(ps[event], zs[zone])
+        b = np.minimum(pe[event], ze[zone])
+        keep = a < b
+        return float(np.mean(_recall_zones(zone[keep], a[keep], b[keep], js, je, zs, ze)))

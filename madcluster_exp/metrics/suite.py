@@ -11,9 +11,15 @@ from madcluster_exp.metrics.point import (MetricInputError, check_labels, check_
                                           point_adjusted_f1, precision_recall_f1,
                                           ranking_metrics)
 from madcluster_exp.metrics.range_auc import range_and_volume
+from madcluster_exp.metrics.tsbad import THRESHOLD_KEYS, tsbad_get_metrics
+from madcluster_exp.metrics.vus_basic import basic_metric_new
 
 RANGE_KEYS = ("r_auc_roc", "r_auc_pr", "vus_roc", "vus_pr")
 AFFILIATION_KEYS = ("affiliation_precision", "affiliation_recall")
+# vus 0.0.6's get_metrics(..., 'all') keys, in the package's order
+VUS_BASIC_KEYS = ("Precision", "Recall", "F", "Precision_at_k", "Rprecision", "Rrecall", "RF")
+VUS_KEYS = ("AUC_ROC", "AUC_PR", *VUS_BASIC_KEYS, "R_AUC_ROC", "R_AUC_PR", "VUS_ROC", "VUS_PR",
+            "Affiliation_Precision", "Affiliation_Recall")
 
 
 def _no_anomaly(y: np.ndarray) -> bool:
@@ -81,9 +87,46 @@ def full_suite(*, y_true, y_score, y_pred, window: int, point_adjust: bool = Tru
     return out
 
 
+# TSB-AD's keys as logged (test/tsbad/<name>; threshold-searched ones get an _oracle suffix)
+TSBAD_NAMES = {"AUC-PR": "auc_pr", "AUC-ROC": "auc_roc", "VUS-PR": "vus_pr", "VUS-ROC": "vus_roc",
+               "Standard-F1": "standard_f1", "PA-F1": "pa_f1", "Event-based-F1": "event_f1",
+               "R-based-F1": "range_f1", "Affiliation-F": "affiliation_f"}
+
+
+def tsbad_suite(*, y_true, y_score, y_pred, window: int, oracle: bool = True) -> Dict[str, float]:
+    """TSB-AD 1.5's metric set as ``tsbad/<name>``: its threshold-dependent keys on the run's
+    own prediction ``y_pred`` (honest), and, with ``oracle``, also at TSB-AD's default best
+    threshold on the test labels as ``tsbad/<name>_oracle`` (what TSB-AD's tables report)."""
+    out = {f"tsbad/{TSBAD_NAMES[k]}": v
+           for k, v in tsbad_get_metrics(y_score, y_true, window, pred=y_pred).items()}
+    if oracle:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # said once above
+            searched = tsbad_get_metrics(y_score, y_true, window)
+        out.update({f"tsbad/{TSBAD_NAMES[k]}_oracle": searched[k] for k in THRESHOLD_KEYS})
+    return out
+
+
+def definition_suite(*, definition: str, y_true, y_score, y_pred, window: int,
+                     point_adjust: bool = True, oracle: bool = True,
+                     seed: int = 0) -> Dict[str, float]:
+    """The run's test metrics for ``metrics.definition``: the full suite (vus 0.0.6
+    definitions) always, plus TSB-AD's set for ``tsbad``."""
+    if definition not in ("vus006", "tsbad"):
+        raise MetricInputError(f"metrics.definition={definition!r}: expected vus006 or tsbad")
+    out = full_suite(y_true=y_true, y_score=y_score, y_pred=y_pred, window=window,
+                     point_adjust=point_adjust, oracle=oracle, seed=seed)
+    if definition == "tsbad":
+        out.update(tsbad_suite(y_true=y_true, y_score=y_score, y_pred=y_pred, window=window,
+                               oracle=oracle))
+    return out
+
+
 def vus_get_metrics(score, labels, sliding_window: int) -> Dict[str, float]:
-    """The keys MADCluster reports, named and computed as ``vus.metrics.get_metrics(score,
-    labels, 'all', slidingWindow=...)`` does (affiliation on ``score > 0.5``, strict)."""
+    """Every key of ``vus.metrics.get_metrics(score, labels, 'all', slidingWindow=...)`` (vus
+    0.0.6), named and computed as there: affiliation on ``score > 0.5`` (strict), P/R/F and the
+    range P/R/F at ``score > mean + 3 std`` (see ``vus_basic``). Where the package raises (labels
+    without an anomaly), every key is reported missing (NaN) with a warning."""
     y = check_labels(labels, "labels")
     s = check_scores(score, len(y), "score")
     ranking = ranking_metrics(y_true=y, y_score=s)
@@ -91,7 +134,13 @@ def vus_get_metrics(score, labels, sliding_window: int) -> Dict[str, float]:
     r = range_suite(y_true=y, y_score=s, window=sliding_window)
     out.update({"R_AUC_ROC": r["r_auc_roc"], "R_AUC_PR": r["r_auc_pr"],
                 "VUS_ROC": r["vus_roc"], "VUS_PR": r["vus_pr"]})
-    a = affiliation_suite(y_true=y, y_pred=(s > 0.5).astype(np.int8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # range_suite has said it once
+        a = affiliation_suite(y_true=y, y_pred=(s > 0.5).astype(np.int8))
     out.update({"Affiliation_Precision": a["affiliation_precision"],
                 "Affiliation_Recall": a["affiliation_recall"]})
-    return out
+    if y.sum() == 0:
+        out.update({k: float("nan") for k in VUS_BASIC_KEYS})
+    else:
+        out.update(basic_metric_new(y, score))
+    return {k: out[k] for k in VUS_KEYS}

@@ -8,6 +8,8 @@ With a single component (MADCluster off, or a backbone whose objective the plug-
 that component is the score. Unset (None), the rule follows the protocol
 (:func:`madcluster_exp.config.combine_rule`).
 
+``product`` refuses a component with negative validation scores (a negative log-likelihood such
+as OmniAnomaly's): multiplying by a signed score reverses the ranking wherever it is negative.
 ``sum`` refuses a component whose validation spread is rounding noise relative to its mean:
 standardising it would divide noise by noise and add it to the score at full weight. That is
 what DCdetector's window-mean score is under ``protocol=reference`` (a softmax over the window's
@@ -40,9 +42,17 @@ class ScoreCombiner:
 
     def fit(self, val_components: Dict[str, np.ndarray]) -> "ScoreCombiner":
         """Remember validation mean and std of each component; with ``sum``, refuse a
-        component whose spread is rounding noise (the message names it and the fix)."""
-        standardises = self.effective_rule(val_components) == "sum"
+        component whose spread is rounding noise, with ``product`` a signed one (the message
+        names it and the fix)."""
+        rule = self.effective_rule(val_components)
+        standardises = rule == "sum"
         for name, s in val_components.items():
+            if rule == "product" and float(np.min(s)) < 0:
+                raise ValueError(
+                    f"madcluster.combine=product cannot use the {name!r} score component: it "
+                    f"takes negative values (validation minimum {float(np.min(s)):.4g}), and a "
+                    "product with a signed score is not monotone in it. Use "
+                    "madcluster.combine=sum (standardised sum) or one component alone.")
             mean, std = float(np.mean(s)), float(np.std(s))
             if standardises and std <= NOISE_RTOL * abs(mean):
                 raise ValueError(
@@ -56,6 +66,16 @@ class ScoreCombiner:
                     f"{'madcluster_only' if name == 'backbone' else 'backbone_only'}.")
             self.stats[name] = (mean, std)
         return self
+
+    def state(self) -> dict:
+        """Rule and fitted statistics as JSON-ready values (saved with a trained model)."""
+        return {"rule": self.rule, "stats": {k: [m, s] for k, (m, s) in self.stats.items()}}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "ScoreCombiner":
+        combiner = cls(state["rule"])
+        combiner.stats = {k: (float(m), float(s)) for k, (m, s) in state["stats"].items()}
+        return combiner
 
     def combine(self, components: Dict[str, np.ndarray]) -> np.ndarray:
         rule = self.effective_rule(components)

@@ -44,6 +44,13 @@ class Threshold:
             raise RuntimeError(f"{type(self).__name__}.predict called before fit")
         return (np.asarray(scores) > self.value).astype(np.int8)
 
+    def state(self) -> dict:
+        """The fitted state as JSON-ready values (kind, family, value and what ``predict``
+        needs): saved with a trained model so new data is thresholded as the run's test was."""
+        if not np.isfinite(self.value):
+            raise RuntimeError(f"{type(self).__name__}.state called before fit")
+        return {"kind": self.kind, "family": self.family, "value": float(self.value)}
+
 
 class PercentileThreshold(Threshold):
     """Points scoring above the given percentile of the fitting scores are anomalous."""
@@ -59,6 +66,9 @@ class PercentileThreshold(Threshold):
     def fit(self, scores: np.ndarray) -> "PercentileThreshold":
         self.value = float(np.percentile(_finite(scores, "threshold fit"), self.percentile))
         return self
+
+    def state(self) -> dict:
+        return {**super().state(), "percentile": self.percentile}
 
 
 class TransductivePercentileThreshold(PercentileThreshold):
@@ -148,6 +158,11 @@ class POTThreshold(Threshold):
         self._refit()
         return self
 
+    def state(self) -> dict:
+        return {**super().state(), "level": self.level, "q": self.q,
+                "init_threshold": self.init_threshold, "gamma": self.gamma, "sigma": self.sigma,
+                "peaks": [float(p) for p in self._peaks], "n": self._n}
+
     def _refit(self) -> None:
         self.gamma, self.sigma = fit_gpd(self._peaks)
         self.value = pot_quantile(self.init_threshold, self.gamma, self.sigma, self.q, self._n,
@@ -217,6 +232,29 @@ def build_threshold(cfg) -> Threshold:
     if cfg.kind == "oracle":
         return OracleThreshold()
     raise ValueError(f"threshold.kind={cfg.kind!r}: expected one of {', '.join(KINDS)}")
+
+
+def threshold_from_state(state: dict) -> Threshold:
+    """A fitted threshold from :meth:`Threshold.state` (SPOT resumes streaming from the state
+    it had after fitting on validation, so ``predict`` is a pure function of its input when
+    called on a fresh copy)."""
+    kind = state.get("kind")
+    classes = {c.kind: c for c in (PercentileThreshold, TransductivePercentileThreshold,
+                                   POTThreshold, SPOTThreshold, OracleThreshold)}
+    if kind not in classes:
+        raise ValueError(f"threshold state of kind {kind!r}: expected one of {', '.join(KINDS)}")
+    threshold = classes[kind].__new__(classes[kind])
+    Threshold.__init__(threshold)
+    threshold.value = float(state["value"])
+    if isinstance(threshold, PercentileThreshold):
+        threshold.percentile = float(state.get("percentile", float("nan")))
+    if isinstance(threshold, POTThreshold):
+        threshold.level, threshold.q = float(state["level"]), float(state["q"])
+        threshold.init_threshold = float(state["init_threshold"])
+        threshold.gamma, threshold.sigma = float(state["gamma"]), float(state["sigma"])
+        threshold._peaks = np.asarray(state["peaks"], dtype=np.float64)
+        threshold._n = int(state["n"])
+    return threshold
 
 
 def fit_threshold(threshold: Threshold, val_scores: np.ndarray, test_scores: np.ndarray,

@@ -71,6 +71,9 @@ class NullTracker:
     def log_artifact(self, path: Path, artifact_path: Optional[str] = None) -> None:
         pass
 
+    def log_artifacts(self, directory: Path, artifact_path: Optional[str] = None) -> None:
+        pass
+
     def end(self, status: str = "FINISHED") -> None:
         pass
 
@@ -173,6 +176,11 @@ class MLflowTracker(NullTracker):
     @_timed
     def log_artifact(self, path: Path, artifact_path: Optional[str] = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    @_timed
+    def log_artifacts(self, directory: Path, artifact_path: Optional[str] = None) -> None:
+        """Every file under ``directory`` as the artifact directory ``artifact_path``."""
+        self.client.log_artifacts(self.run_id, str(directory), artifact_path)
 
     @_timed
     def end(self, status: str = "FINISHED") -> None:

@@ -11,13 +11,15 @@ older MLflow keeps working. Workers then log to it with ``MLFLOW_TRACKING_URI=ht
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterator, List, Optional
 from urllib.parse import urlsplit, urlunsplit
 
 from madcluster_exp.cli import Option, parse
@@ -118,6 +120,23 @@ def wait_until_ready(proc: subprocess.Popen, url: str, log_path: Optional[Path] 
             time.sleep(0.5)
     raise ServerError(f"mlflow server at {url} not ready after {timeout:.0f} s (still running; "
                       f"its log: {log_path})")
+
+
+@contextmanager
+def running_server(uri: str, port: int, artifacts: Path, log_path: Path,
+                   workers: int = 1) -> Iterator[str]:
+    """Create and migrate the database, run the server until the block ends; yields its URL."""
+    ensure_database(uri)
+    upgrade_schema(uri)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(server_command(uri, port, artifacts, workers=workers),
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until_ready(proc, f"http://127.0.0.1:{port}", log_path)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
 
 
 OPTIONS = {
