@@ -29,9 +29,9 @@ from typing import List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from madcluster_exp import report_onoff, report_paper
 from madcluster_exp.cli import Option, parse
 from madcluster_exp.errors import ExpectedError, cli_errors
-from madcluster_exp import report_onoff, report_paper
 from madcluster_exp.tracking import resolve_tracking_uri
 from madcluster_exp.tracking.callbacks import PARENT_FILE
 
