@@ -17,7 +17,8 @@ contextual, collective), and the synthetic benchmark of this project (data/synth
   flat at the segment's mean plus a little noise (0.1 standard deviations).
 
 Standard deviations are those of each channel of the clean entity's validation values. Events
-are planted per entity (none straddles two), in turn of ``kinds``, at random free positions
+are planted per entity (none straddles two), in turn of ``kinds`` (the turn going on from one
+entity to the next), at random free positions
 with ``MARGIN`` normal rows around each, until ``ratio`` of the entity's points are labelled
 (exceeded by at most one event). Segments last ``SEGMENT`` rows, capped at a quarter of the
 entity. The same seed gives the same anomalies: every trial of a search is scored on one series.
@@ -35,7 +36,7 @@ INJECTED_KINDS = ("spike", "level_shift", "contextual", "collective")
 #: Normal rows kept on both sides of every event (and at the entity's ends).
 MARGIN = 10
 #: Length range of the segment kinds (rows).
-SEGMENT = (15, 50)
+SEGMENT = (10, 30)
 #: Placement tries per entity before it stops short of the ratio (a full entity).
 MAX_TRIES = 1000
 
@@ -70,7 +71,9 @@ def inject(split: SeriesSplit, ratio: float, kinds: Sequence[str], seed: int) ->
     rngs = np.random.SeedSequence(seed).spawn(len(split.segments))
     for seg, ss in zip(split.segments, rngs):
         part = slice(seg.start, seg.end)
-        planted = _plant_entity(values[part], labels[part], ratio, kinds,
+        # The turn of kinds goes on across entities, so short ones still get every kind.
+        turn = list(kinds[len(events) % len(kinds):]) + list(kinds[:len(events) % len(kinds)])
+        planted = _plant_entity(values[part], labels[part], ratio, turn,
                                 np.random.default_rng(ss))
         events += [InjectedAnomaly(kind, seg.name, seg.start + s, seg.start + e, ch)
                    for kind, s, e, ch in planted]
