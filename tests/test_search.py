@@ -175,6 +175,21 @@ def test_postgres_storage_urls_get_the_installed_driver():
         assert sqlalchemy_url(same) == same
 
 
+def test_a_stored_study_is_created_once_and_kept_to_its_direction(postgres_uri):
+    import optuna
+
+    from madcluster_exp.launchers.optuna_study import prepare_study
+
+    storage = sqlalchemy_url(postgres_uri)
+    prepare_study(storage, "s", ["maximize"])
+    assert prepare_study(storage, "s", ["maximize"]).direction.name == "MAXIMIZE"
+    assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == ["s"]
+    with pytest.raises(ConfigError, match=r"study .s. in .*direction maximize, but this search "
+                                          r"would minimize; choose another "
+                                          r"hydra\.sweeper\.study_name"):
+        prepare_study(storage, "s", ["minimize"])
+
+
 # ------------------------------------------------------------------------------ shared study
 def _env():
     return {k: v for k, v in os.environ.items()
@@ -214,7 +229,7 @@ def test_two_sweep_processes_share_one_study_in_postgres_and_lose_no_trial(tmp_p
         assert sorted(t.number for t in trials) == [0, 1, 2, 3]  # 2 + 2, distinct numbers
         assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
         assert all(0.0 < t.value <= 1.0 for t in trials)
-        assert len(optuna.get_all_study_names(storage)) == 1
+        assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == ["shared"]
 
         client = MlflowClient(mlflow_uri)
         exp = client.get_experiment_by_name("madcluster_exp")
