@@ -40,8 +40,8 @@ from madcluster_exp.tracking.callbacks import PARENT_FILE
 DEFAULT_METRICS = ["test/f1", "test/auc_roc", "test/auc_pr", "test/vus_roc", "test/vus_pr",
                    "test/affiliation_precision", "test/affiliation_recall", "test/f1_oracle"]
 # Parameters that identify a run but never define a configuration to compare.
-NOT_A_FACTOR = {"seed", "search.trial", "tracking.run_name_suffix", "notes", "torch_threads", "paths.root_dir",
-                "paths.output_dir"}
+NOT_A_FACTOR = {"seed", "search.trial", "tracking.run_name_suffix", "notes", "torch_threads",
+                "paths.root_dir", "paths.output_dir"}
 
 
 class ReportError(ExpectedError, ValueError):

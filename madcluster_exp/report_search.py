@@ -127,10 +127,12 @@ def build_search_report(parent_id: str, uri: str, metrics: Sequence[str], out_di
     files = [out_dir / "search_trials.csv"]
     table.to_csv(files[0], index=False)
 
+    states = ", ".join(f"{n} {s.lower()}"
+                       for s, n in table["state"].value_counts().sort_index().items())
     md = [f"# Search: study {study} ({tags['optuna.storage']})", "",
           f"Objective: {metric} ({tags.get('search.objective')}), {direction}d; "
-          f"{len(table)} trials ({', '.join(f'{n} {s.lower()}' for s, n in table['state'].value_counts().sort_index().items())}) "
-          f"from {table['sweep_run'].nunique()} sweep process(es).", "",
+          f"{len(table)} trials ({states}) from {table['sweep_run'].nunique()} sweep "
+          "process(es).", "",
           "| trial | state | objective | " + " | ".join(names) + " | MLflow run |",
           "|" + "---|" * (4 + len(names))]
     for _, r in table.iterrows():
