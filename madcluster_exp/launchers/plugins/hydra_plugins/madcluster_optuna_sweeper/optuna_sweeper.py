@@ -8,14 +8,21 @@ run), so a report joins the study's trials to their runs.
 """
 from typing import Any, List, Optional
 
-from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 
 
-class _NumberedTrials(OptunaSweeperImpl):
-    def _configure_trials(self, trials, search_space_distributions, fixed_params):
-        overrides = super()._configure_trials(trials, search_space_distributions, fixed_params)
-        return [tuple(o) + (f"search.trial={t.number}",) for o, t in zip(overrides, trials)]
+def _numbered_trials_impl():
+    """The plug-in's implementation, each job's overrides ending in ``search.trial=<number>``.
+    Imported when a search starts, not when Hydra scans its plug-ins (it imports Optuna)."""
+    from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
+
+    class NumberedTrials(OptunaSweeperImpl):
+        def _configure_trials(self, trials, search_space_distributions, fixed_params):
+            overrides = super()._configure_trials(trials, search_space_distributions,
+                                                  fixed_params)
+            return [tuple(o) + (f"search.trial={t.number}",) for o, t in zip(overrides, trials)]
+
+    return NumberedTrials
 
 
 class SharedStudyOptunaSweeper(OptunaSweeper):
@@ -25,9 +32,9 @@ class SharedStudyOptunaSweeper(OptunaSweeper):
                  params: Any) -> None:
         from madcluster_exp.launchers.optuna_study import sqlalchemy_url
 
-        self.sweeper = _NumberedTrials(sampler, direction, sqlalchemy_url(storage), study_name,
-                                       n_trials, n_jobs, max_failure_rate, search_space,
-                                       custom_search_space, params)
+        impl = _numbered_trials_impl()
+        self.sweeper = impl(sampler, direction, sqlalchemy_url(storage), study_name, n_trials,
+                            n_jobs, max_failure_rate, search_space, custom_search_space, params)
 
     def sweep(self, arguments: List[str]) -> None:
         from madcluster_exp.launchers.optuna_study import (check_search, direction_names,
