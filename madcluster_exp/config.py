@@ -434,6 +434,35 @@ class TrackingConfig:
     plots: bool = True
 
 
+# -------------------------------------------------------------------------------------- search
+#: search.objective -> (the metric a job returns to a sweeper, the direction a search takes).
+SEARCH_OBJECTIVES = {"val_loss": ("val/best_loss", "minimize"),
+                     "val_injected_vus_pr": ("val_injected/vus_pr", "maximize")}
+
+
+@dataclass
+class InjectConfig:
+    """Synthetic anomalies planted in a copy of the scaled validation split (data/inject.py)."""
+    # Its own seed: every trial of a search is scored on the same injected series.
+    seed: int = 0
+    # Fraction of validation points inside injected anomalies (reached up to one event).
+    ratio: float = 0.1
+    # spike | level_shift | contextual | collective, planted in turn.
+    kinds: List[str] = field(
+        default_factory=lambda: ["spike", "level_shift", "contextual", "collective"])
+
+
+@dataclass
+class SearchConfig:
+    # What a job returns to a sweeper: val_loss (the best validation loss; minimise) |
+    # val_injected_vus_pr (VUS-PR of the detector on the validation split with injected
+    # anomalies; maximise). Test data never enters either.
+    objective: str = "val_loss"
+    inject: InjectConfig = field(default_factory=InjectConfig)
+    # The Optuna trial this job is; set by the project's Optuna sweeper, None outside a search.
+    trial: Optional[int] = None
+
+
 # --------------------------------------------------------------------------------------- root
 @dataclass
 class Config:
@@ -459,6 +488,7 @@ class Config:
     threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
 
 def register_configs() -> None:
@@ -531,6 +561,7 @@ _CHOICES = {
     "threshold.kind": ("val_percentile", "pot", "spot", "transductive", "oracle"),
     "tracking.backend": ("mlflow", "none"),
     "metrics.definition": ("vus006", "tsbad"),
+    "search.objective": tuple(SEARCH_OBJECTIVES),
 }
 
 # key -> (low, high, low_inclusive, high_inclusive)
@@ -553,6 +584,8 @@ _RANGES = {
     "threshold.level": (0.0, 1.0, False, False),
     "threshold.q": (0.0, 1.0, False, False),
     "metrics.range_window": (0, None, True, None),
+    "search.inject.seed": (0, None, True, None),
+    "search.inject.ratio": (0.0, 0.5, False, False),
 }
 
 
@@ -593,5 +626,18 @@ def validate(cfg: DictConfig) -> None:
         problems.append(f"dataset.mode={cfg.dataset.mode!r} with dataset=collection: every "
                         "series of a collection is its own entity with its own model and "
                         "child run; expected per_entity")
+    problems += _inject_problems(cfg)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def _inject_problems(cfg: DictConfig) -> List[str]:
+    from madcluster_exp.data.inject import INJECTED_KINDS
+
+    kinds = list(OmegaConf.select(cfg, "search.inject.kinds") or [])
+    problems = [f"search.inject.kinds contains {k!r}: expected any of {', '.join(INJECTED_KINDS)}"
+                for k in kinds if k not in INJECTED_KINDS]
+    if not kinds:
+        problems.append("search.inject.kinds is empty: expected at least one of "
+                        f"{', '.join(INJECTED_KINDS)}")
+    return problems

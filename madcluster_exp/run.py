@@ -29,7 +29,9 @@ from madcluster_exp.data import load_dataset, prepare
 from madcluster_exp.data.collection import Collection
 from madcluster_exp.complexity import complexity
 from madcluster_exp.detector import build_detector
-from madcluster_exp.evaluation import evaluate_point, evaluate_reference
+from madcluster_exp.data.inject import inject
+from madcluster_exp.evaluation import (evaluate_point, evaluate_reference, injected_metrics,
+                                       injected_score)
 from madcluster_exp.scoring import score_split
 from madcluster_exp.scoring.score import window_labels
 from madcluster_exp.tracking import NullTracker, build_tracker
@@ -197,9 +199,23 @@ def identity_tags(cfg: DictConfig, root: Path) -> Dict[str, str]:
         tags["hydra.overrides"] = " ".join(hc.overrides.task)
         if hc.job.get("num") is not None:
             tags["hydra.job.num"] = str(hc.job.num)
+    if cfg.search.trial is not None:  # a trial of an Optuna search (its sweeper sets it)
+        tags.update(search_tags(hc.sweeper if hc is not None else {}))
+        tags["optuna.trial"] = str(cfg.search.trial)
     if cfg.notes:
         tags["mlflow.note.content"] = cfg.notes
     return tags
+
+
+def search_tags(sweeper) -> Dict[str, str]:
+    """The study a run belongs to: ``optuna.study`` and ``optuna.storage`` (password hidden;
+    ``in-memory`` for a one-process study), on the parent run and on every trial's run."""
+    from madcluster_exp.launchers.optuna_study import sqlalchemy_url
+    from madcluster_exp.tracking.server import redact
+
+    storage = sweeper.get("storage")
+    return {"optuna.study": str(sweeper.get("study_name")),
+            "optuna.storage": redact(sqlalchemy_url(storage)) if storage else "in-memory"}
 
 
 # ---------------------------------------------------------------------------------- the job
@@ -386,6 +402,7 @@ def _fit_and_score(cfg: DictConfig, tracker: NullTracker, name: str, raw, entity
                            device, window_means=reference)
 
     val_out = score(data.val)
+    injected = _score_injected(cfg, data.val, val_out[0] if reference else val_out, score)
     data.test.unseal()
     test = data.test.get()
     test_out = score(test)
@@ -395,6 +412,11 @@ def _fit_and_score(cfg: DictConfig, tracker: NullTracker, name: str, raw, entity
                                 window_labels(test.labels, test_out[2], window))
     else:
         ev = evaluate_point(cfg, val_out, test_out, test.labels)
+    if injected is not None:
+        ev.arrays.update(injected)
+        ev.metrics.update(injected_metrics(injected["val_injected_label"],
+                                           injected["val_injected_score"],
+                                           int(cfg.metrics.range_window)))
     model = None
     if cfg.tracking.log_model and ev.scorer is not None:
         from madcluster_exp.model import model_entry
@@ -418,6 +440,19 @@ def _save_model(cfg: DictConfig, job_dir: Path, units: List[_Unit], say) -> Opti
     return save_model(job_dir / "model", cfg, entries)
 
 
+def _score_injected(cfg: DictConfig, val, val_points: Dict[str, np.ndarray], score):
+    """With ``search.objective=val_injected_vus_pr``: score a copy of the validation split with
+    injected anomalies (before the test split is unsealed); {array name: array} or None."""
+    if cfg.search.objective != "val_injected_vus_pr":
+        return None
+    inj = cfg.search.inject
+    injected = inject(val, float(inj.ratio), list(inj.kinds), int(inj.seed))
+    comps = score(injected.split)
+    comps = comps[0] if isinstance(comps, tuple) else comps
+    return {"val_injected_score": injected_score(cfg, val_points, comps),
+            "val_injected_label": injected.split.labels}
+
+
 def _pool(cfg: DictConfig, units: List[_Unit]):
     """Pooled metrics (concatenated scores and predictions of all entities) as the headline
     ``test/<m>`` (``ref/<m>``), the mean over entities as ``<m>_entity_mean``, and the table."""
@@ -439,8 +474,14 @@ def _pool(cfg: DictConfig, units: List[_Unit]):
         m = point_metrics(pooled["test_label"], pooled["test_score"], pooled["test_pred"],
                           cfg.metrics, int(cfg.seed))
         metrics = {f"test/{k}": v for k, v in m.items()}
+    if "val_injected_score" in evs[0].arrays:
+        for k in ("val_injected_score", "val_injected_label"):
+            pooled[k] = np.concatenate([e.arrays[k] for e in evs])
+        metrics.update(injected_metrics(pooled["val_injected_label"],
+                                        pooled["val_injected_score"],
+                                        int(cfg.metrics.range_window)))
     for key in evs[0].metrics:
-        if key.startswith(("test/", "ref/")):
+        if key.startswith(("test/", "ref/", "val_injected/")):
             metrics[f"{key}_entity_mean"] = float(np.nanmean(table[key].to_numpy(dtype=float)))
     arrays = {"protocol": evs[0].arrays["protocol"], **pooled,
               "threshold": np.array([float(e.arrays["threshold"]) for e in evs])}

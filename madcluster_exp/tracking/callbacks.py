@@ -55,9 +55,18 @@ class MLflowSweepCallback(Callback):
         name = f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
         if config.tracking.run_name_suffix:
             name += f"-{config.tracking.run_name_suffix}"
-        self.tracker.start(name, {}, {"sweep": "parent", "sweep.dir": str(sweep_dir),
-                                      "hydra.overrides": overrides,
-                                      "hydra.launcher": str(config.hydra.launcher._target_)})
+        tags = {"sweep": "parent", "sweep.dir": str(sweep_dir), "hydra.overrides": overrides,
+                "hydra.launcher": str(config.hydra.launcher._target_)}
+        sweeper = config.hydra.sweeper
+        if "study_name" in sweeper:  # an Optuna search: which study, what it optimises
+            from madcluster_exp.config import SEARCH_OBJECTIVES
+            from madcluster_exp.run import search_tags
+
+            metric, direction = SEARCH_OBJECTIVES[config.search.objective]
+            tags.update(search_tags(sweeper))
+            tags.update({"search.objective": config.search.objective,
+                         "search.metric": metric, "search.direction": direction})
+        self.tracker.start(name, {}, tags)
         os.environ[PARENT_RUN_ENV] = self.tracker.run_id
         (sweep_dir / PARENT_FILE).write_text(json.dumps(
             {"run_id": self.tracker.run_id, "tracking_uri": self.tracker.uri,
