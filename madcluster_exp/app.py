@@ -27,7 +27,8 @@ def _is_multirun() -> bool:
 
 
 def job(cfg: DictConfig) -> float:
-    """Run one job; return the best validation loss (what a sweeper may minimise)."""
+    """Run one job; return the best validation loss (what a sweeper may minimise; NaN for a
+    classical detector, which has no loss)."""
     from madcluster_exp.run import run
 
     try:
@@ -39,4 +40,4 @@ def job(cfg: DictConfig) -> float:
             raise
         log.error("job failed (%s: %s); marked FAILED, sweep continues", type(exc).__name__, exc)
         return math.nan
-    return float(result.metrics["val/best_loss"])
+    return float(result.metrics.get("val/best_loss", math.nan))

@@ -24,6 +24,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from madcluster_exp.backbones import backbone_class, build_backbone
+from madcluster_exp.classical import build_classical, is_classical, score_split_classical
 from madcluster_exp.config import validate
 from madcluster_exp.data import load_dataset, prepare
 from madcluster_exp.complexity import complexity
@@ -31,6 +32,7 @@ from madcluster_exp.detector import Detector
 from madcluster_exp.madcluster import build_plugin
 from madcluster_exp.evaluation import evaluate_point, evaluate_reference
 from madcluster_exp.scoring import score_split
+from madcluster_exp.sanity import describe, run_flags, score_spread
 from madcluster_exp.scoring.score import window_labels
 from madcluster_exp.tracking import NullTracker, build_tracker
 from madcluster_exp.tracking.callbacks import read_parent
@@ -159,9 +161,10 @@ def identity_tags(cfg: DictConfig, root: Path) -> Dict[str, str]:
         "seed": str(cfg.seed),
         "protocol": cfg.protocol,
         "threshold.kind": effective_threshold_kind(cfg),
-        "embed_tap": cfg.backbone.embed_tap,
         "git_commit": git_commit(root),
     }
+    if cfg.backbone.get("embed_tap") is not None:
+        tags["embed_tap"] = cfg.backbone.embed_tap
     if cfg.madcluster.enabled:
         tags.update({"madcluster.k": str(cfg.madcluster.k),
                      "madcluster.variant": cfg.madcluster.variant})
@@ -239,7 +242,9 @@ def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_d
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
     # The data window may differ from backbone.window (SLMR adds its forecast target).
-    window = backbone_class(cfg.backbone.name).data_window(int(cfg.backbone.window))
+    classical = is_classical(cfg.backbone)
+    window = (int(cfg.backbone.window) if classical
+              else backbone_class(cfg.backbone.name).data_window(int(cfg.backbone.window)))
 
     raw = load_dataset(cfg.dataset, resolve_path(root, cfg.paths.data_dir))
     per_entity = cfg.dataset.mode == "per_entity"
@@ -262,10 +267,14 @@ def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_d
         ev = units[0].evaluation
     metrics = dict(ev.metrics)
     fit_result = units[0].fit
+    if not classical:  # a classical detector has no loss and no epochs
+        metrics.update({
+            "val/best_loss": float(np.mean([u.fit.best_val_loss for u in units])),
+            "train/best_epoch": fit_result.best_epoch + 1,
+            "train/epochs_run": fit_result.epochs_run})
+    metrics.update(score_spread(ev.arrays["test_score" if "test_score" in ev.arrays
+                                          else "window_score"]))
     metrics.update({
-        "val/best_loss": float(np.mean([u.fit.best_val_loss for u in units])),
-        "train/best_epoch": fit_result.best_epoch + 1,
-        "train/epochs_run": fit_result.epochs_run,
         "time/fit_s": sum(u.fit.fit_seconds for u in units),
         "time/score_s": sum(u.score_s for u in units),
         "time/metrics_s": time.perf_counter() - t_metrics,
@@ -273,7 +282,8 @@ def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_d
     metrics["time/total_s"] = time.perf_counter() - t_start
     metrics["time/tracking_s"] = tracker.seconds  # everything logged up to here
     tracker.log_params({"score_rule": ev.score_rule})
-    tracker.set_tags({"threshold.family": ev.threshold_family})
+    tracker.set_tags({"threshold.family": ev.threshold_family,
+                      "sanity": describe(run_flags(metrics))})
     tracker.log_metrics(metrics)
 
     # ---- artifacts -------------------------------------------------------------------------
@@ -303,8 +313,47 @@ def _fit_and_score(cfg: DictConfig, tracker: NullTracker, name: str, raw, entity
     data = prepare(raw, window, float(cfg.dataset.val_fraction), cfg.dataset.normalize)
     say(f"{tag} data: {raw.name}, {len(data.entities)} entities, {data.n_channels} channels, "
         f"{len(data.train)} train / {len(data.val)} validation rows (test sealed until fit ends)")
+    _announce_test_labels(data, tracker, tag, say)
 
-    # ---- model: the backbone's init depends on the seed alone, on and off alike ---------
+    # ---- fit on train (and validation): the one place where the two kinds part ----------
+    if is_classical(cfg.backbone):
+        fit_result, score = _fit_classical(cfg, tracker, data, tag, say, log_params)
+    else:
+        fit_result, score = _fit_deep(cfg, tracker, data, entity, window, device, say,
+                                      log_params, job_dir, tag)
+
+    # ---- score: validation first (fits the combiner and threshold), then test ----------
+    t_score = time.perf_counter()
+    reference = cfg.protocol == "reference"
+    val_out = score(data.val)
+    data.test.unseal()
+    test = data.test.get()
+    test_out = score(test)
+    score_s = time.perf_counter() - t_score
+    if reference:
+        ev = evaluate_reference(cfg, val_out[1], test_out[1],
+                                window_labels(test.labels, test_out[2], window))
+    else:
+        ev = evaluate_point(cfg, val_out, test_out, test.labels)
+    return _Unit(entity, fit_result, ev, test, score_s)
+
+
+def _announce_test_labels(data, tracker: NullTracker, tag: str, say) -> None:
+    """Say before training when the test split has no labelled anomaly: then precision,
+    recall and F1 are missing (NaN) and the false-alarm rate is the figure to read. Only the
+    count of labels is read; the test split stays sealed."""
+    count = data.test.anomaly_count()
+    if count == 0:
+        say(f"{tag} the test split has no labelled anomaly: precision, recall, F1 and the "
+            "threshold-free metrics will be missing (NaN); read test/false_alarm_rate, the "
+            "share of normal points the thresholded prediction flags")
+        tracker.set_tags({"test.anomalies": "none"})
+
+
+def _fit_deep(cfg: DictConfig, tracker: NullTracker, data, entity: Optional[str], window: int,
+              device: torch.device, say, log_params: bool, job_dir: Path, tag: str):
+    """Train backbone (+ plug-in) with the loop; return the fit and a split -> scores function."""
+    # The backbone's init depends on the seed alone, on and off alike.
     seed_everything(int(cfg.seed))
     backbone = build_backbone(data.n_channels, cfg.backbone)
     plugin = build_plugin(backbone.embed_dim, cfg.madcluster, int(cfg.seed))
@@ -319,33 +368,42 @@ def _fit_and_score(cfg: DictConfig, tracker: NullTracker, name: str, raw, entity
         say(f"{tag} {cfg.backbone.name}: {sizes['params/backbone']:,} parameters, "
             f"{sizes['macs/backbone']:,} MACs per window; {plug}")
 
-    # ---- fit on train, early-stop on validation ----------------------------------------
+    # Fit on train, early-stop on validation.
     prefix = f"{entity}/" if entity else ""
     checkpointer = (Checkpointer(job_dir / "checkpoints", entity or "last")
                     if cfg.train.checkpoint else None)
     fit_result = fit(detector, data, cfg, device, log_metrics=lambda m, step: tracker.log_metrics(
         {prefix + k: v for k, v in m.items()}, step), checkpointer=checkpointer)
-
-    # ---- score: validation first (fits the combiner and threshold), then test ----------
-    t_score = time.perf_counter()
     sc = cfg.scoring
-    reference = cfg.protocol == "reference"
 
     def score(split):
         return score_split(detector, split, int(sc.stride), int(sc.batch_size), sc.aggregate,
-                           device, window_means=reference)
+                           device, window_means=cfg.protocol == "reference")
 
-    val_out = score(data.val)
-    data.test.unseal()
-    test = data.test.get()
-    test_out = score(test)
-    score_s = time.perf_counter() - t_score
-    if reference:
-        ev = evaluate_reference(cfg, val_out[1], test_out[1],
-                                window_labels(test.labels, test_out[2], window))
-    else:
-        ev = evaluate_point(cfg, val_out, test_out, test.labels)
-    return _Unit(entity, fit_result, ev, test, score_s)
+    return fit_result, score
+
+
+def _fit_classical(cfg: DictConfig, tracker: NullTracker, data, tag: str, say,
+                   log_params: bool):
+    """Fit a classical detector once on the training windows (no epochs, no validation loss);
+    return the fit and a split -> scores function."""
+    detector = build_classical(cfg.backbone, int(cfg.seed))
+    t0 = time.perf_counter()
+    detector.fit(data.train, stride=int(cfg.dataset.train_stride))
+    fit_s = time.perf_counter() - t0
+    if log_params:
+        tracker.log_params({"data_window": cfg.backbone.window, **detector.params()})
+    say(f"{tag} {cfg.backbone.name} ({detector.library}): fitted on "
+        f"{detector.n_train_windows:,} training windows in {fit_s:.2f}s")
+    sc = cfg.scoring
+
+    def score(split):
+        return score_split_classical(detector, split, int(sc.stride), int(sc.batch_size),
+                                     cfg.backbone.spread, sc.aggregate,
+                                     window_means=cfg.protocol == "reference")
+
+    return FitResult(epochs_run=0, best_epoch=-1, best_val_loss=float("nan"),
+                     fit_seconds=fit_s), score
 
 
 def _pool(cfg: DictConfig, units: List[_Unit]):
@@ -406,8 +464,9 @@ def _write_artifacts(cfg: DictConfig, job_dir: Path, name: str, fit_result: FitR
                                              ev.arrays["test_score"], test_labels,
                                              ev.arrays["threshold"], name,
                                              bounds=ev.arrays.get("entity_bounds")))
-        paths.append(plot_training_curves(job_dir / "training_curves.png", fit_result.history,
-                                          name))
+        if fit_result.history:  # a classical detector has no training curve
+            paths.append(plot_training_curves(job_dir / "training_curves.png",
+                                              fit_result.history, name))
     return paths
 
 
@@ -416,6 +475,7 @@ _LABELS = {
     "test/precision": "point-wise, at the fitted threshold",
     "test/recall": "point-wise, at the fitted threshold",
     "test/f1": "point-wise, at the fitted threshold (headline)",
+    "test/false_alarm_rate": "share of normal points flagged, at the fitted threshold",
     "test/auc_roc": "threshold-free",
     "test/auc_pr": "threshold-free (average precision)",
     "test/r_auc_roc": "threshold-free, range-based",
@@ -447,6 +507,7 @@ def format_results(result: RunResult, cfg: DictConfig) -> str:
         if key in result.metrics:
             lines.append(f"  {key:<{width}}  {result.metrics[key]:>8.4f}   {note}")
     lines.append(f"  {'time/total_s':<{width}}  {result.metrics['time/total_s']:>8.1f}")
+    lines.append(f"  {'sanity':<{width}}  {describe(run_flags(result.metrics))}")
     if result.run_id:
         lines.append(f"MLflow run {result.run_id} in {result.tracking_uri}")
     lines.append(f"Artifacts in {result.output_dir}")
