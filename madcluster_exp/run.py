@@ -48,7 +48,7 @@ class RunResult:
     tracking_uri: Optional[str]
     output_dir: Path
     metrics: Dict[str, float]
-    fit: FitResult
+    fit: Optional[FitResult]  # None: a finished sweep job that was not run again
 
 
 # ------------------------------------------------------------------------------- environment
@@ -85,6 +85,24 @@ def parent_run_id() -> Optional[str]:
         return read_parent(Path(hc.sweep.dir) if Path(hc.sweep.dir).is_absolute()
                            else Path(hc.runtime.cwd) / hc.sweep.dir)
     return None
+
+
+def finished_job(job_dir: Path) -> Optional[Dict[str, Any]]:
+    """The record of a sweep job that already finished in ``job_dir`` with the same overrides
+    (run_info.json marked FINISHED, metrics.json written), else None: a sweep started again
+    with the same sweep directory skips what it has, and runs what failed or never ran."""
+    hc = _hydra_runtime()
+    if hc is None or hc.mode != RunMode.MULTIRUN:
+        return None
+    info_path, metrics_path = job_dir / "run_info.json", job_dir / "metrics.json"
+    overrides_path = job_dir / "overrides.json"
+    if not (info_path.exists() and metrics_path.exists() and overrides_path.exists()):
+        return None
+    info = json.loads(info_path.read_text())
+    same = json.loads(overrides_path.read_text())["overrides"] == list(hc.overrides.task)
+    if info.get("status") != "FINISHED" or not same:
+        return None
+    return {**info, "metrics": json.loads(metrics_path.read_text())}
 
 
 def sweep_threads() -> Optional[int]:
@@ -188,6 +206,13 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None, verbose: bool = True
     job_dir = Path(output_dir) if output_dir is not None else job_output_dir(cfg, root)
     job_dir.mkdir(parents=True, exist_ok=True)
     name = run_name(cfg)
+    done = finished_job(job_dir)
+    if done is not None:
+        if verbose:
+            print(f"[{name}] finished in an earlier start of this sweep (MLflow run "
+                  f"{done['run_id']}, {job_dir}); not run again")
+        return RunResult(name, done["run_id"], done["tracking_uri"], job_dir, done["metrics"],
+                         None)
     tracker = build_tracker(cfg.tracking, out_root)
     info_path = job_dir / "run_info.json"
     checkpoints = job_dir / "checkpoints"
@@ -216,6 +241,8 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None, verbose: bool = True
             tracker.end(status)
         raise
     tracker.end("FINISHED")
+    info_path.write_text(json.dumps({"run_id": tracker.run_id, "tracking_uri": tracker.uri,
+                                     "run_name": name, "status": "FINISHED"}, indent=2))
     return result
 
 
@@ -272,8 +299,9 @@ def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_d
             "val/best_loss": float(np.mean([u.fit.best_val_loss for u in units])),
             "train/best_epoch": fit_result.best_epoch + 1,
             "train/epochs_run": fit_result.epochs_run})
-    metrics.update(score_spread(ev.arrays["test_score" if "test_score" in ev.arrays
-                                          else "window_score"]))
+    if per_entity:  # the pooled scores' spread (each entity's is in per_entity.csv)
+        metrics.update(score_spread(ev.arrays["test_score" if "test_score" in ev.arrays
+                                              else "window_score"]))
     metrics.update({
         "time/fit_s": sum(u.fit.fit_seconds for u in units),
         "time/score_s": sum(u.score_s for u in units),
@@ -335,6 +363,7 @@ def _fit_and_score(cfg: DictConfig, tracker: NullTracker, name: str, raw, entity
                                 window_labels(test.labels, test_out[2], window))
     else:
         ev = evaluate_point(cfg, val_out, test_out, test.labels)
+    ev.metrics.update(score_spread(ev.arrays["window_score" if reference else "test_score"]))
     return _Unit(entity, fit_result, ev, test, score_s)
 
 
