@@ -49,7 +49,9 @@ def planted():
     return train, _split(x, labels)
 
 
-@pytest.mark.parametrize("name", ["knn", "iforest", "pca", "matrix_profile"])
+# matrix_profile is slow only by its first call, which compiles stumpy's numba kernels.
+@pytest.mark.parametrize("name", ["knn", "iforest", "pca",
+                                  pytest.param("matrix_profile", marks=pytest.mark.slow)])
 def test_detector_ranks_a_planted_anomaly_top(name, planted):
     train, test = planted
     det = build_classical(_cfg(name), seed=0).fit(train)
