@@ -2,6 +2,8 @@
 the sanity flags; a test split without anomalies; madcluster=on is a configuration error."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
@@ -178,3 +180,17 @@ def test_anomaly_count_reads_labels_without_unsealing_the_test_split(make_cfg, t
         raw.test.get()
     raw.test.unseal()
     assert int(raw.test.get().labels.sum()) == total
+
+
+def test_bench_times_classical_detectors_against_the_fastest_deep_backbone(tmp_path):
+    from madcluster_exp.bench.classical import main
+
+    main(["--rows", "400", "--channels", "2", "--detectors", "knn", "random", "--deep", "usad",
+          "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "classical.json").read_text())["rows"]
+    deep, knn, rand = rows
+    assert deep["detector"] == "usad" and deep["kind"] == "deep, 1 epoch"
+    assert knn["train_windows"] > 100 and knn["warmup_s"] > 0
+    for r in (knn, rand):
+        assert r["total_s"] == pytest.approx(r["fit_s"] + r["score_s"])
+        assert r["vs_fastest_deep"] == pytest.approx(r["total_s"] / deep["total_s"])

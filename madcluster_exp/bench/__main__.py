@@ -1,13 +1,14 @@
-"""python -m madcluster_exp.bench [metrics|data|train ...] [-- options for a single benchmark]
+"""python -m madcluster_exp.bench [metrics|data|train|classical ...] [-- options for one]
 
 Runs the named benchmarks (all by default). For one benchmark, options after its name go to it:
 ``python -m madcluster_exp.bench train --steps 8``.
 """
 import sys
 
-from madcluster_exp.bench import data, metrics, train
+from madcluster_exp.bench import classical, data, metrics, train
 
-BENCHMARKS = {"metrics": metrics.main, "data": data.main, "train": train.main}
+BENCHMARKS = {"metrics": metrics.main, "data": data.main, "train": train.main,
+              "classical": classical.main}
 
 if __name__ == "__main__":
     argv = sys.argv[1:]
