@@ -2,15 +2,15 @@
 
 A classical detector is fitted once on the training split (no epochs, no gradients) and gives
 one score per window, higher = more anomalous, in the style of pyod: ``fit`` then
-``decision_function``, with the training windows' own scores kept in ``decision_scores_``.
-The job (madcluster_exp/run.py) replaces the training loop with ``fit`` and scores the
+``decision_function``. There is no ``predict``: the pipeline's threshold (fitted on validation
+scores, ``threshold.kind``) turns scores into predictions, for every detector alike. The job (madcluster_exp/run.py) replaces the training loop with ``fit`` and scores the
 validation and test splits through :func:`score_split_classical`, so thresholds, metrics and
 tracking are the ones every deep backbone goes through.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator
 
 import numpy as np
 
@@ -31,7 +31,6 @@ class ClassicalDetector(ABC):
         self.cfg = cfg
         self.window = int(cfg.window)
         self.seed = int(seed)
-        self.decision_scores_: Optional[np.ndarray] = None
         self.n_train_windows = 0
 
     # -- pyod-style API ---------------------------------------------------------------------
