@@ -123,7 +123,7 @@ def per_series_table(long: pd.DataFrame) -> pd.DataFrame:
         flags += baseline_flags(float(r[HEADLINE]), refs)
         sanity.append(describe(flags))
     table["sanity"] = sanity
-    return table
+    return table.sort_values(["series", "rank"]).reset_index(drop=True)
 
 
 # ----------------------------------------------------------------------------- aggregate
