@@ -61,8 +61,8 @@ def time_classical(name: str, raw) -> Dict[str, object]:
     window = int(cfg.backbone.window)
     data = prepare(raw, window, float(cfg.dataset.val_fraction), cfg.dataset.normalize)
     # First call on a short series: imports, and stumpy's numba compilation (measured apart).
-    fit_part, score_part = (SeriesSplit.concat([("warm-up", data.train.values[a:a + 4 * window],
-                                                 None)]) for a in (0, 4 * window))
+    fit_part, score_part = (SeriesSplit.concat([("warm-up", data.train.values[a:a + 2 * window],
+                                                 None)]) for a in (0, 2 * window))
     t0 = time.perf_counter()
     build_classical(cfg.backbone, 0).fit(fit_part).decision_function(score_part, np.arange(2))
     warmup_s = time.perf_counter() - t0
