@@ -66,7 +66,8 @@ def _is_multirun() -> bool:
 
 def job(cfg: DictConfig) -> float:
     """Run one job; return what a sweeper optimises (``search.objective``): the best validation
-    loss, or VUS-PR on the validation split with injected anomalies."""
+    loss (NaN for a classical detector, which has none), or VUS-PR on the validation
+    split with injected anomalies."""
     from madcluster_exp.config import SEARCH_OBJECTIVES
     from madcluster_exp.run import run
 
@@ -85,4 +86,4 @@ def job(cfg: DictConfig) -> float:
         log.warning("the validation loss of %s was constant over every epoch: a sweeper "
                     "minimising it learns nothing from this job", result.run_name)
     metric, _ = SEARCH_OBJECTIVES[cfg.search.objective]
-    return float(result.metrics[metric])
+    return float(result.metrics.get(metric, math.nan))

@@ -314,6 +314,65 @@ class BeatGANConfig(BackboneConfig):
     batch_size: int = 64
 
 
+# ----------------------------------------------------------------------- classical detectors
+@dataclass
+class ClassicalConfig:
+    """Detectors fitted once on training windows (madcluster_exp/classical), no training loop."""
+    name: str = MISSING
+    family: str = "classical"
+    window: int = 64
+    # How one score per window reaches the points: center (the window's middle point, edges
+    # padded with the nearest score, as TSB-AD) | last (its last point) | all (every point of
+    # the window, overlaps folded by scoring.aggregate).
+    spread: str = "center"
+
+
+@dataclass
+class KNNConfig(ClassicalConfig):
+    name: str = "knn"
+    # pyod's KNN defaults: the distance to the 5th nearest training window.
+    n_neighbors: int = 5
+    # largest (k-th distance) | mean (of the k distances)
+    method: str = "largest"
+    # scikit-learn's index, every choice exact: auto | brute | kd_tree | ball_tree
+    algorithm: str = "auto"
+
+
+@dataclass
+class IForestConfig(ClassicalConfig):
+    name: str = "iforest"
+    n_estimators: int = 100
+    # Windows per tree (None = scikit-learn's auto: min(256, n)).
+    max_samples: Optional[int] = None
+
+
+@dataclass
+class PCAConfig(ClassicalConfig):
+    name: str = "pca"
+    # < 1: the fraction of training variance kept; >= 1: the number of components.
+    n_components: float = 0.95
+
+
+@dataclass
+class MatrixProfileConfig(ClassicalConfig):
+    name: str = "matrix_profile"
+    # z-normalised subsequence distances (stumpy's default) or plain Euclidean ones.
+    normalize: bool = True
+    # How per-channel discord distances become one: mean | max
+    channels: str = "mean"
+
+
+@dataclass
+class RandomConfig(ClassicalConfig):
+    name: str = "random"
+
+
+@dataclass
+class ConstantConfig(ClassicalConfig):
+    name: str = "constant"
+    value: float = 0.0
+
+
 # ---------------------------------------------------------------------------------- madcluster
 @dataclass
 class MADClusterConfig:
@@ -513,6 +572,12 @@ def register_configs() -> None:
         ("backbone", "thoc", THOCConfig),
         ("backbone", "omnianomaly", OmniAnomalyConfig),
         ("backbone", "beatgan", BeatGANConfig),
+        ("backbone", "knn", KNNConfig),
+        ("backbone", "iforest", IForestConfig),
+        ("backbone", "pca", PCAConfig),
+        ("backbone", "matrix_profile", MatrixProfileConfig),
+        ("backbone", "random", RandomConfig),
+        ("backbone", "constant", ConstantConfig),
         ("madcluster", "default", MADClusterConfig),
         ("train", "default", TrainConfig),
         ("scoring", "default", ScoringConfig),
@@ -562,6 +627,10 @@ _CHOICES = {
     "tracking.backend": ("mlflow", "none"),
     "metrics.definition": ("vus006", "tsbad"),
     "search.objective": tuple(SEARCH_OBJECTIVES),
+    "backbone.spread": ("center", "last", "all"),
+    "backbone.method": ("largest", "mean"),
+    "backbone.algorithm": ("auto", "brute", "kd_tree", "ball_tree"),
+    "backbone.channels": ("mean", "max"),
 }
 
 # key -> (low, high, low_inclusive, high_inclusive)
@@ -586,6 +655,10 @@ _RANGES = {
     "metrics.range_window": (0, None, True, None),
     "search.inject.seed": (0, None, True, None),
     "search.inject.ratio": (0.0, 0.5, False, False),
+    "backbone.n_neighbors": (1, None, True, None),
+    "backbone.n_estimators": (1, None, True, None),
+    "backbone.max_samples": (1, None, True, None),
+    "backbone.n_components": (0.0, None, False, None),
 }
 
 
@@ -619,6 +692,10 @@ def validate(cfg: DictConfig) -> None:
     if mc.enabled and mc.variant == "reference" and mc.k != 1:
         problems.append(f"madcluster.variant='reference' with madcluster.k={mc.k}: "
                         "the reference code's loss exists for k = 1 only")
+    if cfg.backbone.get("family") == "classical" and mc.enabled:
+        problems.append(f"madcluster=on with backbone={cfg.backbone.name} (family classical): "
+                        "the plug-in trains with a backbone's embeddings and a classical "
+                        "detector has neither; expected madcluster=off")
     if cfg.protocol == "reference" and cfg.scoring.stride != 1:
         problems.append(f"protocol=reference with scoring.stride={cfg.scoring.stride}: the "
                         "reference protocol scores every stride-1 window; expected 1")

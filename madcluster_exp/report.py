@@ -14,6 +14,8 @@
 - for an Optuna search (``hparams_search=...``) instead of the tables: the objective of every
   trial, the chosen trial's parameters and its test metrics only
   (:mod:`madcluster_exp.report_search`).
+- where each detector stands (madcluster_exp/report_rank.py): per series and aggregate VUS-PR,
+  AUC-PR, AUC-ROC, mean rank, ``cd_diagram.png``; a sanity column here and in the summary.
 
 Everything is written under ``outputs/reports/<parent run id>/`` and logged as artifacts of the
 parent run. Failed and killed jobs are listed and left out of the statistics.
@@ -34,6 +36,7 @@ import pandas as pd
 from madcluster_exp.cli import Option, parse
 from madcluster_exp.errors import ExpectedError, cli_errors
 from madcluster_exp import report_onoff, report_search
+from madcluster_exp.report_rank import rank_section, summary_sanity
 from madcluster_exp.tracking import resolve_tracking_uri
 from madcluster_exp.tracking.callbacks import PARENT_FILE
 
@@ -147,7 +150,7 @@ def to_markdown(df: pd.DataFrame, factors: Sequence[str], metrics: Sequence[str]
                 kind: str) -> str:
     header = list(factors)
     if kind == "summary":
-        header += ["n"] + list(metrics)
+        header += ["n"] + list(metrics) + (["sanity"] if "sanity" in df else [])
     else:
         header += ["pairs"] + [f"{m} (on − off)" for m in metrics]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -157,6 +160,7 @@ def to_markdown(df: pd.DataFrame, factors: Sequence[str], metrics: Sequence[str]
             cells.append(str(int(r["n"])))
             cells += [_fmt(r.get(f"{m} mean", float("nan")), r.get(f"{m} std", float("nan")))
                       for m in metrics]
+            cells += [str(r["sanity"])] if "sanity" in r else []
         else:
             cells.append(str(int(r["pairs"])))
             for m in metrics:
@@ -268,7 +272,8 @@ def score_timelines(sweep: Sweep, out_dir: Path, limit: int = 8) -> List[Path]:
             continue
         p = out_dir / f"timeline_{r['run_name']}.png"
         paths.append(plot_score_timeline(p, data["test_score"], data["test_label"],
-                                         float(data["threshold"]), r["run_name"]))
+                                         data["threshold"], r["run_name"],
+                                         bounds=data.get("entity_bounds")))
     return paths
 
 
@@ -296,6 +301,7 @@ def build_report(target: str, metrics: Optional[Sequence[str]] = None, uri: Opti
     files: List[Path] = []
 
     summary = summary_table(sweep, wanted)
+    summary["sanity"] = summary_sanity(sweep, summary)
     summary.to_csv(out_dir / "summary.csv", index=False)
     md = [f"# Sweep {parent_id}", "", f"{len(sweep.runs)} finished runs"
           + (f", {len(sweep.failed)} failed or killed (left out): "
@@ -308,6 +314,9 @@ def build_report(target: str, metrics: Optional[Sequence[str]] = None, uri: Opti
     files += onoff_files
     if "madcluster.k" in sweep.factors:
         files.append(plot_k_curves(sweep, wanted[:4], out_dir / "k_sweep.png"))
+    rank_md, rank_files = rank_section(sweep, out_dir)
+    md += rank_md
+    files += rank_files
     files.append(plot_training_curves(sweep, out_dir / "training_curves.png"))
     files += score_timelines(sweep, out_dir)
     return _finish(md, files, out_dir, parent_id, tracking_uri, log)
