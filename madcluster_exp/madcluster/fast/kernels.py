@@ -11,8 +11,9 @@ a USAD step; as one call per direction the kernels take ~20 us of it. The loops 
 per direction, where the array chain re-reads [B, T] temporaries ~50 times.
 
 Everything is computed in float64 whatever z's dtype (float32 or float64), and stored back in
-z's dtype. Each function mirrors the readable composition in :mod:`madcluster_exp.madcluster.losses` term by term; the
-tests hold them to it (1e-10 in float64, gradcheck, every layout, objective and component set).
+z's dtype. Each function mirrors the readable composition in
+:mod:`madcluster_exp.madcluster.losses` term by term; the tests hold them to it (1e-10 in
+float64, gradcheck, every layout, objective and component set).
 
 ``fastmath`` allows re-association and contraction only, so LLVM can vectorise the dot
 products (4x faster at f = 256); nothing assumes away NaN or infinity, so a NaN embedding still
