@@ -243,3 +243,35 @@ def test_without_numba_the_plugin_warns_and_uses_the_composition(monkeypatch):
     _assert_same(_run(plugin, LAYOUTS["contiguous"], plugin._loss),
                  _run(plugin, LAYOUTS["contiguous"], plugin._composed_loss))
     assert not calls
+
+
+@pytest.mark.parametrize("variant", ["paper", "reference"])
+def test_loss_terms_and_score_all_follow_the_one_selection_rule(monkeypatch, variant):
+    """Training loss, no-grad terms and score take the compiled op exactly where
+    fast.use_fast_path says so (paper variant on a CPU float embedding), and not inside
+    composition_only()."""
+    cfg = OmegaConf.structured(MADClusterConfig)
+    cfg.variant = variant
+    plugin = build_plugin(F, cfg, seed=0).train()
+    calls = []
+
+    def spy(name):
+        real = getattr(fast, name)
+
+        def call(*args, **kwargs):
+            calls.append(name)
+            return real(*args, **kwargs)
+        return call
+    for name in ("paper_loss", "paper_terms"):
+        monkeypatch.setattr(fast, name, spy(name))
+    z = torch.randn(B, T, F, requires_grad=True)
+    plugin.loss(z)["total"].backward()
+    with torch.no_grad():
+        plugin.terms(z)
+        plugin.score(z)
+    expected = ["paper_loss", "paper_terms", "paper_terms"] if variant == "paper" else []
+    assert calls == expected
+    calls.clear()
+    with fast.composition_only(), torch.no_grad():
+        plugin.score(z)
+    assert calls == []
