@@ -36,7 +36,7 @@ from madcluster_exp.evaluation import (evaluate_point, evaluate_reference, injec
 from madcluster_exp.scoring import score_split
 from madcluster_exp.sanity import describe, run_flags, score_spread
 from madcluster_exp.scoring.score import window_labels
-from madcluster_exp.tracking import NullTracker, build_tracker
+from madcluster_exp.tracking import Tracker, build_tracker
 from madcluster_exp.tracking.callbacks import read_parent
 from madcluster_exp.training import FitResult, fit
 from madcluster_exp.training.checkpoint import Checkpointer
@@ -304,7 +304,7 @@ class _Unit:
     model: Optional[dict] = None
 
 
-def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_dir: Path,
+def _execute(cfg: DictConfig, tracker: Tracker, name: str, root: Path, job_dir: Path,
              verbose: bool) -> RunResult:
     say = print if verbose else (lambda *a, **k: None)
     t_start = time.perf_counter()
@@ -398,7 +398,7 @@ def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_d
     return result
 
 
-def _fit_and_score(cfg: DictConfig, tracker: NullTracker, name: str, raw, entity: Optional[str],
+def _fit_and_score(cfg: DictConfig, tracker: Tracker, name: str, raw, entity: Optional[str],
                    window: int, device: torch.device, say, log_params: bool,
                    job_dir: Path, metric_prefix: Optional[str] = None) -> _Unit:
     tag = f"[{name}{'/' + entity if entity else ''}]"
@@ -447,7 +447,7 @@ def _fit_and_score(cfg: DictConfig, tracker: NullTracker, name: str, raw, entity
     return _Unit(entity, fit_result, ev, test, score_s, model)
 
 
-def _announce_test_labels(data, tracker: NullTracker, tag: str, say) -> None:
+def _announce_test_labels(data, tracker: Tracker, tag: str, say) -> None:
     """Say before training when the test split has no labelled anomaly: then precision,
     recall and F1 are missing (NaN) and the false-alarm rate is the figure to read. Only the
     count of labels is read; the test split stays sealed."""
@@ -459,7 +459,7 @@ def _announce_test_labels(data, tracker: NullTracker, tag: str, say) -> None:
         tracker.set_tags({"test.anomalies": "none"})
 
 
-def _fit_deep(cfg: DictConfig, tracker: NullTracker, data, entity: Optional[str], window: int,
+def _fit_deep(cfg: DictConfig, tracker: Tracker, data, entity: Optional[str], window: int,
               device: torch.device, say, log_params: bool, job_dir: Path, tag: str, prefix: str):
     """Train backbone (+ plug-in) with the loop; return the fit, a split -> scores function
     and the detector."""
@@ -491,7 +491,7 @@ def _fit_deep(cfg: DictConfig, tracker: NullTracker, data, entity: Optional[str]
     return fit_result, score, detector
 
 
-def _fit_classical(cfg: DictConfig, tracker: NullTracker, data, tag: str, say,
+def _fit_classical(cfg: DictConfig, tracker: Tracker, data, tag: str, say,
                    log_params: bool):
     """Fit a classical detector once on the training windows (no epochs, no validation loss);
     return the fit and a split -> scores function."""
