@@ -66,7 +66,10 @@ def _is_multirun() -> bool:
 
 
 def job(cfg: DictConfig) -> float:
-    """Run one job; return the best validation loss (what a sweeper may minimise)."""
+    """Run one job; return what a sweeper optimises (``search.objective``): the best validation
+    loss (NaN for a classical detector, which has none), or VUS-PR on the validation
+    split with injected anomalies."""
+    from madcluster_exp.config import SEARCH_OBJECTIVES
     from madcluster_exp.run import run
 
     try:
@@ -80,7 +83,8 @@ def job(cfg: DictConfig) -> float:
             raise
         log.error("job failed (%s: %s); marked FAILED, sweep continues", type(exc).__name__, exc)
         return math.nan
-    if result.fit.val_loss_signal is False:
+    if result.fit.val_loss_signal is False and cfg.search.objective == "val_loss":
         log.warning("the validation loss of %s was constant over every epoch: a sweeper "
                     "minimising it learns nothing from this job", result.run_name)
-    return float(result.metrics["val/best_loss"])
+    metric, _ = SEARCH_OBJECTIVES[cfg.search.objective]
+    return float(result.metrics.get(metric, math.nan))

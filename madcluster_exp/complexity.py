@@ -2,7 +2,8 @@
 
 MACs come from ``torch.utils.flop_counter.FlopCounterMode`` (matmul, conv, RNN cells as they
 decompose on CPU; elementwise work is not counted, as in the usual MACs convention) for one
-forward pass of a single window, divided by two (one MAC = two FLOPs).
+forward pass of a single window, divided by two (one MAC = two FLOPs). The counter sees torch
+ops only, so the plug-in composes its loss of them while counting (``fast.composition_only``).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from madcluster_exp.detector import Detector, count_parameters
+from madcluster_exp.madcluster.fast import composition_only
 
 
 def _lstm_macs(module: nn.LSTM, inputs, output) -> int:
@@ -49,7 +51,8 @@ def count_macs(fn: Callable[[], object], model: nn.Module) -> int:
     hooks = [m.register_forward_hook(lambda mod, i, o: extra.__setitem__(0, extra[0] + _lstm_macs(mod, i, o)))
              for m in model.modules() if isinstance(m, nn.LSTM)]
     try:
-        with FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS) as counter:
+        with composition_only(), FlopCounterMode(display=False,
+                                                 custom_mapping=_EXTRA_FORMULAS) as counter:
             fn()
     finally:
         for hook in hooks:

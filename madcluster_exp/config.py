@@ -325,6 +325,65 @@ class BeatGANConfig(BackboneConfig):
     batch_size: int = 64
 
 
+# ----------------------------------------------------------------------- classical detectors
+@dataclass
+class ClassicalConfig:
+    """Detectors fitted once on training windows (madcluster_exp/classical), no training loop."""
+    name: str = MISSING
+    family: str = "classical"
+    window: int = 64
+    # How one score per window reaches the points: center (the window's middle point, edges
+    # padded with the nearest score, as TSB-AD) | last (its last point) | all (every point of
+    # the window, overlaps folded by scoring.aggregate).
+    spread: str = "center"
+
+
+@dataclass
+class KNNConfig(ClassicalConfig):
+    name: str = "knn"
+    # pyod's KNN defaults: the distance to the 5th nearest training window.
+    n_neighbors: int = 5
+    # largest (k-th distance) | mean (of the k distances)
+    method: str = "largest"
+    # scikit-learn's index, every choice exact: auto | brute | kd_tree | ball_tree
+    algorithm: str = "auto"
+
+
+@dataclass
+class IForestConfig(ClassicalConfig):
+    name: str = "iforest"
+    n_estimators: int = 100
+    # Windows per tree (None = scikit-learn's auto: min(256, n)).
+    max_samples: Optional[int] = None
+
+
+@dataclass
+class PCAConfig(ClassicalConfig):
+    name: str = "pca"
+    # < 1: the fraction of training variance kept; >= 1: the number of components.
+    n_components: float = 0.95
+
+
+@dataclass
+class MatrixProfileConfig(ClassicalConfig):
+    name: str = "matrix_profile"
+    # z-normalised subsequence distances (stumpy's default) or plain Euclidean ones.
+    normalize: bool = True
+    # How per-channel discord distances become one: mean | max
+    channels: str = "mean"
+
+
+@dataclass
+class RandomConfig(ClassicalConfig):
+    name: str = "random"
+
+
+@dataclass
+class ConstantConfig(ClassicalConfig):
+    name: str = "constant"
+    value: float = 0.0
+
+
 # ---------------------------------------------------------------------------------- madcluster
 @dataclass
 class MADClusterConfig:
@@ -456,6 +515,35 @@ class TrackingConfig:
     plots: bool = True
 
 
+# -------------------------------------------------------------------------------------- search
+#: search.objective -> (the metric a job returns to a sweeper, the direction a search takes).
+SEARCH_OBJECTIVES = {"val_loss": ("val/best_loss", "minimize"),
+                     "val_injected_vus_pr": ("val_injected/vus_pr", "maximize")}
+
+
+@dataclass
+class InjectConfig:
+    """Synthetic anomalies planted in a copy of the scaled validation split (data/inject.py)."""
+    # Its own seed: every trial of a search is scored on the same injected series.
+    seed: int = 0
+    # Fraction of validation points inside injected anomalies (reached up to one event).
+    ratio: float = 0.1
+    # spike | level_shift | contextual | collective, planted in turn.
+    kinds: List[str] = field(
+        default_factory=lambda: ["spike", "level_shift", "contextual", "collective"])
+
+
+@dataclass
+class SearchConfig:
+    # What a job returns to a sweeper: val_loss (the best validation loss; minimise) |
+    # val_injected_vus_pr (VUS-PR of the detector on the validation split with injected
+    # anomalies; maximise). Test data never enters either.
+    objective: str = "val_loss"
+    inject: InjectConfig = field(default_factory=InjectConfig)
+    # The Optuna trial this job is; set by the project's Optuna sweeper, None outside a search.
+    trial: Optional[int] = None
+
+
 # --------------------------------------------------------------------------------------- root
 @dataclass
 class Config:
@@ -481,6 +569,7 @@ class Config:
     threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
 
 def register_configs() -> None:
@@ -505,6 +594,12 @@ def register_configs() -> None:
         ("backbone", "thoc", THOCConfig),
         ("backbone", "omnianomaly", OmniAnomalyConfig),
         ("backbone", "beatgan", BeatGANConfig),
+        ("backbone", "knn", KNNConfig),
+        ("backbone", "iforest", IForestConfig),
+        ("backbone", "pca", PCAConfig),
+        ("backbone", "matrix_profile", MatrixProfileConfig),
+        ("backbone", "random", RandomConfig),
+        ("backbone", "constant", ConstantConfig),
         ("madcluster", "default", MADClusterConfig),
         ("train", "default", TrainConfig),
         ("scoring", "default", ScoringConfig),
@@ -554,6 +649,11 @@ _CHOICES = {
     "threshold.kind": ("val_percentile", "pot", "spot", "transductive", "oracle"),
     "tracking.backend": ("mlflow", "none"),
     "metrics.definition": ("vus006", "tsbad"),
+    "search.objective": tuple(SEARCH_OBJECTIVES),
+    "backbone.spread": ("center", "last", "all"),
+    "backbone.method": ("largest", "mean"),
+    "backbone.algorithm": ("auto", "brute", "kd_tree", "ball_tree"),
+    "backbone.channels": ("mean", "max"),
 }
 
 # key -> (low, high, low_inclusive, high_inclusive)
@@ -578,6 +678,12 @@ _RANGES = {
     "threshold.level": (0.0, 1.0, False, False),
     "threshold.q": (0.0, 1.0, False, False),
     "metrics.range_window": (0, None, True, None),
+    "search.inject.seed": (0, None, True, None),
+    "search.inject.ratio": (0.0, 0.5, False, False),
+    "backbone.n_neighbors": (1, None, True, None),
+    "backbone.n_estimators": (1, None, True, None),
+    "backbone.max_samples": (1, None, True, None),
+    "backbone.n_components": (0.0, None, False, None),
 }
 
 
@@ -611,6 +717,10 @@ def validate(cfg: DictConfig) -> None:
     if mc.enabled and mc.variant == "reference" and mc.k != 1:
         problems.append(f"madcluster.variant='reference' with madcluster.k={mc.k}: "
                         "the reference code's loss exists for k = 1 only")
+    if cfg.backbone.get("family") == "classical" and mc.enabled:
+        problems.append(f"madcluster=on with backbone={cfg.backbone.name} (family classical): "
+                        "the plug-in trains with a backbone's embeddings and a classical "
+                        "detector has neither; expected madcluster=off")
     if cfg.protocol == "reference" and cfg.scoring.stride != 1:
         problems.append(f"protocol=reference with scoring.stride={cfg.scoring.stride}: the "
                         "reference protocol scores every stride-1 window; expected 1")
@@ -618,5 +728,18 @@ def validate(cfg: DictConfig) -> None:
         problems.append(f"dataset.mode={cfg.dataset.mode!r} with dataset=collection: every "
                         "series of a collection is its own entity with its own model and "
                         "child run; expected per_entity")
+    problems += _inject_problems(cfg)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def _inject_problems(cfg: DictConfig) -> List[str]:
+    from madcluster_exp.data.inject import INJECTED_KINDS
+
+    kinds = list(OmegaConf.select(cfg, "search.inject.kinds") or [])
+    problems = [f"search.inject.kinds contains {k!r}: expected any of {', '.join(INJECTED_KINDS)}"
+                for k in kinds if k not in INJECTED_KINDS]
+    if not kinds:
+        problems.append("search.inject.kinds is empty: expected at least one of "
+                        f"{', '.join(INJECTED_KINDS)}")
+    return problems

@@ -10,6 +10,11 @@ Keys ``test/<metric>``; ``metrics.definition=tsbad`` adds TSB-AD's set as ``test
 score per stride-1 window, window label = any anomaly inside, the best-F1 threshold chosen on
 test labels, prediction ``score > threshold`` (strict, as that code), and R_AUC, VUS and
 affiliation computed on that 0/1 prediction. Keys ``ref/<metric>`` so the two never mix.
+
+``val_injected/<metric>`` (with ``search.objective=val_injected_vus_pr``): threshold-free metrics
+of the score on a copy of the validation split with injected anomalies (data/inject.py), the
+score combined by the rule fitted on the clean validation split. A search's objective; no test
+data involved.
 """
 from __future__ import annotations
 
@@ -85,3 +90,19 @@ def reference_metrics(labels: np.ndarray, score: np.ndarray, range_window: int):
     out.update(range_suite(y_true=labels, y_score=pred.astype(np.float64), window=range_window))
     out.update(affiliation_suite(y_true=labels, y_pred=pred))
     return out, pred, thr
+
+
+def injected_score(cfg, val_comps: Dict[str, np.ndarray],
+                   injected_comps: Dict[str, np.ndarray]) -> np.ndarray:
+    """The score of the injected validation copy, combined as the test score is: by the rule
+    fitted on the clean validation scores (the injected copy fits nothing)."""
+    return ScoreCombiner(combine_rule(cfg)).fit(val_comps).combine(injected_comps)
+
+
+def injected_metrics(labels: np.ndarray, score: np.ndarray, range_window: int) -> Dict[str, float]:
+    """``val_injected/{auc_roc,auc_pr,r_auc_roc,r_auc_pr,vus_roc,vus_pr}``: ranking metrics,
+    unchanged by any increasing rescaling of the score."""
+    ranking = ranking_metrics(y_true=labels, y_score=score)
+    out = {"auc_roc": ranking["auc_roc"], "auc_pr": ranking["auc_pr"]}
+    out.update(range_suite(y_true=labels, y_score=score, window=range_window))
+    return {f"val_injected/{k}": float(v) for k, v in out.items()}

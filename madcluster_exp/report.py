@@ -2,6 +2,7 @@
 
     python -m madcluster_exp.report <parent-run-id | sweep dir>
         [report.metrics=[test/f1,test/vus_pr,...]] [uri=<tracking uri>] [out=<dir>]
+        [storage=<optuna storage of a search>]
 
 - ``summary.md`` / ``summary.csv``: every configuration of the sweep (the parameters that vary,
   seeds pooled) with mean ± std over seeds of each chosen metric;
@@ -11,7 +12,12 @@
 - ``paper_vs_measured.csv`` (when runs measure a figure the paper published): the published
   value beside the measured mean ± std, per metric (:mod:`madcluster_exp.report_paper`);
 - plots (PNG): metric bars off vs on, k-sweep curves (when madcluster.k varies), training
-  curves of every run, and score timelines of the first seed of each configuration.
+  curves of every run, and score timelines of the first seed of each configuration;
+- for an Optuna search (``hparams_search=...``) instead of the tables: the objective of every
+  trial, the chosen trial's parameters and its test metrics only
+  (:mod:`madcluster_exp.report_search`).
+- where each detector stands (madcluster_exp/report_rank.py): per series and aggregate VUS-PR,
+  AUC-PR, AUC-ROC, mean rank, ``cd_diagram.png``; a sanity column here and in the summary.
 
 Everything is written under ``outputs/reports/<parent run id>/`` and logged as artifacts of the
 parent run. Failed and killed jobs are listed and left out of the statistics.
@@ -29,17 +35,18 @@ from typing import List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from madcluster_exp import report_onoff, report_paper
+from madcluster_exp import report_onoff, report_paper, report_search
 from madcluster_exp.cli import Option, parse
 from madcluster_exp.errors import ExpectedError, cli_errors
+from madcluster_exp.report_rank import rank_section, summary_sanity
 from madcluster_exp.tracking import resolve_tracking_uri
 from madcluster_exp.tracking.callbacks import PARENT_FILE
 
 DEFAULT_METRICS = ["test/f1", "test/auc_roc", "test/auc_pr", "test/vus_roc", "test/vus_pr",
                    "test/affiliation_precision", "test/affiliation_recall", "test/f1_oracle"]
 # Parameters that identify a run but never define a configuration to compare.
-NOT_A_FACTOR = {"seed", "tracking.run_name_suffix", "notes", "torch_threads", "paths.root_dir",
-                "paths.output_dir"}
+NOT_A_FACTOR = {"seed", "search.trial", "tracking.run_name_suffix", "notes", "torch_threads",
+                "paths.root_dir", "paths.output_dir"}
 
 
 class ReportError(ExpectedError, ValueError):
@@ -145,7 +152,7 @@ def to_markdown(df: pd.DataFrame, factors: Sequence[str], metrics: Sequence[str]
                 kind: str) -> str:
     header = list(factors)
     if kind == "summary":
-        header += ["n"] + list(metrics)
+        header += ["n"] + list(metrics) + (["sanity"] if "sanity" in df else [])
     else:
         header += ["pairs"] + [f"{m} (on − off)" for m in metrics]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -155,6 +162,7 @@ def to_markdown(df: pd.DataFrame, factors: Sequence[str], metrics: Sequence[str]
             cells.append(str(int(r["n"])))
             cells += [_fmt(r.get(f"{m} mean", float("nan")), r.get(f"{m} std", float("nan")))
                       for m in metrics]
+            cells += [str(r["sanity"])] if "sanity" in r else []
         else:
             cells.append(str(int(r["pairs"])))
             for m in metrics:
@@ -274,7 +282,8 @@ def score_timelines(sweep: Sweep, out_dir: Path, limit: int = 8) -> List[Path]:
 
 # ------------------------------------------------------------------------------------- main
 def build_report(target: str, metrics: Optional[Sequence[str]] = None, uri: Optional[str] = None,
-                 out_root: Optional[Path] = None, log: bool = True) -> Path:
+                 out_root: Optional[Path] = None, log: bool = True,
+                 storage: Optional[str] = None) -> Path:
     parent_id, tracking_uri = locate_parent(target, uri)
     sweep = load_sweep(parent_id, tracking_uri)
     wanted = list(metrics or DEFAULT_METRICS)
@@ -284,9 +293,18 @@ def build_report(target: str, metrics: Optional[Sequence[str]] = None, uri: Opti
         raise ReportError(f"report.metrics names {unknown}, which no run logged; available: {have}")
     out_dir = (out_root or Path("outputs/reports")) / parent_id
     out_dir.mkdir(parents=True, exist_ok=True)
+    from mlflow.tracking import MlflowClient
+
+    if report_search.search_tags(MlflowClient(tracking_uri), parent_id) is not None:
+        # An Optuna search: objective per trial, test metrics of the chosen trial only.
+        md, files = report_search.build_search_report(parent_id, tracking_uri, wanted, out_dir,
+                                                      storage)
+        files.append(plot_training_curves(sweep, out_dir / "training_curves.png"))
+        return _finish(md, files, out_dir, parent_id, tracking_uri, log)
     files: List[Path] = []
 
     summary = summary_table(sweep, wanted)
+    summary["sanity"] = summary_sanity(sweep, summary)
     summary.to_csv(out_dir / "summary.csv", index=False)
     md = [f"# Sweep {parent_id}", "", f"{len(sweep.runs)} finished runs"
           + (f", {len(sweep.failed)} failed or killed (left out): "
@@ -302,8 +320,17 @@ def build_report(target: str, metrics: Optional[Sequence[str]] = None, uri: Opti
     files += paper_files
     if "madcluster.k" in sweep.factors:
         files.append(plot_k_curves(sweep, wanted[:4], out_dir / "k_sweep.png"))
+    rank_md, rank_files = rank_section(sweep, out_dir)
+    md += rank_md
+    files += rank_files
     files.append(plot_training_curves(sweep, out_dir / "training_curves.png"))
     files += score_timelines(sweep, out_dir)
+    return _finish(md, files, out_dir, parent_id, tracking_uri, log)
+
+
+def _finish(md: List[str], files: List[Path], out_dir: Path, parent_id: str, tracking_uri: str,
+            log: bool) -> Path:
+    """Write report.md, log every file to the parent run (when asked), print the report."""
     (out_dir / "report.md").write_text("\n".join(md) + "\n")
     files.insert(0, out_dir / "report.md")
     if log:
@@ -324,6 +351,8 @@ OPTIONS = {
     "uri": Option("tracking uri (default: the sweep's, else $MLFLOW_TRACKING_URI)"),
     "out": Option("output folder (default: outputs/reports/<parent id>)"),
     "log": Option("log the report as artifacts of the parent run", kind=bool, default=True),
+    "storage": Option("Optuna storage of a search's shared study (default: "
+                      f"${report_search.STORAGE_ENV}, else the sweep's optuna.storage tag)"),
 }
 
 
@@ -332,7 +361,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv, OPTIONS, __doc__.split("\n\n")[1],
                  positional="target")
     build_report(args["target"], args["report.metrics"], args["uri"],
-                 Path(args["out"]) if args["out"] else None, args["log"])
+                 Path(args["out"]) if args["out"] else None, args["log"], args["storage"])
     return 0
 
 

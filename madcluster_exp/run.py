@@ -24,15 +24,19 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from madcluster_exp.backbones import backbone_class
+from madcluster_exp.classical import build_classical, is_classical, score_split_classical
 from madcluster_exp.config import PROTOCOL_COMBINE, ConfigError, resolve_defaults, validate
 from madcluster_exp.data import load_dataset, prepare
 from madcluster_exp.data.collection import Collection
 from madcluster_exp.complexity import complexity
 from madcluster_exp.detector import build_detector
-from madcluster_exp.evaluation import evaluate_point, evaluate_reference
+from madcluster_exp.data.inject import inject
+from madcluster_exp.evaluation import (evaluate_point, evaluate_reference, injected_metrics,
+                                       injected_score)
 from madcluster_exp.scoring import score_split
+from madcluster_exp.sanity import describe, run_flags, score_spread
 from madcluster_exp.scoring.score import window_labels
-from madcluster_exp.tracking import NullTracker, build_tracker
+from madcluster_exp.tracking import Tracker, build_tracker
 from madcluster_exp.tracking.callbacks import read_parent
 from madcluster_exp.training import FitResult, fit
 from madcluster_exp.training.checkpoint import Checkpointer
@@ -46,7 +50,7 @@ class RunResult:
     tracking_uri: Optional[str]
     output_dir: Path
     metrics: Dict[str, float]
-    fit: FitResult
+    fit: Optional[FitResult]  # None: a finished sweep job that was not run again
 
 
 # ------------------------------------------------------------------------------- environment
@@ -83,6 +87,24 @@ def parent_run_id() -> Optional[str]:
         return read_parent(Path(hc.sweep.dir) if Path(hc.sweep.dir).is_absolute()
                            else Path(hc.runtime.cwd) / hc.sweep.dir)
     return None
+
+
+def finished_job(job_dir: Path) -> Optional[Dict[str, Any]]:
+    """The record of a sweep job that already finished in ``job_dir`` with the same overrides
+    (run_info.json marked FINISHED, metrics.json written), else None: a sweep started again
+    with the same sweep directory skips what it has, and runs what failed or never ran."""
+    hc = _hydra_runtime()
+    if hc is None or hc.mode != RunMode.MULTIRUN:
+        return None
+    info_path, metrics_path = job_dir / "run_info.json", job_dir / "metrics.json"
+    overrides_path = job_dir / "overrides.json"
+    if not (info_path.exists() and metrics_path.exists() and overrides_path.exists()):
+        return None
+    info = json.loads(info_path.read_text())
+    same = json.loads(overrides_path.read_text())["overrides"] == list(hc.overrides.task)
+    if info.get("status") != "FINISHED" or not same:
+        return None
+    return {**info, "metrics": json.loads(metrics_path.read_text())}
 
 
 def sweep_threads() -> Optional[int]:
@@ -200,9 +222,10 @@ def identity_tags(cfg: DictConfig, root: Path) -> Dict[str, str]:
         "seed": str(cfg.seed),
         "protocol": cfg.protocol,
         "threshold.kind": effective_threshold_kind(cfg),
-        "embed_tap": cfg.backbone.embed_tap,
         "git_commit": git_commit(root),
     }
+    if cfg.backbone.get("embed_tap") is not None:
+        tags["embed_tap"] = cfg.backbone.embed_tap
     if cfg.madcluster.enabled:
         tags.update({"madcluster.k": str(cfg.madcluster.k),
                      "madcluster.variant": cfg.madcluster.variant,
@@ -212,9 +235,23 @@ def identity_tags(cfg: DictConfig, root: Path) -> Dict[str, str]:
         tags["hydra.overrides"] = " ".join(hc.overrides.task)
         if hc.job.get("num") is not None:
             tags["hydra.job.num"] = str(hc.job.num)
+    if cfg.search.trial is not None:  # a trial of an Optuna search (its sweeper sets it)
+        tags.update(search_tags(hc.sweeper if hc is not None else {}))
+        tags["optuna.trial"] = str(cfg.search.trial)
     if cfg.notes:
         tags["mlflow.note.content"] = cfg.notes
     return tags
+
+
+def search_tags(sweeper) -> Dict[str, str]:
+    """The study a run belongs to: ``optuna.study`` and ``optuna.storage`` (password hidden;
+    ``in-memory`` for a one-process study), on the parent run and on every trial's run."""
+    from madcluster_exp.launchers.optuna_study import sqlalchemy_url
+    from madcluster_exp.tracking.server import redact
+
+    storage = sweeper.get("storage")
+    return {"optuna.study": str(sweeper.get("study_name")),
+            "optuna.storage": redact(sqlalchemy_url(storage)) if storage else "in-memory"}
 
 
 # ---------------------------------------------------------------------------------- the job
@@ -230,6 +267,13 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None, verbose: bool = True
     job_dir = Path(output_dir) if output_dir is not None else job_output_dir(cfg, root)
     job_dir.mkdir(parents=True, exist_ok=True)
     name = run_name(cfg)
+    done = finished_job(job_dir)
+    if done is not None:
+        if verbose:
+            print(f"[{name}] finished in an earlier start of this sweep (MLflow run "
+                  f"{done['run_id']}, {job_dir}); not run again")
+        return RunResult(name, done["run_id"], done["tracking_uri"], job_dir, done["metrics"],
+                         None)
     tracker = build_tracker(cfg.tracking, out_root)
     info_path = job_dir / "run_info.json"
     checkpoints = job_dir / "checkpoints"
@@ -258,6 +302,8 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None, verbose: bool = True
             tracker.end(status)
         raise
     tracker.end("FINISHED")
+    info_path.write_text(json.dumps({"run_id": tracker.run_id, "tracking_uri": tracker.uri,
+                                     "run_name": name, "status": "FINISHED"}, indent=2))
     return result
 
 
@@ -274,7 +320,7 @@ class _Unit:
     model: Optional[dict] = None
 
 
-def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_dir: Path,
+def _execute(cfg: DictConfig, tracker: Tracker, name: str, root: Path, job_dir: Path,
              verbose: bool) -> RunResult:
     say = print if verbose else (lambda *a, **k: None)
     t_start = time.perf_counter()
@@ -287,7 +333,9 @@ def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_d
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
     # The data window may differ from backbone.window (SLMR adds its forecast target).
-    window = backbone_class(cfg.backbone.name).data_window(int(cfg.backbone.window))
+    classical = is_classical(cfg.backbone)
+    window = (int(cfg.backbone.window) if classical
+              else backbone_class(cfg.backbone.name).data_window(int(cfg.backbone.window)))
 
     raw = load_dataset(cfg.dataset, resolve_path(root, cfg.paths.data_dir))
     per_entity = cfg.dataset.mode == "per_entity"
@@ -318,10 +366,15 @@ def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_d
         ev = units[0].evaluation
     metrics = dict(ev.metrics)
     fit_result = units[0].fit
+    if not classical:  # a classical detector has no loss and no epochs
+        metrics.update({
+            "val/best_loss": float(np.mean([u.fit.best_val_loss for u in units])),
+            "train/best_epoch": fit_result.best_epoch + 1,
+            "train/epochs_run": fit_result.epochs_run})
+    if per_entity:  # the pooled scores' spread (each entity's is in per_entity.csv)
+        metrics.update(score_spread(ev.arrays["test_score" if "test_score" in ev.arrays
+                                              else "window_score"]))
     metrics.update({
-        "val/best_loss": float(np.mean([u.fit.best_val_loss for u in units])),
-        "train/best_epoch": fit_result.best_epoch,
-        "train/epochs_run": fit_result.epochs_run,
         "time/fit_s": sum(u.fit.fit_seconds for u in units),
         "time/score_s": sum(u.score_s for u in units),
         "time/metrics_s": time.perf_counter() - t_metrics,
@@ -330,7 +383,8 @@ def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_d
     metrics["time/tracking_s"] = tracker.seconds  # everything logged up to here
     tracker.log_params({"score_rule": ev.score_rule})
     tracker.set_tags({"threshold.family": ev.threshold_family,
-                      "early_stopping": early_stopping_tag(cfg, [u.fit for u in units])})
+                      "early_stopping": early_stopping_tag(cfg, [u.fit for u in units]),
+                      "sanity": describe(run_flags(metrics))})
     tracker.log_metrics(metrics)
 
     # ---- artifacts -------------------------------------------------------------------------
@@ -360,7 +414,7 @@ def _execute(cfg: DictConfig, tracker: NullTracker, name: str, root: Path, job_d
     return result
 
 
-def _fit_and_score(cfg: DictConfig, tracker: NullTracker, name: str, raw, entity: Optional[str],
+def _fit_and_score(cfg: DictConfig, tracker: Tracker, name: str, raw, entity: Optional[str],
                    window: int, device: torch.device, say, log_params: bool,
                    job_dir: Path, metric_prefix: Optional[str] = None) -> _Unit:
     tag = f"[{name}{'/' + entity if entity else ''}]"
@@ -368,8 +422,64 @@ def _fit_and_score(cfg: DictConfig, tracker: NullTracker, name: str, raw, entity
     data = prepare(raw, window, float(cfg.dataset.val_fraction), cfg.dataset.normalize)
     say(f"{tag} data: {raw.name}, {len(data.entities)} entities, {data.n_channels} channels, "
         f"{len(data.train)} train / {len(data.val)} validation rows (test sealed until fit ends)")
+    _announce_test_labels(data, tracker, tag, say)
 
-    # ---- model: the backbone's init depends on the seed alone, on and off alike ---------
+    # ---- fit on train (and validation): the one place where the two kinds part ----------
+    classical = is_classical(cfg.backbone)
+    if classical:
+        fit_result, score, detector = _fit_classical(cfg, tracker, data, tag, say, log_params)
+    else:
+        # Training curves of one entity in a shared run go under "<entity>/"; a child run of
+        # its own (a collection's series) passes metric_prefix="".
+        prefix = metric_prefix if metric_prefix is not None else (f"{entity}/" if entity else "")
+        fit_result, score, detector = _fit_deep(cfg, tracker, data, entity, window, device, say,
+                                                log_params, job_dir, tag, prefix)
+
+    # ---- score: validation first (fits the combiner and threshold), then test ----------
+    t_score = time.perf_counter()
+    reference = cfg.protocol == "reference"
+    val_out = score(data.val)
+    injected = _score_injected(cfg, data.val, val_out[0] if reference else val_out, score)
+    data.test.unseal()
+    test = data.test.get()
+    test_out = score(test)
+    score_s = time.perf_counter() - t_score
+    if reference:
+        ev = evaluate_reference(cfg, val_out[1], test_out[1],
+                                window_labels(test.labels, test_out[2], window))
+    else:
+        ev = evaluate_point(cfg, val_out, test_out, test.labels)
+    ev.metrics.update(score_spread(ev.arrays["window_score" if reference else "test_score"]))
+    if injected is not None:
+        ev.arrays.update(injected)
+        ev.metrics.update(injected_metrics(injected["val_injected_label"],
+                                           injected["val_injected_score"],
+                                           int(cfg.metrics.range_window)))
+    model = None
+    if cfg.tracking.log_model and ev.scorer is not None and not classical:
+        from madcluster_exp.model import model_entry
+
+        model = model_entry(entity, data.entities, detector, data.scaler, ev.scorer)
+    return _Unit(entity, fit_result, ev, test, score_s, model)
+
+
+def _announce_test_labels(data, tracker: Tracker, tag: str, say) -> None:
+    """Say before training when the test split has no labelled anomaly: then precision,
+    recall and F1 are missing (NaN) and the false-alarm rate is the figure to read. Only the
+    count of labels is read; the test split stays sealed."""
+    count = data.test.anomaly_count()
+    if count == 0:
+        say(f"{tag} the test split has no labelled anomaly: precision, recall, F1 and the "
+            "threshold-free metrics will be missing (NaN); read test/false_alarm_rate, the "
+            "share of normal points the thresholded prediction flags")
+        tracker.set_tags({"test.anomalies": "none"})
+
+
+def _fit_deep(cfg: DictConfig, tracker: Tracker, data, entity: Optional[str], window: int,
+              device: torch.device, say, log_params: bool, job_dir: Path, tag: str, prefix: str):
+    """Train backbone (+ plug-in) with the loop; return the fit, a split -> scores function
+    and the detector."""
+    # The backbone's init depends on the seed alone, on and off alike.
     seed_everything(int(cfg.seed))
     detector = build_detector(cfg, data.n_channels)
     backbone, plugin = detector.backbone, detector.plugin
@@ -383,40 +493,41 @@ def _fit_and_score(cfg: DictConfig, tracker: NullTracker, name: str, raw, entity
         say(f"{tag} {cfg.backbone.name}: {sizes['params/backbone']:,} parameters, "
             f"{sizes['macs/backbone']:,} MACs per window; {plug}")
 
-    # ---- fit on train, early-stop on validation ----------------------------------------
-    # Training curves of one entity in a shared run go under "<entity>/"; a child run of its
-    # own (a collection's series) passes metric_prefix="".
-    prefix = metric_prefix if metric_prefix is not None else (f"{entity}/" if entity else "")
+    # Fit on train, early-stop on validation.
     checkpointer = (Checkpointer(job_dir / "checkpoints", entity or "last")
                     if cfg.train.checkpoint else None)
     fit_result = fit(detector, data, cfg, device, log_metrics=lambda m, step: tracker.log_metrics(
         {prefix + k: v for k, v in m.items()}, step), checkpointer=checkpointer)
-
-    # ---- score: validation first (fits the combiner and threshold), then test ----------
-    t_score = time.perf_counter()
     sc = cfg.scoring
-    reference = cfg.protocol == "reference"
 
     def score(split):
         return score_split(detector, split, int(sc.stride), int(sc.batch_size), sc.aggregate,
-                           device, window_means=reference)
+                           device, window_means=cfg.protocol == "reference")
 
-    val_out = score(data.val)
-    data.test.unseal()
-    test = data.test.get()
-    test_out = score(test)
-    score_s = time.perf_counter() - t_score
-    if reference:
-        ev = evaluate_reference(cfg, val_out[1], test_out[1],
-                                window_labels(test.labels, test_out[2], window))
-    else:
-        ev = evaluate_point(cfg, val_out, test_out, test.labels)
-    model = None
-    if cfg.tracking.log_model and ev.scorer is not None:
-        from madcluster_exp.model import model_entry
+    return fit_result, score, detector
 
-        model = model_entry(entity, data.entities, detector, data.scaler, ev.scorer)
-    return _Unit(entity, fit_result, ev, test, score_s, model)
+
+def _fit_classical(cfg: DictConfig, tracker: Tracker, data, tag: str, say,
+                   log_params: bool):
+    """Fit a classical detector once on the training windows (no epochs, no validation loss);
+    return the fit and a split -> scores function."""
+    detector = build_classical(cfg.backbone, int(cfg.seed))
+    t0 = time.perf_counter()
+    detector.fit(data.train, stride=int(cfg.dataset.train_stride))
+    fit_s = time.perf_counter() - t0
+    if log_params:
+        tracker.log_params({"data_window": cfg.backbone.window, **detector.params()})
+    say(f"{tag} {cfg.backbone.name} ({detector.library}): fitted on "
+        f"{detector.n_train_windows:,} training windows in {fit_s:.2f}s")
+    sc = cfg.scoring
+
+    def score(split):
+        return score_split_classical(detector, split, int(sc.stride), int(sc.batch_size),
+                                     cfg.backbone.spread, sc.aggregate,
+                                     window_means=cfg.protocol == "reference")
+
+    return FitResult(epochs_run=0, best_epoch=-1, best_val_loss=float("nan"),
+                     fit_seconds=fit_s), score, detector
 
 
 def _save_model(cfg: DictConfig, job_dir: Path, units: List[_Unit], say) -> Optional[Path]:
@@ -426,12 +537,27 @@ def _save_model(cfg: DictConfig, job_dir: Path, units: List[_Unit], say) -> Opti
     if not cfg.tracking.log_model:
         return None
     if not entries:
-        say("no model saved: protocol=reference thresholds window scores on test labels, "
+        say("no model saved: classical detectors are refitted, not saved"
+            if is_classical(cfg.backbone) else
+            "no model saved: protocol=reference thresholds window scores on test labels, "
             "which does not score new data (predict serves protocol=point runs)")
         return None
     from madcluster_exp.model import save_model
 
     return save_model(job_dir / "model", cfg, entries)
+
+
+def _score_injected(cfg: DictConfig, val, val_points: Dict[str, np.ndarray], score):
+    """With ``search.objective=val_injected_vus_pr``: score a copy of the validation split with
+    injected anomalies (before the test split is unsealed); {array name: array} or None."""
+    if cfg.search.objective != "val_injected_vus_pr":
+        return None
+    inj = cfg.search.inject
+    injected = inject(val, float(inj.ratio), list(inj.kinds), int(inj.seed))
+    comps = score(injected.split)
+    comps = comps[0] if isinstance(comps, tuple) else comps
+    return {"val_injected_score": injected_score(cfg, val_points, comps),
+            "val_injected_label": injected.split.labels}
 
 
 def _pool(cfg: DictConfig, units: List[_Unit]):
@@ -455,8 +581,14 @@ def _pool(cfg: DictConfig, units: List[_Unit]):
         m = point_metrics(pooled["test_label"], pooled["test_score"], pooled["test_pred"],
                           cfg.metrics, int(cfg.seed))
         metrics = {f"test/{k}": v for k, v in m.items()}
+    if "val_injected_score" in evs[0].arrays:
+        for k in ("val_injected_score", "val_injected_label"):
+            pooled[k] = np.concatenate([e.arrays[k] for e in evs])
+        metrics.update(injected_metrics(pooled["val_injected_label"],
+                                        pooled["val_injected_score"],
+                                        int(cfg.metrics.range_window)))
     for key in evs[0].metrics:
-        if key.startswith(("test/", "ref/")):
+        if key.startswith(("test/", "ref/", "val_injected/")):
             metrics[f"{key}_entity_mean"] = float(np.nanmean(table[key].to_numpy(dtype=float)))
     arrays = {"protocol": evs[0].arrays["protocol"], **pooled,
               "threshold": np.array([float(e.arrays["threshold"]) for e in evs])}
@@ -492,8 +624,9 @@ def _write_artifacts(cfg: DictConfig, job_dir: Path, name: str, fit_result: FitR
                                              ev.arrays["test_score"], test_labels,
                                              ev.arrays["threshold"], name,
                                              bounds=ev.arrays.get("entity_bounds")))
-        paths.append(plot_training_curves(job_dir / "training_curves.png", fit_result.history,
-                                          name))
+        if fit_result.history:  # a classical detector has no training curve
+            paths.append(plot_training_curves(job_dir / "training_curves.png",
+                                              fit_result.history, name))
     return paths
 
 
@@ -502,6 +635,7 @@ _LABELS = {
     "test/precision": "point-wise, at the fitted threshold",
     "test/recall": "point-wise, at the fitted threshold",
     "test/f1": "point-wise, at the fitted threshold (headline)",
+    "test/false_alarm_rate": "share of normal points flagged, at the fitted threshold",
     "test/auc_roc": "threshold-free",
     "test/auc_pr": "threshold-free (average precision)",
     "test/r_auc_roc": "threshold-free, range-based",
@@ -533,6 +667,7 @@ def format_results(result: RunResult, cfg: DictConfig) -> str:
         if key in result.metrics:
             lines.append(f"  {key:<{width}}  {result.metrics[key]:>8.4f}   {note}")
     lines.append(f"  {'time/total_s':<{width}}  {result.metrics['time/total_s']:>8.1f}")
+    lines.append(f"  {'sanity':<{width}}  {describe(run_flags(result.metrics))}")
     if result.run_id:
         lines.append(f"MLflow run {result.run_id} in {result.tracking_uri}")
     lines.append(f"Artifacts in {result.output_dir}")

@@ -26,13 +26,13 @@ from omegaconf import DictConfig
 
 from madcluster_exp.data import DataError
 from madcluster_exp.data.collection import Collection, Skipped
-from madcluster_exp.tracking import NullTracker
+from madcluster_exp.tracking import Tracker
 
 RUNS_FILE = "series_runs.json"
 SKIPPED_FILE = "skipped.csv"
 
 
-def run_collection(cfg: DictConfig, tracker: NullTracker, name: str, collection: Collection,
+def run_collection(cfg: DictConfig, tracker: Tracker, name: str, collection: Collection,
                    window: int, device: torch.device, say: Callable, root: Path,
                    job_dir: Path) -> Tuple[list, List[Skipped]]:
     """Fit, score and track every series; returns the finished units and every skipped file."""

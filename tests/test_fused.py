@@ -1,5 +1,5 @@
-"""The fused k = 1 training loss (madcluster.fused, compiled loops in madcluster.kernels)
-against the readable composition.
+"""The fused k = 1 training loss (madcluster.fast.fused, compiled loops in
+madcluster.fast.kernels) against the readable composition (madcluster.losses).
 
 The fused op exists only for speed; it must give the composition's values and gradients for
 every embedding layout a backbone hands over and every objective and component setting, and
@@ -13,10 +13,11 @@ import sys
 import pytest
 import torch
 from omegaconf import OmegaConf
+from torch import nn
 
 from madcluster_exp.config import MADClusterConfig
-import madcluster_exp.madcluster as madcluster_pkg
-from madcluster_exp.madcluster import build_plugin, fused, losses
+from madcluster_exp.madcluster import build_plugin, fast, losses
+from madcluster_exp.madcluster.fast import fused
 from madcluster_exp.madcluster.plugin import NU_MARGIN
 
 B, T, F = 4, 7, 5
@@ -204,14 +205,27 @@ def test_a_nan_embedding_gives_a_nan_loss():
 
 
 def test_the_op_applies_to_cpu_float_embeddings_only():
-    assert fused.supports(torch.zeros(2, 3, F))
-    assert fused.supports(torch.zeros(2, 3, F, dtype=torch.float64))
-    assert not fused.supports(torch.zeros(2, 3, F, dtype=torch.bfloat16))
-    assert not fused.supports(torch.zeros(2, 3, F, device="meta"))
-    assert not fused.supports(torch.zeros(6, F))
-    from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False):  # the MAC count must see the plug-in's matmuls
-        assert not fused.supports(torch.zeros(2, 3, F))
+    assert fast.use_fast_path(torch.zeros(2, 3, F), "paper")
+    assert fast.use_fast_path(torch.zeros(2, 3, F, dtype=torch.float64), "paper", k=1)
+    assert not fast.use_fast_path(torch.zeros(2, 3, F, dtype=torch.bfloat16), "paper")
+    assert not fast.use_fast_path(torch.zeros(2, 3, F, device="meta"), "paper")
+    assert not fast.use_fast_path(torch.zeros(6, F), "paper")
+    assert not fast.use_fast_path(torch.zeros(2, 3, F), "reference")
+    assert not fast.use_fast_path(torch.zeros(2, 3, F), "paper", k=3)
+    assert not fast.use_fast_path(nn.Parameter(torch.zeros(2, 3, F)), "paper")  # a subclass
+    with fast.composition_only():  # the MAC count must see the plug-in's matmuls
+        assert not fast.use_fast_path(torch.zeros(2, 3, F), "paper")
+    assert fast.use_fast_path(torch.zeros(2, 3, F), "paper")  # and only inside the block
+
+
+def test_the_mac_count_sees_the_plugins_matmuls_on_a_fast_path_embedding():
+    """count_macs switches the plug-in to the composition: z . c over B x T steps and c . c."""
+    from madcluster_exp.complexity import count_macs
+    plugin = _plugin().float().eval()
+    z = torch.randn(B, T, F)
+    assert fast.use_fast_path(z, "paper")
+    with torch.no_grad():
+        assert count_macs(lambda: plugin.score(z), plugin) == B * T * F + F
 
 
 def test_without_numba_the_plugin_warns_and_uses_the_composition(monkeypatch):
@@ -219,13 +233,45 @@ def test_without_numba_the_plugin_warns_and_uses_the_composition(monkeypatch):
     the composition, and says so once."""
     monkeypatch.setattr(fused, "_KERNELS", None)
     monkeypatch.setitem(sys.modules, "numba", None)  # makes `import numba` fail
-    monkeypatch.delitem(sys.modules, "madcluster_exp.madcluster.kernels", raising=False)
-    monkeypatch.delattr(madcluster_pkg, "kernels", raising=False)
+    monkeypatch.delitem(sys.modules, "madcluster_exp.madcluster.fast.kernels", raising=False)
+    monkeypatch.delattr(fast, "kernels", raising=False)
     with pytest.warns(RuntimeWarning, match="numba is not importable"):
-        assert not fused.supports(torch.zeros(2, 3, F))
+        assert not fast.use_fast_path(torch.zeros(2, 3, F), "paper")
     plugin = _plugin()
     calls = []
-    monkeypatch.setattr(fused, "paper_loss", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(fast, "paper_loss", lambda *a, **k: calls.append(a))
     _assert_same(_run(plugin, LAYOUTS["contiguous"], plugin._loss),
                  _run(plugin, LAYOUTS["contiguous"], plugin._composed_loss))
     assert not calls
+
+
+@pytest.mark.parametrize("variant", ["paper", "reference"])
+def test_loss_terms_and_score_all_follow_the_one_selection_rule(monkeypatch, variant):
+    """Training loss, no-grad terms and score take the compiled op exactly where
+    fast.use_fast_path says so (paper variant on a CPU float embedding), and not inside
+    composition_only()."""
+    cfg = OmegaConf.structured(MADClusterConfig)
+    cfg.variant = variant
+    plugin = build_plugin(F, cfg, seed=0).train()
+    calls = []
+
+    def spy(name):
+        real = getattr(fast, name)
+
+        def call(*args, **kwargs):
+            calls.append(name)
+            return real(*args, **kwargs)
+        return call
+    for name in ("paper_loss", "paper_terms"):
+        monkeypatch.setattr(fast, name, spy(name))
+    z = torch.randn(B, T, F, requires_grad=True)
+    plugin.loss(z)["total"].backward()
+    with torch.no_grad():
+        plugin.terms(z)
+        plugin.score(z)
+    expected = ["paper_loss", "paper_terms", "paper_terms"] if variant == "paper" else []
+    assert calls == expected
+    calls.clear()
+    with fast.composition_only(), torch.no_grad():
+        plugin.score(z)
+    assert calls == []

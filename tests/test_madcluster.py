@@ -262,7 +262,7 @@ LAYOUTS = {"contiguous": (0, 1, 2), "time_major": (1, 0, 2), "features_outer": (
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_fused_dot_and_norm_values_and_gradients_in_every_layout(layout):
-    from madcluster_exp.madcluster.losses import dot_and_squared_norm
+    from madcluster_exp.madcluster.fast.memory_order import dot_and_squared_norm
     perm = LAYOUTS[layout]
     shape = (3, 4, 5)
     stored = torch.randn([shape[i] for i in perm], dtype=torch.float64)
@@ -281,7 +281,7 @@ def test_fused_dot_and_norm_values_and_gradients_in_every_layout(layout):
                                   lambda: torch.randn(5, 3, 4).permute(1, 2, 0)[:, 1:]],
                          ids=["gapped", "broadcast", "permuted_slice"])
 def test_fused_dot_and_norm_on_gapped_and_overlapping_views(make):
-    from madcluster_exp.madcluster.losses import dot_and_squared_norm
+    from madcluster_exp.madcluster.fast.memory_order import dot_and_squared_norm
     z = make().double().requires_grad_()
     c = torch.randn(5, dtype=torch.float64, requires_grad=True)
     zc, zz = dot_and_squared_norm(z, c)

@@ -203,6 +203,17 @@ def test_optuna_search_minimises_the_validation_loss(tmp_path):
     assert len({c.data.params["backbone.lr"] for c in children}) == 2
     assert {c.data.params["madcluster.tau"] for c in children} == {"0.01"}
     assert {c.data.params["madcluster.nu_init"] for c in children} == {"0.5"}
+    # The search's report: each trial's objective, the chosen one's test metrics only.
+    rep = subprocess.run([sys.executable, "-m", "madcluster_exp.report", str(_sweep_dir(tmp_path)),
+                          "log=false"], cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                         timeout=300)
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    assert "study madcluster_val (in-memory)" in rep.stdout
+    from tests.test_search import _check_report
+
+    best = min(children, key=lambda c: c.data.metrics["val/best_loss"])
+    _check_report(tmp_path, int(best.data.tags["optuna.trial"]),
+                  {int(c.data.tags["optuna.trial"]): c for c in children}, "minimize")
 
 
 def test_experiment_smoke_is_a_sweep_of_off_on_and_seeds(tmp_path):

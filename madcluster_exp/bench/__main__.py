@@ -1,4 +1,4 @@
-"""python -m madcluster_exp.bench [metrics|data|train|scale ...] [<one benchmark> --its-options]
+"""python -m madcluster_exp.bench [metrics|data|train|classical|scale ...] [<one> --options]
 
 Runs the named benchmarks (all by default). For one benchmark, options after its name go to it:
 ``python -m madcluster_exp.bench train --steps 8``; ``python -m madcluster_exp.bench train --help``
@@ -7,10 +7,10 @@ lists them.
 import argparse
 import sys
 
-from madcluster_exp.bench import data, metrics, scale, train
+from madcluster_exp.bench import classical, data, metrics, scale, train
 
 BENCHMARKS = {"metrics": metrics.main, "data": data.main, "train": train.main,
-              "scale": scale.main}
+              "classical": classical.main, "scale": scale.main}
 
 
 def main(argv=None) -> None:

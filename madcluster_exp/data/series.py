@@ -116,6 +116,15 @@ class SealedTest:
     def unseal(self) -> None:
         self._sealed = False
 
+    def anomaly_count(self, entity: Optional[str] = None) -> Optional[int]:
+        """How many test points are labelled anomalous (None: the split has no labels),
+        readable while sealed: a count reveals no test value to training, and a run must know
+        before training whether its test split has anything to detect."""
+        if self._cached is None:
+            self._cached = self._load()
+        split = self._cached if entity is None else self._cached.entity(entity)
+        return None if split.labels is None else int(split.labels.sum(dtype=np.int64))
+
     def get(self) -> SeriesSplit:
         if self._sealed:
             raise TestAccessError(f"test split of {self.description} read before training ended; "
@@ -130,9 +139,13 @@ class LinkedSealedTest(SealedTest):
     own seal, and unsealing it unseals the source it reads from."""
 
     def __init__(self, load: Callable[[], SeriesSplit], source: SealedTest,
-                 description: Optional[str] = None):
+                 description: Optional[str] = None, entity: Optional[str] = None):
         super().__init__(load, description or source.description)
         self._source = source
+        self._entity = entity  # this split is one entity of the source
+
+    def anomaly_count(self, entity: Optional[str] = None) -> Optional[int]:
+        return self._source.anomaly_count(entity or self._entity)
 
     def unseal(self) -> None:
         self._source.unseal()
@@ -161,7 +174,7 @@ class RawDataset:
         unseals the full test split, which is loaded once and shared)."""
         full = self.test
         test = LinkedSealedTest(lambda: full.get().entity(name), full,
-                                f"{full.description}[{name}]")
+                                f"{full.description}[{name}]", entity=name)
         return RawDataset(self.name, self.train.entity(name), test, self.info)
 
 

@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from madcluster_exp.madcluster import fused, losses
+from madcluster_exp.madcluster import fast, losses
 from madcluster_exp.nn_utils import QuantileSample
 
 # nu lives in [NU_MARGIN, 1 - NU_MARGIN] whatever its raw parameter does: at nu = 1 the slope of
@@ -54,6 +54,7 @@ class _PluginBase(nn.Module):
         self.use_cluster = cfg.components in ("both", "clustering")
         self.compile = bool(cfg.get("compile", False))
         self._compiled_loss = None  # built on the first training step with compile=true
+        self.variant, self.k = cfg.variant, int(cfg.k)
 
     # -- pieces the subclasses provide ----------------------------------------------------
     def terms(self, z: torch.Tensor):
@@ -90,6 +91,11 @@ class _PluginBase(nn.Module):
     def _loss(self, z: torch.Tensor) -> Dict[str, torch.Tensor]:
         """The eager loss: the composition, unless a subclass has a fused op for it."""
         return self._composed_loss(z)
+
+    def _fast_path(self, z: torch.Tensor) -> bool:
+        """Whether this embedding takes the compiled op; the rule is
+        :func:`madcluster_exp.madcluster.fast.use_fast_path`, asked by every path."""
+        return fast.use_fast_path(z, self.variant, self.k)
 
     def _samples_distances(self) -> bool:
         return self.training and self.objective == "soft-boundary"  # only R needs the sample
@@ -134,7 +140,6 @@ class MADCluster(_PluginBase):
 
     def __init__(self, embed_dim: int, cfg: DictConfig, generator: torch.Generator):
         super().__init__(embed_dim, cfg)
-        self.variant = cfg.variant
         self.tau = float(cfg.tau)
         self.center = nn.Parameter(he_normal((embed_dim,), embed_dim, generator))
         nu0 = float(cfg.nu_init)
@@ -163,9 +168,9 @@ class MADCluster(_PluginBase):
         return [self.center]
 
     def terms(self, z: torch.Tensor):
-        if self.variant == "paper" and not self._tracks_grad(z) and fused.supports(z):
-            return fused.paper_terms(z, self.center, self.nu_raw, self.tau, NU_MARGIN)
-        u, reps = losses.distinct_steps(z)
+        if not self._tracks_grad(z) and self._fast_path(z):
+            return fast.paper_terms(z, self.center, self.nu_raw, self.tau, NU_MARGIN)
+        u, reps = fast.distinct_steps(z)
         if reps > 1:
             # A per-window code broadcast over time (e.g. USAD's latent): every step is the
             # same, so compute the distinct steps once and broadcast the result.
@@ -173,7 +178,7 @@ class MADCluster(_PluginBase):
             return dist2.expand(z.shape[:-1]), cluster.expand(z.shape[:-1])
         # One pass over z for both: z.c and |z|^2 give the cosine and |z - c|^2 alike.
         c = self.center
-        zc, zz = losses.dot_and_squared_norm(z, c)
+        zc, zz = fast.dot_and_squared_norm(z, c)  # memory order, no copy
         cc = torch.dot(c, c)
         dist2 = losses.distance_from_dot(zc, zz, cc)
         q = losses.cosine_from_dot(zc, zz, cc)
@@ -187,12 +192,12 @@ class MADCluster(_PluginBase):
                                             or self.nu_raw.requires_grad)
 
     def _loss(self, z: torch.Tensor) -> Dict[str, torch.Tensor]:
-        if self.variant == "reference" or not fused.supports(z):
+        if not self._fast_path(z):
             return self._composed_loss(z)
         # The whole paper objective as one op (same values and gradients as the composition,
         # tested): on a small backbone the composition's dispatches cost more than its math.
         sample = self._samples_distances()
-        total, mapping, cluster, dist2 = fused.paper_loss(
+        total, mapping, cluster, dist2 = fast.paper_loss(
             z, self.center, self.nu_raw, self.tau, NU_MARGIN, self._radius2(), self.nu_r,
             self.use_mapping, self.use_cluster, distances=sample)
         if sample:
@@ -217,7 +222,6 @@ class MultiMADCluster(_PluginBase):
 
     def __init__(self, embed_dim: int, cfg: DictConfig, generator: torch.Generator):
         super().__init__(embed_dim, cfg)
-        self.k = int(cfg.k)
         self.centers = nn.Parameter(he_normal((self.k, embed_dim), embed_dim, generator))
 
     def center_parameters(self):

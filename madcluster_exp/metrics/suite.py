@@ -59,10 +59,12 @@ def basic_suite(*, y_true, y_score, y_pred, point_adjust: bool = True, oracle: b
     shows how much point adjustment alone inflates."""
     y = check_labels(y_true)
     s = check_scores(y_score, len(y))
-    if y.sum() == 0:
+    no_anomaly = y.sum() == 0
+    if no_anomaly:
         warnings.warn("test labels contain no anomaly: recall-based metrics are undefined and "
                       "reported as NaN", RuntimeWarning, stacklevel=2)
     out = dict(precision_recall_f1(y_true=y, y_pred=y_pred))
+    out["false_alarm_rate"] = false_alarm_rate(y_true=y, y_pred=y_pred)
     ranking = ranking_metrics(y_true=y, y_score=s)
     out["auc_roc"], out["auc_pr"] = ranking["auc_roc"], ranking["auc_pr"]
     if oracle:
@@ -73,7 +75,22 @@ def basic_suite(*, y_true, y_score, y_pred, point_adjust: bool = True, oracle: b
         random_pred = np.zeros(len(y), np.int8)
         random_pred[rng.choice(len(y), size=int(np.sum(y_pred)), replace=False)] = 1
         out["f1_pa_random"] = point_adjusted_f1(y_true=y, y_pred=random_pred)["f1"]
+    if no_anomaly:
+        # Without a positive, precision, recall and F1 (plain, oracle, point-adjusted) have no
+        # meaning: missing, not 0. The false-alarm rate is the figure that remains.
+        out.update({k: float("nan") for k in out if k.split("_")[0] in _PRF})
     return out
+
+
+_PRF = ("precision", "recall", "f1")
+
+
+def false_alarm_rate(*, y_true, y_pred) -> float:
+    """Share of normal points predicted anomalous (false positives / normal points)."""
+    y = check_labels(y_true)
+    p = check_labels(y_pred, "y_pred")
+    normal = y == 0
+    return float(p[normal].mean()) if normal.any() else float("nan")
 
 
 def full_suite(*, y_true, y_score, y_pred, window: int, point_adjust: bool = True,

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from madcluster_exp.tracking.mlflow_tracker import (MLflowTracker, NullTracker,
+from madcluster_exp.tracking.mlflow_tracker import (MLflowTracker, NullTracker, Tracker,
                                                     default_tracking_uri, resolve_tracking_uri)
 
 # Artifact downloads (report, evaluate, predict) print no progress bars between the results;
@@ -12,7 +12,7 @@ from madcluster_exp.tracking.mlflow_tracker import (MLflowTracker, NullTracker,
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
-def build_tracker(cfg: DictConfig, output_dir: Path) -> NullTracker:
+def build_tracker(cfg: DictConfig, output_dir: Path) -> Tracker:
     if cfg.backend == "none":
         return NullTracker()
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -20,5 +20,5 @@ def build_tracker(cfg: DictConfig, output_dir: Path) -> NullTracker:
     return MLflowTracker(uri, cfg.experiment, artifact_root=output_dir / "mlartifacts")
 
 
-__all__ = ["MLflowTracker", "NullTracker", "build_tracker", "default_tracking_uri",
+__all__ = ["MLflowTracker", "NullTracker", "Tracker", "build_tracker", "default_tracking_uri",
            "resolve_tracking_uri"]

@@ -5,6 +5,10 @@
 parent run, and hands the parent's id to the jobs both through an environment variable
 (inherited by joblib/submitit workers) and a file in the sweep directory (read first, so a job
 started by any launcher finds it). ``on_multirun_end`` closes the parent and counts its children.
+
+A sweep started again with the same sweep directory (``hydra.sweep.dir=<it>``) continues the
+parent run that directory names, so its children stay under one parent; jobs that finished the
+first time are skipped (madcluster_exp/run.py, ``finished_job``).
 """
 from __future__ import annotations
 
@@ -39,6 +43,23 @@ def read_parent(sweep_dir: Path) -> Optional[str]:
     return os.environ.get(PARENT_RUN_ENV)
 
 
+def _previous_parent(sweep_dir: Path, tracker) -> Optional[str]:
+    """The parent run of an earlier start of this sweep, if it is in the same tracking store."""
+    path = sweep_dir / PARENT_FILE
+    if not path.exists():
+        return None
+    info = json.loads(path.read_text())
+    if info.get("tracking_uri") != tracker.uri:
+        return None
+    from mlflow.exceptions import MlflowException
+
+    try:
+        tracker.client.get_run(info["run_id"])
+    except MlflowException:
+        return None
+    return info["run_id"]
+
+
 class MLflowSweepCallback(Callback):
     def __init__(self) -> None:
         self.tracker = None
@@ -51,13 +72,27 @@ class MLflowSweepCallback(Callback):
         sweep_dir = _sweep_dir(config)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         self.tracker = build_tracker(config.tracking, _output_root(config))
+        previous = _previous_parent(sweep_dir, self.tracker)
+        if previous is not None:
+            self.tracker.resume(previous)
+            os.environ[PARENT_RUN_ENV] = previous
+            return
         overrides = " ".join(config.hydra.overrides.task)
         name = f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
         if config.tracking.run_name_suffix:
             name += f"-{config.tracking.run_name_suffix}"
-        self.tracker.start(name, {}, {"sweep": "parent", "sweep.dir": str(sweep_dir),
-                                      "hydra.overrides": overrides,
-                                      "hydra.launcher": str(config.hydra.launcher._target_)})
+        tags = {"sweep": "parent", "sweep.dir": str(sweep_dir), "hydra.overrides": overrides,
+                "hydra.launcher": str(config.hydra.launcher._target_)}
+        sweeper = config.hydra.sweeper
+        if "study_name" in sweeper:  # an Optuna search: which study, what it optimises
+            from madcluster_exp.config import SEARCH_OBJECTIVES
+            from madcluster_exp.run import search_tags
+
+            metric, direction = SEARCH_OBJECTIVES[config.search.objective]
+            tags.update(search_tags(sweeper))
+            tags.update({"search.objective": config.search.objective,
+                         "search.metric": metric, "search.direction": direction})
+        self.tracker.start(name, {}, tags)
         os.environ[PARENT_RUN_ENV] = self.tracker.run_id
         (sweep_dir / PARENT_FILE).write_text(json.dumps(
             {"run_id": self.tracker.run_id, "tracking_uri": self.tracker.uri,

@@ -7,6 +7,7 @@ Metrics go in batches: one SQLite round-trip per epoch, not one per value.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 import os
 import time
 from pathlib import Path
@@ -45,44 +46,78 @@ def _timed(method):
     return wrapper
 
 
-class NullTracker:
-    """Same interface, records nothing (``tracking=none``)."""
+class Tracker(ABC):
+    """What a job records: one run's params, tags, metrics (batched) and artifacts, with its
+    status at the end. ``seconds`` accumulates the wall time spent tracking."""
 
     run_id: Optional[str] = None
     uri: Optional[str] = None
     seconds: float = 0.0
 
+    @abstractmethod
     def start(self, run_name: str, params: Dict[str, Any], tags: Dict[str, str],
-              parent_run_id: Optional[str] = None) -> None:
+              parent_run_id: Optional[str] = None) -> None: ...
+
+    @abstractmethod
+    def resume(self, run_id: str) -> None: ...
+
+    @abstractmethod
+    def log_params(self, params: Dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def set_tags(self, tags: Dict[str, str]) -> None: ...
+
+    @abstractmethod
+    def log_metrics(self, metrics: Dict[str, float], step: Optional[int] = None) -> None: ...
+
+    @abstractmethod
+    def log_artifact(self, path: Path, artifact_path: Optional[str] = None) -> None: ...
+
+    @abstractmethod
+    def log_artifacts(self, directory: Path, artifact_path: Optional[str] = None) -> None: ...
+
+    @abstractmethod
+    def end(self, status: str = "FINISHED") -> None: ...
+
+    @abstractmethod
+    def new_run(self) -> "Tracker":
+        """A tracker for another run in the same store and experiment (a child run)."""
+
+
+class NullTracker(Tracker):
+    """Records nothing (``tracking=none``)."""
+
+    def start(self, run_name, params, tags, parent_run_id=None) -> None:
         pass
 
-    def log_params(self, params: Dict[str, Any]) -> None:
+    def resume(self, run_id) -> None:
         pass
 
-    def resume(self, run_id: str) -> None:
+    def log_params(self, params) -> None:
         pass
 
-    def set_tags(self, tags: Dict[str, str]) -> None:
+    def set_tags(self, tags) -> None:
         pass
 
-    def log_metrics(self, metrics: Dict[str, float], step: Optional[int] = None) -> None:
+    def log_metrics(self, metrics, step=None) -> None:
         pass
 
-    def log_artifact(self, path: Path, artifact_path: Optional[str] = None) -> None:
+    def log_artifact(self, path, artifact_path=None) -> None:
         pass
 
-    def log_artifacts(self, directory: Path, artifact_path: Optional[str] = None) -> None:
+    def log_artifacts(self, directory, artifact_path=None) -> None:
         pass
 
-    def end(self, status: str = "FINISHED") -> None:
+    def end(self, status="FINISHED") -> None:
         pass
 
     def new_run(self) -> "NullTracker":
-        """A tracker for another run in the same store and experiment (a child run)."""
         return NullTracker()
 
 
-class MLflowTracker(NullTracker):
+class MLflowTracker(Tracker):
+    """Records into an MLflow tracking store (SQLite file, server URL, database URI)."""
+
     def __init__(self, uri: str, experiment: str, artifact_root: Optional[Path] = None):
         from mlflow.tracking import MlflowClient
 

@@ -7,12 +7,13 @@ and its backward as many again. Inside a training step each array call there cos
 however small the array: the backbone's work has evicted the interpreter's, numpy's and the
 dispatcher's code and data from the caches by the time the plug-in runs (measured: the same
 numpy chain takes 8x longer in a USAD step than in a tight loop). As ~80 calls that was ~7 % of
-a USAD step; as one call per direction the kernels take ~20 us of it. The loops also read z once per direction,
-where the array chain re-reads [B, T] temporaries ~50 times.
+a USAD step; as one call per direction the kernels take ~20 us of it. The loops also read z once
+per direction, where the array chain re-reads [B, T] temporaries ~50 times.
 
 Everything is computed in float64 whatever z's dtype (float32 or float64), and stored back in
-z's dtype. Each function mirrors the readable composition in :mod:`losses` term by term; the
-tests hold them to it (1e-10 in float64, gradcheck, every layout, objective and component set).
+z's dtype. Each function mirrors the readable composition in
+:mod:`madcluster_exp.madcluster.losses` term by term; the tests hold them to it (1e-10 in
+float64, gradcheck, every layout, objective and component set).
 
 ``fastmath`` allows re-association and contraction only, so LLVM can vectorise the dot
 products (4x faster at f = 256); nothing assumes away NaN or infinity, so a NaN embedding still

@@ -1,22 +1,25 @@
 """The k = 1 paper objective as one autograd op on CPU: the forward is one call into the
-compiled loops of :mod:`madcluster_exp.madcluster.kernels`, the backward another. Same values
-and gradients as the readable composition in :mod:`madcluster_exp.madcluster.losses` (tested
-to 1e-10 in float64, gradcheck included); the plug-in takes the composition wherever this op
-does not apply (GPU, other dtypes, numba missing) and for the reference variant.
+compiled loops of :mod:`madcluster_exp.madcluster.fast.kernels`, the backward another. Same
+values and gradients as the readable composition in :mod:`madcluster_exp.madcluster.losses`
+(tested to 1e-10 in float64, gradcheck included). Where it runs is decided in one place,
+:func:`madcluster_exp.madcluster.fast.use_fast_path`.
 
 Why it exists: on a small backbone the composition's ~120 small-tensor dispatches per step cost
-more than its arithmetic, and they run cold inside a training step (see :mod:`kernels`). On
-USAD that was 10 % of the step; this op brings the plug-in's overhead under 5 % (README's
-benchmark table).
+more than its arithmetic, and they run cold inside a training step (see :mod:`.kernels`).
 """
 from __future__ import annotations
 
+import importlib
 import warnings
 
 import numpy as np
 import torch
 
-from madcluster_exp.madcluster.losses import distinct_steps
+from madcluster_exp.madcluster.fast.memory_order import (
+    distinct_steps,
+    step_axes_in_index_order,
+    step_axes_in_memory_order,
+)
 
 _KERNELS = None  # the kernels module once imported, False if numba cannot be imported
 
@@ -27,8 +30,7 @@ def kernels():
     global _KERNELS
     if _KERNELS is None:
         try:
-            from madcluster_exp.madcluster import kernels as module
-            _KERNELS = module
+            _KERNELS = importlib.import_module("madcluster_exp.madcluster.fast.kernels")
         except ImportError as err:  # numba is a declared dependency; say what it costs
             warnings.warn(f"numba is not importable ({err}); MADCluster falls back to its "
                           "composed loss, several times slower per step on small backbones",
@@ -37,31 +39,9 @@ def kernels():
     return _KERNELS or None
 
 
-def supports(z: torch.Tensor) -> bool:
-    """Whether the fused op runs for this embedding: [B, T, f] on CPU in float32 or float64,
-    and no torch dispatch mode active (FLOP counting, fake tensors): compiled loops are
-    invisible to those, the composition is not."""
-    return (z.device.type == "cpu" and z.dtype in (torch.float32, torch.float64)
-            and z.dim() == 3 and torch._C._len_torch_dispatch_stack() == 0
-            and kernels() is not None)
-
-
 def _host(t: torch.Tensor) -> np.ndarray:
     """A CPU tensor's memory as a numpy array (no copy)."""
     return t.detach().numpy()
-
-
-def _memory_order(u: np.ndarray):
-    """(u [B', T', f] with its two step axes in memory order, whether they were swapped): an
-    LSTM's batch-first output is time-major in memory, and the kernels sweep their first two
-    axes in index order."""
-    swap = u.shape[0] > 1 and u.shape[1] > 1 and u.strides[0] < u.strides[1]
-    return (u.transpose(1, 0, 2) if swap else u), swap
-
-
-def _index_order(t: torch.Tensor, swap: bool) -> torch.Tensor:
-    """A per-step result of the kernels back in z's axis order (a view)."""
-    return t.transpose(0, 1) if swap else t
 
 
 # Placeholders for outputs a call does not ask for: one dtype and rank per argument keep the
@@ -93,7 +73,7 @@ class _PaperLoss(torch.autograd.Function):
     def forward(ctx, z, c, theta, r2, tau: float, margin: float, nu_r: float,
                 use_mapping: bool, use_cluster: bool, distances: bool):
         u, reps = distinct_steps(z)
-        un, swap = _memory_order(_host(u))
+        un, swap = step_axes_in_memory_order(_host(u))
         cn, th = _host(c), theta.item()
         soft = r2 is not None
         r2 = float(r2) if soft else 0.0
@@ -108,7 +88,7 @@ class _PaperLoss(torch.autograd.Function):
         ctx.args = (th, margin, tau, soft, r2, nu_r)
         ctx.use, ctx.denom, ctx.reps = (use_mapping, use_cluster), denom, reps
         if dist is not None:
-            dist = _index_order(dist, swap)
+            dist = step_axes_in_index_order(dist, swap)
             if reps > 1:
                 dist = dist.expand(z.shape[:2])
             ctx.mark_non_differentiable(dist)
@@ -139,7 +119,7 @@ class _PaperLoss(torch.autograd.Function):
             _none(c, 1) if grad_c is None else grad_c.numpy(),
             _none(theta, 0) if grad_theta is None else grad_theta.numpy())
         if grad_u is not None:
-            grad_u = _index_order(grad_u, ctx.swap)
+            grad_u = step_axes_in_index_order(grad_u, ctx.swap)
             if ctx.reps > 1:
                 grad_u = grad_u.expand(ctx.z_shape)
         return grad_u, grad_c, grad_theta, None, None, None, None, None, None, None
@@ -150,7 +130,7 @@ def paper_loss(z: torch.Tensor, c: torch.Tensor, theta: torch.Tensor, tau: float
                distances: bool = False):
     """(total, batch mean of the mapping sums, batch mean of the cluster sums, per-step squared
     distances [B, T] or None without ``distances``) for the k = 1 paper variant; see
-    :class:`_PaperLoss`. Only where :func:`supports` (z)."""
+    :class:`_PaperLoss`. Only where :func:`~madcluster_exp.madcluster.fast.use_fast_path` holds."""
     return _PaperLoss.apply(z, c, theta, r2, tau, margin, nu_r, use_mapping, use_cluster,
                             distances)
 
@@ -159,13 +139,13 @@ def paper_loss(z: torch.Tensor, c: torch.Tensor, theta: torch.Tensor, tau: float
 def paper_terms(z: torch.Tensor, c: torch.Tensor, theta: torch.Tensor, tau: float,
                 margin: float):
     """(|z - c|^2, OD loss) per step [B, T] for the paper variant, without gradients (scoring,
-    validation). Only where :func:`supports` (z)."""
+    validation). Only where :func:`~madcluster_exp.madcluster.fast.use_fast_path` holds."""
     u, reps = distinct_steps(z)
-    un, swap = _memory_order(_host(u))
+    un, swap = step_axes_in_memory_order(_host(u))
     dist = torch.empty(un.shape[:2], dtype=z.dtype)
     loss = torch.empty(un.shape[:2], dtype=z.dtype)
     kernels().step_terms(un, _host(c), theta.item(), margin, tau, dist.numpy(), loss.numpy())
-    dist, loss = _index_order(dist, swap), _index_order(loss, swap)
+    dist, loss = step_axes_in_index_order(dist, swap), step_axes_in_index_order(loss, swap)
     if reps > 1:
         return dist.expand(z.shape[:2]), loss.expand(z.shape[:2])
     return dist, loss
