@@ -41,13 +41,12 @@ def normalise_argv(args: List[str]) -> List[str]:
 
 def user_groups() -> str:
     """The config groups a user picks from (``conf/<group>/*.yaml``), one line each, for
-    ``--help``; the ``schema/*`` groups behind them and ``debug_data`` (picked by ``debug``)
-    are internals and stay out of it."""
+    ``--help``; the ``schema/*`` groups behind them are internals and stay out of it."""
     from hydra.core.config_store import ConfigStore
 
     conf = Path(CONFIG_DIR)
     groups = {p.name: {f.stem for f in p.glob("*.yaml")} for p in conf.iterdir()
-              if p.is_dir() and p.name not in ("hydra", "local", "debug_data")}
+              if p.is_dir() and p.name not in ("hydra", "local")}
     # Launchers: the installed Hydra plug-ins' and the project's own (conf/hydra/launcher/).
     plugins = {Path(name).stem for name in ConfigStore.instance().list("hydra/launcher")}
     groups["hydra/launcher"] = plugins | {f.stem for f in (conf / "hydra/launcher").glob("*.yaml")}

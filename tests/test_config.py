@@ -92,7 +92,6 @@ def test_cli_cfg_job_and_help(tmp_path):
     assert out.returncode == 0, out.stderr
     line = next(ln for ln in out.stdout.splitlines() if ln.startswith("madcluster: "))
     assert {"off", "on"} <= set(line[len("madcluster: "):].split(", "))
-    assert "debug_data" not in out.stdout
 
 
 def _schema_defaults(entry):
