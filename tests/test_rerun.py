@@ -96,3 +96,22 @@ def test_config_id_is_shared_by_seeds_and_differs_between_configurations():
     assert config_id(base) == config_id({**base, "seed": 7, "tracking.experiment": "b"})
     assert config_id(base) != config_id({**base, "madcluster.k": 3})
     assert len(config_id(base)) == 6
+
+
+def test_run_names_tell_configurations_apart_and_seeds_share_the_config_id():
+    from madcluster_exp.run import run_name
+    from tests.conftest import compose_config
+
+    variants = [[], ["madcluster.k=3"], ["madcluster.objective=soft-boundary"],
+                ["backbone.objective=soft-boundary"], ["debug=fast"],
+                ["hparams_search=optuna_val", "backbone.lr=0.0042", "madcluster.nu_init=0.31"],
+                ["hparams_search=optuna_val", "backbone.lr=0.0042", "madcluster.nu_init=0.32"]]
+    names = [run_name(compose_config(v)) for v in variants]
+    assert len(set(names)) == len(names), names
+    assert names[0].startswith("deepsvdd-synthetic-on-") and names[0].endswith("-s0")
+    assert names[5].endswith("-s0-optuna")
+    seed1 = run_name(compose_config(["madcluster.k=3", "seed=1"]))
+    assert seed1 == names[1][:-len("s0")] + "s1"
+    # Where records go and how progress shows change no name.
+    assert run_name(compose_config(["tracking.plots=false", "train.progress=none",
+                                    "paths.output_dir=elsewhere"])) == names[0]

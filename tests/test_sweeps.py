@@ -203,7 +203,8 @@ def test_optuna_search_minimises_the_validation_loss(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Best value" in out.stderr + out.stdout
     _, runs = _runs(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
-    assert len([r for r in runs if "mlflow.parentRunId" in r.data.tags]) == 2
+    trials = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(trials) == 2 and len({r.info.run_name for r in trials}) == 2
 
 
 def test_experiment_smoke_is_a_sweep_of_off_on_and_seeds(tmp_path):
