@@ -127,10 +127,6 @@ def _git(root: Path, *args: str) -> Optional[str]:
         return None
 
 
-def git_commit(root: Path) -> str:
-    return _git(root, "rev-parse", "HEAD") or "unknown"
-
-
 def git_tags(root: Path) -> Dict[str, str]:
     """MLflow's own source tags (the UI's version column) and whether tracked files differed
     from that commit (``git_dirty``); none outside a git checkout."""
