@@ -4,6 +4,9 @@ MACs come from ``torch.utils.flop_counter.FlopCounterMode`` (matmul, conv, RNN c
 decompose on CPU; elementwise work is not counted, as in the usual MACs convention) for one
 forward pass of a single window, divided by two (one MAC = two FLOPs). The counter sees torch
 ops only, so the plug-in composes its loss of them while counting (``fast.composition_only``).
+The k > 1 plug-in's distances are elementwise ops the counter cannot see, though they are the
+same work as k matrix-vector products; :func:`cluster_macs` adds them and the Student-t
+assignment.
 """
 from __future__ import annotations
 
@@ -60,6 +63,19 @@ def count_macs(fn: Callable[[], object], model: nn.Module) -> int:
     return int(counter.get_total_flops()) // 2 + extra[0]
 
 
+def cluster_macs(plugin, z: torch.Tensor) -> int:
+    """MACs of the k > 1 plug-in per window that the counter misses: the squared distance of
+    each of T steps to each of k centres (f MACs each, as ||h||^2 - 2 h.c + ||c||^2 would be)
+    and the Student-t assignment (one per step and centre). k = 1's h . c is a counted
+    matrix-vector product, so it adds nothing here."""
+    from madcluster_exp.madcluster.plugin import MultiMADCluster
+
+    if not isinstance(plugin, MultiMADCluster):
+        return 0
+    steps, features = z.shape[-2], z.shape[-1]
+    return steps * plugin.k * (features + 1)
+
+
 @torch.no_grad()
 def complexity(detector: Detector, n_channels: int) -> Dict[str, int]:
     """params/* and macs/* (per window, inference) for the backbone and the plug-in."""
@@ -75,7 +91,7 @@ def complexity(detector: Detector, n_channels: int) -> Dict[str, int]:
             "params/madcluster": count_parameters(plugin),
             "macs/backbone": count_macs(lambda: backbone.score(x, backbone(x)), backbone),
             "macs/madcluster": (count_macs(lambda: plugin.score(out.z), plugin)
-                                if plugin is not None else 0),
+                                + cluster_macs(plugin, out.z) if plugin is not None else 0),
         }
     finally:
         detector.train(was_training)

@@ -46,6 +46,10 @@ class DatasetConfig:
     path: Optional[str] = None
     # Missing or infinite cells: error (name file, row, column) | zero (fill with 0, counted).
     nan_policy: str = "error"
+    # Debugging caps for any dataset (debug=fast): the first N entities (after `entities`), and
+    # the first N training and N test rows of each. None = no cap.
+    max_entities: Optional[int] = None
+    max_length: Optional[int] = None
 
 
 @dataclass
@@ -662,6 +666,9 @@ _RANGES = {
     "dataset.val_fraction": (0.0, 1.0, False, False),
     "dataset.train_stride": (1, None, True, None),
     "dataset.train_fraction": (0.0, 1.0, False, False),
+    "dataset.max_entities": (1, None, True, None),
+    "dataset.max_length": (2, None, True, None),
+    "train.max_batches_per_epoch": (1, None, True, None),
     "backbone.window": (2, None, True, None),
     "backbone.lr": (0.0, None, False, None),
     "backbone.batch_size": (1, None, True, None),

@@ -6,18 +6,22 @@
 
 - ``summary.md`` / ``summary.csv``: every configuration of the sweep (the parameters that vary,
   seeds pooled) with mean ± std over seeds of each chosen metric;
-- ``onoff.csv`` (when MADCluster was swept off/on): per configuration and arm (on with sum, the
-  backbone_only control arm, ...) the on - off difference, paired by seed, with a paired t-test
-  (:mod:`madcluster_exp.report_onoff`);
+- ``onoff.md`` / ``onoff.csv`` (when MADCluster was swept off/on): per configuration the on - off
+  difference, paired by seed, with a paired t-test (two-sided p-value; n = number of pairs;
+  no p-value below report_onoff.FEW_PAIRS pairs, and the report says so);
+- plots (PNG, embedded in report.md): metric bars off vs on with std over seeds, k-sweep curves
+  (when madcluster.k varies), training curves (one line per configuration: mean over seeds,
+  bars = min..max), and one score timeline per configuration (its first seed), without a cap.
 - ``paper_vs_measured.csv`` (when runs measure a figure the paper published): the published
   value beside the measured mean ± std, per metric (:mod:`madcluster_exp.report_paper`);
-- plots (PNG): metric bars off vs on, k-sweep curves (when madcluster.k varies), training
-  curves of every run, and score timelines of the first seed of each configuration;
 - for an Optuna search (``hparams_search=...``) instead of the tables: the objective of every
   trial, the chosen trial's parameters and its test metrics only
   (:mod:`madcluster_exp.report_search`).
 - where each detector stands (madcluster_exp/report_rank.py): per series and aggregate VUS-PR,
   AUC-PR, AUC-ROC, mean rank, ``cd_diagram.png``; a sanity column here and in the summary.
+
+A configuration is one value of every swept parameter (every key that varies in the children's
+overrides, e.g. each of an Optuna search's parameters) and of any other key that tells runs apart.
 
 Everything is written under ``outputs/reports/<parent run id>/`` and logged as artifacts of the
 parent run. Failed and killed jobs are listed and left out of the statistics.
@@ -49,6 +53,9 @@ NOT_A_FACTOR = {"seed", "search.trial", "tracking.run_name_suffix", "notes", "to
                 "paths.root_dir", "paths.output_dir"}
 
 
+# A paired t-test on fewer pairs than this says little; the report shows no p-value then.
+
+
 class ReportError(ExpectedError, ValueError):
     pass
 
@@ -60,6 +67,7 @@ class Sweep:
     runs: pd.DataFrame  # one row per child run: params and final metrics
     failed: pd.DataFrame
     factors: List[str]  # params that vary across children (seed excluded)
+    command: str = ""  # the sweep's command line (from the parent's hydra.overrides tag)
 
 
 # --------------------------------------------------------------------------------- loading
@@ -91,14 +99,17 @@ def load_sweep(parent_id: str, uri: str) -> Sweep:
         raise ReportError(f"run {parent_id} has no child runs in {uri}")
     rows = []
     for r in children:
-        row = {"run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status}
+        row = {"run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status,
+               "overrides": r.data.tags.get("hydra.overrides", "")}
         row.update({f"param:{k}": v for k, v in r.data.params.items()})
         row.update(r.data.metrics)
         rows.append(row)
     df = pd.DataFrame(rows)
     ok = df["status"] == "FINISHED"
+    overrides = parent.data.tags.get("hydra.overrides")
+    command = f"python -m madcluster_exp -m {overrides}".strip() if overrides is not None else ""
     return Sweep(parent_id, uri, df[ok].reset_index(drop=True), df[~ok].reset_index(drop=True),
-                 sweep_factors(df[ok]))
+                 sweep_factors(df[ok]), command)
 
 
 def _is_derived(name: str) -> bool:
@@ -106,19 +117,34 @@ def _is_derived(name: str) -> bool:
     return "/" in name or name in {"score_rule", "data_window"}
 
 
+def swept_keys(df: pd.DataFrame) -> List[str]:
+    """Config keys set to more than one value in the children's command-line overrides (each
+    parameter of a grid or an Optuna search), seed and group choices excluded."""
+    values: dict = {}
+    for text in df.get("overrides", pd.Series(dtype=str)).fillna(""):
+        for item in str(text).split():
+            key, _, value = item.lstrip("+~").partition("=")
+            values.setdefault(key, set()).add(value)
+    return sorted(k for k, v in values.items() if len(v) > 1 and f"param:{k}" in df
+                  and k not in NOT_A_FACTOR and not _is_derived(k))
+
+
 def sweep_factors(df: pd.DataFrame) -> List[str]:
-    """The config keys that define the sweep's configurations, seed excluded: keys that vary,
-    keeping only those that refine the grouping (choosing ``backbone=usad`` changes twenty
-    ``backbone.*`` keys; ``backbone.name`` alone tells the configurations apart)."""
+    """The config keys that define the sweep's configurations, seed excluded: every swept
+    parameter, then the other keys that vary, keeping only those that refine the grouping
+    (choosing ``backbone=usad`` changes twenty ``backbone.*`` keys; ``backbone.name`` alone
+    tells the configurations apart)."""
     candidates = [c[len("param:"):] for c in df.columns if c.startswith("param:")]
     candidates = [c for c in candidates if c not in NOT_A_FACTOR and not _is_derived(c)
                   and df[f"param:{c}"].nunique(dropna=False) > 1]
     candidates.sort(key=lambda c: (not c.endswith(".name"), c != "madcluster.enabled", c))
+    swept = [c for c in swept_keys(df) if c in candidates]
+    candidates = swept + [c for c in candidates if c not in swept]
     chosen: List[str] = []
     n_groups = 1
     for c in candidates:
         n = df.groupby([f"param:{k}" for k in chosen + [c]], dropna=False).ngroups
-        if n > n_groups:
+        if n > n_groups or c in swept:
             chosen.append(c)
             n_groups = n
     return chosen
@@ -189,19 +215,24 @@ def _pyplot():
 
 def plot_onoff_bars(table: pd.DataFrame, factors: Sequence[str], metrics: Sequence[str],
                     path: Path) -> Path:
+    """Mean off and on per configuration, error bars = std over seeds, n = seed pairs."""
     plt = _pyplot()
-    labels = [" / ".join(str(r[f]) for f in factors) or "all" for _, r in table.iterrows()]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.8), squeeze=False)
+    labels = [(" / ".join(str(r[f]) for f in factors) or "all") + f"\n(n={int(r['pairs'])})"
+              for _, r in table.iterrows()]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 4.2), squeeze=False)
     x = np.arange(len(labels))
     for ax, m in zip(axes[0], metrics):
         if f"{m} off" not in table:
             ax.set_visible(False)
             continue
-        ax.bar(x - 0.2, table[f"{m} off"], 0.4, label="off", color="tab:gray")
-        ax.bar(x + 0.2, table[f"{m} on"], 0.4, label="on", color="tab:blue")
+        for shift, side, color in ((-0.2, "off", "tab:gray"), (0.2, "on", "tab:blue")):
+            err = table.get(f"{m} {side} std", pd.Series(np.nan, index=table.index))
+            ax.bar(x + shift, table[f"{m} {side}"], 0.4, yerr=err.fillna(0).to_numpy(),
+                   capsize=3, label=side, color=color, error_kw={"lw": 0.8})
         ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=7)
         ax.set_title(m, fontsize=9)
-    axes[0, 0].legend(["off", "on"], title="MADCluster", fontsize=7)
+    axes[0, 0].legend(title="MADCluster", fontsize=7)
+    fig.suptitle("mean over seeds; error bars: std over seeds; n: seeds paired", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -230,41 +261,86 @@ def plot_k_curves(sweep: Sweep, metrics: Sequence[str], path: Path) -> Path:
     return path
 
 
-def plot_training_curves(sweep: Sweep, path: Path) -> Path:
-    from mlflow.tracking import MlflowClient
+def configurations(sweep: Sweep) -> List[tuple]:
+    """(label, runs) per configuration, in summary-table order: runs that share every factor
+    (seeds pooled)."""
+    keys = [f"param:{f}" for f in sweep.factors]
+    if not keys:
+        return [("all runs", sweep.runs)]
+    out = []
+    for key, g in sweep.runs.groupby(keys, dropna=False, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        out.append((", ".join(f"{f}={v}" for f, v in zip(sweep.factors, key)), g))
+    return out
 
+
+def _history(client, run_id: str, key: str) -> pd.Series:
+    hist = sorted(client.get_metric_history(run_id, key), key=lambda h: h.step)
+    return pd.Series([h.value for h in hist], index=[h.step + 1 for h in hist], dtype=float)
+
+
+def plot_training_curves(sweep: Sweep, path: Path) -> Path:
     plt = _pyplot()
-    client = MlflowClient(sweep.uri)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    for _, r in sweep.runs.iterrows():
-        for ax, key in zip(axes, ("train/loss", "val/loss")):
-            hist = client.get_metric_history(r["run_id"], key)
-            if hist:
-                hist = sorted(hist, key=lambda h: h.step)
-                ax.plot([h.step for h in hist], [h.value for h in hist], lw=0.8, alpha=0.8,
-                        label=r["run_name"])
-    for ax, key in zip(axes, ("train/loss", "val/loss")):
-        ax.set_xlabel("epoch")
-        ax.set_title(key)
-    if len(sweep.runs) <= 12:
-        axes[1].legend(fontsize=6)
-    fig.tight_layout()
+    fig = training_curves_figure(sweep)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def score_timelines(sweep: Sweep, out_dir: Path, limit: int = 8) -> List[Path]:
+def training_curves_figure(sweep: Sweep):
+    """One line per configuration (mean over its seeds, a marker per epoch, so single-epoch
+    runs show), shaded min..max over seeds; the legend sits beside the axes, in columns."""
+    from matplotlib.ticker import MaxNLocator
+    from mlflow.tracking import MlflowClient
+
+    plt = _pyplot()
+    client = MlflowClient(sweep.uri)
+    groups = configurations(sweep)
+    cmap = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20" if len(groups) <= 20
+                        else "viridis")
+    ncol = 1 + len(groups) // 16
+    fig, axes = plt.subplots(1, 2, figsize=(11 + 3.5 * ncol, 3.8 + 0.04 * len(groups)))
+    for i, (label, g) in enumerate(groups):
+        color = cmap(i % 20 if len(groups) <= 20 else i / max(1, len(groups) - 1))
+        for ax, key in zip(axes, ("train/loss", "val/loss")):
+            curves = pd.concat([_history(client, rid, key) for rid in g["run_id"]], axis=1)
+            if curves.empty:
+                continue
+            mean = curves.mean(axis=1)
+            spread = [mean - curves.min(axis=1), curves.max(axis=1) - mean]
+            ax.plot(curves.index, mean, marker="o", ms=4, lw=1, color=color,
+                    label=f"{label} (n={curves.shape[1]})")
+            if curves.shape[1] > 1:
+                ax.errorbar(curves.index, mean, yerr=spread, fmt="none", ecolor=color,
+                            alpha=0.5, capsize=2, lw=0.8)
+    for ax, key in zip(axes, ("train/loss", "val/loss")):
+        ax.set_xlabel("epoch")
+        ax.set_title(f"{key}: mean over seeds, bars min..max", fontsize=9)
+        last = max([int(max(line.get_xdata(), default=1)) for line in ax.get_lines()] or [1])
+        ax.set_xlim(0.5, last + 0.5)  # one epoch: a point at 1, not a blank axis around it
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    axes[1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), ncol=ncol,
+                   frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def _file_label(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+def score_timelines(sweep: Sweep, out_dir: Path) -> List[Path]:
+    """One score timeline per configuration (its lowest seed), named after that run (the name
+    carries the configuration id; the run id is added should two names still meet)."""
     from mlflow.tracking import MlflowClient
 
     from madcluster_exp.plots import plot_score_timeline
 
     client = MlflowClient(sweep.uri)
-    keys = [f"param:{f}" for f in sweep.factors]
-    firsts = (sweep.runs.sort_values("param:seed").groupby(keys, dropna=False).head(1)
-              if keys else sweep.runs.head(1))
-    paths = []
-    for _, r in firsts.head(limit).iterrows():
+    paths: List[Path] = []
+    seen = set()
+    for label, g in configurations(sweep):
+        r = g.sort_values("param:seed").iloc[0]
         try:
             local = client.download_artifacts(r["run_id"], "scores.npz", tempfile.mkdtemp())
         except Exception:  # noqa: BLE001 - a run without saved scores just gets no timeline
@@ -272,11 +348,15 @@ def score_timelines(sweep: Sweep, out_dir: Path, limit: int = 8) -> List[Path]:
         data = np.load(local)
         if "test_score" not in data:
             continue
-        p = out_dir / f"timeline_{r['run_name']}.png"
-        # Per-entity runs keep one threshold per entity, drawn over its span.
-        paths.append(plot_score_timeline(p, data["test_score"], data["test_label"],
-                                         data["threshold"], r["run_name"],
-                                         bounds=data.get("entity_bounds")))
+        stem = _file_label(f"timeline_{r['run_name']}")
+        if stem in seen:
+            stem += f"_{r['run_id'][:8]}"
+        seen.add(stem)
+        paths.append(plot_score_timeline(out_dir / f"{stem}.png", data["test_score"],
+                                         data["test_label"], data["threshold"],
+                                         f"{r['run_name']} ({label})",
+                                         bounds=data["entity_bounds"] if "entity_bounds" in data
+                                         else None))
     return paths
 
 
@@ -306,10 +386,16 @@ def build_report(target: str, metrics: Optional[Sequence[str]] = None, uri: Opti
     summary = summary_table(sweep, wanted)
     summary["sanity"] = summary_sanity(sweep, summary)
     summary.to_csv(out_dir / "summary.csv", index=False)
-    md = [f"# Sweep {parent_id}", "", f"{len(sweep.runs)} finished runs"
-          + (f", {len(sweep.failed)} failed or killed (left out): "
-             + ", ".join(sweep.failed["run_name"].astype(str)) if len(sweep.failed) else ""),
-          "", "## Mean ± std over seeds", "", to_markdown(summary, sweep.factors, wanted, "summary")]
+    md = [f"# Sweep {parent_id}", "", f"- MLflow parent run: `{parent_id}` ({tracking_uri})"]
+    if sweep.command:
+        md.append(f"- Sweep command: `{sweep.command}`")
+    md += [f"- {len(sweep.runs)} finished runs"
+           + (f", {len(sweep.failed)} failed or killed (left out): "
+              + ", ".join(sweep.failed["run_name"].astype(str)) if len(sweep.failed) else ""),
+           f"- Configurations ({len(summary)}) differ in: "
+           + (", ".join(sweep.factors) or "nothing (seeds only)"),
+           "", "## Mean ± std over seeds", "",
+           to_markdown(summary, sweep.factors, wanted, "summary")]
     files += [out_dir / "summary.csv"]
 
     onoff_md, onoff_files = report_onoff.section(sweep, wanted, out_dir)
@@ -320,11 +406,16 @@ def build_report(target: str, metrics: Optional[Sequence[str]] = None, uri: Opti
     files += paper_files
     if "madcluster.k" in sweep.factors:
         files.append(plot_k_curves(sweep, wanted[:4], out_dir / "k_sweep.png"))
+        md += ["", "## Number of clusters k", "", "![metrics against k](k_sweep.png)"]
     rank_md, rank_files = rank_section(sweep, out_dir)
     md += rank_md
     files += rank_files
     files.append(plot_training_curves(sweep, out_dir / "training_curves.png"))
-    files += score_timelines(sweep, out_dir)
+    md += ["", "## Training curves", "", "![training curves](training_curves.png)"]
+    timelines = score_timelines(sweep, out_dir)
+    files += timelines
+    md += ["", f"## Score timelines (one per configuration, its lowest seed: {len(timelines)})",
+           ""] + [f"![{p.stem}]({p.name})" for p in timelines]
     return _finish(md, files, out_dir, parent_id, tracking_uri, log)
 
 

@@ -58,10 +58,13 @@ def _paired(on: pd.Series, off: pd.Series) -> dict:
     d = a - b
     out = {"off": float(np.nanmean(b)) if seeds else np.nan,
            "on": float(np.nanmean(a)) if seeds else np.nan,
+           "off std": float(np.nanstd(b, ddof=1)) if len(b) > 1 else np.nan,
+           "on std": float(np.nanstd(a, ddof=1)) if len(a) > 1 else np.nan,
            "diff": float(np.nanmean(d)) if seeds else np.nan,
            "diff std": float(np.nanstd(d, ddof=1)) if len(d) > 1 else np.nan,
            "p": np.nan}
-    if len(d) > 1 and np.nanstd(d) > 0:
+    # No p-value below FEW_PAIRS pairs: the report says why instead of printing a number.
+    if len(d) >= FEW_PAIRS and np.nanstd(d) > 0:
         out["p"] = float(ttest_rel(a, b, nan_policy="omit").pvalue)
     return out
 
@@ -119,9 +122,14 @@ def section(sweep, metrics: Sequence[str], out_dir: Path) -> Tuple[List[str], Li
     meanings = table.drop_duplicates("arm")
     md += [f"- {r['arm']} − off: {_MEANING[r[COMBINE]]}" for _, r in meanings.iterrows()
            if r[COMBINE] in _MEANING]
-    if int(table["pairs"].min()) < FEW_PAIRS:
-        md.append(f"- fewer than {FEW_PAIRS} seed pairs in some rows: their p-values mean little")
-    md += ["", to_markdown(table, keys, metrics, "onoff")]
+    few = table[table["pairs"] < FEW_PAIRS]
+    if len(few):
+        md.append(f"- too few pairs for a test: {len(few)} of {len(table)} rows have fewer than "
+                  f"{FEW_PAIRS} seed pairs (n = {', '.join(str(int(n)) for n in few['pairs'])}); "
+                  "they carry no p-value and their differences mean little. Add seeds "
+                  "(seed=0,1,2,3,4) for a paired test.")
+    md += ["", to_markdown(table, keys, metrics, "onoff"), "",
+           "![MADCluster off vs on](onoff_bars.png)"]
     files = [out_dir / "onoff.csv",
              plot_onoff_bars(table, keys, list(metrics)[:4], out_dir / "onoff_bars.png")]
     return md, files

@@ -36,11 +36,16 @@ from madcluster_exp.evaluation import (evaluate_point, evaluate_reference, injec
 from madcluster_exp.scoring import score_split
 from madcluster_exp.sanity import describe, run_flags, score_spread
 from madcluster_exp.scoring.score import window_labels
-from madcluster_exp.tracking import Tracker, build_tracker
+from madcluster_exp.identity import config_id, fingerprint, identifying
+from madcluster_exp.tracking import Tracker, build_tracker, resolve_tracking_uri
 from madcluster_exp.tracking.callbacks import read_parent
 from madcluster_exp.training import FitResult, fit
-from madcluster_exp.training.checkpoint import Checkpointer
+from madcluster_exp.training.checkpoint import Checkpointer, check_resume
 
+
+
+# The checkout this code runs from: its git commit is the run's source version.
+CODE_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -136,24 +141,41 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def git_commit(root: Path) -> str:
+def _git(root: Path, *args: str) -> Optional[str]:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                             text=True, timeout=5)
-        return out.stdout.strip() if out.returncode == 0 else "unknown"
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return None
+
+
+def git_tags(root: Path) -> Dict[str, str]:
+    """MLflow's own source tags (the UI's version column) and whether tracked files differed
+    from that commit (``git_dirty``); none outside a git checkout."""
+    commit = _git(root, "rev-parse", "HEAD")
+    if commit is None:
+        return {"git_commit": "unknown"}
+    status = _git(root, "status", "--porcelain", "--untracked-files=no")
+    tags = {"git_commit": commit, "mlflow.source.git.commit": commit,
+            "git_dirty": "unknown" if status is None else str(bool(status)).lower()}
+    branch = _git(root, "rev-parse", "--abbrev-ref", "HEAD")
+    if branch and branch != "HEAD":
+        tags["mlflow.source.git.branch"] = branch
+    return tags
 
 
 # ---------------------------------------------------------------------------- identification
-def run_name(cfg: DictConfig) -> str:
-    """{backbone}-{dataset}-{on|off}-s{seed}; "on+<rule>" when MADCluster's score meets the
-    backbone's by another rule than the protocol's (e.g. the backbone_only control arm)."""
+def run_name(cfg: DictConfig, flat: Optional[Dict[str, Any]] = None) -> str:
+    """``{backbone}-{dataset}-{state}-{config id}-s{seed}``: the config id (identity.py) tells
+    configurations apart, the same for every seed of one configuration; the state is on, off,
+    or "on+<rule>" when MADCluster's score meets the backbone's by another rule than the
+    protocol's (e.g. the backbone_only control arm)."""
     state = "on" if cfg.madcluster.enabled else "off"
     combine = cfg.madcluster.combine
     if cfg.madcluster.enabled and combine and combine != PROTOCOL_COMBINE[cfg.protocol]:
         state = f"on+{combine}"
-    name = f"{cfg.backbone.name}-{cfg.dataset.name}-{state}-s{cfg.seed}"
+    cid = config_id(flat if flat is not None else flatten(cfg))
+    name = f"{cfg.backbone.name}-{cfg.dataset.name}-{state}-{cid}-s{cfg.seed}"
     return f"{name}-{cfg.tracking.run_name_suffix}" if cfg.tracking.run_name_suffix else name
 
 
@@ -222,7 +244,8 @@ def identity_tags(cfg: DictConfig, root: Path) -> Dict[str, str]:
         "seed": str(cfg.seed),
         "protocol": cfg.protocol,
         "threshold.kind": effective_threshold_kind(cfg),
-        "git_commit": git_commit(root),
+        "config_id": config_id(flatten(cfg)),
+        **git_tags(CODE_ROOT),
     }
     if cfg.backbone.get("embed_tap") is not None:
         tags["embed_tap"] = cfg.backbone.embed_tap
@@ -266,7 +289,8 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None, verbose: bool = True
     out_root = resolve_path(root, cfg.paths.output_dir)
     job_dir = Path(output_dir) if output_dir is not None else job_output_dir(cfg, root)
     job_dir.mkdir(parents=True, exist_ok=True)
-    name = run_name(cfg)
+    flat = flatten(cfg)
+    name = run_name(cfg, flat)
     done = finished_job(job_dir)
     if done is not None:
         if verbose:
@@ -274,21 +298,30 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None, verbose: bool = True
                   f"{done['run_id']}, {job_dir}); not run again")
         return RunResult(name, done["run_id"], done["tracking_uri"], job_dir, done["metrics"],
                          None)
-    tracker = build_tracker(cfg.tracking, out_root)
     info_path = job_dir / "run_info.json"
     checkpoints = job_dir / "checkpoints"
     resumable = (cfg.train.checkpoint and cfg.train.resume and info_path.exists()
                  and any(checkpoints.glob("*.pt")))
+    uri = (None if cfg.tracking.backend == "none"
+           else resolve_tracking_uri(cfg.tracking.uri, out_root))
+    # Checked before the tracker exists: a refused resume touches no MLflow run.
+    grown = check_resume(info_path, flat, uri) if resumable else []
+    tracker = build_tracker(cfg.tracking, out_root)
     if not cfg.train.resume and checkpoints.exists():
         shutil.rmtree(checkpoints)  # start over, as asked
-    previous = json.loads(info_path.read_text()).get("run_id") if resumable else None
-    if previous and tracker.uri:
-        tracker.resume(previous)  # the same MLflow run goes on: no duplicate
+    previous = json.loads(info_path.read_text()) if resumable else {}
+    if previous.get("run_id") and tracker.uri:
+        tracker.resume(previous["run_id"])  # the same MLflow run goes on: no duplicate
+        name = previous.get("run_name", name)
+        if grown:  # params are written once: the grown epoch count is a tag
+            tracker.set_tags({"resume.changed": "; ".join(grown),
+                              "train.epochs": str(cfg.train.epochs)})
     else:
-        tracker.start(name, flatten(cfg), identity_tags(cfg, root), parent_run_id=parent_run_id())
-    # Written first, so a killed run can be found and continued.
+        tracker.start(name, flat, identity_tags(cfg, root), parent_run_id=parent_run_id())
+    # Written first, so a killed run can be found, matched to its config and continued.
     info_path.write_text(json.dumps(
-        {"run_id": tracker.run_id, "tracking_uri": tracker.uri, "run_name": name}, indent=2))
+        {"run_id": tracker.run_id, "tracking_uri": tracker.uri, "run_name": name,
+         "config_fingerprint": fingerprint(flat), "config": identifying(flat)}, indent=2))
     try:
         result = _execute(cfg, tracker, name, root, job_dir, verbose)
     except BaseException as exc:
@@ -302,8 +335,8 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None, verbose: bool = True
             tracker.end(status)
         raise
     tracker.end("FINISHED")
-    info_path.write_text(json.dumps({"run_id": tracker.run_id, "tracking_uri": tracker.uri,
-                                     "run_name": name, "status": "FINISHED"}, indent=2))
+    info = json.loads(info_path.read_text())
+    info_path.write_text(json.dumps({**info, "status": "FINISHED"}, indent=2))
     return result
 
 
@@ -318,6 +351,7 @@ class _Unit:
     #: What the saved model needs of this unit (madcluster_exp.model.model_entry); None under
     #: protocol=reference, whose test-label threshold does not score new data.
     model: Optional[dict] = None
+    metrics_s: float = 0.0  # computing the metrics (evaluate_point / evaluate_reference)
 
 
 def _execute(cfg: DictConfig, tracker: Tracker, name: str, root: Path, job_dir: Path,
@@ -354,8 +388,8 @@ def _execute(cfg: DictConfig, tracker: Tracker, name: str, root: Path, job_dir: 
                                 log_params=(i == 0), job_dir=job_dir)
                  for i, (entity, part) in enumerate(parts)]
 
-    # ---- metrics -------------------------------------------------------------------------
-    t_metrics = time.perf_counter()
+    # ---- metrics (each unit's were computed after its scoring; pooling adds its own) -------
+    t_pool = time.perf_counter()
     artifacts_extra: List[Path] = []
     if per_entity:
         ev, table = _pool(cfg, units)
@@ -377,7 +411,7 @@ def _execute(cfg: DictConfig, tracker: Tracker, name: str, root: Path, job_dir: 
     metrics.update({
         "time/fit_s": sum(u.fit.fit_seconds for u in units),
         "time/score_s": sum(u.score_s for u in units),
-        "time/metrics_s": time.perf_counter() - t_metrics,
+        "time/metrics_s": sum(u.metrics_s for u in units) + time.perf_counter() - t_pool,
     })
     metrics["time/total_s"] = time.perf_counter() - t_start
     metrics["time/tracking_s"] = tracker.seconds  # everything logged up to here
@@ -444,11 +478,13 @@ def _fit_and_score(cfg: DictConfig, tracker: Tracker, name: str, raw, entity: Op
     test = data.test.get()
     test_out = score(test)
     score_s = time.perf_counter() - t_score
+    t_metrics = time.perf_counter()
     if reference:
         ev = evaluate_reference(cfg, val_out[1], test_out[1],
                                 window_labels(test.labels, test_out[2], window))
     else:
         ev = evaluate_point(cfg, val_out, test_out, test.labels)
+    metrics_s = time.perf_counter() - t_metrics
     ev.metrics.update(score_spread(ev.arrays["window_score" if reference else "test_score"]))
     if injected is not None:
         ev.arrays.update(injected)
@@ -460,7 +496,7 @@ def _fit_and_score(cfg: DictConfig, tracker: Tracker, name: str, raw, entity: Op
         from madcluster_exp.model import model_entry
 
         model = model_entry(entity, data.entities, detector, data.scaler, ev.scorer)
-    return _Unit(entity, fit_result, ev, test, score_s, model)
+    return _Unit(entity, fit_result, ev, test, score_s, model=model, metrics_s=metrics_s)
 
 
 def _announce_test_labels(data, tracker: Tracker, tag: str, say) -> None:

@@ -123,6 +123,7 @@ def _series(cfg, tracker, name, collection, entity, window, device, say, root, j
                "train/epochs_run": unit.fit.epochs_run,
                "time/fit_s": unit.fit.fit_seconds,
                "time/score_s": unit.score_s,
+               "time/metrics_s": unit.metrics_s,
                "time/total_s": time.perf_counter() - t0}
     child.log_params({"score_rule": unit.evaluation.score_rule})
     child.log_metrics(metrics)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import socket
@@ -53,7 +54,10 @@ def test_joblib_sweep_8_jobs_2_parallel_gives_one_parent_and_8_children(tmp_path
     assert parent.info.status == "FINISHED" and parent.data.tags["children"] == "8"
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     assert sorted(c.info.run_name for c in children) == sorted(
-        f"deepsvdd-synthetic-{s}-s{i}" for s in ("off", "on") for i in range(4))
+        f"deepsvdd-synthetic-{c.data.tags['madcluster']}-{c.data.tags['config_id']}"
+        f"-s{c.data.tags['seed']}" for c in children)
+    assert len({c.info.run_name for c in children}) == 8
+    assert len({c.data.tags["config_id"] for c in children}) == 2  # off and on
     assert sorted(int(c.data.tags["hydra.job.num"]) for c in children) == list(range(8))
     for c in children:
         assert c.info.status == "FINISHED"
@@ -163,6 +167,10 @@ def test_report_from_a_sweep_dir_writes_tables_plots_and_logs_them(tmp_path):
     import pandas as pd
     onoff = pd.read_csv(out_dir / "onoff.csv")
     assert onoff["pairs"].tolist() == [2]
+    # Error bars: the std over seeds of each side; 2 pairs are too few for a paired test.
+    assert onoff["test/f1 on std"].notna().all() and onoff["test/f1 p"].isna().all()
+    assert "Too few pairs for a test: 1 of 1 configurations have fewer than 5" in md
+    assert "![MADCluster off vs on](onoff_bars.png)" in md
     client = MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
     logged = {a.path for a in client.list_artifacts(parent, "report")}
     assert "report/report.md" in logged and "report/onoff_bars.png" in logged
@@ -197,7 +205,7 @@ def test_optuna_search_minimises_the_validation_loss(tmp_path):
     assert "Best value" in out.stderr + out.stdout
     _, runs = _runs(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(children) == 2
+    assert len(children) == 2 and len({c.info.run_name for c in children}) == 2
     # Only optimisation settings vary; the loss-shaping plug-in keys stay at their defaults
     # (minimising the validation loss would drive tau to its bound).
     assert len({c.data.params["backbone.lr"] for c in children}) == 2
@@ -220,8 +228,12 @@ def test_experiment_smoke_is_a_sweep_of_off_on_and_seeds(tmp_path):
     out = _cli(["-m", "experiment=smoke", "train.epochs=1"], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     _, runs = _runs(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
-    names = sorted(r.info.run_name for r in runs if "mlflow.parentRunId" in r.data.tags)
-    assert names == [f"deepsvdd-synthetic-{s}-s{i}-smoke" for s in ("off", "on") for i in (0, 1)]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    names = sorted(r.info.run_name for r in children)
+    assert names == sorted(f"deepsvdd-synthetic-{r.data.tags['madcluster']}-"
+                           f"{r.data.tags['config_id']}-s{r.data.tags['seed']}-smoke"
+                           for r in children)
+    assert len(set(names)) == 4
 
 
 @pytest.mark.slow  # nine jobs (~80 s on 2 shared cores); the table's logic is tested fast below
@@ -234,7 +246,7 @@ def test_onoff_experiment_reports_each_arm_against_off_with_its_paired_test(tmp_
     assert out.returncode == 0, out.stderr[-3000:]
     client, runs = _runs(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert sorted(c.info.run_name for c in children) == sorted(
+    assert sorted(re.sub(r"-[0-9a-f]{6}-s", "-s", c.info.run_name) for c in children) == sorted(
         f"lstm_ae-synthetic-{arm}-s{s}-onoff" for arm in ("off", "on", "on+backbone_only")
         for s in range(3))
     rep = subprocess.run([sys.executable, "-m", "madcluster_exp.report", str(_sweep_dir(tmp_path)),
@@ -248,7 +260,8 @@ def test_onoff_experiment_reports_each_arm_against_off_with_its_paired_test(tmp_
 
     def by_seed(name_part):
         return {int(c.data.params["seed"]): c.data.metrics["test/auc_roc"] for c in children
-                if c.info.run_name.startswith(f"lstm_ae-synthetic-{name_part}-s")}
+                if re.fullmatch(f"lstm_ae-synthetic-{re.escape(name_part)}-[0-9a-f]{{6}}-s\\d-onoff",
+                                c.info.run_name)}
 
     off = by_seed("off")
     for arm, name_part in (("on(combine=sum)", "on"), ("on(combine=backbone_only)",

@@ -234,7 +234,8 @@ class Collection:
         source = f"{s.path}(test)"
         sealed = SealedTest(lambda: SeriesSplit.concat([(name, test_x, test_y)], source),
                             str(s.path))
-        return RawDataset(self.name, train, sealed, {"path": str(s.path), "format": s.format})
+        return RawDataset(self.name, train, sealed, {"path": str(s.path), "format": s.format}
+                          ).head(self.cfg.get("max_length"))
 
     def _timeeval(self, s: SeriesFile):
         policy = self.cfg.nan_policy
@@ -262,6 +263,8 @@ def load_collection(cfg: DictConfig, root: Path) -> Collection:
             raise DataError(f"collection {root}: dataset.entities names {unknown}, which are "
                             f"not usable series there; available: {[s.name for s in series]}")
         series = [s for s in series if s.name in set(cfg.entities)]
+    if cfg.get("max_entities") is not None:
+        series = series[:int(cfg.max_entities)]
     if not series:
         reasons = "".join(f"\n  {s.file}: {s.reason}" for s in skipped)
         raise DataError(f"collection {root}: no usable series file{reasons or ' (empty folder)'}")

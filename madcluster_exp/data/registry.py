@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 from omegaconf import DictConfig
 
@@ -24,21 +24,23 @@ def register(name: str) -> Callable[[Loader], Loader]:
     return deco
 
 
-def _select_entities(names, wanted, source: str):
-    if wanted is None:
-        return list(names)
-    unknown = [w for w in wanted if w not in names]
-    if unknown:
-        raise DataError(f"{source}: dataset.entities names {unknown} which do not exist; "
-                        f"available: {list(names)}")
-    return list(wanted)
+def _select_entities(names, wanted, source: str, limit: Optional[int] = None):
+    """``dataset.entities`` (all when None), then the first ``dataset.max_entities`` of them."""
+    if wanted is not None:
+        unknown = [w for w in wanted if w not in names]
+        if unknown:
+            raise DataError(f"{source}: dataset.entities names {unknown} which do not exist; "
+                            f"available: {list(names)}")
+    chosen = list(names if wanted is None else wanted)
+    return chosen[:limit] if limit is not None else chosen
 
 
 @register("synthetic")
 def load_synthetic(cfg: DictConfig, data_dir: Path) -> RawDataset:
     entities = make_synthetic(cfg.n_entities, cfg.n_channels, cfg.train_length, cfg.test_length,
                               cfg.anomaly_ratio, cfg.noise, cfg.seed)
-    keep = _select_entities([e.name for e in entities], cfg.entities, "synthetic")
+    keep = _select_entities([e.name for e in entities], cfg.entities, "synthetic",
+                            cfg.max_entities)
     chosen = [e for e in entities if e.name in keep]
     train = SeriesSplit.concat([(e.name, e.train, None) for e in chosen], "synthetic/train")
 
@@ -74,7 +76,7 @@ def load_smd(cfg: DictConfig, data_dir: Path) -> RawDataset:
     names = smd_entities(root)
     if not names:
         raise _missing("SMD", root / "train" / "machine-*.txt")
-    keep = _select_entities(names, cfg.entities, f"SMD ({root})")
+    keep = _select_entities(names, cfg.entities, f"SMD ({root})", cfg.max_entities)
     policy = cfg.nan_policy
     train = SeriesSplit.concat([(n, read_smd_entity(root, n, "train", policy), None) for n in keep],
                                str(root / "train"))
@@ -98,7 +100,8 @@ def _load_telemanom(cfg: DictConfig, data_dir: Path) -> RawDataset:
         raise DataError(f"{root / 'labeled_anomalies.csv'}: no channel of spacecraft {cfg.name}")
     table = table[~table["chan_id"].isin(list(cfg.exclude))]
     names = sorted(table["chan_id"].astype(str), key=natural_key)
-    keep = _select_entities(names, cfg.entities, f"{cfg.name} ({root})")
+    keep = _select_entities(names, cfg.entities, f"{cfg.name} ({root})",
+                            cfg.max_entities)
     rows = table.set_index("chan_id").loc[keep]
     train = SeriesSplit.concat([(n, read_npy(root / "data" / "train" / f"{n}.npy"), None)
                                 for n in keep], str(root / "data" / "train"))
@@ -181,8 +184,11 @@ def load_series_collection(cfg: DictConfig, data_dir: Path) -> Collection:
 
 
 def load_dataset(cfg: DictConfig, data_dir: Path) -> RawDataset:
+    """The dataset's loader, then ``dataset.max_length`` (first rows of every entity, train and
+    test) whatever the dataset: ``debug=fast`` caps entities and length through these keys."""
     try:
         loader = LOADERS[cfg.name]
     except KeyError:
         raise DataError(f"dataset.name={cfg.name!r}: no loader; known: {sorted(LOADERS)}") from None
-    return loader(cfg, data_dir)
+    raw = loader(cfg, data_dir)
+    return raw if isinstance(raw, Collection) else raw.head(cfg.get("max_length"))

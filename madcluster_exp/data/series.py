@@ -95,6 +95,14 @@ class SeriesSplit:
         raise KeyError(f"entity {name!r} not in {self.source}; have "
                        f"{[s.name for s in self.segments]}")
 
+    def head(self, rows: int) -> "SeriesSplit":
+        """The first ``rows`` rows of every entity (debugging runs: ``dataset.max_length``)."""
+        parts = [(seg.name, self.values[seg.start:seg.start + rows],
+                  None if self.labels is None else self.labels[seg.start:seg.start + rows])
+                 for seg in self.segments]
+        parts = [(n, v, y) for n, v, y in parts if len(v)]
+        return SeriesSplit.concat(parts, f"{self.source}[:{rows} rows per entity]")
+
 
 class SealedTest:
     """The test split, readable only after :meth:`unseal` (called when training has ended).
@@ -176,6 +184,15 @@ class RawDataset:
         test = LinkedSealedTest(lambda: full.get().entity(name), full,
                                 f"{full.description}[{name}]", entity=name)
         return RawDataset(self.name, self.train.entity(name), test, self.info)
+
+    def head(self, rows: Optional[int]) -> "RawDataset":
+        """The first ``rows`` training and test rows of every entity (None: unchanged); the
+        shortened test split keeps its own seal, linked to the full one."""
+        if rows is None:
+            return self
+        full = self.test
+        test = LinkedSealedTest(lambda: full.get().head(rows), full, full.description)
+        return RawDataset(self.name, self.train.head(rows), test, self.info)
 
 
 def check_finite(values: np.ndarray, source: str) -> None:

@@ -10,13 +10,48 @@ hold tensors and plain containers only, never arbitrary pickled objects.
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
+
+from madcluster_exp.errors import ExpectedError
+from madcluster_exp.identity import MAY_GROW, resume_conflicts
+
+
+class ResumeError(ExpectedError):
+    """A run directory holds checkpoints trained with another configuration."""
+
+
+def check_resume(info_path: Path, flat: Dict[str, Any], tracking_uri: Optional[str]) -> List[str]:
+    """Continue only what was trained with this config: raise :class:`ResumeError` naming the
+    keys that differ from the ones recorded in ``run_info.json`` (and the two ways out), before
+    anything is touched. Returns the allowed changes (``train.epochs`` grown) as text."""
+    info = json.loads(info_path.read_text())
+    recorded = info.get("config")
+    if recorded is None:
+        conflicts = [f"{info_path.name} records no config (written by an older version), so "
+                     "the checkpoints cannot be matched to this one"]
+    else:
+        conflicts = resume_conflicts(recorded, flat)
+    old_uri = info.get("tracking_uri")
+    if old_uri and tracking_uri and old_uri != tracking_uri:
+        conflicts.append(f"tracking uri: {old_uri} -> {tracking_uri}")
+    if conflicts:
+        run = f" (MLflow run {info['run_id']})" if info.get("run_id") else ""
+        raise ResumeError(
+            f"{info_path.parent} holds checkpoints of a run{run} with another configuration; "
+            "continuing it would record one config and train another. Keys that differ "
+            "(recorded -> now):\n  " + "\n  ".join(conflicts) + "\nEither start over in this "
+            "directory with train.resume=false (a new MLflow run; its checkpoints are "
+            "replaced), or keep both runs: give this one a new directory, "
+            "hydra.run.dir=<new dir>.")
+    return [f"{k}: {recorded[k]} -> {flat[k]}" for k in sorted(MAY_GROW)
+            if recorded.get(k) != flat.get(k)]
 
 
 def rng_state(order: torch.Generator) -> Dict[str, Any]:
