@@ -1,4 +1,5 @@
 """Entry point: ``python -m madcluster_exp [overrides]`` (Hydra CLI: --help, --cfg job, -m)."""
+
 import sys
 
 import hydra

@@ -5,6 +5,7 @@ message alone and exits with status 2 (``MADCLUSTER_FULL_ERROR=1`` shows the tra
 other failure propagates with its traceback. Multirun: the failing job is already marked FAILED
 in MLflow with its traceback; it returns NaN so the sweep goes on.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,8 +35,9 @@ def normalise_argv(args: List[str]) -> List[str]:
     out = []
     for arg in args:
         m = _ONOFF.match(arg)
-        out.append(f"{m.group(1)}={'on' if m.group(2).lower() in ('true', 'yes') else 'off'}"
-                   if m else arg)
+        out.append(
+            f"{m.group(1)}={'on' if m.group(2).lower() in ('true', 'yes') else 'off'}" if m else arg
+        )
     return out
 
 
@@ -45,8 +47,11 @@ def user_groups() -> str:
     from hydra.core.config_store import ConfigStore
 
     conf = Path(CONFIG_DIR)
-    groups = {p.name: {f.stem for f in p.glob("*.yaml")} for p in conf.iterdir()
-              if p.is_dir() and p.name not in ("hydra", "local")}
+    groups = {
+        p.name: {f.stem for f in p.glob("*.yaml")}
+        for p in conf.iterdir()
+        if p.is_dir() and p.name not in ("hydra", "local")
+    }
     # Launchers: the installed Hydra plug-ins' and the project's own (conf/hydra/launcher/).
     plugins = {Path(name).stem for name in ConfigStore.instance().list("hydra/launcher")}
     groups["hydra/launcher"] = plugins | {f.stem for f in (conf / "hydra/launcher").glob("*.yaml")}
@@ -83,7 +88,10 @@ def job(cfg: DictConfig) -> float:
         log.error("job failed (%s: %s); marked FAILED, sweep continues", type(exc).__name__, exc)
         return math.nan
     if result.fit.val_loss_signal is False and cfg.search.objective == "val_loss":
-        log.warning("the validation loss of %s was constant over every epoch: a sweeper "
-                    "minimising it learns nothing from this job", result.run_name)
+        log.warning(
+            "the validation loss of %s was constant over every epoch: a sweeper "
+            "minimising it learns nothing from this job",
+            result.run_name,
+        )
     metric, _ = SEARCH_OBJECTIVES[cfg.search.objective]
     return float(result.metrics.get(metric, math.nan))

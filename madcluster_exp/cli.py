@@ -1,5 +1,6 @@
 """One argument style for every sub-command: Hydra-style ``key=value`` read by Hydra's own
 override parser (lists as ``[a,b]``, quoting as on the main command line), ``--help`` on each."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,14 +40,18 @@ def usage_text(usage: str, options: Dict[str, Option]) -> str:
     width = max(len(k) for k in options)
     lines = ["usage:", usage.rstrip(), "", "options (key=value):"]
     for key, opt in options.items():
-        extra = " (required)" if opt.required else (
-            f" (default: {opt.default})" if opt.default is not None else "")
+        extra = (
+            " (required)"
+            if opt.required
+            else (f" (default: {opt.default})" if opt.default is not None else "")
+        )
         lines.append(f"  {key:<{width}}  {opt.help}{extra}")
     return "\n".join(lines)
 
 
-def parse(argv: Sequence[str], options: Dict[str, Option], usage: str,
-          positional: Optional[str] = None) -> Dict[str, Any]:
+def parse(
+    argv: Sequence[str], options: Dict[str, Option], usage: str, positional: Optional[str] = None
+) -> Dict[str, Any]:
     """``key=value`` arguments (and at most one bare argument stored under ``positional``) as a
     dict with defaults filled in; ``-h``/``--help`` prints the usage and exits 0."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -75,7 +80,7 @@ def parse(argv: Sequence[str], options: Dict[str, Option], usage: str,
         out[key] = _convert(key, text.split("=", 1)[1], override.value(), options[key])
     missing = [k for k, o in options.items() if o.required and out.get(k) is None]
     if missing:
-        raise UsageError(f"missing {', '.join(f'{k}=' for k in missing)}\n\n"
-                         f"{usage_text(usage, options)}")
+        raise UsageError(
+            f"missing {', '.join(f'{k}=' for k in missing)}\n\n{usage_text(usage, options)}"
+        )
     return out
-

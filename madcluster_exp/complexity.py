@@ -8,6 +8,7 @@ The k > 1 plug-in's distances are elementwise ops the counter cannot see, though
 same work as k matrix-vector products; :func:`cluster_macs` adds them and the Student-t
 assignment.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Dict
@@ -51,11 +52,18 @@ def count_macs(fn: Callable[[], object], model: nn.Module) -> int:
     """FLOP counter / 2 (matmul-like ops: mm, bmm, mv, dot, conv), plus LSTMs, whose fused CPU
     kernel the counter does not see (GRUs it does: they decompose into counted matmuls)."""
     extra = [0]
-    hooks = [m.register_forward_hook(lambda mod, i, o: extra.__setitem__(0, extra[0] + _lstm_macs(mod, i, o)))
-             for m in model.modules() if isinstance(m, nn.LSTM)]
+    hooks = [
+        m.register_forward_hook(
+            lambda mod, i, o: extra.__setitem__(0, extra[0] + _lstm_macs(mod, i, o))
+        )
+        for m in model.modules()
+        if isinstance(m, nn.LSTM)
+    ]
     try:
-        with composition_only(), FlopCounterMode(display=False,
-                                                 custom_mapping=_EXTRA_FORMULAS) as counter:
+        with (
+            composition_only(),
+            FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS) as counter,
+        ):
             fn()
     finally:
         for hook in hooks:
@@ -80,8 +88,7 @@ def cluster_macs(plugin, z: torch.Tensor) -> int:
 def complexity(detector: Detector, n_channels: int) -> Dict[str, int]:
     """params/* and macs/* (per window, inference) for the backbone and the plug-in."""
     backbone, plugin = detector.backbone, detector.plugin
-    x = torch.zeros(1, backbone.input_length, n_channels,
-                    device=next(backbone.parameters()).device)
+    x = torch.zeros(1, backbone.input_length, n_channels, device=next(backbone.parameters()).device)
     was_training = detector.training
     detector.eval()
     try:
@@ -90,8 +97,11 @@ def complexity(detector: Detector, n_channels: int) -> Dict[str, int]:
             "params/backbone": count_parameters(backbone),
             "params/madcluster": count_parameters(plugin),
             "macs/backbone": count_macs(lambda: backbone.score(x, backbone(x)), backbone),
-            "macs/madcluster": (count_macs(lambda: plugin.score(out.z), plugin)
-                                + cluster_macs(plugin, out.z) if plugin is not None else 0),
+            "macs/madcluster": (
+                count_macs(lambda: plugin.score(out.z), plugin) + cluster_macs(plugin, out.z)
+                if plugin is not None
+                else 0
+            ),
         }
     finally:
         detector.train(was_training)

@@ -1,10 +1,12 @@
 """Dataclass schemas for every config group, registered in Hydra's ConfigStore.
 
-Each YAML option under ``conf/<group>/`` starts from one of these schemas (``defaults: [<schema>]``),
-so a misspelt key fails at composition with Hydra's own message instead of being silently
-ignored. Values that a type cannot express (choices, ranges, cross-field rules) are checked by
-:func:`validate` before any work starts, with a message naming the key and the expected values.
+Each YAML option under ``conf/<group>/`` starts from one of these schemas
+(``defaults: [<schema>]``), so a misspelt key fails at composition with Hydra's own message
+instead of being silently ignored. Values that a type cannot express (choices, ranges,
+cross-field rules) are checked by :func:`validate` before any work starts, with a message
+naming the key and the expected values.
 """
+
 from __future__ import annotations
 
 import copy
@@ -236,12 +238,12 @@ class SLMRConfig(BackboneConfig):
     # Columns the forecast and reconstruction heads model, and so the columns the score reads
     # (null = every column; the encoder always reads every column). Default as the reference
     # code (utils.get_target_dims): reference_targets[dataset.name] where listed, else every column.
-    target_channels: Optional[List[int]] = (
-        "${oc.select:.reference_targets.${dataset.name},null}")  # type: ignore[assignment]
+    target_channels: Optional[List[int]] = "${oc.select:.reference_targets.${dataset.name},null}"  # type: ignore[assignment]
     # The reference's targets per dataset: column 0, the telemetry value, on MSL and SMAP (their
     # other columns are one-hot command flags).
     reference_targets: Dict[str, List[int]] = field(
-        default_factory=lambda: {"MSL": [0], "SMAP": [0]})
+        default_factory=lambda: {"MSL": [0], "SMAP": [0]}
+    )
     lr: float = 1e-3
     batch_size: int = 256
 
@@ -333,6 +335,7 @@ class BeatGANConfig(BackboneConfig):
 @dataclass
 class ClassicalConfig:
     """Detectors fitted once on training windows (madcluster_exp/classical), no training loop."""
+
     name: str = MISSING
     family: str = "classical"
     window: int = 64
@@ -521,20 +524,24 @@ class TrackingConfig:
 
 # -------------------------------------------------------------------------------------- search
 #: search.objective -> (the metric a job returns to a sweeper, the direction a search takes).
-SEARCH_OBJECTIVES = {"val_loss": ("val/best_loss", "minimize"),
-                     "val_injected_vus_pr": ("val_injected/vus_pr", "maximize")}
+SEARCH_OBJECTIVES = {
+    "val_loss": ("val/best_loss", "minimize"),
+    "val_injected_vus_pr": ("val_injected/vus_pr", "maximize"),
+}
 
 
 @dataclass
 class InjectConfig:
     """Synthetic anomalies planted in a copy of the scaled validation split (data/inject.py)."""
+
     # Its own seed: every trial of a search is scored on the same injected series.
     seed: int = 0
     # Fraction of validation points inside injected anomalies (reached up to one event).
     ratio: float = 0.1
     # spike | level_shift | contextual | collective, planted in turn.
     kinds: List[str] = field(
-        default_factory=lambda: ["spike", "level_shift", "contextual", "collective"])
+        default_factory=lambda: ["spike", "level_shift", "contextual", "collective"]
+    )
 
 
 @dataclass
@@ -718,23 +725,33 @@ def validate(cfg: DictConfig) -> None:
     for key, (low, high, low_inc, high_inc) in _RANGES.items():
         value = OmegaConf.select(cfg, key)
         if value is not None and not _in_range(value, low, high, low_inc, high_inc):
-            problems.append(f"{key}={value!r}: expected a value in "
-                            f"{_describe_range(low, high, low_inc, high_inc)}")
+            problems.append(
+                f"{key}={value!r}: expected a value in "
+                f"{_describe_range(low, high, low_inc, high_inc)}"
+            )
     mc = cfg.madcluster
     if mc.enabled and mc.variant == "reference" and mc.k != 1:
-        problems.append(f"madcluster.variant='reference' with madcluster.k={mc.k}: "
-                        "the reference code's loss exists for k = 1 only")
+        problems.append(
+            f"madcluster.variant='reference' with madcluster.k={mc.k}: "
+            "the reference code's loss exists for k = 1 only"
+        )
     if cfg.backbone.get("family") == "classical" and mc.enabled:
-        problems.append(f"madcluster=on with backbone={cfg.backbone.name} (family classical): "
-                        "the plug-in trains with a backbone's embeddings and a classical "
-                        "detector has neither; expected madcluster=off")
+        problems.append(
+            f"madcluster=on with backbone={cfg.backbone.name} (family classical): "
+            "the plug-in trains with a backbone's embeddings and a classical "
+            "detector has neither; expected madcluster=off"
+        )
     if cfg.protocol == "reference" and cfg.scoring.stride != 1:
-        problems.append(f"protocol=reference with scoring.stride={cfg.scoring.stride}: the "
-                        "reference protocol scores every stride-1 window; expected 1")
+        problems.append(
+            f"protocol=reference with scoring.stride={cfg.scoring.stride}: the "
+            "reference protocol scores every stride-1 window; expected 1"
+        )
     if cfg.dataset.name == "collection" and cfg.dataset.mode != "per_entity":
-        problems.append(f"dataset.mode={cfg.dataset.mode!r} with dataset=collection: every "
-                        "series of a collection is its own entity with its own model and "
-                        "child run; expected per_entity")
+        problems.append(
+            f"dataset.mode={cfg.dataset.mode!r} with dataset=collection: every "
+            "series of a collection is its own entity with its own model and "
+            "child run; expected per_entity"
+        )
     problems += _inject_problems(cfg)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
@@ -744,9 +761,13 @@ def _inject_problems(cfg: DictConfig) -> List[str]:
     from madcluster_exp.data.inject import INJECTED_KINDS
 
     kinds = list(OmegaConf.select(cfg, "search.inject.kinds") or [])
-    problems = [f"search.inject.kinds contains {k!r}: expected any of {', '.join(INJECTED_KINDS)}"
-                for k in kinds if k not in INJECTED_KINDS]
+    problems = [
+        f"search.inject.kinds contains {k!r}: expected any of {', '.join(INJECTED_KINDS)}"
+        for k in kinds
+        if k not in INJECTED_KINDS
+    ]
     if not kinds:
-        problems.append("search.inject.kinds is empty: expected at least one of "
-                        f"{', '.join(INJECTED_KINDS)}")
+        problems.append(
+            f"search.inject.kinds is empty: expected at least one of {', '.join(INJECTED_KINDS)}"
+        )
     return problems

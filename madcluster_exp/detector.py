@@ -3,6 +3,7 @@
 The loop only ever calls ``training_step``, ``evaluate_loss``, ``score_components`` and
 ``on_epoch_end``; whether the plug-in exists changes what those do, never which are called.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Optional, Type
@@ -39,9 +40,15 @@ class Detector(nn.Module):
         self._optimized: list = []
 
     # -- optimisation -----------------------------------------------------------------------
-    def configure_optimizers(self, lr: float, weight_decay: float, nu_lr: Optional[float],
-                             grad_clip: Optional[float] = None, fused: bool = True,
-                             amsgrad: bool = False) -> None:
+    def configure_optimizers(
+        self,
+        lr: float,
+        weight_decay: float,
+        nu_lr: Optional[float],
+        grad_clip: Optional[float] = None,
+        fused: bool = True,
+        amsgrad: bool = False,
+    ) -> None:
         """One Adam per backbone parameter group; the plug-in's centers join the first group
         (same optimizer as the backbone, as in the reference); nu gets its own parameter group
         in that optimizer, AMSGrad without weight decay, so its dynamics are not pulled toward
@@ -57,17 +64,29 @@ class Detector(nn.Module):
             params = list(params)
             if i == 0 and self.plugin is not None:
                 params += list(self.plugin.center_parameters())
-            self.optimizers[name] = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay,
-                                                     amsgrad=amsgrad, fused=fused,
-                                                     **self.backbone.optimizer_options())
+            self.optimizers[name] = torch.optim.Adam(
+                params,
+                lr=lr,
+                weight_decay=weight_decay,
+                amsgrad=amsgrad,
+                fused=fused,
+                **self.backbone.optimizer_options(),
+            )
         nu_params = list(self.plugin.nu_parameters()) if self.plugin is not None else []
         if nu_params:
             # A parameter group of the host optimizer: its own learning rate, AMSGrad, no
             # weight decay and torch's default betas (whatever the backbone's), stepped with the
             # host group without a second optimizer call.
             self.optimizers[self.host_group].add_param_group(
-                {"params": nu_params, "lr": nu_lr or lr, "amsgrad": True, "weight_decay": 0.0,
-                 "betas": (0.9, 0.999), "name": NU_GROUP})
+                {
+                    "params": nu_params,
+                    "lr": nu_lr or lr,
+                    "amsgrad": True,
+                    "weight_decay": 0.0,
+                    "betas": (0.9, 0.999),
+                    "name": NU_GROUP,
+                }
+            )
         for opt in self.optimizers.values():
             for g in opt.param_groups:
                 g["initial_lr"] = g["lr"]  # what set_epoch_lr scales (torch's schedulers' key)
@@ -143,8 +162,9 @@ class Detector(nn.Module):
         return logs
 
 
-def build_detector(cfg: DictConfig, n_channels: int,
-                   backbone_cls: Optional[Type[Backbone]] = None) -> Detector:
+def build_detector(
+    cfg: DictConfig, n_channels: int, backbone_cls: Optional[Type[Backbone]] = None
+) -> Detector:
     """The detector for a composed config, as a run builds it: the backbone ``backbone.name``
     names (or ``backbone_cls``, a variant of it such as the benchmark's baseline) over
     ``n_channels`` channels, with MADCluster per ``madcluster`` (none when disabled). The
@@ -157,6 +177,11 @@ def build_detector(cfg: DictConfig, n_channels: int,
 
 def optimizer_options(cfg: DictConfig) -> Dict[str, object]:
     """:meth:`Detector.configure_optimizers`' arguments from a composed config."""
-    return {"lr": float(cfg.backbone.lr), "weight_decay": float(cfg.backbone.weight_decay),
-            "nu_lr": cfg.madcluster.nu_lr, "grad_clip": cfg.train.grad_clip,
-            "fused": bool(cfg.train.fused_optimizer), "amsgrad": bool(cfg.train.amsgrad)}
+    return {
+        "lr": float(cfg.backbone.lr),
+        "weight_decay": float(cfg.backbone.weight_decay),
+        "nu_lr": cfg.madcluster.nu_lr,
+        "grad_clip": cfg.train.grad_clip,
+        "fused": bool(cfg.train.fused_optimizer),
+        "amsgrad": bool(cfg.train.amsgrad),
+    }

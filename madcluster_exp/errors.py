@@ -6,6 +6,7 @@ line entry points print such an error as ``error: <message>`` and exit with stat
 else is a bug and keeps its traceback. ``MADCLUSTER_FULL_ERROR=1`` (or Hydra's
 ``HYDRA_FULL_ERROR=1``) shows the full traceback of expected errors too.
 """
+
 from __future__ import annotations
 
 import functools
@@ -22,8 +23,10 @@ class ExpectedError(Exception):
 
 
 def full_error_requested() -> bool:
-    return any(os.environ.get(v, "") not in ("", "0") for v in
-               ("MADCLUSTER_FULL_ERROR", "HYDRA_FULL_ERROR"))
+    return any(
+        os.environ.get(v, "") not in ("", "0")
+        for v in ("MADCLUSTER_FULL_ERROR", "HYDRA_FULL_ERROR")
+    )
 
 
 def report(exc: BaseException) -> int:

@@ -9,6 +9,7 @@ $MLFLOW_TRACKING_URI, else ``outputs/mlflow.db``) and its ``scores.npz`` artifac
 The recomputed metrics are logged to the same MLflow run (``log=false`` only prints them).
 ``definition=tsbad`` adds TSB-AD 1.5's metric set (``test/tsbad/...``) to the full suite.
 """
+
 from __future__ import annotations
 
 import json
@@ -71,19 +72,23 @@ def locate(run: str, uri: Optional[str]) -> Tuple[Path, Optional[str], Optional[
     try:
         client.get_run(run)
     except MlflowException as exc:
-        raise EvaluateError(f"{run!r} is neither a run directory nor a run id in "
-                            f"{tracking_uri}: {exc.message}") from None
+        raise EvaluateError(
+            f"{run!r} is neither a run directory nor a run id in {tracking_uri}: {exc.message}"
+        ) from None
     local = client.download_artifacts(run, "scores.npz", tempfile.mkdtemp())
     return Path(local), run, tracking_uri
 
 
-def recompute(scores_path: Path, suite: str, window: Optional[int],
-              definition: Optional[str] = None) -> Dict[str, float]:
+def recompute(
+    scores_path: Path, suite: str, window: Optional[int], definition: Optional[str] = None
+) -> Dict[str, float]:
     data = dict(np.load(scores_path))
     needed = {"range_window", "protocol"}
     if not needed <= set(data):
-        raise EvaluateError(f"{scores_path}: lacks {sorted(needed - set(data))}; expected the "
-                            "scores.npz a run writes (metrics.save_scores=true)")
+        raise EvaluateError(
+            f"{scores_path}: lacks {sorted(needed - set(data))}; expected the "
+            "scores.npz a run writes (metrics.save_scores=true)"
+        )
     w = int(window) if window is not None else int(data["range_window"])
     protocol = str(data["protocol"])
     if protocol == "reference":

@@ -16,6 +16,7 @@ of the score on a copy of the validation split with injected anomalies (data/inj
 score combined by the rule fitted on the clean validation split. A search's objective; no test
 data involved.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,8 +26,8 @@ import numpy as np
 
 from madcluster_exp.config import combine_rule
 from madcluster_exp.metrics import affiliation_suite, range_suite
-from madcluster_exp.metrics.suite import definition_suite
 from madcluster_exp.metrics.point import ranking_metrics
+from madcluster_exp.metrics.suite import definition_suite
 from madcluster_exp.scoring import ScoreCombiner, build_threshold
 from madcluster_exp.scoring.thresholds import fit_threshold
 
@@ -42,8 +43,12 @@ class Evaluation:
     scorer: Optional[dict] = None
 
 
-def evaluate_point(cfg, val_comps: Dict[str, np.ndarray], test_comps: Dict[str, np.ndarray],
-                   test_labels: np.ndarray) -> Evaluation:
+def evaluate_point(
+    cfg,
+    val_comps: Dict[str, np.ndarray],
+    test_comps: Dict[str, np.ndarray],
+    test_labels: np.ndarray,
+) -> Evaluation:
     combiner = ScoreCombiner(combine_rule(cfg)).fit(val_comps)
     val = combiner.combine(val_comps)
     test = combiner.combine(test_comps)
@@ -53,30 +58,52 @@ def evaluate_point(cfg, val_comps: Dict[str, np.ndarray], test_comps: Dict[str, 
     suite = point_metrics(test_labels, test, pred, cfg.metrics, int(cfg.seed))
     metrics = {f"test/{k}": v for k, v in suite.items()}
     metrics["threshold/value"] = threshold.value
-    arrays = {"protocol": np.array("point"), "test_score": test, "test_label": test_labels,
-              "test_pred": pred, "val_score": val, "threshold": np.float64(threshold.value),
-              **{f"test_component_{k}": v for k, v in test_comps.items()},
-              **{f"val_component_{k}": v for k, v in val_comps.items()}}
-    return Evaluation(metrics, arrays, combiner.effective_rule(val_comps), threshold.family,
-                      scorer)
+    arrays = {
+        "protocol": np.array("point"),
+        "test_score": test,
+        "test_label": test_labels,
+        "test_pred": pred,
+        "val_score": val,
+        "threshold": np.float64(threshold.value),
+        **{f"test_component_{k}": v for k, v in test_comps.items()},
+        **{f"val_component_{k}": v for k, v in val_comps.items()},
+    }
+    return Evaluation(metrics, arrays, combiner.effective_rule(val_comps), threshold.family, scorer)
 
 
 def point_metrics(labels, score, pred, mcfg, seed: int) -> Dict[str, float]:
-    return definition_suite(definition=mcfg.definition, y_true=labels, y_score=score,
-                            y_pred=pred, window=int(mcfg.range_window),
-                            point_adjust=mcfg.point_adjust, oracle=mcfg.oracle, seed=seed)
+    return definition_suite(
+        definition=mcfg.definition,
+        y_true=labels,
+        y_score=score,
+        y_pred=pred,
+        window=int(mcfg.range_window),
+        point_adjust=mcfg.point_adjust,
+        oracle=mcfg.oracle,
+        seed=seed,
+    )
 
 
-def evaluate_reference(cfg, val_windows: Dict[str, np.ndarray],
-                       test_windows: Dict[str, np.ndarray], labels: np.ndarray) -> Evaluation:
+def evaluate_reference(
+    cfg, val_windows: Dict[str, np.ndarray], test_windows: Dict[str, np.ndarray], labels: np.ndarray
+) -> Evaluation:
     combiner = ScoreCombiner(combine_rule(cfg)).fit(val_windows)
     score = combiner.combine(test_windows)
     metrics, pred, thr = reference_metrics(labels, score, int(cfg.metrics.range_window))
-    arrays = {"protocol": np.array("reference"), "window_score": score, "window_label": labels,
-              "window_pred": pred, "threshold": np.float64(thr),
-              **{f"window_component_{k}": v for k, v in test_windows.items()}}
-    return Evaluation({f"ref/{k}": v for k, v in metrics.items()}, arrays,
-                      combiner.effective_rule(val_windows), "oracle")
+    arrays = {
+        "protocol": np.array("reference"),
+        "window_score": score,
+        "window_label": labels,
+        "window_pred": pred,
+        "threshold": np.float64(thr),
+        **{f"window_component_{k}": v for k, v in test_windows.items()},
+    }
+    return Evaluation(
+        {f"ref/{k}": v for k, v in metrics.items()},
+        arrays,
+        combiner.effective_rule(val_windows),
+        "oracle",
+    )
 
 
 def reference_metrics(labels: np.ndarray, score: np.ndarray, range_window: int):
@@ -84,16 +111,22 @@ def reference_metrics(labels: np.ndarray, score: np.ndarray, range_window: int):
     ranking = ranking_metrics(y_true=labels, y_score=score)
     thr = ranking["threshold"]
     pred = (score > thr).astype(np.int8)
-    out = {"precision_oracle": ranking["precision"], "recall_oracle": ranking["recall"],
-           "f1_oracle": ranking["f1"], "auc_roc": ranking["auc_roc"], "auc_pr": ranking["auc_pr"],
-           "threshold_oracle": thr}
+    out = {
+        "precision_oracle": ranking["precision"],
+        "recall_oracle": ranking["recall"],
+        "f1_oracle": ranking["f1"],
+        "auc_roc": ranking["auc_roc"],
+        "auc_pr": ranking["auc_pr"],
+        "threshold_oracle": thr,
+    }
     out.update(range_suite(y_true=labels, y_score=pred.astype(np.float64), window=range_window))
     out.update(affiliation_suite(y_true=labels, y_pred=pred))
     return out, pred, thr
 
 
-def injected_score(cfg, val_comps: Dict[str, np.ndarray],
-                   injected_comps: Dict[str, np.ndarray]) -> np.ndarray:
+def injected_score(
+    cfg, val_comps: Dict[str, np.ndarray], injected_comps: Dict[str, np.ndarray]
+) -> np.ndarray:
     """The score of the injected validation copy, combined as the test score is: by the rule
     fitted on the clean validation scores (the injected copy fits nothing)."""
     return ScoreCombiner(combine_rule(cfg)).fit(val_comps).combine(injected_comps)

@@ -13,6 +13,7 @@ record the old one beside the new numbers.
 - :func:`resume_conflicts`: the keys that differ between a run directory's recorded config and
   the one asked for now (``train.epochs`` may grow: more epochs continue the same training).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,15 +21,19 @@ import json
 from typing import Any, Dict, List
 
 NOT_IDENTIFYING_PREFIXES = ("tracking.", "paths.")
-NOT_IDENTIFYING_KEYS = frozenset({"train.progress", "train.checkpoint", "train.resume",
-                                  "train.num_threads", "notes"})
+NOT_IDENTIFYING_KEYS = frozenset(
+    {"train.progress", "train.checkpoint", "train.resume", "train.num_threads", "notes"}
+)
 MAY_GROW = frozenset({"train.epochs"})
 
 
 def identifying(flat: Dict[str, Any]) -> Dict[str, Any]:
     """The keys of a flattened config (``group.key`` -> value) that identify a run."""
-    return {k: v for k, v in flat.items()
-            if not k.startswith(NOT_IDENTIFYING_PREFIXES) and k not in NOT_IDENTIFYING_KEYS}
+    return {
+        k: v
+        for k, v in flat.items()
+        if not k.startswith(NOT_IDENTIFYING_PREFIXES) and k not in NOT_IDENTIFYING_KEYS
+    }
 
 
 def _digest(values: Dict[str, Any]) -> str:

@@ -21,6 +21,7 @@ installed where the model is loaded.
 ``protocol=reference`` runs save no model: their threshold is the best-F1 cut on test labels
 over window-mean scores, not a threshold for point scores of new data.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,18 @@ META, WEIGHTS, ARTIFACT = "detector.json", "weights.pt", "detector"
 PYFUNC_CODE = "pyfunc_model.py"  # beside this file
 #: What loading and scoring a saved model imports (pyproject's runtime dependencies minus the
 #: tracking server's, plotting's and sweeps'); madcluster_exp itself must be installed too.
-RUNTIME_PACKAGES = ("torch", "hydra-core", "omegaconf", "einops", "numpy", "numba", "pandas",
-                    "scipy", "scikit-learn", "mlflow")
+RUNTIME_PACKAGES = (
+    "torch",
+    "hydra-core",
+    "omegaconf",
+    "einops",
+    "numpy",
+    "numba",
+    "pandas",
+    "scipy",
+    "scikit-learn",
+    "mlflow",
+)
 
 
 class ModelError(ExpectedError, ValueError):
@@ -55,16 +66,24 @@ class ModelError(ExpectedError, ValueError):
 
 
 # ------------------------------------------------------------------------------------ saving
-def model_entry(entity: Optional[str], entities: Sequence[str], detector, scaler: Scaler,
-                scorer: dict) -> dict:
+def model_entry(
+    entity: Optional[str], entities: Sequence[str], detector, scaler: Scaler, scorer: dict
+) -> dict:
     """What one trained model contributes to the saved bundle (weights copied to the CPU)."""
-    return {"entity": entity, "entities": list(entities),
-            "n_channels": int(detector.backbone.n_channels),
-            "state_dict": {k: v.detach().to("cpu", copy=True)
-                           for k, v in detector.state_dict().items()},
-            "scaler": {"kind": scaler.kind, "shift": [float(v) for v in scaler.shift],
-                       "scale": [float(v) for v in scaler.scale]},
-            "scorer": scorer}
+    return {
+        "entity": entity,
+        "entities": list(entities),
+        "n_channels": int(detector.backbone.n_channels),
+        "state_dict": {
+            k: v.detach().to("cpu", copy=True) for k, v in detector.state_dict().items()
+        },
+        "scaler": {
+            "kind": scaler.kind,
+            "shift": [float(v) for v in scaler.shift],
+            "scale": [float(v) for v in scaler.scale],
+        },
+        "scorer": scorer,
+    }
 
 
 def requirements() -> List[str]:
@@ -88,12 +107,14 @@ def signature(n_channels: Optional[int]):
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-    inputs = (Schema([ColSpec("double") for _ in range(n_channels)])
-              if n_channels is not None else None)
-    return ModelSignature(inputs=inputs,
-                          outputs=Schema([ColSpec("double", "score"),
-                                          ColSpec("long", "prediction")]),
-                          params=ParamSchema([ParamSpec("entity", "string", "")]))
+    inputs = (
+        Schema([ColSpec("double") for _ in range(n_channels)]) if n_channels is not None else None
+    )
+    return ModelSignature(
+        inputs=inputs,
+        outputs=Schema([ColSpec("double", "score"), ColSpec("long", "prediction")]),
+        params=ParamSchema([ParamSpec("entity", "string", "")]),
+    )
 
 
 def save_model(path: Path, cfg: DictConfig, entries: List[dict]) -> Path:
@@ -108,17 +129,22 @@ def save_model(path: Path, cfg: DictConfig, entries: List[dict]) -> Path:
         bundle = Path(tmp) / ARTIFACT
         bundle.mkdir()
         torch.save({str(i): e["state_dict"] for i, e in enumerate(entries)}, bundle / WEIGHTS)
-        meta = {"format": FORMAT, "config": OmegaConf.to_container(cfg, resolve=True),
-                "models": [{k: v for k, v in e.items() if k != "state_dict"} for e in entries]}
+        meta = {
+            "format": FORMAT,
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            "models": [{k: v for k, v in e.items() if k != "state_dict"} for e in entries],
+        }
         (bundle / META).write_text(json.dumps(meta, indent=1))
         widths = {e["n_channels"] for e in entries}
         with warnings.catch_warnings():  # "no input example": one would cost a scoring pass
             warnings.simplefilter("ignore", UserWarning)
             mlflow.pyfunc.save_model(
-                str(path), python_model=str(Path(__file__).with_name(PYFUNC_CODE)),
+                str(path),
+                python_model=str(Path(__file__).with_name(PYFUNC_CODE)),
                 artifacts={ARTIFACT: str(bundle)},
                 signature=signature(widths.pop() if len(widths) == 1 else None),
-                pip_requirements=requirements())
+                pip_requirements=requirements(),
+            )
     return path
 
 
@@ -130,16 +156,23 @@ class TrainedDetector:
     higher = more anomalous; ``predict(x)``: 0/1 at the run's threshold.
     """
 
-    def __init__(self, cfg: DictConfig, entry: dict, state_dict: Dict[str, torch.Tensor],
-                 source: str, device: str = "cpu"):
+    def __init__(
+        self,
+        cfg: DictConfig,
+        entry: dict,
+        state_dict: Dict[str, torch.Tensor],
+        source: str,
+        device: str = "cpu",
+    ):
         self.cfg = cfg
         self.source = source
         self.entity: Optional[str] = entry["entity"]
         self.entities: List[str] = list(entry["entities"])
         self.n_channels = int(entry["n_channels"])
         sc = entry["scaler"]
-        self.scaler = Scaler(sc["kind"], np.asarray(sc["shift"], np.float32),
-                             np.asarray(sc["scale"], np.float32))
+        self.scaler = Scaler(
+            sc["kind"], np.asarray(sc["shift"], np.float32), np.asarray(sc["scale"], np.float32)
+        )
         self.combiner = ScoreCombiner.from_state(entry["scorer"]["combiner"])
         self.threshold_state = dict(entry["scorer"]["threshold"])
         self.device = torch.device(device)
@@ -163,10 +196,12 @@ class TrainedDetector:
 
     def __repr__(self) -> str:
         entity = f", entity={self.entity!r}" if self.entity else ""
-        return (f"TrainedDetector({self.cfg.backbone.name}, madcluster="
-                f"{'on' if self.cfg.madcluster.enabled else 'off'}, {self.n_channels} channels, "
-                f"window={self.window}, threshold {self.threshold_kind}={self.threshold:.6g}"
-                f"{entity}; from {self.source})")
+        return (
+            f"TrainedDetector({self.cfg.backbone.name}, madcluster="
+            f"{'on' if self.cfg.madcluster.enabled else 'off'}, {self.n_channels} channels, "
+            f"window={self.window}, threshold {self.threshold_kind}={self.threshold:.6g}"
+            f"{entity}; from {self.source})"
+        )
 
     # -- input checks --------------------------------------------------------------------
     def as_split(self, x, name: str = "x") -> SeriesSplit:
@@ -179,23 +214,29 @@ class TrainedDetector:
         if values.ndim == 1 and self.n_channels == 1:
             values = values[:, None]
         if values.ndim != 2 or values.shape[1] != self.n_channels:
-            raise ModelError(f"{name}: shape {values.shape}; this model was trained on "
-                             f"{self.n_channels} channels, expected an array [time, "
-                             f"{self.n_channels}] ({self.source})")
+            raise ModelError(
+                f"{name}: shape {values.shape}; this model was trained on "
+                f"{self.n_channels} channels, expected an array [time, "
+                f"{self.n_channels}] ({self.source})"
+            )
         from madcluster_exp.data.series import Segment
 
         return SeriesSplit(values, [Segment(name, 0, len(values))], None, name)
 
     def _check(self, split: SeriesSplit) -> None:
         if split.n_channels != self.n_channels:
-            raise ModelError(f"{split.source}: {split.n_channels} channels; this model was "
-                             f"trained on {self.n_channels} ({self.source})")
+            raise ModelError(
+                f"{split.source}: {split.n_channels} channels; this model was "
+                f"trained on {self.n_channels} ({self.source})"
+            )
         check_finite(split.values, split.source)
         for seg in split.segments:
             if seg.length < self.window:
-                raise ModelError(f"{split.source}[{seg.name}]: {seg.length} rows; this model "
-                                 f"scores windows of {self.window} rows, expected at least "
-                                 f"{self.window}")
+                raise ModelError(
+                    f"{split.source}[{seg.name}]: {seg.length} rows; this model "
+                    f"scores windows of {self.window} rows, expected at least "
+                    f"{self.window}"
+                )
 
     # -- scoring -------------------------------------------------------------------------
     def score_split(self, split: SeriesSplit) -> np.ndarray:
@@ -203,8 +244,14 @@ class TrainedDetector:
         (what the run did with its test split)."""
         self._check(split)
         sc = self.cfg.scoring
-        comps = score_split(self.detector, self.scaler.transform(split), int(sc.stride),
-                            int(sc.batch_size), sc.aggregate, self.device)
+        comps = score_split(
+            self.detector,
+            self.scaler.transform(split),
+            int(sc.stride),
+            int(sc.batch_size),
+            sc.aggregate,
+            self.device,
+        )
         return np.asarray(self.combiner.combine(comps), dtype=np.float64)
 
     def threshold_scores(self, scores: np.ndarray) -> np.ndarray:
@@ -225,14 +272,16 @@ def read_bundle(directory: Path) -> tuple:
         raise ModelError(f"{directory}: no {META}; expected the detector bundle a run saves")
     meta = json.loads(meta_path.read_text())
     if meta.get("format") != FORMAT:
-        raise ModelError(f"{meta_path}: bundle format {meta.get('format')!r}; this version "
-                         f"reads format {FORMAT}")
+        raise ModelError(
+            f"{meta_path}: bundle format {meta.get('format')!r}; this version reads format {FORMAT}"
+        )
     weights = torch.load(Path(directory) / WEIGHTS, map_location="cpu", weights_only=True)
     return OmegaConf.create(meta["config"]), meta["models"], weights
 
 
-def load_bundle(directory: Path, entity: Optional[str] = None, source: Optional[str] = None,
-                device: str = "cpu") -> TrainedDetector:
+def load_bundle(
+    directory: Path, entity: Optional[str] = None, source: Optional[str] = None, device: str = "cpu"
+) -> TrainedDetector:
     """The model of ``entity`` (needed when the run trained one per entity) from a bundle."""
     cfg, models, weights = read_bundle(directory)
     source = source or str(directory)
@@ -246,18 +295,23 @@ def choose_model(models: List[dict], entity: Optional[str], source: str) -> int:
     if len(models) == 1 and models[0]["entity"] is None:
         if entity is None or entity in models[0]["entities"]:
             return 0
-        raise ModelError(f"entity={entity!r}: {source} was trained on "
-                         f"{_names(models[0]['entities'])}; one model serves them all, so "
-                         "entity= may be left out")
+        raise ModelError(
+            f"entity={entity!r}: {source} was trained on "
+            f"{_names(models[0]['entities'])}; one model serves them all, so "
+            "entity= may be left out"
+        )
     names = [m["entity"] for m in models]
     if entity is None:
         if len(models) == 1:
             return 0
-        raise ModelError(f"{source} holds one model per entity ({len(models)}); choose one "
-                         f"with entity=<name>: {_names(names)}")
+        raise ModelError(
+            f"{source} holds one model per entity ({len(models)}); choose one "
+            f"with entity=<name>: {_names(names)}"
+        )
     if entity not in names:
-        raise ModelError(f"entity={entity!r}: no model of that entity in {source}; have "
-                         f"{_names(names)}")
+        raise ModelError(
+            f"entity={entity!r}: no model of that entity in {source}; have {_names(names)}"
+        )
     return names.index(entity)
 
 

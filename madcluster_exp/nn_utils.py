@@ -1,4 +1,5 @@
 """Small torch helpers shared by backbones and the plug-in (no model code imports here)."""
+
 from __future__ import annotations
 
 from typing import List, Optional

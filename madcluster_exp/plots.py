@@ -1,4 +1,5 @@
 """Figures a researcher would rather look at than read: score timeline and training curves."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,8 +17,15 @@ def _pyplot():
     return plt
 
 
-def plot_score_timeline(path: Path, scores: np.ndarray, labels: np.ndarray, threshold,
-                        title: str, max_points: int = 20000, bounds=None) -> Path:
+def plot_score_timeline(
+    path: Path,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    threshold,
+    title: str,
+    max_points: int = 20000,
+    bounds=None,
+) -> Path:
     """Test scores over time, true anomalies shaded, the fitted threshold as a line (one per
     entity in per-entity mode, given ``bounds`` [[start, end], ...])."""
     plt = _pyplot()
@@ -28,12 +36,20 @@ def plot_score_timeline(path: Path, scores: np.ndarray, labels: np.ndarray, thre
     ax.plot(t, scores[::step], lw=0.7, color="tab:blue", label="score")
     thresholds = np.atleast_1d(np.asarray(threshold, dtype=float))
     if len(thresholds) == 1:
-        ax.axhline(thresholds[0], color="tab:red", lw=1, ls="--",
-                   label=f"threshold {thresholds[0]:.3g}")
+        ax.axhline(
+            thresholds[0], color="tab:red", lw=1, ls="--", label=f"threshold {thresholds[0]:.3g}"
+        )
     else:
         for i, ((a, b), thr) in enumerate(zip(bounds, thresholds)):
-            ax.hlines(thr, a, b, color="tab:red", lw=1, ls="--",
-                      label="threshold per entity" if i == 0 else None)
+            ax.hlines(
+                thr,
+                a,
+                b,
+                color="tab:red",
+                lw=1,
+                ls="--",
+                label="threshold per entity" if i == 0 else None,
+            )
     d = np.diff(np.r_[0, labels.astype(np.int8), 0])
     for a, b in zip(np.flatnonzero(d == 1), np.flatnonzero(d == -1)):
         ax.axvspan(a, b, color="tab:orange", alpha=0.3, lw=0)

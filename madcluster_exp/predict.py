@@ -13,6 +13,7 @@ except on a dataset whose entities all have a model. Scores: higher = more anoma
 
 Python: ``load_detector(run).score(x)`` / ``.predict(x)``, x [time, channels] in raw units.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -25,17 +26,19 @@ import numpy as np
 
 from madcluster_exp.cli import Option, parse
 from madcluster_exp.errors import cli_errors
-from madcluster_exp.model import (ARTIFACT, ModelError, TrainedDetector, choose_model,
-                                  read_bundle)
+from madcluster_exp.model import ARTIFACT, ModelError, TrainedDetector, choose_model, read_bundle
 
 USAGE = __doc__.split("\n\n")[1]
 
 OPTIONS = {
     "run": Option("run id or run directory of a finished run", required=True),
-    "data": Option("CSV file (header; optional timestamp and label columns) or dataset name",
-                   required=True),
-    "out": Option("output file: .csv (entity, row, score, prediction[, label]) or .npz",
-                  default="predictions.csv"),
+    "data": Option(
+        "CSV file (header; optional timestamp and label columns) or dataset name", required=True
+    ),
+    "out": Option(
+        "output file: .csv (entity, row, score, prediction[, label]) or .npz",
+        default="predictions.csv",
+    ),
     "entity": Option("which model of a per-entity run scores the data"),
     "uri": Option("tracking uri (default: $MLFLOW_TRACKING_URI, else outputs/mlflow.db)"),
     "device": Option("cpu | cuda", default="cpu"),
@@ -53,8 +56,10 @@ def _no_model(run_dir: Path) -> ModelError:
 
         cfg = OmegaConf.load(cfg_path)
         if cfg.get("protocol") == "reference":
-            why = ("protocol=reference runs save no model: their threshold is chosen on test "
-                   "labels over window scores")
+            why = (
+                "protocol=reference runs save no model: their threshold is chosen on test "
+                "labels over window scores"
+            )
         elif not cfg.get("tracking", {}).get("log_model", True):
             why = "it ran with tracking.log_model=false"
     return ModelError(f"{run_dir}: no saved model (model/{'artifacts/' + ARTIFACT}); {why}")
@@ -78,24 +83,28 @@ def open_run(run: str, uri: Optional[str] = None):
     try:
         client.get_run(run)
     except MlflowException as exc:
-        raise ModelError(f"run={run!r} is neither a run directory nor a run id in "
-                         f"{tracking_uri}: {exc.message}") from None
+        raise ModelError(
+            f"run={run!r} is neither a run directory nor a run id in {tracking_uri}: {exc.message}"
+        ) from None
     tmp = tempfile.mkdtemp(prefix="madcluster-model-")
     try:
         try:
             local = client.download_artifacts(run, f"model/artifacts/{ARTIFACT}", tmp)
         except (MlflowException, OSError):
-            raise ModelError(f"MLflow run {run} in {tracking_uri} has no model artifact "
-                             f"(model/artifacts/{ARTIFACT}); it was made before runs saved "
-                             "models, with tracking.log_model=false, or under "
-                             "protocol=reference") from None
+            raise ModelError(
+                f"MLflow run {run} in {tracking_uri} has no model artifact "
+                f"(model/artifacts/{ARTIFACT}); it was made before runs saved "
+                "models, with tracking.log_model=false, or under "
+                "protocol=reference"
+            ) from None
         return (*read_bundle(Path(local)), f"MLflow run {run}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # everything is in memory now
 
 
-def load_detector(run: str, entity: Optional[str] = None, uri: Optional[str] = None,
-                  device: str = "cpu") -> TrainedDetector:
+def load_detector(
+    run: str, entity: Optional[str] = None, uri: Optional[str] = None, device: str = "cpu"
+) -> TrainedDetector:
     """The trained detector of a finished run (run directory or MLflow run id):
     ``.score(x)`` (higher = more anomalous) and ``.predict(x)`` (0/1 at the run's threshold)
     for x [time, channels] in raw units. ``entity``: which model of a per-entity run."""
@@ -119,14 +128,19 @@ def read_csv(path: Path, cfg) -> "SeriesSplit":  # noqa: F821 - imported lazily
     except (pd.errors.EmptyDataError, IndexError):
         raise ModelError(f"{path}: empty file; expected a header and rows of numbers") from None
     time_column = first.startswith(("timestamp", "time", "date"))
-    frame = read_numeric_table(path, header=True, time_column=time_column,
-                               nan_policy=cfg.dataset.get("nan_policy", "error"))
+    frame = read_numeric_table(
+        path,
+        header=True,
+        time_column=time_column,
+        nan_policy=cfg.dataset.get("nan_policy", "error"),
+    )
     names = [cfg.dataset.get("label_column")] + list(LABEL_COLUMNS)
     label_col = next((c for c in names if c and c in frame.columns), None)
     labels = None
     if label_col is not None:
-        labels = check_labels(frame[label_col].to_numpy(), f"{path} column {label_col!r}",
-                              len(frame))
+        labels = check_labels(
+            frame[label_col].to_numpy(), f"{path} column {label_col!r}", len(frame)
+        )
         frame = frame.drop(columns=[label_col])
     values = frame.to_numpy(np.float32)
     return SeriesSplit(values, [Segment(path.stem, 0, len(values))], labels, str(path))
@@ -151,14 +165,18 @@ def read_dataset(name: str, cfg):
                 dcfg = compose(config_name="config", overrides=[f"dataset={name}"]).dataset
         except HydraException:
             options = sorted(p.stem for p in (Path(CONFIG_DIR) / "dataset").glob("*.yaml"))
-            raise ModelError(f"data={name!r}: neither a file nor a dataset; expected a CSV "
-                             f"file or one of {', '.join(options)}") from None
+            raise ModelError(
+                f"data={name!r}: neither a file nor a dataset; expected a CSV "
+                f"file or one of {', '.join(options)}"
+            ) from None
     root = Path(cfg.paths.root_dir or Path.cwd())
     data_dir = Path(cfg.paths.data_dir)
     raw = load_dataset(dcfg, data_dir if data_dir.is_absolute() else root / data_dir)
     if isinstance(raw, Collection):
-        raise ModelError(f"data={name!r} is a collection of series files: score them one at a "
-                         "time (data=<file> entity=<series>)")
+        raise ModelError(
+            f"data={name!r} is a collection of series files: score them one at a "
+            "time (data=<file> entity=<series>)"
+        )
     raw.test.unseal()  # the model is trained: reading test data is what predict is for
     return raw.test.get()
 
@@ -178,7 +196,7 @@ def score(split, cfg, models, weights, source, entity: Optional[str], device: st
     all of it, or, for a per-entity run without ``entity``, each segment by its own model."""
     names = [m["entity"] for m in models]
     segments = [s.name for s in split.segments]
-    per_segment = (entity is None and len(models) > 1 and set(segments) <= set(names))
+    per_segment = entity is None and len(models) > 1 and set(segments) <= set(names)
     if not per_segment:
         i = choose_model(models, entity, source)
         det = TrainedDetector(cfg, models[i], weights[str(i)], source, device)
@@ -196,16 +214,24 @@ def score(split, cfg, models, weights, source, entity: Optional[str], device: st
     return np.concatenate(scores), np.concatenate(preds), thresholds, dets
 
 
-def write(out: Path, split, scores: np.ndarray, preds: np.ndarray,
-          thresholds: List[float], run: str) -> None:
+def write(
+    out: Path, split, scores: np.ndarray, preds: np.ndarray, thresholds: List[float], run: str
+) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     names = np.array([s.name for s in split.segments])
     bounds = np.array([[s.start, s.end] for s in split.segments], dtype=np.int64)
     if out.suffix == ".npz":
         extra: Dict[str, np.ndarray] = {} if split.labels is None else {"label": split.labels}
-        np.savez_compressed(out, score=scores, prediction=preds, entity_names=names,
-                            entity_bounds=bounds, threshold=np.asarray(thresholds),
-                            run=np.array(run), **extra)
+        np.savez_compressed(
+            out,
+            score=scores,
+            prediction=preds,
+            entity_names=names,
+            entity_bounds=bounds,
+            threshold=np.asarray(thresholds),
+            run=np.array(run),
+            **extra,
+        )
         return
     import pandas as pd
 
@@ -221,17 +247,22 @@ def write(out: Path, split, scores: np.ndarray, preds: np.ndarray,
 
 def summary(split, scores, preds, dets, out: Path) -> str:
     n, k = len(scores), int(preds.sum())
-    lines = [f"scored {n} rows of {split.source} ({len(split.segments)} "
-             f"entit{'y' if len(split.segments) == 1 else 'ies'}) with "
-             + (repr(dets[0]) if len(dets) == 1 else f"{len(dets)} per-entity models"),
-             f"  predicted anomalous: {k} ({k / n:.2%})"]
+    lines = [
+        f"scored {n} rows of {split.source} ({len(split.segments)} "
+        f"entit{'y' if len(split.segments) == 1 else 'ies'}) with "
+        + (repr(dets[0]) if len(dets) == 1 else f"{len(dets)} per-entity models"),
+        f"  predicted anomalous: {k} ({k / n:.2%})",
+    ]
     if split.labels is not None:
         from sklearn.metrics import precision_recall_fscore_support
 
-        p, r, f1, _ = precision_recall_fscore_support(split.labels, preds, average="binary",
-                                                      zero_division=0)
-        lines.append(f"  against the data's labels: precision {p:.4f}, recall {r:.4f}, "
-                     f"F1 {f1:.4f} (point-wise, at the run's threshold)")
+        p, r, f1, _ = precision_recall_fscore_support(
+            split.labels, preds, average="binary", zero_division=0
+        )
+        lines.append(
+            f"  against the data's labels: precision {p:.4f}, recall {r:.4f}, "
+            f"F1 {f1:.4f} (point-wise, at the run's threshold)"
+        )
     lines.append(f"wrote {out}")
     return "\n".join(lines)
 
@@ -255,8 +286,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     cfg, models, weights, source = open_run(args["run"], args.get("uri"))
     split = read_data(args["data"], cfg)
-    scores, preds, thresholds, dets = score(split, cfg, models, weights, source,
-                                            args.get("entity"), args["device"])
+    scores, preds, thresholds, dets = score(
+        split, cfg, models, weights, source, args.get("entity"), args["device"]
+    )
     out = Path(args["out"])
     write(out, split, scores, preds, thresholds, args["run"])
     print(summary(split, scores, preds, dets, out))

@@ -1,6 +1,7 @@
 """The MLflow pyfunc wrapper of a saved detector, as MLflow's "models from code": this file is
 copied into each saved model and run when the model is loaded, so nothing is unpickled.
 It imports this package (madcluster_exp.model), which must be installed where it is loaded."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,8 +35,9 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
             self._loaded[entity] = load_bundle(self._dir, entity, "the MLflow model")
         det = self._loaded[entity]
         scores = det.score(np.asarray(model_input, dtype=np.float32))
-        return pd.DataFrame({"score": scores,
-                             "prediction": det.threshold_scores(scores).astype(np.int64)})
+        return pd.DataFrame(
+            {"score": scores, "prediction": det.threshold_scores(scores).astype(np.int64)}
+        )
 
 
 set_model(DetectorModel())

@@ -26,6 +26,7 @@ overrides, e.g. each of an Optuna search's parameters) and of any other key that
 Everything is written under ``outputs/reports/<parent run id>/`` and logged as artifacts of the
 parent run. Failed and killed jobs are listed and left out of the statistics.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,11 +47,26 @@ from madcluster_exp.report_rank import rank_section, summary_sanity
 from madcluster_exp.tracking import resolve_tracking_uri
 from madcluster_exp.tracking.callbacks import PARENT_FILE
 
-DEFAULT_METRICS = ["test/f1", "test/auc_roc", "test/auc_pr", "test/vus_roc", "test/vus_pr",
-                   "test/affiliation_precision", "test/affiliation_recall", "test/f1_oracle"]
+DEFAULT_METRICS = [
+    "test/f1",
+    "test/auc_roc",
+    "test/auc_pr",
+    "test/vus_roc",
+    "test/vus_pr",
+    "test/affiliation_precision",
+    "test/affiliation_recall",
+    "test/f1_oracle",
+]
 # Parameters that identify a run but never define a configuration to compare.
-NOT_A_FACTOR = {"seed", "search.trial", "tracking.run_name_suffix", "notes", "torch_threads",
-                "paths.root_dir", "paths.output_dir"}
+NOT_A_FACTOR = {
+    "seed",
+    "search.trial",
+    "tracking.run_name_suffix",
+    "notes",
+    "torch_threads",
+    "paths.root_dir",
+    "paths.output_dir",
+}
 
 
 # A paired t-test on fewer pairs than this says little; the report shows no p-value then.
@@ -76,8 +92,10 @@ def locate_parent(target: str, uri: Optional[str]):
     if path.is_dir():
         info_path = path / PARENT_FILE
         if not info_path.exists():
-            raise ReportError(f"{path}: no {PARENT_FILE}; is this a multirun sweep directory "
-                              "run with tracking=mlflow?")
+            raise ReportError(
+                f"{path}: no {PARENT_FILE}; is this a multirun sweep directory "
+                "run with tracking=mlflow?"
+            )
         info = json.loads(info_path.read_text())
         return info["run_id"], uri or info["tracking_uri"]
     return target, resolve_tracking_uri(uri, Path.cwd() / "outputs")
@@ -92,15 +110,21 @@ def load_sweep(parent_id: str, uri: str) -> Sweep:
         parent = client.get_run(parent_id)
     except MlflowException as exc:
         raise ReportError(f"no parent run {parent_id!r} in {uri}: {exc.message}") from None
-    children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
-                                  max_results=50_000)
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+        max_results=50_000,
+    )
     if not children:
         raise ReportError(f"run {parent_id} has no child runs in {uri}")
     rows = []
     for r in children:
-        row = {"run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status,
-               "overrides": r.data.tags.get("hydra.overrides", "")}
+        row = {
+            "run_id": r.info.run_id,
+            "run_name": r.info.run_name,
+            "status": r.info.status,
+            "overrides": r.data.tags.get("hydra.overrides", ""),
+        }
         row.update({f"param:{k}": v for k, v in r.data.params.items()})
         row.update(r.data.metrics)
         rows.append(row)
@@ -108,8 +132,14 @@ def load_sweep(parent_id: str, uri: str) -> Sweep:
     ok = df["status"] == "FINISHED"
     overrides = parent.data.tags.get("hydra.overrides")
     command = f"python -m madcluster_exp -m {overrides}".strip() if overrides is not None else ""
-    return Sweep(parent_id, uri, df[ok].reset_index(drop=True), df[~ok].reset_index(drop=True),
-                 sweep_factors(df[ok]), command)
+    return Sweep(
+        parent_id,
+        uri,
+        df[ok].reset_index(drop=True),
+        df[~ok].reset_index(drop=True),
+        sweep_factors(df[ok]),
+        command,
+    )
 
 
 def _is_derived(name: str) -> bool:
@@ -125,8 +155,11 @@ def swept_keys(df: pd.DataFrame) -> List[str]:
         for item in str(text).split():
             key, _, value = item.lstrip("+~").partition("=")
             values.setdefault(key, set()).add(value)
-    return sorted(k for k, v in values.items() if len(v) > 1 and f"param:{k}" in df
-                  and k not in NOT_A_FACTOR and not _is_derived(k))
+    return sorted(
+        k
+        for k, v in values.items()
+        if len(v) > 1 and f"param:{k}" in df and k not in NOT_A_FACTOR and not _is_derived(k)
+    )
 
 
 def sweep_factors(df: pd.DataFrame) -> List[str]:
@@ -134,9 +167,14 @@ def sweep_factors(df: pd.DataFrame) -> List[str]:
     parameter, then the other keys that vary, keeping only those that refine the grouping
     (choosing ``backbone=usad`` changes twenty ``backbone.*`` keys; ``backbone.name`` alone
     tells the configurations apart)."""
-    candidates = [c[len("param:"):] for c in df.columns if c.startswith("param:")]
-    candidates = [c for c in candidates if c not in NOT_A_FACTOR and not _is_derived(c)
-                  and df[f"param:{c}"].nunique(dropna=False) > 1]
+    candidates = [c[len("param:") :] for c in df.columns if c.startswith("param:")]
+    candidates = [
+        c
+        for c in candidates
+        if c not in NOT_A_FACTOR
+        and not _is_derived(c)
+        and df[f"param:{c}"].nunique(dropna=False) > 1
+    ]
     candidates.sort(key=lambda c: (not c.endswith(".name"), c != "madcluster.enabled", c))
     swept = [c for c in swept_keys(df) if c in candidates]
     candidates = swept + [c for c in candidates if c not in swept]
@@ -174,8 +212,7 @@ def summary_table(sweep: Sweep, metrics: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def to_markdown(df: pd.DataFrame, factors: Sequence[str], metrics: Sequence[str],
-                kind: str) -> str:
+def to_markdown(df: pd.DataFrame, factors: Sequence[str], metrics: Sequence[str], kind: str) -> str:
     header = list(factors)
     if kind == "summary":
         header += ["n"] + list(metrics) + (["sanity"] if "sanity" in df else [])
@@ -186,8 +223,10 @@ def to_markdown(df: pd.DataFrame, factors: Sequence[str], metrics: Sequence[str]
         cells = [str(r.get(f, "")) for f in factors]
         if kind == "summary":
             cells.append(str(int(r["n"])))
-            cells += [_fmt(r.get(f"{m} mean", float("nan")), r.get(f"{m} std", float("nan")))
-                      for m in metrics]
+            cells += [
+                _fmt(r.get(f"{m} mean", float("nan")), r.get(f"{m} std", float("nan")))
+                for m in metrics
+            ]
             cells += [str(r["sanity"])] if "sanity" in r else []
         else:
             cells.append(str(int(r["pairs"])))
@@ -213,12 +252,15 @@ def _pyplot():
     return plt
 
 
-def plot_onoff_bars(table: pd.DataFrame, factors: Sequence[str], metrics: Sequence[str],
-                    path: Path) -> Path:
+def plot_onoff_bars(
+    table: pd.DataFrame, factors: Sequence[str], metrics: Sequence[str], path: Path
+) -> Path:
     """Mean off and on per configuration, error bars = std over seeds, n = seed pairs."""
     plt = _pyplot()
-    labels = [(" / ".join(str(r[f]) for f in factors) or "all") + f"\n(n={int(r['pairs'])})"
-              for _, r in table.iterrows()]
+    labels = [
+        (" / ".join(str(r[f]) for f in factors) or "all") + f"\n(n={int(r['pairs'])})"
+        for _, r in table.iterrows()
+    ]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 4.2), squeeze=False)
     x = np.arange(len(labels))
     for ax, m in zip(axes[0], metrics):
@@ -227,8 +269,16 @@ def plot_onoff_bars(table: pd.DataFrame, factors: Sequence[str], metrics: Sequen
             continue
         for shift, side, color in ((-0.2, "off", "tab:gray"), (0.2, "on", "tab:blue")):
             err = table.get(f"{m} {side} std", pd.Series(np.nan, index=table.index))
-            ax.bar(x + shift, table[f"{m} {side}"], 0.4, yerr=err.fillna(0).to_numpy(),
-                   capsize=3, label=side, color=color, error_kw={"lw": 0.8})
+            ax.bar(
+                x + shift,
+                table[f"{m} {side}"],
+                0.4,
+                yerr=err.fillna(0).to_numpy(),
+                capsize=3,
+                label=side,
+                color=color,
+                error_kw={"lw": 0.8},
+            )
         ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=7)
         ax.set_title(m, fontsize=9)
     axes[0, 0].legend(title="MADCluster", fontsize=7)
@@ -249,8 +299,15 @@ def plot_k_curves(sweep: Sweep, metrics: Sequence[str], path: Path) -> Path:
         groups = df.groupby(others, dropna=False) if others else [("", df)]
         for key, g in groups:
             stats = g.groupby("k")[m].agg(["mean", "std"]).sort_index()
-            ax.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0), marker="o",
-                        ms=3, capsize=2, label=str(key) if others else None)
+            ax.errorbar(
+                stats.index,
+                stats["mean"],
+                yerr=stats["std"].fillna(0),
+                marker="o",
+                ms=3,
+                capsize=2,
+                label=str(key) if others else None,
+            )
         ax.set_xlabel("k (clusters)")
         ax.set_title(m, fontsize=9)
     if others:
@@ -296,8 +353,9 @@ def training_curves_figure(sweep: Sweep):
     plt = _pyplot()
     client = MlflowClient(sweep.uri)
     groups = configurations(sweep)
-    cmap = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20" if len(groups) <= 20
-                        else "viridis")
+    cmap = plt.get_cmap(
+        "tab10" if len(groups) <= 10 else "tab20" if len(groups) <= 20 else "viridis"
+    )
     ncol = 1 + len(groups) // 16
     fig, axes = plt.subplots(1, 2, figsize=(11 + 3.5 * ncol, 3.8 + 0.04 * len(groups)))
     for i, (label, g) in enumerate(groups):
@@ -308,19 +366,35 @@ def training_curves_figure(sweep: Sweep):
                 continue
             mean = curves.mean(axis=1)
             spread = [mean - curves.min(axis=1), curves.max(axis=1) - mean]
-            ax.plot(curves.index, mean, marker="o", ms=4, lw=1, color=color,
-                    label=f"{label} (n={curves.shape[1]})")
+            ax.plot(
+                curves.index,
+                mean,
+                marker="o",
+                ms=4,
+                lw=1,
+                color=color,
+                label=f"{label} (n={curves.shape[1]})",
+            )
             if curves.shape[1] > 1:
-                ax.errorbar(curves.index, mean, yerr=spread, fmt="none", ecolor=color,
-                            alpha=0.5, capsize=2, lw=0.8)
+                ax.errorbar(
+                    curves.index,
+                    mean,
+                    yerr=spread,
+                    fmt="none",
+                    ecolor=color,
+                    alpha=0.5,
+                    capsize=2,
+                    lw=0.8,
+                )
     for ax, key in zip(axes, ("train/loss", "val/loss")):
         ax.set_xlabel("epoch")
         ax.set_title(f"{key}: mean over seeds, bars min..max", fontsize=9)
         last = max([int(max(line.get_xdata(), default=1)) for line in ax.get_lines()] or [1])
         ax.set_xlim(0.5, last + 0.5)  # one epoch: a point at 1, not a blank axis around it
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
-    axes[1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), ncol=ncol,
-                   frameon=False)
+    axes[1].legend(
+        fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), ncol=ncol, frameon=False
+    )
     fig.tight_layout()
     return fig
 
@@ -352,18 +426,28 @@ def score_timelines(sweep: Sweep, out_dir: Path) -> List[Path]:
         if stem in seen:
             stem += f"_{r['run_id'][:8]}"
         seen.add(stem)
-        paths.append(plot_score_timeline(out_dir / f"{stem}.png", data["test_score"],
-                                         data["test_label"], data["threshold"],
-                                         f"{r['run_name']} ({label})",
-                                         bounds=data["entity_bounds"] if "entity_bounds" in data
-                                         else None))
+        paths.append(
+            plot_score_timeline(
+                out_dir / f"{stem}.png",
+                data["test_score"],
+                data["test_label"],
+                data["threshold"],
+                f"{r['run_name']} ({label})",
+                bounds=data["entity_bounds"] if "entity_bounds" in data else None,
+            )
+        )
     return paths
 
 
 # ------------------------------------------------------------------------------------- main
-def build_report(target: str, metrics: Optional[Sequence[str]] = None, uri: Optional[str] = None,
-                 out_root: Optional[Path] = None, log: bool = True,
-                 storage: Optional[str] = None) -> Path:
+def build_report(
+    target: str,
+    metrics: Optional[Sequence[str]] = None,
+    uri: Optional[str] = None,
+    out_root: Optional[Path] = None,
+    log: bool = True,
+    storage: Optional[str] = None,
+) -> Path:
     parent_id, tracking_uri = locate_parent(target, uri)
     sweep = load_sweep(parent_id, tracking_uri)
     wanted = list(metrics or DEFAULT_METRICS)
@@ -377,8 +461,9 @@ def build_report(target: str, metrics: Optional[Sequence[str]] = None, uri: Opti
 
     if report_search.search_tags(MlflowClient(tracking_uri), parent_id) is not None:
         # An Optuna search: objective per trial, test metrics of the chosen trial only.
-        md, files = report_search.build_search_report(parent_id, tracking_uri, wanted, out_dir,
-                                                      storage)
+        md, files = report_search.build_search_report(
+            parent_id, tracking_uri, wanted, out_dir, storage
+        )
         files.append(plot_training_curves(sweep, out_dir / "training_curves.png"))
         return _finish(md, files, out_dir, parent_id, tracking_uri, log)
     files: List[Path] = []
@@ -389,13 +474,21 @@ def build_report(target: str, metrics: Optional[Sequence[str]] = None, uri: Opti
     md = [f"# Sweep {parent_id}", "", f"- MLflow parent run: `{parent_id}` ({tracking_uri})"]
     if sweep.command:
         md.append(f"- Sweep command: `{sweep.command}`")
-    md += [f"- {len(sweep.runs)} finished runs"
-           + (f", {len(sweep.failed)} failed or killed (left out): "
-              + ", ".join(sweep.failed["run_name"].astype(str)) if len(sweep.failed) else ""),
-           f"- Configurations ({len(summary)}) differ in: "
-           + (", ".join(sweep.factors) or "nothing (seeds only)"),
-           "", "## Mean ± std over seeds", "",
-           to_markdown(summary, sweep.factors, wanted, "summary")]
+    md += [
+        f"- {len(sweep.runs)} finished runs"
+        + (
+            f", {len(sweep.failed)} failed or killed (left out): "
+            + ", ".join(sweep.failed["run_name"].astype(str))
+            if len(sweep.failed)
+            else ""
+        ),
+        f"- Configurations ({len(summary)}) differ in: "
+        + (", ".join(sweep.factors) or "nothing (seeds only)"),
+        "",
+        "## Mean ± std over seeds",
+        "",
+        to_markdown(summary, sweep.factors, wanted, "summary"),
+    ]
     files += [out_dir / "summary.csv"]
 
     onoff_md, onoff_files = report_onoff.section(sweep, wanted, out_dir)
@@ -414,13 +507,17 @@ def build_report(target: str, metrics: Optional[Sequence[str]] = None, uri: Opti
     md += ["", "## Training curves", "", "![training curves](training_curves.png)"]
     timelines = score_timelines(sweep, out_dir)
     files += timelines
-    md += ["", f"## Score timelines (one per configuration, its lowest seed: {len(timelines)})",
-           ""] + [f"![{p.stem}]({p.name})" for p in timelines]
+    md += [
+        "",
+        f"## Score timelines (one per configuration, its lowest seed: {len(timelines)})",
+        "",
+    ] + [f"![{p.stem}]({p.name})" for p in timelines]
     return _finish(md, files, out_dir, parent_id, tracking_uri, log)
 
 
-def _finish(md: List[str], files: List[Path], out_dir: Path, parent_id: str, tracking_uri: str,
-            log: bool) -> Path:
+def _finish(
+    md: List[str], files: List[Path], out_dir: Path, parent_id: str, tracking_uri: str, log: bool
+) -> Path:
     """Write report.md, log every file to the parent run (when asked), print the report."""
     (out_dir / "report.md").write_text("\n".join(md) + "\n")
     files.insert(0, out_dir / "report.md")
@@ -431,8 +528,11 @@ def _finish(md: List[str], files: List[Path], out_dir: Path, parent_id: str, tra
         for f in files:
             client.log_artifact(parent_id, str(f), "report")
     print("\n".join(md))
-    print(f"\nreport written to {out_dir} and logged to parent run {parent_id}" if log
-          else f"\nreport written to {out_dir}")
+    print(
+        f"\nreport written to {out_dir} and logged to parent run {parent_id}"
+        if log
+        else f"\nreport written to {out_dir}"
+    )
     return out_dir
 
 
@@ -442,17 +542,29 @@ OPTIONS = {
     "uri": Option("tracking uri (default: the sweep's, else $MLFLOW_TRACKING_URI)"),
     "out": Option("output folder (default: outputs/reports/<parent id>)"),
     "log": Option("log the report as artifacts of the parent run", kind=bool, default=True),
-    "storage": Option("Optuna storage of a search's shared study (default: "
-                      f"${report_search.STORAGE_ENV}, else the sweep's optuna.storage tag)"),
+    "storage": Option(
+        "Optuna storage of a search's shared study (default: "
+        f"${report_search.STORAGE_ENV}, else the sweep's optuna.storage tag)"
+    ),
 }
 
 
 @cli_errors
 def main(argv: Optional[List[str]] = None) -> int:
-    args = parse(sys.argv[1:] if argv is None else argv, OPTIONS, __doc__.split("\n\n")[1],
-                 positional="target")
-    build_report(args["target"], args["report.metrics"], args["uri"],
-                 Path(args["out"]) if args["out"] else None, args["log"], args["storage"])
+    args = parse(
+        sys.argv[1:] if argv is None else argv,
+        OPTIONS,
+        __doc__.split("\n\n")[1],
+        positional="target",
+    )
+    build_report(
+        args["target"],
+        args["report.metrics"],
+        args["uri"],
+        Path(args["out"]) if args["out"] else None,
+        args["log"],
+        args["storage"],
+    )
     return 0
 
 

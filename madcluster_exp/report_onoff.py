@@ -12,6 +12,7 @@ Each arm is compared with off separately: per configuration (the sweep's non-plu
 difference on − off of each metric over the seeds both have, its mean and std, and a paired
 t-test (scipy's ``ttest_rel``, two-sided; n = number of pairs).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,14 +40,17 @@ def arm_factors(factors: Sequence[str]) -> List[str]:
 
 def arm_label(values: dict) -> str:
     """``on`` or ``on(combine=backbone_only, k=3)`` from {config key: value}."""
-    inner = ", ".join(f"{k[len('madcluster.'):]}={v}" for k, v in values.items())
+    inner = ", ".join(f"{k[len('madcluster.') :]}={v}" for k, v in values.items())
     return f"on({inner})" if inner else "on"
 
 
 def _by_seed(rows: pd.DataFrame, metric: str) -> pd.Series:
     """One value per seed (mean if a seed has several runs)."""
-    values = pd.to_numeric(rows[metric], errors="coerce") if metric in rows else \
-        pd.Series(np.nan, index=rows.index)
+    values = (
+        pd.to_numeric(rows[metric], errors="coerce")
+        if metric in rows
+        else pd.Series(np.nan, index=rows.index)
+    )
     return values.groupby(rows["param:seed"]).mean()
 
 
@@ -56,21 +60,24 @@ def _paired(on: pd.Series, off: pd.Series) -> dict:
     seeds = sorted(set(on.index) & set(off.index))
     a, b = on.loc[seeds].to_numpy(dtype=float), off.loc[seeds].to_numpy(dtype=float)
     d = a - b
-    out = {"off": float(np.nanmean(b)) if seeds else np.nan,
-           "on": float(np.nanmean(a)) if seeds else np.nan,
-           "off std": float(np.nanstd(b, ddof=1)) if len(b) > 1 else np.nan,
-           "on std": float(np.nanstd(a, ddof=1)) if len(a) > 1 else np.nan,
-           "diff": float(np.nanmean(d)) if seeds else np.nan,
-           "diff std": float(np.nanstd(d, ddof=1)) if len(d) > 1 else np.nan,
-           "p": np.nan}
+    out = {
+        "off": float(np.nanmean(b)) if seeds else np.nan,
+        "on": float(np.nanmean(a)) if seeds else np.nan,
+        "off std": float(np.nanstd(b, ddof=1)) if len(b) > 1 else np.nan,
+        "on std": float(np.nanstd(a, ddof=1)) if len(a) > 1 else np.nan,
+        "diff": float(np.nanmean(d)) if seeds else np.nan,
+        "diff std": float(np.nanstd(d, ddof=1)) if len(d) > 1 else np.nan,
+        "p": np.nan,
+    }
     # No p-value below FEW_PAIRS pairs: the report says why instead of printing a number.
     if len(d) >= FEW_PAIRS and np.nanstd(d) > 0:
         out["p"] = float(ttest_rel(a, b, nan_policy="omit").pvalue)
     return out
 
 
-def onoff_table(runs: pd.DataFrame, factors: Sequence[str],
-                metrics: Sequence[str]) -> Optional[pd.DataFrame]:
+def onoff_table(
+    runs: pd.DataFrame, factors: Sequence[str], metrics: Sequence[str]
+) -> Optional[pd.DataFrame]:
     """One row per (configuration, arm): on − off of each metric, paired by seed.
 
     ``runs``: one row per finished run (``param:<key>`` columns and metric columns, as
@@ -81,15 +88,21 @@ def onoff_table(runs: pd.DataFrame, factors: Sequence[str],
         return None
     pair_keys = [f for f in factors if not f.startswith("madcluster.")]
     arms = arm_factors(factors)
-    grouped = runs.groupby([f"param:{f}" for f in pair_keys], dropna=False, sort=True) \
-        if pair_keys else [((), runs)]
+    grouped = (
+        runs.groupby([f"param:{f}" for f in pair_keys], dropna=False, sort=True)
+        if pair_keys
+        else [((), runs)]
+    )
     rows = []
     for key, g in grouped:
         key = key if isinstance(key, tuple) else (key,)
         on_runs = g[g[f"param:{ENABLED}"] == "True"]
         off_runs = g[g[f"param:{ENABLED}"] == "False"]
-        arm_groups = on_runs.groupby([f"param:{f}" for f in arms], dropna=False, sort=True) \
-            if arms else [((), on_runs)]
+        arm_groups = (
+            on_runs.groupby([f"param:{f}" for f in arms], dropna=False, sort=True)
+            if arms
+            else [((), on_runs)]
+        )
         for arm_key, on in arm_groups:
             arm_key = arm_key if isinstance(arm_key, tuple) else (arm_key,)
             values = dict(zip(arms, arm_key))
@@ -120,16 +133,27 @@ def section(sweep, metrics: Sequence[str], out_dir: Path) -> Tuple[List[str], Li
     table.to_csv(out_dir / "onoff.csv", index=False)
     md = ["", "## MADCluster on − off, per arm (paired by seed; p: paired t-test)", ""]
     meanings = table.drop_duplicates("arm")
-    md += [f"- {r['arm']} − off: {_MEANING[r[COMBINE]]}" for _, r in meanings.iterrows()
-           if r[COMBINE] in _MEANING]
+    md += [
+        f"- {r['arm']} − off: {_MEANING[r[COMBINE]]}"
+        for _, r in meanings.iterrows()
+        if r[COMBINE] in _MEANING
+    ]
     few = table[table["pairs"] < FEW_PAIRS]
     if len(few):
-        md.append(f"- too few pairs for a test: {len(few)} of {len(table)} rows have fewer than "
-                  f"{FEW_PAIRS} seed pairs (n = {', '.join(str(int(n)) for n in few['pairs'])}); "
-                  "they carry no p-value and their differences mean little. Add seeds "
-                  "(seed=0,1,2,3,4) for a paired test.")
-    md += ["", to_markdown(table, keys, metrics, "onoff"), "",
-           "![MADCluster off vs on](onoff_bars.png)"]
-    files = [out_dir / "onoff.csv",
-             plot_onoff_bars(table, keys, list(metrics)[:4], out_dir / "onoff_bars.png")]
+        md.append(
+            f"- too few pairs for a test: {len(few)} of {len(table)} rows have fewer than "
+            f"{FEW_PAIRS} seed pairs (n = {', '.join(str(int(n)) for n in few['pairs'])}); "
+            "they carry no p-value and their differences mean little. Add seeds "
+            "(seed=0,1,2,3,4) for a paired test."
+        )
+    md += [
+        "",
+        to_markdown(table, keys, metrics, "onoff"),
+        "",
+        "![MADCluster off vs on](onoff_bars.png)",
+    ]
+    files = [
+        out_dir / "onoff.csv",
+        plot_onoff_bars(table, keys, list(metrics)[:4], out_dir / "onoff_bars.png"),
+    ]
     return md, files

@@ -24,6 +24,7 @@ Per published table: one markdown table per metric with, per (dataset, backbone,
 the published value of each arm, the measured mean ± std over seeds of each arm, and, where the
 table has both ``off`` and ``on``, both on − off differences and whether their signs agree.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,11 +37,21 @@ import pandas as pd
 PUBLISHED = Path(__file__).with_name("data") / "published.csv"
 COLUMNS = ["table", "row", "dataset", "backbone", "madcluster", "k", "metric", "value"]
 #: Published metric name -> the measured metric's name (without the ``test/``/``ref/`` prefix).
-MEASURED = {"F1": "f1_oracle", "VUS-ROC": "vus_roc", "VUS-PR": "vus_pr",
-            "Aff-P": "affiliation_precision", "Aff-R": "affiliation_recall"}
+MEASURED = {
+    "F1": "f1_oracle",
+    "VUS-ROC": "vus_roc",
+    "VUS-PR": "vus_pr",
+    "Aff-P": "affiliation_precision",
+    "Aff-R": "affiliation_recall",
+}
 ARMS = ["off", "clustering_only", "mapping_only", "on", "on_backbone_only"]
-ARM_LABELS = {"off": "alone", "on": "with", "on_backbone_only": "with (backbone score)",
-              "clustering_only": "clustering only", "mapping_only": "mapping only"}
+ARM_LABELS = {
+    "off": "alone",
+    "on": "with",
+    "on_backbone_only": "with (backbone score)",
+    "clustering_only": "clustering only",
+    "mapping_only": "mapping only",
+}
 KEY = ["dataset", "backbone", "k", "protocol"]
 
 
@@ -56,11 +67,13 @@ def load_published(path: Path = PUBLISHED) -> pd.DataFrame:
     for i, r in table.iterrows():
         line = f"{path}: data row {i + 1} ({r['table']}, {r['row']}, {r['metric']})"
         if r["madcluster"] not in ARMS:
-            raise PublishedDataError(f"{line}: madcluster={r['madcluster']!r}; expected one of "
-                                     f"{', '.join(ARMS)}")
+            raise PublishedDataError(
+                f"{line}: madcluster={r['madcluster']!r}; expected one of {', '.join(ARMS)}"
+            )
         if r["metric"] not in MEASURED:
-            raise PublishedDataError(f"{line}: metric={r['metric']!r}; expected one of "
-                                     f"{', '.join(MEASURED)}")
+            raise PublishedDataError(
+                f"{line}: metric={r['metric']!r}; expected one of {', '.join(MEASURED)}"
+            )
         if not 0.0 <= float(r["value"]) <= 1.0:
             raise PublishedDataError(f"{line}: value={r['value']}; expected a value in [0, 1]")
     return table
@@ -95,11 +108,19 @@ def _runs_long(runs: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
         for m in metrics:
             key = measured_key(m, protocol, per_entity)
             value = pd.to_numeric(r.get(key, np.nan), errors="coerce")
-            rows.append({"dataset": r.get("param:dataset.name"),
-                         "backbone": r.get("param:backbone.name"),
-                         "k": int(r.get("param:madcluster.k", 1)), "protocol": protocol,
-                         "arm": run_arm(r), "seed": r.get("param:seed"), "metric": m,
-                         "measured_key": key, "value": float(value)})
+            rows.append(
+                {
+                    "dataset": r.get("param:dataset.name"),
+                    "backbone": r.get("param:backbone.name"),
+                    "k": int(r.get("param:madcluster.k", 1)),
+                    "protocol": protocol,
+                    "arm": run_arm(r),
+                    "seed": r.get("param:seed"),
+                    "metric": m,
+                    "measured_key": key,
+                    "value": float(value),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -123,8 +144,12 @@ def compare(runs: pd.DataFrame, published: Optional[pd.DataFrame] = None) -> pd.
         backbones, ks = set(pub["backbone"]), set(pub["k"])
         table_arms = [a for a in ARMS if a in set(pub["madcluster"])]
         arms = table_arms + (["on_backbone_only"] if "on" in table_arms else [])
-        mine = measured[measured["backbone"].isin(backbones) & measured["k"].isin(ks)
-                        & measured["arm"].isin(arms) & measured["metric"].isin(metrics)]
+        mine = measured[
+            measured["backbone"].isin(backbones)
+            & measured["k"].isin(ks)
+            & measured["arm"].isin(arms)
+            & measured["metric"].isin(metrics)
+        ]
         if mine.empty or not (set(mine["arm"]) & set(table_arms)):
             continue
         values = pub.set_index(["dataset", "backbone", "k", "madcluster", "metric"])
@@ -136,14 +161,28 @@ def compare(runs: pd.DataFrame, published: Optional[pd.DataFrame] = None) -> pd.
                         continue
                     idx = (dataset, backbone, k, arm, m)
                     paper = float(values.loc[idx, "value"]) if idx in values.index else math.nan
-                    row = (values.loc[idx, "row"] if idx in values.index else "")
+                    row = values.loc[idx, "row"] if idx in values.index else ""
                     mean, std, n = _stats(cell["value"])
-                    out.append({"table": name, "row": row, "dataset": dataset,
-                                "backbone": backbone, "k": k, "protocol": protocol, "arm": arm,
-                                "metric": m, "paper": paper, "measured_mean": mean,
-                                "measured_std": std, "n": n, "in_table": arm in table_arms,
-                                "measured_key": measured_key(m, protocol, False) if cell.empty
-                                else cell["measured_key"].iloc[0]})
+                    out.append(
+                        {
+                            "table": name,
+                            "row": row,
+                            "dataset": dataset,
+                            "backbone": backbone,
+                            "k": k,
+                            "protocol": protocol,
+                            "arm": arm,
+                            "metric": m,
+                            "paper": paper,
+                            "measured_mean": mean,
+                            "measured_std": std,
+                            "n": n,
+                            "in_table": arm in table_arms,
+                            "measured_key": measured_key(m, protocol, False)
+                            if cell.empty
+                            else cell["measured_key"].iloc[0],
+                        }
+                    )
     return pd.DataFrame(out)
 
 
@@ -181,8 +220,9 @@ def metric_table(long: pd.DataFrame, table: str, metric: str) -> pd.DataFrame:
         for a in arms:
             if a in by_arm.index:
                 r = by_arm.loc[a]
-                row[f"measured {ARM_LABELS[a]}"] = _cell(r["measured_mean"], r["measured_std"],
-                                                         int(r["n"]))
+                row[f"measured {ARM_LABELS[a]}"] = _cell(
+                    r["measured_mean"], r["measured_std"], int(r["n"])
+                )
         if {"off", "on"} <= set(by_arm.index):
             d_paper = by_arm.loc["on", "paper"] - by_arm.loc["off", "paper"]
             d_meas = by_arm.loc["on", "measured_mean"] - by_arm.loc["off", "measured_mean"]
@@ -200,8 +240,9 @@ def _markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def section(runs: pd.DataFrame, out_dir: Path,
-            published: Optional[pd.DataFrame] = None) -> Tuple[List[str], List[Path]]:
+def section(
+    runs: pd.DataFrame, out_dir: Path, published: Optional[pd.DataFrame] = None
+) -> Tuple[List[str], List[Path]]:
     """(markdown lines, files) of the published-vs-measured section; nothing when the sweep
     measures no published figure. Writes ``paper_vs_measured.csv`` (the long table)."""
     long = compare(runs, published)
@@ -209,18 +250,24 @@ def section(runs: pd.DataFrame, out_dir: Path,
         return [], []
     csv = out_dir / "paper_vs_measured.csv"
     long.to_csv(csv, index=False)
-    md = ["", "## Published vs measured", "",
-          f"Published: {PUBLISHED.name} (MADCluster appendix). Measured: mean ± std over seeds "
-          "(n = seeds). The paper's F1 is an oracle (best threshold on test labels)."]
+    md = [
+        "",
+        "## Published vs measured",
+        "",
+        f"Published: {PUBLISHED.name} (MADCluster appendix). Measured: mean ± std over seeds "
+        "(n = seeds). The paper's F1 is an oracle (best threshold on test labels).",
+    ]
     for table in sorted(set(long["table"])):
         sub = long[long["table"] == table]
         md += ["", f"### {table}"]
         if table == "Table 3":
             md += ["", "alone = Deep SVDD alone, the paper's distance-mapping-only row."]
         for metric in dict.fromkeys(sub["metric"]):
-            keys = sorted(set(sub.loc[(sub["metric"] == metric) & (sub["n"] > 0),
-                                      "measured_key"]))
-            md += ["", f"**{metric}** (measured: {', '.join(keys)})", "",
-                   _markdown(metric_table(long, table, metric))]
+            keys = sorted(set(sub.loc[(sub["metric"] == metric) & (sub["n"] > 0), "measured_key"]))
+            md += [
+                "",
+                f"**{metric}** (measured: {', '.join(keys)})",
+                "",
+                _markdown(metric_table(long, table, metric)),
+            ]
     return md, [csv]
-

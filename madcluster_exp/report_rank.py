@@ -16,6 +16,7 @@ sanity column that says in words what cannot be trusted.
 - Sanity: AUC-ROC below 0.5 and constant scores (madcluster_exp/sanity.py), and, where the
   sweep holds them, VUS-PR below the ``random`` detector's or below ``knn``'s on the same series.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,8 +49,11 @@ def detector_label(row: pd.Series, keys: Sequence[str]) -> str:
     name = str(row.get("param:backbone.name"))
     if row.get("param:backbone.family") != "classical":
         name += "/on" if str(row.get("param:madcluster.enabled")) == "True" else "/off"
-    extra = [f"{k.split('.', 1)[1]}={row[f'param:{k}']}" for k in keys
-             if k not in ("backbone.name", "madcluster.enabled")]
+    extra = [
+        f"{k.split('.', 1)[1]}={row[f'param:{k}']}"
+        for k in keys
+        if k not in ("backbone.name", "madcluster.enabled")
+    ]
     return name + (f" ({', '.join(extra)})" if extra else "")
 
 
@@ -77,11 +81,18 @@ def long_table(sweep) -> pd.DataFrame:
     wanted = RANK_METRICS + SANITY_METRICS
     rows = []
     for _, r in sweep.runs.iterrows():
-        base = {"detector": detector_label(r, dkeys), "seed": r.get("param:seed"),
-                "backbone": r.get("param:backbone.name"), "run_id": r["run_id"]}
+        base = {
+            "detector": detector_label(r, dkeys),
+            "seed": r.get("param:seed"),
+            "backbone": r.get("param:backbone.name"),
+            "run_id": r["run_id"],
+        }
         series = series_label(r, skeys)
-        table = (_entity_rows(client, r["run_id"])
-                 if r.get("param:dataset.mode") == "per_entity" else None)
+        table = (
+            _entity_rows(client, r["run_id"])
+            if r.get("param:dataset.mode") == "per_entity"
+            else None
+        )
         if table is None:
             rows.append({**base, "series": series, **{m: r.get(m, np.nan) for m in wanted}})
             continue
@@ -118,8 +129,11 @@ def per_series_table(long: pd.DataFrame) -> pd.DataFrame:
     sanity = []
     for _, r in table.iterrows():
         flags = run_flags(r.to_dict())
-        refs = {name: float(b.get(r["series"], np.nan)) for name, b in baselines.items()
-                if name != r["backbone"]}
+        refs = {
+            name: float(b.get(r["series"], np.nan))
+            for name, b in baselines.items()
+            if name != r["backbone"]
+        }
         flags += baseline_flags(float(r[HEADLINE]), refs)
         sanity.append(describe(flags))
     table["sanity"] = sanity
@@ -172,8 +186,11 @@ def aggregate_table(per_series: pd.DataFrame) -> pd.DataFrame:
         row["mean rank"] = float(ranks.get(det, np.nan))
         row["sanity"] = _sanity_summary(g)
         rows.append(row)
-    return pd.DataFrame(rows).sort_values(["mean rank", HEADLINE],
-                                          ascending=[True, False]).reset_index(drop=True)
+    return (
+        pd.DataFrame(rows)
+        .sort_values(["mean rank", HEADLINE], ascending=[True, False])
+        .reset_index(drop=True)
+    )
 
 
 def significance(complete: pd.DataFrame):
@@ -193,8 +210,9 @@ def significance(complete: pd.DataFrame):
     return "Friedman + Nemenyi", omnibus, matrix
 
 
-def plot_cd_diagram(complete: pd.DataFrame, matrix: pd.DataFrame, test: str,
-                    omnibus: Optional[float], path: Path) -> Path:
+def plot_cd_diagram(
+    complete: pd.DataFrame, matrix: pd.DataFrame, test: str, omnibus: Optional[float], path: Path
+) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -222,8 +240,9 @@ def _num(v) -> str:
 def _markdown(df: pd.DataFrame, columns: Sequence[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for _, r in df.iterrows():
-        cells = [(_num(r[c]) if isinstance(r[c], (float, np.floating)) else str(r[c]))
-                 for c in columns]
+        cells = [
+            (_num(r[c]) if isinstance(r[c], (float, np.floating)) else str(r[c])) for c in columns
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -240,27 +259,39 @@ def rank_section(sweep, out_dir: Path) -> Tuple[List[str], List[Path]]:
     files = [out_dir / "rank_per_series.csv", out_dir / "rank_table.csv"]
     per_series.to_csv(files[0], index=False)
     aggregate.to_csv(files[1], index=False)
-    md = ["", "## Where each detector stands (headline: VUS-PR; rank 1 = best)", "",
-          _markdown(aggregate, ["detector", "series", *RANK_METRICS, "mean rank", "sanity"])]
+    md = [
+        "",
+        "## Where each detector stands (headline: VUS-PR; rank 1 = best)",
+        "",
+        _markdown(aggregate, ["detector", "series", *RANK_METRICS, "mean rank", "sanity"]),
+    ]
     complete, dropped = rank_matrix(per_series)
     if dropped:
-        md += ["", f"Left out of the ranks (not every detector has a result): "
-               f"{', '.join(dropped)}"]
+        md += ["", f"Left out of the ranks (not every detector has a result): {', '.join(dropped)}"]
     if complete.shape[1] >= 2 and len(complete) >= 2:
         test, omnibus, matrix = significance(complete)
         files.append(plot_cd_diagram(complete, matrix, test, omnibus, out_dir / "cd_diagram.png"))
         matrix.to_csv(out_dir / "rank_pvalues.csv")
         files.append(out_dir / "rank_pvalues.csv")
-        md += ["", f"{test} over {len(complete)} series"
-               + (f": Friedman p = {omnibus:.3g}" if omnibus is not None else "")
-               + "; critical-difference diagram: cd_diagram.png, pairwise p-values: "
-               "rank_pvalues.csv"]
+        md += [
+            "",
+            f"{test} over {len(complete)} series"
+            + (f": Friedman p = {omnibus:.3g}" if omnibus is not None else "")
+            + "; critical-difference diagram: cd_diagram.png, pairwise p-values: "
+            "rank_pvalues.csv",
+        ]
     else:
-        md += ["", f"No critical-difference diagram: it needs 2 detectors or more on 2 complete "
-               f"series or more (have {complete.shape[1]} on {len(complete)})"]
-    md += ["", "### Per series (mean over seeds)", "",
-           _markdown(per_series, ["series", "detector", "seeds", *RANK_METRICS, "rank",
-                                  "sanity"])]
+        md += [
+            "",
+            f"No critical-difference diagram: it needs 2 detectors or more on 2 complete "
+            f"series or more (have {complete.shape[1]} on {len(complete)})",
+        ]
+    md += [
+        "",
+        "### Per series (mean over seeds)",
+        "",
+        _markdown(per_series, ["series", "detector", "seeds", *RANK_METRICS, "rank", "sanity"]),
+    ]
     return md, files
 
 
@@ -289,8 +320,9 @@ def summary_sanity(sweep, summary: pd.DataFrame) -> List[str]:
     return out
 
 
-def _summary_baselines(runs: pd.DataFrame, row: pd.Series, skeys: Sequence[str],
-                       own: str) -> Dict[str, float]:
+def _summary_baselines(
+    runs: pd.DataFrame, row: pd.Series, skeys: Sequence[str], own: str
+) -> Dict[str, float]:
     if HEADLINE not in runs or "param:backbone.name" not in runs:
         return {}
     same = np.ones(len(runs), bool)

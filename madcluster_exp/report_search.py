@@ -12,6 +12,7 @@ their MLflow runs by trial number (tag ``optuna.trial``). A one-process study in
 rebuilt from the sweep's own runs. Writes ``search.md``, ``search_trials.csv`` and
 ``search_chosen.json``.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,11 +50,17 @@ def trial_runs(client, parent_id: str, tags: Dict[str, str]) -> pd.DataFrame:
         t = r.data.tags
         if "optuna.trial" not in t or t.get("optuna.storage") != tags["optuna.storage"]:
             continue
-        rows.append({"trial": int(t["optuna.trial"]), "run_id": r.info.run_id,
-                     "run_status": r.info.status, "sweep_run": t.get("mlflow.parentRunId"),
-                     "run_objective": r.data.metrics.get(tags["search.metric"], math.nan),
-                     **{f"param:{k}": v for k, v in r.data.params.items()},
-                     **{f"metric:{k}": v for k, v in r.data.metrics.items()}})
+        rows.append(
+            {
+                "trial": int(t["optuna.trial"]),
+                "run_id": r.info.run_id,
+                "run_status": r.info.status,
+                "sweep_run": t.get("mlflow.parentRunId"),
+                "run_objective": r.data.metrics.get(tags["search.metric"], math.nan),
+                **{f"param:{k}": v for k, v in r.data.params.items()},
+                **{f"metric:{k}": v for k, v in r.data.metrics.items()},
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -65,10 +72,19 @@ def study_trials(storage: str, study_name: str) -> Tuple[pd.DataFrame, Optional[
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except Exception as exc:  # noqa: BLE001 - any failure: say which storage and why
-        raise SearchReportError(f"cannot load Optuna study {study_name!r} from {storage}: "
-                                f"{exc}; pass storage=<url> (or set {STORAGE_ENV})") from None
-    rows = [{"trial": t.number, "state": t.state.name, "objective": t.value,
-             **{f"param:{k}": v for k, v in t.params.items()}} for t in study.trials]
+        raise SearchReportError(
+            f"cannot load Optuna study {study_name!r} from {storage}: "
+            f"{exc}; pass storage=<url> (or set {STORAGE_ENV})"
+        ) from None
+    rows = [
+        {
+            "trial": t.number,
+            "state": t.state.name,
+            "objective": t.value,
+            **{f"param:{k}": v for k, v in t.params.items()},
+        }
+        for t in study.trials
+    ]
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     return pd.DataFrame(rows), (study.best_trial.number if complete else None)
 
@@ -78,9 +94,14 @@ def memory_trials(runs: pd.DataFrame, direction: str) -> Tuple[pd.DataFrame, Opt
     from madcluster_exp.report import NOT_A_FACTOR, _is_derived
 
     finished = runs["run_status"] == "FINISHED"
-    factors = [c for c in runs.columns if c.startswith("param:")
-               and c[len("param:"):] not in NOT_A_FACTOR and not _is_derived(c[len("param:"):])
-               and runs[c].nunique(dropna=False) > 1]
+    factors = [
+        c
+        for c in runs.columns
+        if c.startswith("param:")
+        and c[len("param:") :] not in NOT_A_FACTOR
+        and not _is_derived(c[len("param:") :])
+        and runs[c].nunique(dropna=False) > 1
+    ]
     df = runs[["trial", *factors]].copy()
     df["state"] = ["COMPLETE" if ok else "FAIL" for ok in finished]
     df["objective"] = runs["run_objective"].where(finished)
@@ -92,22 +113,26 @@ def memory_trials(runs: pd.DataFrame, direction: str) -> Tuple[pd.DataFrame, Opt
 
 
 def _num(v) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else (
-        f"{v:.6g}" if isinstance(v, float) else str(v))
+    return (
+        "n/a"
+        if v is None or (isinstance(v, float) and math.isnan(v))
+        else (f"{v:.6g}" if isinstance(v, float) else str(v))
+    )
 
 
-def build_search_report(parent_id: str, uri: str, metrics: Sequence[str], out_dir: Path,
-                        storage: Optional[str] = None) -> Tuple[List[str], List[Path]]:
+def build_search_report(
+    parent_id: str, uri: str, metrics: Sequence[str], out_dir: Path, storage: Optional[str] = None
+) -> Tuple[List[str], List[Path]]:
     """Write the search report under ``out_dir``; (markdown lines, files written)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
     tags = search_tags(client, parent_id)
     if tags is None:
-        raise SearchReportError(f"run {parent_id} in {uri} is not an Optuna search's sweep run "
-                                "(no optuna.study tag)")
-    study, metric, direction = tags["optuna.study"], tags["search.metric"], tags[
-        "search.direction"]
+        raise SearchReportError(
+            f"run {parent_id} in {uri} is not an Optuna search's sweep run (no optuna.study tag)"
+        )
+    study, metric, direction = tags["optuna.study"], tags["search.metric"], tags["search.direction"]
     runs = trial_runs(client, parent_id, tags)
     if runs.empty:
         raise SearchReportError(f"no MLflow run of a trial of study {study!r} in {uri}")
@@ -116,49 +141,79 @@ def build_search_report(parent_id: str, uri: str, metrics: Sequence[str], out_di
     else:
         url = storage or os.environ.get(STORAGE_ENV) or tags["optuna.storage"]
         trials, best = study_trials(url, study)
-    joined = trials.merge(runs[["trial", "run_id", "run_status", "sweep_run"]], on="trial",
-                          how="left").sort_values("trial")
+    joined = trials.merge(
+        runs[["trial", "run_id", "run_status", "sweep_run"]], on="trial", how="left"
+    ).sort_values("trial")
     params = [c for c in joined.columns if c.startswith("param:")]
     joined["chosen"] = joined["trial"] == best
-    table = joined[["trial", "state", "objective", *params, "chosen", "run_id", "run_status",
-                    "sweep_run"]].rename(columns={c: c[len("param:"):] for c in params})
-    names = [c[len("param:"):] for c in params]
+    table = joined[
+        ["trial", "state", "objective", *params, "chosen", "run_id", "run_status", "sweep_run"]
+    ].rename(columns={c: c[len("param:") :] for c in params})
+    names = [c[len("param:") :] for c in params]
     out_dir.mkdir(parents=True, exist_ok=True)
     files = [out_dir / "search_trials.csv"]
     table.to_csv(files[0], index=False)
 
-    states = ", ".join(f"{n} {s.lower()}"
-                       for s, n in table["state"].value_counts().sort_index().items())
-    md = [f"# Search: study {study} ({tags['optuna.storage']})", "",
-          f"Objective: {metric} ({tags.get('search.objective')}), {direction}d; "
-          f"{len(table)} trials ({states}) from {table['sweep_run'].nunique()} sweep "
-          "process(es).", "",
-          "| trial | state | objective | " + " | ".join(names) + " | MLflow run |",
-          "|" + "---|" * (4 + len(names))]
+    states = ", ".join(
+        f"{n} {s.lower()}" for s, n in table["state"].value_counts().sort_index().items()
+    )
+    md = [
+        f"# Search: study {study} ({tags['optuna.storage']})",
+        "",
+        f"Objective: {metric} ({tags.get('search.objective')}), {direction}d; "
+        f"{len(table)} trials ({states}) from {table['sweep_run'].nunique()} sweep "
+        "process(es).",
+        "",
+        "| trial | state | objective | " + " | ".join(names) + " | MLflow run |",
+        "|" + "---|" * (4 + len(names)),
+    ]
     for _, r in table.iterrows():
         mark = " ← chosen" if r["chosen"] else ""
-        md.append(f"| {r['trial']} | {r['state']} | {_num(r['objective'])}{mark} | "
-                  + " | ".join(_num(r[n]) for n in names) + f" | {_num(r['run_id'])} |")
+        md.append(
+            f"| {r['trial']} | {r['state']} | {_num(r['objective'])}{mark} | "
+            + " | ".join(_num(r[n]) for n in names)
+            + f" | {_num(r['run_id'])} |"
+        )
     if best is None:
         md += ["", "No trial is complete: nothing chosen."]
         return md, files
     chosen = table[table["chosen"]].iloc[0]
     run = runs[runs["trial"] == best]
     if run.empty:
-        raise SearchReportError(f"trial {best} of study {study!r} (the chosen one) has no "
-                                f"MLflow run in {uri}")
+        raise SearchReportError(
+            f"trial {best} of study {study!r} (the chosen one) has no MLflow run in {uri}"
+        )
     run = run.iloc[0]
     wanted = [m for m in metrics if f"metric:{m}" in run and not pd.isna(run[f"metric:{m}"])]
     test = {m: float(run[f"metric:{m}"]) for m in wanted}
-    md += ["", f"## Chosen trial {best} (best {metric}: {_num(chosen['objective'])})", "",
-           "Parameters: " + ", ".join(f"{n}={_num(chosen[n])}" for n in names), "",
-           "Test metrics of the chosen trial only (chosen on the objective alone, never on "
-           "test):", "", "| metric | value |", "|---|---|"]
+    md += [
+        "",
+        f"## Chosen trial {best} (best {metric}: {_num(chosen['objective'])})",
+        "",
+        "Parameters: " + ", ".join(f"{n}={_num(chosen[n])}" for n in names),
+        "",
+        "Test metrics of the chosen trial only (chosen on the objective alone, never on test):",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
     md += [f"| {m} | {v:.4f} |" for m, v in test.items()]
     chosen_path = out_dir / "search_chosen.json"
-    chosen_path.write_text(json.dumps(
-        {"study": study, "trial": int(best), "objective": float(chosen["objective"]),
-         "metric": metric, "direction": direction, "run_id": run["run_id"],
-         "params": {n: chosen[n] for n in names}, "test": test}, indent=2, default=str))
+    chosen_path.write_text(
+        json.dumps(
+            {
+                "study": study,
+                "trial": int(best),
+                "objective": float(chosen["objective"]),
+                "metric": metric,
+                "direction": direction,
+                "run_id": run["run_id"],
+                "params": {n: chosen[n] for n in names},
+                "test": test,
+            },
+            indent=2,
+            default=str,
+        )
+    )
     files.append(chosen_path)
     return md, files

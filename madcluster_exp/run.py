@@ -3,6 +3,7 @@
 The test split is sealed until ``fit`` has returned; every number that selects a model, a radius,
 a score normalisation or a threshold comes from training or validation data only.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,24 +26,26 @@ from omegaconf import DictConfig, OmegaConf
 
 from madcluster_exp.backbones import backbone_class
 from madcluster_exp.classical import build_classical, is_classical, score_split_classical
+from madcluster_exp.complexity import complexity
 from madcluster_exp.config import PROTOCOL_COMBINE, ConfigError, resolve_defaults, validate
 from madcluster_exp.data import load_dataset, prepare
 from madcluster_exp.data.collection import Collection
-from madcluster_exp.complexity import complexity
-from madcluster_exp.detector import build_detector
 from madcluster_exp.data.inject import inject
-from madcluster_exp.evaluation import (evaluate_point, evaluate_reference, injected_metrics,
-                                       injected_score)
-from madcluster_exp.scoring import score_split
-from madcluster_exp.sanity import describe, run_flags, score_spread
-from madcluster_exp.scoring.score import window_labels
+from madcluster_exp.detector import build_detector
+from madcluster_exp.evaluation import (
+    evaluate_point,
+    evaluate_reference,
+    injected_metrics,
+    injected_score,
+)
 from madcluster_exp.identity import config_id, fingerprint, identifying
+from madcluster_exp.sanity import describe, run_flags, score_spread
+from madcluster_exp.scoring import score_split
+from madcluster_exp.scoring.score import window_labels
 from madcluster_exp.tracking import Tracker, build_tracker, resolve_tracking_uri
 from madcluster_exp.tracking.callbacks import read_parent
 from madcluster_exp.training import FitResult, fit
 from madcluster_exp.training.checkpoint import Checkpointer, check_resume
-
-
 
 # The checkout this code runs from: its git commit is the run's source version.
 CODE_ROOT = Path(__file__).resolve().parent.parent
@@ -89,8 +92,11 @@ def parent_run_id() -> Optional[str]:
     """The sweep's parent run (multirun: written by the sweep callback), else None."""
     hc = _hydra_runtime()
     if hc is not None and hc.mode == RunMode.MULTIRUN:
-        return read_parent(Path(hc.sweep.dir) if Path(hc.sweep.dir).is_absolute()
-                           else Path(hc.runtime.cwd) / hc.sweep.dir)
+        return read_parent(
+            Path(hc.sweep.dir)
+            if Path(hc.sweep.dir).is_absolute()
+            else Path(hc.runtime.cwd) / hc.sweep.dir
+        )
     return None
 
 
@@ -156,8 +162,11 @@ def git_tags(root: Path) -> Dict[str, str]:
     if commit is None:
         return {"git_commit": "unknown"}
     status = _git(root, "status", "--porcelain", "--untracked-files=no")
-    tags = {"git_commit": commit, "mlflow.source.git.commit": commit,
-            "git_dirty": "unknown" if status is None else str(bool(status)).lower()}
+    tags = {
+        "git_commit": commit,
+        "mlflow.source.git.commit": commit,
+        "git_dirty": "unknown" if status is None else str(bool(status)).lower(),
+    }
     branch = _git(root, "rev-parse", "--abbrev-ref", "HEAD")
     if branch and branch != "HEAD":
         tags["mlflow.source.git.branch"] = branch
@@ -203,13 +212,17 @@ def check_backbone_score_exists(cfg: DictConfig) -> None:
     """madcluster.combine=backbone_only with MADCluster on needs a backbone score; a backbone
     that hands its objective and score to the plug-in (Deep SVDD) has none, and the combiner
     would silently use the plug-in's. Fails before any training."""
-    if (cfg.madcluster.enabled and cfg.madcluster.combine == "backbone_only"
-            and not backbone_class(cfg.backbone.name).keeps_objective_with_plugin):
+    if (
+        cfg.madcluster.enabled
+        and cfg.madcluster.combine == "backbone_only"
+        and not backbone_class(cfg.backbone.name).keeps_objective_with_plugin
+    ):
         raise ConfigError(
             f"madcluster.combine=backbone_only with backbone={cfg.backbone.name}: this backbone "
             "hands its objective and score to MADCluster's center, so there is no backbone "
             "score to keep; the control arm does not apply to it (use madcluster=off for the "
-            "backbone alone)")
+            "backbone alone)"
+        )
 
 
 def check_components_apply(cfg: DictConfig) -> None:
@@ -218,13 +231,17 @@ def check_components_apply(cfg: DictConfig) -> None:
     collapse (Ruff et al. 2018, Prop. 1), so the run would measure nothing. The paper's
     "distance only" row is Deep SVDD alone (madcluster=off). Fails before any training."""
     mc = cfg.madcluster
-    if (mc.enabled and mc.components == "mapping"
-            and not backbone_class(cfg.backbone.name).keeps_objective_with_plugin):
+    if (
+        mc.enabled
+        and mc.components == "mapping"
+        and not backbone_class(cfg.backbone.name).keeps_objective_with_plugin
+    ):
         raise ConfigError(
             f"madcluster.components=mapping with backbone={cfg.backbone.name}: MADCluster "
             "replaces this backbone's objective, leaving only the distance to a learnable "
             "center, which collapses; the paper's 'distance only' row (appendix Table 3) is "
-            f"{cfg.backbone.name} alone: use madcluster=off (see experiment=paper_ablation)")
+            f"{cfg.backbone.name} alone: use madcluster=off (see experiment=paper_ablation)"
+        )
 
 
 def early_stopping_tag(cfg: DictConfig, fits: List[FitResult]) -> str:
@@ -250,9 +267,13 @@ def identity_tags(cfg: DictConfig, root: Path) -> Dict[str, str]:
     if cfg.backbone.get("embed_tap") is not None:
         tags["embed_tap"] = cfg.backbone.embed_tap
     if cfg.madcluster.enabled:
-        tags.update({"madcluster.k": str(cfg.madcluster.k),
-                     "madcluster.variant": cfg.madcluster.variant,
-                     "madcluster.combine": str(cfg.madcluster.combine)})
+        tags.update(
+            {
+                "madcluster.k": str(cfg.madcluster.k),
+                "madcluster.variant": cfg.madcluster.variant,
+                "madcluster.combine": str(cfg.madcluster.combine),
+            }
+        )
     hc = _hydra_runtime()
     if hc is not None:
         tags["hydra.overrides"] = " ".join(hc.overrides.task)
@@ -273,8 +294,10 @@ def search_tags(sweeper) -> Dict[str, str]:
     from madcluster_exp.tracking.server import redact
 
     storage = sweeper.get("storage")
-    return {"optuna.study": str(sweeper.get("study_name")),
-            "optuna.storage": redact(sqlalchemy_url(storage)) if storage else "in-memory"}
+    return {
+        "optuna.study": str(sweeper.get("study_name")),
+        "optuna.storage": redact(sqlalchemy_url(storage)) if storage else "in-memory",
+    }
 
 
 # ---------------------------------------------------------------------------------- the job
@@ -294,16 +317,22 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None, verbose: bool = True
     done = finished_job(job_dir)
     if done is not None:
         if verbose:
-            print(f"[{name}] finished in an earlier start of this sweep (MLflow run "
-                  f"{done['run_id']}, {job_dir}); not run again")
-        return RunResult(name, done["run_id"], done["tracking_uri"], job_dir, done["metrics"],
-                         None)
+            print(
+                f"[{name}] finished in an earlier start of this sweep (MLflow run "
+                f"{done['run_id']}, {job_dir}); not run again"
+            )
+        return RunResult(name, done["run_id"], done["tracking_uri"], job_dir, done["metrics"], None)
     info_path = job_dir / "run_info.json"
     checkpoints = job_dir / "checkpoints"
-    resumable = (cfg.train.checkpoint and cfg.train.resume and info_path.exists()
-                 and any(checkpoints.glob("*.pt")))
-    uri = (None if cfg.tracking.backend == "none"
-           else resolve_tracking_uri(cfg.tracking.uri, out_root))
+    resumable = (
+        cfg.train.checkpoint
+        and cfg.train.resume
+        and info_path.exists()
+        and any(checkpoints.glob("*.pt"))
+    )
+    uri = (
+        None if cfg.tracking.backend == "none" else resolve_tracking_uri(cfg.tracking.uri, out_root)
+    )
     # Checked before the tracker exists: a refused resume touches no MLflow run.
     grown = check_resume(info_path, flat, uri) if resumable else []
     tracker = build_tracker(cfg.tracking, out_root)
@@ -314,14 +343,24 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None, verbose: bool = True
         tracker.resume(previous["run_id"])  # the same MLflow run goes on: no duplicate
         name = previous.get("run_name", name)
         if grown:  # params are written once: the grown epoch count is a tag
-            tracker.set_tags({"resume.changed": "; ".join(grown),
-                              "train.epochs": str(cfg.train.epochs)})
+            tracker.set_tags(
+                {"resume.changed": "; ".join(grown), "train.epochs": str(cfg.train.epochs)}
+            )
     else:
         tracker.start(name, flat, identity_tags(cfg, root), parent_run_id=parent_run_id())
     # Written first, so a killed run can be found, matched to its config and continued.
-    info_path.write_text(json.dumps(
-        {"run_id": tracker.run_id, "tracking_uri": tracker.uri, "run_name": name,
-         "config_fingerprint": fingerprint(flat), "config": identifying(flat)}, indent=2))
+    info_path.write_text(
+        json.dumps(
+            {
+                "run_id": tracker.run_id,
+                "tracking_uri": tracker.uri,
+                "run_name": name,
+                "config_fingerprint": fingerprint(flat),
+                "config": identifying(flat),
+            },
+            indent=2,
+        )
+    )
     try:
         result = _execute(cfg, tracker, name, root, job_dir, verbose)
     except BaseException as exc:
@@ -343,6 +382,7 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None, verbose: bool = True
 @dataclass
 class _Unit:
     """One trained model: the whole dataset (concat) or one entity (per_entity)."""
+
     entity: Optional[str]
     fit: FitResult
     evaluation: object
@@ -354,8 +394,9 @@ class _Unit:
     metrics_s: float = 0.0  # computing the metrics (evaluate_point / evaluate_reference)
 
 
-def _execute(cfg: DictConfig, tracker: Tracker, name: str, root: Path, job_dir: Path,
-             verbose: bool) -> RunResult:
+def _execute(
+    cfg: DictConfig, tracker: Tracker, name: str, root: Path, job_dir: Path, verbose: bool
+) -> RunResult:
     say = print if verbose else (lambda *a, **k: None)
     t_start = time.perf_counter()
     threads = cfg.train.num_threads or sweep_threads()
@@ -368,8 +409,11 @@ def _execute(cfg: DictConfig, tracker: Tracker, name: str, root: Path, job_dir: 
         torch.use_deterministic_algorithms(True)
     # The data window may differ from backbone.window (SLMR adds its forecast target).
     classical = is_classical(cfg.backbone)
-    window = (int(cfg.backbone.window) if classical
-              else backbone_class(cfg.backbone.name).data_window(int(cfg.backbone.window)))
+    window = (
+        int(cfg.backbone.window)
+        if classical
+        else backbone_class(cfg.backbone.name).data_window(int(cfg.backbone.window))
+    )
 
     raw = load_dataset(cfg.dataset, resolve_path(root, cfg.paths.data_dir))
     per_entity = cfg.dataset.mode == "per_entity"
@@ -377,16 +421,30 @@ def _execute(cfg: DictConfig, tracker: Tracker, name: str, root: Path, job_dir: 
         # One child run per series, read one at a time; bad files are skipped (series_runs.py).
         from madcluster_exp.series_runs import run_collection
 
-        say(f"[{name}] collection {raw.root}: {len(raw.entities)} series, one model and one "
-            "child run each")
+        say(
+            f"[{name}] collection {raw.root}: {len(raw.entities)} series, one model and one "
+            "child run each"
+        )
         units, _ = run_collection(cfg, tracker, name, raw, window, device, say, root, job_dir)
     else:
         parts = [(e, raw.subset(e)) for e in raw.entities] if per_entity else [(None, raw)]
         if per_entity:
             say(f"[{name}] per-entity mode: {len(parts)} models, one per entity")
-        units = [_fit_and_score(cfg, tracker, name, part, entity, window, device, say,
-                                log_params=(i == 0), job_dir=job_dir)
-                 for i, (entity, part) in enumerate(parts)]
+        units = [
+            _fit_and_score(
+                cfg,
+                tracker,
+                name,
+                part,
+                entity,
+                window,
+                device,
+                say,
+                log_params=(i == 0),
+                job_dir=job_dir,
+            )
+            for i, (entity, part) in enumerate(parts)
+        ]
 
     # ---- metrics (each unit's were computed after its scoring; pooling adds its own) -------
     t_pool = time.perf_counter()
@@ -401,24 +459,34 @@ def _execute(cfg: DictConfig, tracker: Tracker, name: str, root: Path, job_dir: 
     metrics = dict(ev.metrics)
     fit_result = units[0].fit
     if not classical:  # a classical detector has no loss and no epochs
-        metrics.update({
-            "val/best_loss": float(np.mean([u.fit.best_val_loss for u in units])),
-            "train/best_epoch": fit_result.best_epoch + 1,
-            "train/epochs_run": fit_result.epochs_run})
+        metrics.update(
+            {
+                "val/best_loss": float(np.mean([u.fit.best_val_loss for u in units])),
+                "train/best_epoch": fit_result.best_epoch + 1,
+                "train/epochs_run": fit_result.epochs_run,
+            }
+        )
     if per_entity:  # the pooled scores' spread (each entity's is in per_entity.csv)
-        metrics.update(score_spread(ev.arrays["test_score" if "test_score" in ev.arrays
-                                              else "window_score"]))
-    metrics.update({
-        "time/fit_s": sum(u.fit.fit_seconds for u in units),
-        "time/score_s": sum(u.score_s for u in units),
-        "time/metrics_s": sum(u.metrics_s for u in units) + time.perf_counter() - t_pool,
-    })
+        metrics.update(
+            score_spread(ev.arrays["test_score" if "test_score" in ev.arrays else "window_score"])
+        )
+    metrics.update(
+        {
+            "time/fit_s": sum(u.fit.fit_seconds for u in units),
+            "time/score_s": sum(u.score_s for u in units),
+            "time/metrics_s": sum(u.metrics_s for u in units) + time.perf_counter() - t_pool,
+        }
+    )
     metrics["time/total_s"] = time.perf_counter() - t_start
     metrics["time/tracking_s"] = tracker.seconds  # everything logged up to here
     tracker.log_params({"score_rule": ev.score_rule})
-    tracker.set_tags({"threshold.family": ev.threshold_family,
-                      "early_stopping": early_stopping_tag(cfg, [u.fit for u in units]),
-                      "sanity": describe(run_flags(metrics))})
+    tracker.set_tags(
+        {
+            "threshold.family": ev.threshold_family,
+            "early_stopping": early_stopping_tag(cfg, [u.fit for u in units]),
+            "sanity": describe(run_flags(metrics)),
+        }
+    )
     tracker.log_metrics(metrics)
 
     # ---- artifacts -------------------------------------------------------------------------
@@ -441,21 +509,38 @@ def _execute(cfg: DictConfig, tracker: Tracker, name: str, root: Path, job_dir: 
     result = RunResult(name, tracker.run_id, tracker.uri, job_dir, metrics, fit_result)
     say(format_results(result, cfg))
     if model_dir is not None:
-        logged = (f" (MLflow: runs:/{tracker.run_id}/model)"
-                  if tracker.run_id and cfg.tracking.log_artifacts else "")
-        say(f"Model in {model_dir}{logged}; score new data with: python -m "
-            f"madcluster_exp.predict run={tracker.run_id or job_dir} data=<file.csv>")
+        logged = (
+            f" (MLflow: runs:/{tracker.run_id}/model)"
+            if tracker.run_id and cfg.tracking.log_artifacts
+            else ""
+        )
+        say(
+            f"Model in {model_dir}{logged}; score new data with: python -m "
+            f"madcluster_exp.predict run={tracker.run_id or job_dir} data=<file.csv>"
+        )
     return result
 
 
-def _fit_and_score(cfg: DictConfig, tracker: Tracker, name: str, raw, entity: Optional[str],
-                   window: int, device: torch.device, say, log_params: bool,
-                   job_dir: Path, metric_prefix: Optional[str] = None) -> _Unit:
+def _fit_and_score(
+    cfg: DictConfig,
+    tracker: Tracker,
+    name: str,
+    raw,
+    entity: Optional[str],
+    window: int,
+    device: torch.device,
+    say,
+    log_params: bool,
+    job_dir: Path,
+    metric_prefix: Optional[str] = None,
+) -> _Unit:
     tag = f"[{name}{'/' + entity if entity else ''}]"
     # ---- data: training part only; the test split stays sealed -------------------------
     data = prepare(raw, window, float(cfg.dataset.val_fraction), cfg.dataset.normalize)
-    say(f"{tag} data: {raw.name}, {len(data.entities)} entities, {data.n_channels} channels, "
-        f"{len(data.train)} train / {len(data.val)} validation rows (test sealed until fit ends)")
+    say(
+        f"{tag} data: {raw.name}, {len(data.entities)} entities, {data.n_channels} channels, "
+        f"{len(data.train)} train / {len(data.val)} validation rows (test sealed until fit ends)"
+    )
     _announce_test_labels(data, tracker, tag, say)
 
     # ---- fit on train (and validation): the one place where the two kinds part ----------
@@ -466,8 +551,9 @@ def _fit_and_score(cfg: DictConfig, tracker: Tracker, name: str, raw, entity: Op
         # Training curves of one entity in a shared run go under "<entity>/"; a child run of
         # its own (a collection's series) passes metric_prefix="".
         prefix = metric_prefix if metric_prefix is not None else (f"{entity}/" if entity else "")
-        fit_result, score, detector = _fit_deep(cfg, tracker, data, entity, window, device, say,
-                                                log_params, job_dir, tag, prefix)
+        fit_result, score, detector = _fit_deep(
+            cfg, tracker, data, entity, window, device, say, log_params, job_dir, tag, prefix
+        )
 
     # ---- score: validation first (fits the combiner and threshold), then test ----------
     t_score = time.perf_counter()
@@ -480,17 +566,22 @@ def _fit_and_score(cfg: DictConfig, tracker: Tracker, name: str, raw, entity: Op
     score_s = time.perf_counter() - t_score
     t_metrics = time.perf_counter()
     if reference:
-        ev = evaluate_reference(cfg, val_out[1], test_out[1],
-                                window_labels(test.labels, test_out[2], window))
+        ev = evaluate_reference(
+            cfg, val_out[1], test_out[1], window_labels(test.labels, test_out[2], window)
+        )
     else:
         ev = evaluate_point(cfg, val_out, test_out, test.labels)
     metrics_s = time.perf_counter() - t_metrics
     ev.metrics.update(score_spread(ev.arrays["window_score" if reference else "test_score"]))
     if injected is not None:
         ev.arrays.update(injected)
-        ev.metrics.update(injected_metrics(injected["val_injected_label"],
-                                           injected["val_injected_score"],
-                                           int(cfg.metrics.range_window)))
+        ev.metrics.update(
+            injected_metrics(
+                injected["val_injected_label"],
+                injected["val_injected_score"],
+                int(cfg.metrics.range_window),
+            )
+        )
     model = None
     if cfg.tracking.log_model and ev.scorer is not None and not classical:
         from madcluster_exp.model import model_entry
@@ -505,14 +596,27 @@ def _announce_test_labels(data, tracker: Tracker, tag: str, say) -> None:
     count of labels is read; the test split stays sealed."""
     count = data.test.anomaly_count()
     if count == 0:
-        say(f"{tag} the test split has no labelled anomaly: precision, recall, F1 and the "
+        say(
+            f"{tag} the test split has no labelled anomaly: precision, recall, F1 and the "
             "threshold-free metrics will be missing (NaN); read test/false_alarm_rate, the "
-            "share of normal points the thresholded prediction flags")
+            "share of normal points the thresholded prediction flags"
+        )
         tracker.set_tags({"test.anomalies": "none"})
 
 
-def _fit_deep(cfg: DictConfig, tracker: Tracker, data, entity: Optional[str], window: int,
-              device: torch.device, say, log_params: bool, job_dir: Path, tag: str, prefix: str):
+def _fit_deep(
+    cfg: DictConfig,
+    tracker: Tracker,
+    data,
+    entity: Optional[str],
+    window: int,
+    device: torch.device,
+    say,
+    log_params: bool,
+    job_dir: Path,
+    tag: str,
+    prefix: str,
+):
     """Train backbone (+ plug-in) with the loop; return the fit, a split -> scores function
     and the detector."""
     # The backbone's init depends on the seed alone, on and off alike.
@@ -521,30 +625,56 @@ def _fit_deep(cfg: DictConfig, tracker: Tracker, data, entity: Optional[str], wi
     backbone, plugin = detector.backbone, detector.plugin
     if log_params:
         sizes = complexity(detector, data.n_channels)
-        tracker.log_params({**sizes, "data_window": window,
-                            "torch_threads": torch.get_num_threads(),
-                            **backbone.extra_log_params()})
-        plug = (f"MADCluster on: +{sizes['params/madcluster']:,} parameters, "
-                f"+{sizes['macs/madcluster']:,} MACs" if plugin is not None else "MADCluster off")
-        say(f"{tag} {cfg.backbone.name}: {sizes['params/backbone']:,} parameters, "
-            f"{sizes['macs/backbone']:,} MACs per window; {plug}")
+        tracker.log_params(
+            {
+                **sizes,
+                "data_window": window,
+                "torch_threads": torch.get_num_threads(),
+                **backbone.extra_log_params(),
+            }
+        )
+        plug = (
+            f"MADCluster on: +{sizes['params/madcluster']:,} parameters, "
+            f"+{sizes['macs/madcluster']:,} MACs"
+            if plugin is not None
+            else "MADCluster off"
+        )
+        say(
+            f"{tag} {cfg.backbone.name}: {sizes['params/backbone']:,} parameters, "
+            f"{sizes['macs/backbone']:,} MACs per window; {plug}"
+        )
 
     # Fit on train, early-stop on validation.
-    checkpointer = (Checkpointer(job_dir / "checkpoints", entity or "last")
-                    if cfg.train.checkpoint else None)
-    fit_result = fit(detector, data, cfg, device, log_metrics=lambda m, step: tracker.log_metrics(
-        {prefix + k: v for k, v in m.items()}, step), checkpointer=checkpointer)
+    checkpointer = (
+        Checkpointer(job_dir / "checkpoints", entity or "last") if cfg.train.checkpoint else None
+    )
+    fit_result = fit(
+        detector,
+        data,
+        cfg,
+        device,
+        log_metrics=lambda m, step: tracker.log_metrics(
+            {prefix + k: v for k, v in m.items()}, step
+        ),
+        checkpointer=checkpointer,
+    )
     sc = cfg.scoring
 
     def score(split):
-        return score_split(detector, split, int(sc.stride), int(sc.batch_size), sc.aggregate,
-                           device, window_means=cfg.protocol == "reference")
+        return score_split(
+            detector,
+            split,
+            int(sc.stride),
+            int(sc.batch_size),
+            sc.aggregate,
+            device,
+            window_means=cfg.protocol == "reference",
+        )
 
     return fit_result, score, detector
 
 
-def _fit_classical(cfg: DictConfig, tracker: Tracker, data, tag: str, say,
-                   log_params: bool):
+def _fit_classical(cfg: DictConfig, tracker: Tracker, data, tag: str, say, log_params: bool):
     """Fit a classical detector once on the training windows (no epochs, no validation loss);
     return the fit and a split -> scores function."""
     detector = build_classical(cfg.backbone, int(cfg.seed))
@@ -553,17 +683,28 @@ def _fit_classical(cfg: DictConfig, tracker: Tracker, data, tag: str, say,
     fit_s = time.perf_counter() - t0
     if log_params:
         tracker.log_params({"data_window": cfg.backbone.window, **detector.params()})
-    say(f"{tag} {cfg.backbone.name} ({detector.library}): fitted on "
-        f"{detector.n_train_windows:,} training windows in {fit_s:.2f}s")
+    say(
+        f"{tag} {cfg.backbone.name} ({detector.library}): fitted on "
+        f"{detector.n_train_windows:,} training windows in {fit_s:.2f}s"
+    )
     sc = cfg.scoring
 
     def score(split):
-        return score_split_classical(detector, split, int(sc.stride), int(sc.batch_size),
-                                     cfg.backbone.spread, sc.aggregate,
-                                     window_means=cfg.protocol == "reference")
+        return score_split_classical(
+            detector,
+            split,
+            int(sc.stride),
+            int(sc.batch_size),
+            cfg.backbone.spread,
+            sc.aggregate,
+            window_means=cfg.protocol == "reference",
+        )
 
-    return FitResult(epochs_run=0, best_epoch=-1, best_val_loss=float("nan"),
-                     fit_seconds=fit_s), score, detector
+    return (
+        FitResult(epochs_run=0, best_epoch=-1, best_val_loss=float("nan"), fit_seconds=fit_s),
+        score,
+        detector,
+    )
 
 
 def _save_model(cfg: DictConfig, job_dir: Path, units: List[_Unit], say) -> Optional[Path]:
@@ -573,10 +714,12 @@ def _save_model(cfg: DictConfig, job_dir: Path, units: List[_Unit], say) -> Opti
     if not cfg.tracking.log_model:
         return None
     if not entries:
-        say("no model saved: classical detectors are refitted, not saved"
-            if is_classical(cfg.backbone) else
-            "no model saved: protocol=reference thresholds window scores on test labels, "
-            "which does not score new data (predict serves protocol=point runs)")
+        say(
+            "no model saved: classical detectors are refitted, not saved"
+            if is_classical(cfg.backbone)
+            else "no model saved: protocol=reference thresholds window scores on test labels, "
+            "which does not score new data (predict serves protocol=point runs)"
+        )
         return None
     from madcluster_exp.model import save_model
 
@@ -592,8 +735,10 @@ def _score_injected(cfg: DictConfig, val, val_points: Dict[str, np.ndarray], sco
     injected = inject(val, float(inj.ratio), list(inj.kinds), int(inj.seed))
     comps = score(injected.split)
     comps = comps[0] if isinstance(comps, tuple) else comps
-    return {"val_injected_score": injected_score(cfg, val_points, comps),
-            "val_injected_label": injected.split.labels}
+    return {
+        "val_injected_score": injected_score(cfg, val_points, comps),
+        "val_injected_label": injected.split.labels,
+    }
 
 
 def _pool(cfg: DictConfig, units: List[_Unit]):
@@ -606,35 +751,59 @@ def _pool(cfg: DictConfig, units: List[_Unit]):
     evs = [u.evaluation for u in units]
     table = pd.DataFrame([{"entity": u.entity, **u.evaluation.metrics} for u in units])
     reference = cfg.protocol == "reference"
-    keys = ("window_score", "window_label", "window_pred") if reference else \
-        ("test_score", "test_label", "test_pred")
+    keys = (
+        ("window_score", "window_label", "window_pred")
+        if reference
+        else ("test_score", "test_label", "test_pred")
+    )
     pooled = {k: np.concatenate([e.arrays[k] for e in evs]) for k in keys}
     if reference:
-        m, _, _ = reference_metrics(pooled["window_label"], pooled["window_score"],
-                                    int(cfg.metrics.range_window))
+        m, _, _ = reference_metrics(
+            pooled["window_label"], pooled["window_score"], int(cfg.metrics.range_window)
+        )
         metrics = {f"ref/{k}": v for k, v in m.items()}
     else:
-        m = point_metrics(pooled["test_label"], pooled["test_score"], pooled["test_pred"],
-                          cfg.metrics, int(cfg.seed))
+        m = point_metrics(
+            pooled["test_label"],
+            pooled["test_score"],
+            pooled["test_pred"],
+            cfg.metrics,
+            int(cfg.seed),
+        )
         metrics = {f"test/{k}": v for k, v in m.items()}
     if "val_injected_score" in evs[0].arrays:
         for k in ("val_injected_score", "val_injected_label"):
             pooled[k] = np.concatenate([e.arrays[k] for e in evs])
-        metrics.update(injected_metrics(pooled["val_injected_label"],
-                                        pooled["val_injected_score"],
-                                        int(cfg.metrics.range_window)))
+        metrics.update(
+            injected_metrics(
+                pooled["val_injected_label"],
+                pooled["val_injected_score"],
+                int(cfg.metrics.range_window),
+            )
+        )
     for key in evs[0].metrics:
         if key.startswith(("test/", "ref/", "val_injected/")):
             metrics[f"{key}_entity_mean"] = float(np.nanmean(table[key].to_numpy(dtype=float)))
-    arrays = {"protocol": evs[0].arrays["protocol"], **pooled,
-              "threshold": np.array([float(e.arrays["threshold"]) for e in evs])}
+    arrays = {
+        "protocol": evs[0].arrays["protocol"],
+        **pooled,
+        "threshold": np.array([float(e.arrays["threshold"]) for e in evs]),
+    }
     rules = {e.score_rule for e in evs}
-    return Evaluation(metrics, arrays, rules.pop() if len(rules) == 1 else "mixed",
-                      evs[0].threshold_family), table
+    return Evaluation(
+        metrics, arrays, rules.pop() if len(rules) == 1 else "mixed", evs[0].threshold_family
+    ), table
 
 
-def _write_artifacts(cfg: DictConfig, job_dir: Path, name: str, fit_result: FitResult, ev,
-                     test_labels: np.ndarray, metrics: Dict[str, float]) -> List[Path]:
+def _write_artifacts(
+    cfg: DictConfig,
+    job_dir: Path,
+    name: str,
+    fit_result: FitResult,
+    ev,
+    test_labels: np.ndarray,
+    metrics: Dict[str, float],
+) -> List[Path]:
     paths = []
     cfg_path = job_dir / "config_resolved.yaml"
     cfg_path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -649,20 +818,31 @@ def _write_artifacts(cfg: DictConfig, job_dir: Path, name: str, fit_result: FitR
     paths.append(metrics_path)
     if cfg.metrics.save_scores:
         scores_path = job_dir / "scores.npz"
-        np.savez_compressed(scores_path, range_window=np.int64(cfg.metrics.range_window),
-                            metrics_definition=np.array(cfg.metrics.definition), **ev.arrays)
+        np.savez_compressed(
+            scores_path,
+            range_window=np.int64(cfg.metrics.range_window),
+            metrics_definition=np.array(cfg.metrics.definition),
+            **ev.arrays,
+        )
         paths.append(scores_path)
     if cfg.tracking.plots:
         from madcluster_exp.plots import plot_score_timeline, plot_training_curves
 
         if "test_score" in ev.arrays:
-            paths.append(plot_score_timeline(job_dir / "score_timeline.png",
-                                             ev.arrays["test_score"], test_labels,
-                                             ev.arrays["threshold"], name,
-                                             bounds=ev.arrays.get("entity_bounds")))
+            paths.append(
+                plot_score_timeline(
+                    job_dir / "score_timeline.png",
+                    ev.arrays["test_score"],
+                    test_labels,
+                    ev.arrays["threshold"],
+                    name,
+                    bounds=ev.arrays.get("entity_bounds"),
+                )
+            )
         if fit_result.history:  # a classical detector has no training curve
-            paths.append(plot_training_curves(job_dir / "training_curves.png",
-                                              fit_result.history, name))
+            paths.append(
+                plot_training_curves(job_dir / "training_curves.png", fit_result.history, name)
+            )
     return paths
 
 
@@ -696,8 +876,10 @@ _LABELS = {
 
 
 def format_results(result: RunResult, cfg: DictConfig) -> str:
-    lines = [f"\nResults: {result.run_name}  (threshold.kind={effective_threshold_kind(cfg)}, "
-             f"protocol={cfg.protocol})"]
+    lines = [
+        f"\nResults: {result.run_name}  (threshold.kind={effective_threshold_kind(cfg)}, "
+        f"protocol={cfg.protocol})"
+    ]
     width = max(len(k) for k in _LABELS)
     for key, note in _LABELS.items():
         if key in result.metrics:

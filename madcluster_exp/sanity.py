@@ -5,6 +5,7 @@ random ranking) and scores that are constant or nearly so (no ranking at all). A
 adds, where the sweep holds them, a VUS-PR below the ``random`` detector's or below ``knn``'s
 on the same series (madcluster_exp/report_rank.py).
 """
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,10 @@ def score_spread(score: np.ndarray) -> Dict[str, float]:
     _, counts = np.unique(s, return_counts=True)
     scale = float(np.abs(s).max())
     rel = float(np.ptp(s)) / scale if scale > 0 else 0.0
-    return {"sanity/score_mode_fraction": float(counts.max() / len(s)),
-            "sanity/score_relative_range": rel}
+    return {
+        "sanity/score_mode_fraction": float(counts.max() / len(s)),
+        "sanity/score_relative_range": rel,
+    }
 
 
 def _value(metrics: Mapping[str, float], key: str) -> Optional[float]:
@@ -45,15 +48,15 @@ def run_flags(metrics: Mapping[str, float]) -> List[str]:
     if auc is None:
         auc = _value(metrics, "ref/auc_roc")
     if auc is not None and auc < 0.5:
-        flags.append(f"AUC-ROC {auc:.3f} < 0.5: ranks anomalies below normal points "
-                     "(worse than random)")
+        flags.append(
+            f"AUC-ROC {auc:.3f} < 0.5: ranks anomalies below normal points (worse than random)"
+        )
     mode = _value(metrics, "sanity/score_mode_fraction")
     rel = _value(metrics, "sanity/score_relative_range")
     if (mode is not None and mode >= 1.0) or (rel is not None and rel <= RELATIVE_RANGE):
         flags.append("scores constant: no ranking at all")
     elif mode is not None and mode >= MODE_FRACTION:
-        flags.append(f"scores nearly constant: {100 * mode:.1f} % of test points share one "
-                     "value")
+        flags.append(f"scores nearly constant: {100 * mode:.1f} % of test points share one value")
     return flags
 
 

@@ -13,6 +13,7 @@ skipped with its reason on the console, in the parent's ``collection.skipped`` t
 ``skipped.csv`` artifact (and, if its child run had started, in that run's ``error`` tag with
 status FAILED); the other series go on. Errors that are not about the data still stop the job.
 """
+
 from __future__ import annotations
 
 import csv
@@ -32,9 +33,17 @@ RUNS_FILE = "series_runs.json"
 SKIPPED_FILE = "skipped.csv"
 
 
-def run_collection(cfg: DictConfig, tracker: Tracker, name: str, collection: Collection,
-                   window: int, device: torch.device, say: Callable, root: Path,
-                   job_dir: Path) -> Tuple[list, List[Skipped]]:
+def run_collection(
+    cfg: DictConfig,
+    tracker: Tracker,
+    name: str,
+    collection: Collection,
+    window: int,
+    device: torch.device,
+    say: Callable,
+    root: Path,
+    job_dir: Path,
+) -> Tuple[list, List[Skipped]]:
     """Fit, score and track every series; returns the finished units and every skipped file."""
     skipped = list(collection.skipped)
     for s in skipped:
@@ -44,14 +53,30 @@ def run_collection(cfg: DictConfig, tracker: Tracker, name: str, collection: Col
     child_ids = json.loads(runs_path.read_text()) if resumable else {}
     units = []
     for entity in collection.entities:
-        unit = _series(cfg, tracker, name, collection, entity, window, device, say, root,
-                       job_dir, child_ids, skipped)
+        unit = _series(
+            cfg,
+            tracker,
+            name,
+            collection,
+            entity,
+            window,
+            device,
+            say,
+            root,
+            job_dir,
+            child_ids,
+            skipped,
+        )
         runs_path.write_text(json.dumps(child_ids, indent=2))
         if unit is not None:
             units.append(unit)
-    tracker.set_tags({"collection.path": str(collection.root),
-                      "collection.series": str(len(units)),
-                      "collection.skipped": str(len(skipped))})
+    tracker.set_tags(
+        {
+            "collection.path": str(collection.root),
+            "collection.series": str(len(units)),
+            "collection.skipped": str(len(skipped)),
+        }
+    )
     if skipped:
         tracker.set_tags({"collection.skipped_files": " ".join(s.file for s in skipped)[:5000]})
     path = job_dir / SKIPPED_FILE
@@ -62,8 +87,10 @@ def run_collection(cfg: DictConfig, tracker: Tracker, name: str, collection: Col
     if cfg.tracking.log_artifacts:
         tracker.log_artifact(path)
     if not units:
-        raise DataError(f"collection {collection.root}: every series was skipped:"
-                        + "".join(f"\n  {s.file}: {s.reason}" for s in skipped))
+        raise DataError(
+            f"collection {collection.root}: every series was skipped:"
+            + "".join(f"\n  {s.file}: {s.reason}" for s in skipped)
+        )
     say(series_table(name, collection, units, skipped))
     return units, skipped
 
@@ -75,21 +102,29 @@ def series_table(name: str, collection: Collection, units: list, skipped: List[S
     """Per-series threshold-free metrics and their mean over series (as TSB-AD averages)."""
     width = max(len(u.entity) for u in units)
     head = f"  {'series':<{width}}  {'format':<8}" + "".join(f"  {t:>8}" for _, t in _SHOWN)
-    lines = [f"\nCollection {collection.root}: {len(units)} series run, {len(skipped)} file(s) "
-             f"skipped ({name})", head]
+    lines = [
+        f"\nCollection {collection.root}: {len(units)} series run, {len(skipped)} file(s) "
+        f"skipped ({name})",
+        head,
+    ]
     for u in units:
         fmt = collection.series[u.entity].format
-        lines.append(f"  {u.entity:<{width}}  {fmt:<8}" + "".join(
-            f"  {u.evaluation.metrics.get(k, float('nan')):>8.4f}" for k, _ in _SHOWN))
-    means = [sum(u.evaluation.metrics.get(k, float("nan")) for u in units) / len(units)
-             for k, _ in _SHOWN]
+        lines.append(
+            f"  {u.entity:<{width}}  {fmt:<8}"
+            + "".join(f"  {u.evaluation.metrics.get(k, float('nan')):>8.4f}" for k, _ in _SHOWN)
+        )
+    means = [
+        sum(u.evaluation.metrics.get(k, float("nan")) for u in units) / len(units)
+        for k, _ in _SHOWN
+    ]
     lines.append(f"  {'mean over series':<{width + 10}}" + "".join(f"  {m:>8.4f}" for m in means))
     lines += [f"  skipped {s.file}: {s.reason}" for s in skipped]
     return "\n".join(lines)
 
 
-def _series(cfg, tracker, name, collection, entity, window, device, say, root, job_dir,
-            child_ids, skipped) -> Optional[object]:
+def _series(
+    cfg, tracker, name, collection, entity, window, device, say, root, job_dir, child_ids, skipped
+) -> Optional[object]:
     from madcluster_exp.run import _fit_and_score, _write_artifacts, flatten, identity_tags
 
     info = collection.describe(entity)
@@ -102,13 +137,28 @@ def _series(cfg, tracker, name, collection, entity, window, device, say, root, j
     if child_ids.get(entity) and child.uri:
         child.resume(child_ids[entity])
     else:
-        child.start(child_name, flatten(cfg), {**identity_tags(cfg, root), **info},
-                    parent_run_id=tracker.run_id)
+        child.start(
+            child_name,
+            flatten(cfg),
+            {**identity_tags(cfg, root), **info},
+            parent_run_id=tracker.run_id,
+        )
     child_ids[entity] = child.run_id
     t0 = time.perf_counter()
     try:
-        unit = _fit_and_score(cfg, child, name, raw, entity, window, device, say,
-                              log_params=True, job_dir=job_dir, metric_prefix="")
+        unit = _fit_and_score(
+            cfg,
+            child,
+            name,
+            raw,
+            entity,
+            window,
+            device,
+            say,
+            log_params=True,
+            job_dir=job_dir,
+            metric_prefix="",
+        )
     except DataError as exc:
         child.set_tags({"error": f"DataError: {exc}"[:5000]})
         child.end("FAILED")
@@ -117,26 +167,30 @@ def _series(cfg, tracker, name, collection, entity, window, device, say, root, j
         child.set_tags({"error": f"{type(exc).__name__}: {exc}"[:5000]})
         child.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
-    metrics = {**unit.evaluation.metrics,
-               "val/best_loss": unit.fit.best_val_loss,
-               "train/best_epoch": unit.fit.best_epoch + 1,
-               "train/epochs_run": unit.fit.epochs_run,
-               "time/fit_s": unit.fit.fit_seconds,
-               "time/score_s": unit.score_s,
-               "time/metrics_s": unit.metrics_s,
-               "time/total_s": time.perf_counter() - t0}
+    metrics = {
+        **unit.evaluation.metrics,
+        "val/best_loss": unit.fit.best_val_loss,
+        "train/best_epoch": unit.fit.best_epoch + 1,
+        "train/epochs_run": unit.fit.epochs_run,
+        "time/fit_s": unit.fit.fit_seconds,
+        "time/score_s": unit.score_s,
+        "time/metrics_s": unit.metrics_s,
+        "time/total_s": time.perf_counter() - t0,
+    }
     child.log_params({"score_rule": unit.evaluation.score_rule})
     child.log_metrics(metrics)
     series_dir = job_dir / "series" / entity
     series_dir.mkdir(parents=True, exist_ok=True)
-    artifacts = _write_artifacts(cfg, series_dir, child_name, unit.fit, unit.evaluation,
-                                 unit.test.labels, metrics)
+    artifacts = _write_artifacts(
+        cfg, series_dir, child_name, unit.fit, unit.evaluation, unit.test.labels, metrics
+    )
     if cfg.tracking.log_artifacts:
         for path in artifacts:
             child.log_artifact(path)
     child.end("FINISHED")
-    shown = "  ".join(f"{k}={metrics[k]:.4f}" for k in ("test/vus_pr", "test/auc_roc")
-                      if k in metrics)
+    shown = "  ".join(
+        f"{k}={metrics[k]:.4f}" for k in ("test/vus_pr", "test/auc_roc") if k in metrics
+    )
     say(f"[{child_name}] {info['series.format']}: {shown}")
     return unit
 
@@ -153,21 +207,29 @@ def series_results(uri: str, parent_id: str):
     experiment = client.get_run(parent_id).info.experiment_id
 
     def children(run_id: str):
-        return client.search_runs([experiment], max_results=50_000,
-                                  filter_string=f"tags.mlflow.parentRunId = '{run_id}'")
+        return client.search_runs(
+            [experiment], max_results=50_000, filter_string=f"tags.mlflow.parentRunId = '{run_id}'"
+        )
 
     rows = []
-    for job in [parent_id] + [r.info.run_id for r in children(parent_id)
-                              if "series" not in r.data.tags]:
+    for job in [parent_id] + [
+        r.info.run_id for r in children(parent_id) if "series" not in r.data.tags
+    ]:
         for r in children(job):
             if "series" not in r.data.tags:
                 continue
-            rows.append({"run_id": r.info.run_id, "run_name": r.info.run_name,
-                         "status": r.info.status, "job_run_id": job,
-                         "series": r.data.tags["series"],
-                         "series.format": r.data.tags.get("series.format"),
-                         **{f"param:{k}": v for k, v in r.data.params.items()},
-                         **r.data.metrics})
+            rows.append(
+                {
+                    "run_id": r.info.run_id,
+                    "run_name": r.info.run_name,
+                    "status": r.info.status,
+                    "job_run_id": job,
+                    "series": r.data.tags["series"],
+                    "series.format": r.data.tags.get("series.format"),
+                    **{f"param:{k}": v for k, v in r.data.params.items()},
+                    **r.data.metrics,
+                }
+            )
     return pd.DataFrame(rows)
 
 

@@ -1,4 +1,5 @@
 """Shared fixtures: compose configs the way the CLI does, with outputs in a temp dir."""
+
 from __future__ import annotations
 
 import os
@@ -16,9 +17,15 @@ from madcluster_exp.app import CONFIG_DIR
 
 # Small enough for seconds-long runs, large enough for real signal.
 FAST = [
-    "dataset.n_entities=2", "dataset.train_length=800", "dataset.test_length=800",
-    "dataset.n_channels=4", "backbone.window=32", "train.epochs=2", "train.patience=null",
-    "train.progress=none", "tracking.plots=false",
+    "dataset.n_entities=2",
+    "dataset.train_length=800",
+    "dataset.test_length=800",
+    "dataset.n_channels=4",
+    "backbone.window=32",
+    "train.epochs=2",
+    "train.patience=null",
+    "train.progress=none",
+    "tracking.plots=false",
 ]
 
 
@@ -66,9 +73,11 @@ def postgres_uri():
             reachable = True
     except Exception:  # noqa: BLE001 - any failure means: not usable here
         reachable = False
-    require_service("PostgreSQL on 127.0.0.1:5432", reachable,
-                    "start it (trust authentication for local connections), e.g. "
-                    "`pg_ctlcluster 15 main start`")
+    require_service(
+        "PostgreSQL on 127.0.0.1:5432",
+        reachable,
+        "start it (trust authentication for local connections), e.g. `pg_ctlcluster 15 main start`",
+    )
     uri = f"postgresql://127.0.0.1:5432/madcluster_test_{uuid.uuid4().hex[:12]}"
     ensure_database(uri)
     try:
@@ -95,11 +104,22 @@ def server(tmp_path, postgres_uri):
     log_path = tmp_path / "server.log"
     env = {**os.environ, "MLFLOW_BACKEND_URI": postgres_uri}
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(["make", "-s", "-C", str(ROOT), "server", f"PORT={port}",
-                                 f"SERVER_ARTIFACTS={tmp_path / 'server-artifacts'}",
-                                 f"PYTHON={sys.executable}"],
-                                env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                "make",
+                "-s",
+                "-C",
+                str(ROOT),
+                "server",
+                f"PORT={port}",
+                f"SERVER_ARTIFACTS={tmp_path / 'server-artifacts'}",
+                f"PYTHON={sys.executable}",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     from madcluster_exp.tracking.server import wait_until_ready
 
     try:

@@ -5,6 +5,7 @@ telemanom's .npy + labeled_anomalies.csv, PSM's CSVs with a timestamp column, Ti
 TSB-AD's CSV with the training prefix in its name, the UCR anomaly archive's .txt), with a few
 hundred rows so tests run in seconds.
 """
+
 from __future__ import annotations
 
 import io
@@ -23,8 +24,14 @@ def _signal(rng, n, c):
     return np.sin(2 * np.pi * t / rng.uniform(20, 60, c)) + 0.05 * rng.normal(size=(n, c))
 
 
-def make_smd(root: Path, machines=("machine-1-1", "machine-1-2", "machine-2-1"), n_train=300,
-             n_test=300, features=38, seed=0) -> Dict[str, np.ndarray]:
+def make_smd(
+    root: Path,
+    machines=("machine-1-1", "machine-1-2", "machine-2-1"),
+    n_train=300,
+    n_test=300,
+    features=38,
+    seed=0,
+) -> Dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     written = {}
     for m in machines:
@@ -51,11 +58,14 @@ def make_telemanom(root: Path, channels=None, n_train=300, n_test=300, seed=0):
         for name in names:
             for split in ("train", "test"):
                 (root / "data" / split).mkdir(parents=True, exist_ok=True)
-                np.save(root / "data" / split / f"{name}.npy",
-                        _signal(rng, n_train if split == "train" else n_test, width))
+                np.save(
+                    root / "data" / split / f"{name}.npy",
+                    _signal(rng, n_train if split == "train" else n_test, width),
+                )
             rows.append(f'{name},{craft},"[[50, 59], [200, 219]]","[point, contextual]",{n_test}')
     (root / "labeled_anomalies.csv").write_text(
-        "chan_id,spacecraft,anomaly_sequences,class,num_values\n" + "\n".join(rows) + "\n")
+        "chan_id,spacecraft,anomaly_sequences,class,num_values\n" + "\n".join(rows) + "\n"
+    )
 
 
 def make_psm(root: Path, n_train=400, n_test=300, seed=0, nan_at=None):
@@ -74,48 +84,69 @@ def make_psm(root: Path, n_train=400, n_test=300, seed=0, nan_at=None):
     y = np.zeros(n_test, dtype=int)
     y[150:170] = 1
     (root / "test_label.csv").write_text(
-        "timestamp_(min),label\n" + "\n".join(f"{i},{v}" for i, v in enumerate(y)) + "\n")
+        "timestamp_(min),label\n" + "\n".join(f"{i},{v}" for i, v in enumerate(y)) + "\n"
+    )
 
 
 def make_timeeval(path: Path, n=400, channels=2, seed=0, anomaly=(250, 270)):
     rng = np.random.default_rng(seed)
     x = _signal(rng, n, channels)
     y = np.zeros(n, dtype=int)
-    y[anomaly[0]:anomaly[1]] = 1
+    y[anomaly[0] : anomaly[1]] = 1
     x[y == 1] += 3.0
     header = "timestamp," + ",".join(f"value-{i}" for i in range(channels)) + ",is_anomaly"
-    lines = [header] + [f"2024-01-01T00:{i // 60:02d}:{i % 60:02d}," + ",".join(f"{v:.5f}" for v in row)
-                        + f",{lab}" for i, (row, lab) in enumerate(zip(x, y))]
+    lines = [header] + [
+        f"2024-01-01T00:{i // 60:02d}:{i % 60:02d}," + ",".join(f"{v:.5f}" for v in row) + f",{lab}"
+        for i, (row, lab) in enumerate(zip(x, y))
+    ]
     path.write_text("\n".join(lines) + "\n")
     return x, y
 
 
-def make_tsbad(folder: Path, index=1, n=400, n_train=150, channels=1, anomaly=(250, 270),
-               seed=0, dataset="Fixture"):
+def make_tsbad(
+    folder: Path,
+    index=1,
+    n=400,
+    n_train=150,
+    channels=1,
+    anomaly=(250, 270),
+    seed=0,
+    dataset="Fixture",
+):
     """A TSB-AD file: features then ``Label``, the training prefix in the name (``_tr_<n>_``);
     univariate files name their one column ``Data``, as TSB-AD-U does."""
     rng = np.random.default_rng(seed)
     x = _signal(rng, n, channels)
     y = np.zeros(n, dtype=int)
-    y[anomaly[0]:anomaly[1]] = 1
+    y[anomaly[0] : anomaly[1]] = 1
     x[y == 1] += 3.0
     cols = ["Data"] if channels == 1 else [f"sensor_{i}" for i in range(channels)]
     domain = "Sensor" if channels > 1 else "Facility"
     path = folder / f"{index:03d}_{dataset}_id_{index}_{domain}_tr_{n_train}_1st_{anomaly[0]}.csv"
-    lines = [",".join(cols + ["Label"])] + [",".join(f"{v:.5f}" for v in row) + f",{lab}"
-                                            for row, lab in zip(x, y)]
+    lines = [",".join(cols + ["Label"])] + [
+        ",".join(f"{v:.5f}" for v in row) + f",{lab}" for row, lab in zip(x, y)
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path, x, y
 
 
-def make_ucr(folder: Path, index=1, n=400, train_end=150, begin=261, end=280, one_line=False,
-             seed=0, name="Fixture"):
+def make_ucr(
+    folder: Path,
+    index=1,
+    n=400,
+    train_end=150,
+    begin=261,
+    end=280,
+    one_line=False,
+    seed=0,
+    name="Fixture",
+):
     """A UCR anomaly archive file: ``<id>_UCR_Anomaly_<name>_<train_end>_<begin>_<end>.txt``,
     1-based inclusive positions, one value per line (or all on one line, as a few archive
     files have them, separated by runs of spaces)."""
     rng = np.random.default_rng(seed)
     x = _signal(rng, n, 1)[:, 0]
-    x[begin - 1:end] += 3.0
+    x[begin - 1 : end] += 3.0
     path = folder / f"{index:03d}_UCR_Anomaly_{name}_{train_end}_{begin}_{end}.txt"
     values = [f"{v:.6e}" for v in x]
     path.write_text(("   " + "   ".join(values) + "\n") if one_line else "\n".join(values) + "\n")

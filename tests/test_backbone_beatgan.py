@@ -1,6 +1,7 @@
 """BeatGAN's pieces against hand-computed cases: lengths through the conv stack, the reference
 network at the reference window, the losses, the per-step tap, the two-phase update and the
 discriminator's re-initialisation."""
+
 from __future__ import annotations
 
 import copy
@@ -12,8 +13,12 @@ import torch.nn.functional as F
 
 from madcluster_exp.backbones import build_backbone
 from madcluster_exp.backbones.base import StepContext
-from madcluster_exp.backbones.beatgan import (Discriminator, discriminator_loss,
-                                              feature_matching_loss, strided_lengths)
+from madcluster_exp.backbones.beatgan import (
+    Discriminator,
+    discriminator_loss,
+    feature_matching_loss,
+    strided_lengths,
+)
 from madcluster_exp.detector import Detector
 from madcluster_exp.madcluster import build_plugin
 from tests.conftest import compose_config
@@ -22,8 +27,16 @@ C = 3
 
 
 def _backbone(*overrides, channels=C):
-    cfg = compose_config(["backbone=beatgan", "madcluster=off", "backbone.ndf=4",
-                          "backbone.ngf=4", "backbone.latent=6", *overrides])
+    cfg = compose_config(
+        [
+            "backbone=beatgan",
+            "madcluster=off",
+            "backbone.ndf=4",
+            "backbone.ngf=4",
+            "backbone.latent=6",
+            *overrides,
+        ]
+    )
     torch.manual_seed(0)
     return build_backbone(channels, cfg.backbone)
 
@@ -34,8 +47,9 @@ def test_strided_lengths_halve_with_floor():
     assert strided_lengths(37, 3) == [37, 18, 9, 4]
 
 
-@pytest.mark.parametrize("window,layers", [(100, 5), (320, 5), (20, 4), (37, 3), (11, 2),
-                                           (8, 3), (64, 6)])
+@pytest.mark.parametrize(
+    "window,layers", [(100, 5), (320, 5), (20, 4), (37, 3), (11, 2), (8, 3), (64, 6)]
+)
 def test_generator_output_has_the_window_length(window, layers):
     bb = _backbone(f"backbone.window={window}", f"backbone.layers={layers}")
     x = torch.randn(2, window, C)
@@ -47,8 +61,11 @@ def test_generator_output_has_the_window_length(window, layers):
 
 
 def test_window_shorter_than_the_strided_stack_is_refused():
-    with pytest.raises(ValueError, match=r"backbone.window=15 is too short for backbone.layers=4"
-                                         r".*at least 2\^4 = 16"):
+    with pytest.raises(
+        ValueError,
+        match=r"backbone.window=15 is too short for backbone.layers=4"
+        r".*at least 2\^4 = 16",
+    ):
         _backbone("backbone.window=15", "backbone.layers=4")
 
 
@@ -66,8 +83,7 @@ def test_reference_window_builds_the_reference_network():
     f = [32, 64, 128, 256, 512]
     body = 1 * 32 * 4 + sum(f[i] * f[i + 1] * 4 for i in range(4)) + 2 * sum(f[1:])
     encoder = body + 512 * 50 * 10
-    decoder = (50 * 512 * 10 + sum(f[i + 1] * f[i] * 4 for i in range(4)) + 32 * 1 * 4
-               + 2 * sum(f))
+    decoder = 50 * 512 * 10 + sum(f[i + 1] * f[i] * 4 for i in range(4)) + 32 * 1 * 4 + 2 * sum(f)
     disc = body + 512 * 1 * 10
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(bb.encoder) == encoder
@@ -75,8 +91,11 @@ def test_reference_window_builds_the_reference_network():
     assert count(bb.discriminator) == disc
     # Final kernels span the remaining length 10, as the reference's Conv1d(.., 10, 1, 0).
     assert bb.encoder[-1].kernel_size == (10,) and bb.discriminator.classifier.kernel_size == (10,)
-    assert all(m.output_padding == (0,) for m in bb.decoder.modules()
-               if isinstance(m, torch.nn.ConvTranspose1d))
+    assert all(
+        m.output_padding == (0,)
+        for m in bb.decoder.modules()
+        if isinstance(m, torch.nn.ConvTranspose1d)
+    )
 
 
 def test_conv_lengths_are_logged():
@@ -86,8 +105,11 @@ def test_conv_lengths_are_logged():
 
 def test_output_padding_undoes_the_rounding_of_odd_lengths():
     bb = _backbone("backbone.window=100", "backbone.layers=5")  # 100 50 25 12 6 3
-    pads = [m.output_padding[0] for m in bb.decoder.modules()
-            if isinstance(m, torch.nn.ConvTranspose1d) and m.stride == (2,)]
+    pads = [
+        m.output_padding[0]
+        for m in bb.decoder.modules()
+        if isinstance(m, torch.nn.ConvTranspose1d) and m.stride == (2,)
+    ]
     # decoder order: 3 -> 6 -> 12 -> 25 -> 50 -> 100
     assert pads == [0, 0, 1, 0, 0]
 
@@ -98,8 +120,9 @@ def test_discriminator_loss_is_bce_against_one_and_zero():
     d_real, d_fake = discriminator_loss(real, fake)
     sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
     assert d_real.item() == pytest.approx(-(math.log(0.5) + math.log(sig(2.0))) / 2, rel=1e-6)
-    assert d_fake.item() == pytest.approx(-(math.log(1 - sig(-1.0)) + math.log(1 - sig(3.0))) / 2,
-                                          rel=1e-6)
+    assert d_fake.item() == pytest.approx(
+        -(math.log(1 - sig(-1.0)) + math.log(1 - sig(3.0))) / 2, rel=1e-6
+    )
 
 
 def test_feature_matching_loss_pairs_each_window_with_its_own_reconstruction():
@@ -147,14 +170,24 @@ def test_score_is_the_per_step_squared_error_mean_over_channels():
     expected = ((x - out.aux["x_hat"]) ** 2).mean(-1)
     torch.testing.assert_close(bb.score(x, out), expected)
     # window mean of the per-step score = the reference's per-window MSE
-    torch.testing.assert_close(bb.score(x, out).mean(-1),
-                               F.mse_loss(out.aux["x_hat"], x, reduction="none").mean((1, 2)))
+    torch.testing.assert_close(
+        bb.score(x, out).mean(-1), F.mse_loss(out.aux["x_hat"], x, reduction="none").mean((1, 2))
+    )
 
 
 def _detector(state, *overrides):
-    cfg = compose_config(["backbone=beatgan", f"madcluster={state}", "backbone.window=16",
-                          "backbone.layers=3", "backbone.ndf=4", "backbone.ngf=4",
-                          "backbone.latent=6", *overrides])
+    cfg = compose_config(
+        [
+            "backbone=beatgan",
+            f"madcluster={state}",
+            "backbone.window=16",
+            "backbone.layers=3",
+            "backbone.ndf=4",
+            "backbone.ngf=4",
+            "backbone.latent=6",
+            *overrides,
+        ]
+    )
     torch.manual_seed(0)
     bb = build_backbone(C, cfg.backbone)
     det = Detector(bb, build_plugin(bb.embed_dim, cfg.madcluster, 0))
@@ -240,9 +273,11 @@ def test_discriminator_is_reinitialised_when_its_loss_falls_below_the_threshold(
     det2 = _detector("off", "backbone.d_reinit_below=null")
     assert det2.training_step(x, 0)["d_reinit"] == 0.0
     # without re-initialisation the D phase's Adam step leaves BN biases off zero
-    assert any(not torch.equal(m.bias.detach(), torch.zeros_like(m.bias))
-               for m in det2.backbone.discriminator.modules()
-               if isinstance(m, torch.nn.BatchNorm1d))
+    assert any(
+        not torch.equal(m.bias.detach(), torch.zeros_like(m.bias))
+        for m in det2.backbone.discriminator.modules()
+        if isinstance(m, torch.nn.BatchNorm1d)
+    )
 
 
 def test_both_networks_use_the_reference_adam_betas_and_nu_keeps_the_default():

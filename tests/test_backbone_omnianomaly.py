@@ -1,6 +1,7 @@
 """OmniAnomaly's pieces against hand-computed and independent computations: the planar flow's
 log-det-Jacobian, the state-space prior's log-density, the ELBO, the score, the reference's
 initialisation and per-tensor gradient clipping, and the last-step point score."""
+
 from __future__ import annotations
 
 import math
@@ -17,8 +18,13 @@ from madcluster_exp.scoring import score_split
 from tests.conftest import compose_config
 
 C = 3
-SMALL = ["backbone=omnianomaly", "backbone.window=12", "backbone.rnn_hidden=8",
-         "backbone.dense_dim=6", "backbone.nf_layers=3"]
+SMALL = [
+    "backbone=omnianomaly",
+    "backbone.window=12",
+    "backbone.rnn_hidden=8",
+    "backbone.dense_dim=6",
+    "backbone.nf_layers=3",
+]
 
 
 def _backbone(*extra):
@@ -81,14 +87,14 @@ def test_state_space_prior_by_hand_for_two_steps():
     got = prior.log_prob_steps(torch.tensor([[[1.0], [2.0]]]))[0]
     c = 0.5 * math.log(2 * math.pi)
     step1 = -0.5 * 1.0 / 2.0 - 0.5 * math.log(2.0) - c  # z_1 ~ N(0, 2)
-    step2 = -0.5 * 1.5 ** 2 / 2.5 - 0.5 * math.log(2.5) - c  # z_2 | z_1 ~ N(0.5, 3 - 1/2)
+    step2 = -0.5 * 1.5**2 / 2.5 - 0.5 * math.log(2.5) - c  # z_2 | z_1 ~ N(0.5, 3 - 1/2)
     torch.testing.assert_close(got, torch.tensor([step1, step2]))
 
 
 def _kalman_log_likelihoods(z, a, q, r, q0):
     """Scalar Kalman filter of s_1 ~ N(0, q0^2), s_t = a s_{t-1} + N(0, q^2), z_t = s_t +
     N(0, r^2): one-step predictive log-densities, step by step."""
-    mean, var, out = 0.0, q0 ** 2, []
+    mean, var, out = 0.0, q0**2, []
     for t, zt in enumerate(z):
         if t:
             mean, var = a * mean, a * a * var + q * q
@@ -105,15 +111,22 @@ def test_state_space_prior_steps_are_the_kalman_filter_and_sum_to_the_joint_dens
     prior = StateSpacePrior(T, transition=a, transition_std=q, observation_std=r, initial_std=q0)
     z = torch.randn(3, T, K, generator=torch.Generator().manual_seed(0))
     got = prior.log_prob_steps(z)
-    expected = [[sum(_kalman_log_likelihoods(z[b, :, k].tolist(), a, q, r, q0)[t] for k in range(K))
-                 for t in range(T)] for b in range(3)]
+    expected = [
+        [
+            sum(_kalman_log_likelihoods(z[b, :, k].tolist(), a, q, r, q0)[t] for k in range(K))
+            for t in range(T)
+        ]
+        for b in range(3)
+    ]
     torch.testing.assert_close(got, torch.tensor(expected), rtol=1e-4, atol=1e-4)
     # the joint density of the state-space model, covariance written out directly
     i = torch.arange(T, dtype=torch.float64)
-    var = torch.tensor([q0 ** 2 * a ** (2 * t) + q * q * sum(a ** (2 * j) for j in range(t))
-                        for t in range(T)], dtype=torch.float64)
+    var = torch.tensor(
+        [q0**2 * a ** (2 * t) + q * q * sum(a ** (2 * j) for j in range(t)) for t in range(T)],
+        dtype=torch.float64,
+    )
     lag = (i[:, None] - i[None, :]).abs()
-    cov = a ** lag * var[torch.minimum(i[:, None], i[None, :]).long()] + r * r * torch.eye(T)
+    cov = a**lag * var[torch.minimum(i[:, None], i[None, :]).long()] + r * r * torch.eye(T)
     mvn = torch.distributions.MultivariateNormal(torch.zeros(T, dtype=torch.float64), cov)
     joint = mvn.log_prob(z.double().transpose(1, 2)).sum(-1)
     torch.testing.assert_close(got.sum(-1).double(), joint, rtol=1e-5, atol=1e-4)
@@ -121,8 +134,9 @@ def test_state_space_prior_steps_are_the_kalman_filter_and_sum_to_the_joint_dens
 
 def test_state_space_prior_of_a_shorter_sequence_is_its_leading_block():
     z = torch.randn(2, 7, 3)
-    torch.testing.assert_close(StateSpacePrior(20).log_prob_steps(z),
-                               StateSpacePrior(7).log_prob_steps(z))
+    torch.testing.assert_close(
+        StateSpacePrior(20).log_prob_steps(z), StateSpacePrior(7).log_prob_steps(z)
+    )
 
 
 # ------------------------------------------------------------------------------ ELBO, score
@@ -138,8 +152,10 @@ def test_posterior_sample_follows_the_connected_recursion():
         mu, std = h[:, :3], torch.nn.functional.softplus(h[:, 3:]) + 1e-4
         z_prev = mu + std * noise[:, t]
         torch.testing.assert_close(out.aux["z0"][:, t], z_prev)
-    torch.testing.assert_close(out.aux["log_q0"], gaussian_log_prob(
-        out.aux["z0"], out.aux["z_mean"], out.aux["z_std"]).sum(-1))
+    torch.testing.assert_close(
+        out.aux["log_q0"],
+        gaussian_log_prob(out.aux["z0"], out.aux["z_mean"], out.aux["z_std"]).sum(-1),
+    )
 
 
 def test_loss_is_the_negative_elbo_per_step():
@@ -150,8 +166,9 @@ def test_loss_is_the_negative_elbo_per_step():
     log_px = normal.log_prob(x).sum(-1)
     log_pz = StateSpacePrior(12).log_prob_steps(out.aux["z"])
     log_q = out.aux["log_q0"] - bb.flow(out.aux["z0"])[1]
-    assert bb.loss(x, out).item() == pytest.approx(-(log_px + log_pz - log_q).mean().item(),
-                                                   rel=1e-5)
+    assert bb.loss(x, out).item() == pytest.approx(
+        -(log_px + log_pz - log_q).mean().item(), rel=1e-5
+    )
 
 
 def test_score_is_the_negative_reconstruction_log_probability_summed_over_channels():
@@ -175,8 +192,9 @@ def test_point_score_is_the_window_ending_at_the_point():
     values = np.random.default_rng(0).normal(size=(30, C)).astype(np.float32)
     split = SeriesSplit.concat([("e", values, None)])
     torch.manual_seed(5)
-    got = score_split(det, split, stride=1, batch_size=64, aggregate="mean",
-                      device=torch.device("cpu"))["backbone"]
+    got = score_split(
+        det, split, stride=1, batch_size=64, aggregate="mean", device=torch.device("cpu")
+    )["backbone"]
     windows = torch.from_numpy(values).unfold(0, 12, 1).transpose(1, 2)  # [19, 12, C]
     torch.manual_seed(5)  # the same draws as the single scoring batch
     with torch.no_grad():
@@ -189,12 +207,12 @@ def test_point_score_is_the_window_ending_at_the_point():
 def test_gru_and_dense_initialisation_follow_tensorflow_defaults():
     bb = _backbone("backbone.rnn_hidden=200", "backbone.dense_dim=300")
     h, n_in = 200, C
-    gate, cand = bb.q_rnn.weight_hh_l0[:2 * h], bb.q_rnn.weight_hh_l0[2 * h:]
+    gate, cand = bb.q_rnn.weight_hh_l0[: 2 * h], bb.q_rnn.weight_hh_l0[2 * h :]
     assert gate.abs().max() <= math.sqrt(6 / (n_in + h + 2 * h))
     assert gate.abs().max() > 0.95 * math.sqrt(6 / (n_in + h + 2 * h))
     assert cand.abs().max() <= math.sqrt(6 / (n_in + h + h))
-    assert torch.equal(bb.q_rnn.bias_ih_l0[:2 * h], torch.ones(2 * h))
-    assert not bb.q_rnn.bias_ih_l0[2 * h:].any() and not bb.q_rnn.bias_hh_l0.any()
+    assert torch.equal(bb.q_rnn.bias_ih_l0[: 2 * h], torch.ones(2 * h))
+    assert not bb.q_rnn.bias_ih_l0[2 * h :].any() and not bb.q_rnn.bias_hh_l0.any()
     dense = bb.q_dense[1]
     limit = math.sqrt(6 / (300 + 300))
     assert limit * 0.95 < dense.weight.abs().max() <= limit and not dense.bias.any()
@@ -220,8 +238,9 @@ def test_clipping_leaves_small_gradients_alone():
         torch.testing.assert_close(p.grad, q.grad)
 
 
-@pytest.mark.parametrize("key,value", [("z_dim", 0), ("nf_layers", -1), ("std_epsilon", 0),
-                                       ("grad_clip_norm", -1)])
+@pytest.mark.parametrize(
+    "key,value", [("z_dim", 0), ("nf_layers", -1), ("std_epsilon", 0), ("grad_clip_norm", -1)]
+)
 def test_bad_settings_are_named(key, value):
     with pytest.raises(ValueError, match=f"backbone.{key}={value}"):
         _backbone(f"backbone.{key}={value}")

@@ -1,6 +1,7 @@
 """THOC's building blocks against hand-computed cases: the dilated RNN's skip structure, the
 hierarchical assignment/relevance/fusion, the orthogonality and self-supervision terms, the
 score, the center initialisation and the temperature schedule."""
+
 from __future__ import annotations
 
 import math
@@ -10,8 +11,14 @@ import torch
 from torch import nn
 
 from madcluster_exp.backbones import build_backbone
-from madcluster_exp.backbones.thoc import (DilatedRNN, HierarchicalClustering, dilate,
-                                           kmeans_centers, orthogonality, undilate)
+from madcluster_exp.backbones.thoc import (
+    DilatedRNN,
+    HierarchicalClustering,
+    dilate,
+    kmeans_centers,
+    orthogonality,
+    undilate,
+)
 from tests.conftest import compose_config
 
 C = 3
@@ -135,9 +142,10 @@ def test_score_is_the_relevance_weighted_cosine_distance_of_the_top_layer():
     torch.testing.assert_close(bb.score(x, out), (r * (1 - cos)).sum(-1))
     every = _thoc("backbone.mvdd_layers=all").eval()
     every.load_state_dict(bb.state_dict())
-    total = sum((rl * (1 - torch.nn.functional.cosine_similarity(
-        fl, cl.expand_as(fl), dim=-1))).sum(-1)
-        for fl, cl, rl in zip(h["fused"], bb.hierarchy.centers, h["relevance"]))
+    total = sum(
+        (rl * (1 - torch.nn.functional.cosine_similarity(fl, cl.expand_as(fl), dim=-1))).sum(-1)
+        for fl, cl, rl in zip(h["fused"], bb.hierarchy.centers, h["relevance"])
+    )
     torch.testing.assert_close(every.score(x, every(x)), total)
 
 
@@ -145,8 +153,13 @@ def test_tss_predicts_each_layer_its_skip_ahead():
     bb = _thoc("backbone.dilations=[1,2,4]")
     x = torch.randn(2, 20, C)
     feats = bb(x).aux["feats"]
-    by_hand = sum(((head(f[:, :-d]) - x[:, d:]) ** 2).mean()
-                  for head, f, d in zip(bb.predict, feats, [1, 2, 4])) / 3
+    by_hand = (
+        sum(
+            ((head(f[:, :-d]) - x[:, d:]) ** 2).mean()
+            for head, f, d in zip(bb.predict, feats, [1, 2, 4])
+        )
+        / 3
+    )
     assert bb.tss_loss(x, feats).item() == pytest.approx(by_hand.item(), rel=1e-6)
 
 
@@ -154,8 +167,11 @@ def test_loss_is_mvdd_plus_weighted_orthogonality_and_tss():
     bb = _thoc("backbone.lambda_orth=0.5", "backbone.lambda_tss=3")
     x = torch.randn(2, 20, C)
     out = bb(x)
-    expected = (out.aux["dist"].mean() + 0.5 * orthogonality(bb.hierarchy.centers)
-                + 3 * bb.tss_loss(x, out.aux["feats"]))
+    expected = (
+        out.aux["dist"].mean()
+        + 0.5 * orthogonality(bb.hierarchy.centers)
+        + 3 * bb.tss_loss(x, out.aux["feats"])
+    )
     assert bb.loss(x, out).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
@@ -174,8 +190,9 @@ def test_kmeans_init_puts_the_first_centers_on_separated_feature_clusters():
     a, b = torch.full((20, 20, C), 2.0), torch.full((20, 20, C), -2.0)
     bb.on_fit_start(lambda: iter([a, b]), True)
     with torch.no_grad():
-        means = torch.stack([bb.drnn(a)[0].reshape(-1, 8).mean(0),
-                             bb.drnn(b)[0].reshape(-1, 8).mean(0)])
+        means = torch.stack(
+            [bb.drnn(a)[0].reshape(-1, 8).mean(0), bb.drnn(b)[0].reshape(-1, 8).mean(0)]
+        )
     got = bb.hierarchy.centers[0].detach()
     order = torch.cdist(got, means).argmin(1)
     assert sorted(order.tolist()) == [0, 1]
@@ -199,20 +216,27 @@ def test_center_init_draws_no_global_random_numbers():
 
 
 def test_tau_anneals_every_configured_epochs_down_to_its_floor():
-    bb = _thoc("backbone.tau=1.0", "backbone.tau_decay=0.5", "backbone.tau_decay_epochs=2",
-               "backbone.tau_min=0.2")
+    bb = _thoc(
+        "backbone.tau=1.0",
+        "backbone.tau_decay=0.5",
+        "backbone.tau_decay_epochs=2",
+        "backbone.tau_min=0.2",
+    )
     taus = [bb.on_epoch_end(e)["backbone/tau"] for e in range(8)]
     assert taus == pytest.approx([1.0, 0.5, 0.5, 0.25, 0.25, 0.2, 0.2, 0.2])
     assert "tau" in bb.state_dict()  # checkpoints and best-epoch restore carry it
 
 
-@pytest.mark.parametrize("override,message", [
-    ("backbone.cell=transformer", "cell='transformer'"),
-    ("backbone.mvdd_layers=first", "mvdd_layers='first'"),
-    ("backbone.clusters=[3,2]", r"clusters=\[3, 2\]: expected one count"),
-    ("backbone.dilations=[1,2,32]", "shorter than backbone.window=20"),
-    ("backbone.tau_decay=1.5", "tau_decay"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("backbone.cell=transformer", "cell='transformer'"),
+        ("backbone.mvdd_layers=first", "mvdd_layers='first'"),
+        ("backbone.clusters=[3,2]", r"clusters=\[3, 2\]: expected one count"),
+        ("backbone.dilations=[1,2,32]", "shorter than backbone.window=20"),
+        ("backbone.tau_decay=1.5", "tau_decay"),
+    ],
+)
 def test_bad_settings_are_refused_with_the_key(override, message):
     with pytest.raises(ValueError, match=message):
         _thoc(override)

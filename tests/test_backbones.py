@@ -1,5 +1,6 @@
 """Every backbone x {MADCluster off, on}: shapes, finite loss, gradients, detection quality;
 plus unit tests of SLMR's and DCdetector's building blocks against hand-computed cases."""
+
 from __future__ import annotations
 
 import math
@@ -10,10 +11,13 @@ import torch
 
 from madcluster_exp.backbones import BACKBONES, build_backbone
 from madcluster_exp.backbones.anomaly_transformer import EncoderLayer
-from madcluster_exp.backbones.dcdetector import (ChannelMeans, DualAttentionLayer, factorised_kl,
-                                                 narrow_matmul)
-from madcluster_exp.backbones.layers import DataEmbedding, circular_unfold
-from madcluster_exp.backbones.layers import RevIN, association_kl
+from madcluster_exp.backbones.dcdetector import (
+    ChannelMeans,
+    DualAttentionLayer,
+    factorised_kl,
+    narrow_matmul,
+)
+from madcluster_exp.backbones.layers import DataEmbedding, RevIN, association_kl, circular_unfold
 from madcluster_exp.backbones.slmr import Res2NetBlock, geometric_mask, interleave
 from madcluster_exp.bench.dcdetector_baseline import MaterialisedDCdetector, materialised_kl
 from madcluster_exp.data import SeriesSplit
@@ -27,16 +31,34 @@ SMALL = {
     "deepsvdd": ["backbone.window=20"],
     "lstm_ae": ["backbone.window=20", "backbone.hidden=16"],
     "usad": ["backbone.window=12", "backbone.hidden=2"],
-    "anomaly_transformer": ["backbone.window=20", "backbone.d_model=16", "backbone.n_heads=2",
-                            "backbone.d_ff=16", "backbone.layers=2"],
-    "dcdetector": ["backbone.window=20", "backbone.d_model=16", "backbone.layers=2",
-                   "backbone.patch_sizes=[2,4,5]"],
+    "anomaly_transformer": [
+        "backbone.window=20",
+        "backbone.d_model=16",
+        "backbone.n_heads=2",
+        "backbone.d_ff=16",
+        "backbone.layers=2",
+    ],
+    "dcdetector": [
+        "backbone.window=20",
+        "backbone.d_model=16",
+        "backbone.layers=2",
+        "backbone.patch_sizes=[2,4,5]",
+    ],
     "slmr": ["backbone.window=10", "backbone.width=30", "backbone.gru_hidden=16"],
     "thoc": ["backbone.window=20", "backbone.hidden=16", "backbone.clusters=[3,3,3]"],
-    "omnianomaly": ["backbone.window=20", "backbone.rnn_hidden=16", "backbone.dense_dim=16",
-                    "backbone.nf_layers=4"],
-    "beatgan": ["backbone.window=20", "backbone.layers=3", "backbone.ndf=8", "backbone.ngf=8",
-                "backbone.latent=8"],
+    "omnianomaly": [
+        "backbone.window=20",
+        "backbone.rnn_hidden=16",
+        "backbone.dense_dim=16",
+        "backbone.nf_layers=4",
+    ],
+    "beatgan": [
+        "backbone.window=20",
+        "backbone.layers=3",
+        "backbone.ndf=8",
+        "backbone.ngf=8",
+        "backbone.latent=8",
+    ],
 }
 CASES = [(b, s) for b in sorted(BACKBONES) for s in ("off", "on")]
 C = 3
@@ -106,28 +128,49 @@ def test_embed_tap_is_validated_and_logged(backbone, tmp_path):
 #   rises once the centers and the annealed assignment have settled (0.68 alone, 0.85 with
 #   MADCluster after 8 epochs, as measured).
 MIN_AUC = {
-    ("deepsvdd", "off"): 0.8, ("deepsvdd", "on"): 0.8,
-    ("lstm_ae", "off"): 0.65, ("lstm_ae", "on"): 0.65,
-    ("usad", "off"): 0.6, ("usad", "on"): 0.6,
-    ("slmr", "off"): 0.6, ("slmr", "on"): 0.6,
-    ("omnianomaly", "off"): 0.65, ("omnianomaly", "on"): 0.65,
-    ("beatgan", "off"): 0.6, ("beatgan", "on"): 0.6,
+    ("deepsvdd", "off"): 0.8,
+    ("deepsvdd", "on"): 0.8,
+    ("lstm_ae", "off"): 0.65,
+    ("lstm_ae", "on"): 0.65,
+    ("usad", "off"): 0.6,
+    ("usad", "on"): 0.6,
+    ("slmr", "off"): 0.6,
+    ("slmr", "on"): 0.6,
+    ("omnianomaly", "off"): 0.65,
+    ("omnianomaly", "on"): 0.65,
+    ("beatgan", "off"): 0.6,
+    ("beatgan", "on"): 0.6,
     ("anomaly_transformer", "on"): 0.6,
     ("dcdetector", "on"): 0.55,
-    ("thoc", "off"): 0.6, ("thoc", "on"): 0.6,
+    ("thoc", "off"): 0.6,
+    ("thoc", "on"): 0.6,
 }
-LONGER = {"anomaly_transformer": ["backbone.lr=1e-3", "train.epochs=6", "backbone.window=50"],
-          "dcdetector": ["backbone.lr=1e-3", "train.epochs=6"],
-          "thoc": ["train.epochs=8"]}
+LONGER = {
+    "anomaly_transformer": ["backbone.lr=1e-3", "train.epochs=6", "backbone.window=50"],
+    "dcdetector": ["backbone.lr=1e-3", "train.epochs=6"],
+    "thoc": ["train.epochs=8"],
+}
 
 
 def _quality_run(tmp_path, backbone, state, extra):
-    cfg = compose_config([
-        f"paths.output_dir={tmp_path}", f"paths.root_dir={tmp_path}", "tracking=none",
-        "dataset.n_entities=2", "dataset.train_length=1500", "dataset.test_length=1500",
-        "dataset.n_channels=6", "train.patience=null", "train.progress=none",
-        "backbone.batch_size=64", f"backbone={backbone}", f"madcluster={state}",
-        *SMALL[backbone], *extra])
+    cfg = compose_config(
+        [
+            f"paths.output_dir={tmp_path}",
+            f"paths.root_dir={tmp_path}",
+            "tracking=none",
+            "dataset.n_entities=2",
+            "dataset.train_length=1500",
+            "dataset.test_length=1500",
+            "dataset.n_channels=6",
+            "train.patience=null",
+            "train.progress=none",
+            "backbone.batch_size=64",
+            f"backbone={backbone}",
+            f"madcluster={state}",
+            *SMALL[backbone],
+            *extra,
+        ]
+    )
     return run(cfg, output_dir=tmp_path / "job", verbose=False).metrics["test/auc_roc"]
 
 
@@ -139,9 +182,19 @@ def test_scores_are_higher_on_planted_anomalies(backbone, state, tmp_path):
 
 @pytest.mark.slow
 def test_anomaly_transformer_alone_beats_random_after_longer_training(tmp_path):
-    auc = _quality_run(tmp_path, "anomaly_transformer", "off", [
-        "backbone.lr=1e-3", "train.epochs=10", "backbone.window=50", "backbone.d_model=64",
-        "backbone.n_heads=4", "backbone.d_ff=64"])
+    auc = _quality_run(
+        tmp_path,
+        "anomaly_transformer",
+        "off",
+        [
+            "backbone.lr=1e-3",
+            "train.epochs=10",
+            "backbone.window=50",
+            "backbone.d_model=64",
+            "backbone.n_heads=4",
+            "backbone.d_ff=64",
+        ],
+    )
     assert auc > 0.6
 
 
@@ -163,9 +216,11 @@ def test_geometric_mask_ratio_and_mean_run_length():
     assert masked.float().mean().item() == pytest.approx(0.03, abs=0.003)
     # mean length of masked runs along time
     m = masked.transpose(1, 2).reshape(-1, 500).numpy().astype(np.int8)
-    d = np.diff(np.concatenate([np.zeros((len(m), 1), np.int8), m,
-                                np.zeros((len(m), 1), np.int8)], axis=1), axis=1)
-    runs = (np.flatnonzero(d.ravel() == -1) - np.flatnonzero(d.ravel() == 1))
+    d = np.diff(
+        np.concatenate([np.zeros((len(m), 1), np.int8), m, np.zeros((len(m), 1), np.int8)], axis=1),
+        axis=1,
+    )
+    runs = np.flatnonzero(d.ravel() == -1) - np.flatnonzero(d.ravel() == 1)
     assert runs.mean() == pytest.approx(3.0, rel=0.08)
 
 
@@ -201,10 +256,11 @@ def test_res2net_block_cascade_by_hand(pool_cascade):
             conv.weight.copy_(torch.eye(conv.weight.shape[0]).unsqueeze(-1))
     block.eval()
     s = math.sqrt(1 + block.bn_in.eps)
-    x = torch.tensor([[[1.0, -1.0, 0.2], [-2.0, 4.0, 1.0], [3.0, 0.0, -3.0],
-                       [0.5, 2.0, -1.0]]])  # [B=1, C=4, L=3]
+    x = torch.tensor(
+        [[[1.0, -1.0, 0.2], [-2.0, 4.0, 1.0], [3.0, 0.0, -3.0], [0.5, 2.0, -1.0]]]
+    )  # [B=1, C=4, L=3]
     h = torch.relu(_pool3(x) / s)
-    c = [h[:, i:i + 1] for i in range(4)]
+    c = [h[:, i : i + 1] for i in range(4)]
     pool = _pool3 if pool_cascade else (lambda t: t)
     o1 = torch.relu(pool(c[1]) / s)
     o2 = torch.relu(pool(c[2] + o1) / s)
@@ -233,16 +289,22 @@ def test_slmr_shares_one_block_between_its_branches():
     bb = build_backbone(C, _cfg("slmr", "off").backbone).eval()
     assert [n for n, m in bb.named_modules() if isinstance(m, Res2NetBlock)] == ["block"]
     calls = []
-    bb.block.register_forward_hook(lambda m, args, kwargs, out: calls.append(kwargs),
-                                   with_kwargs=True)
+    bb.block.register_forward_hook(
+        lambda m, args, kwargs, out: calls.append(kwargs), with_kwargs=True
+    )
     bb(torch.randn(2, 11, C))
     # steps 0, 2, ... pool their cascade; steps 1, 3, ... do not
     assert calls == [{"pool_cascade": True}, {}]
 
 
 def test_slmr_models_the_reference_target_channel_on_msl_and_smap():
-    for dataset, targets in [("MSL", [0]), ("SMAP", [0]), ("SMD", None), ("PSM", None),
-                             ("synthetic", None)]:
+    for dataset, targets in [
+        ("MSL", [0]),
+        ("SMAP", [0]),
+        ("SMD", None),
+        ("PSM", None),
+        ("synthetic", None),
+    ]:
         cfg = compose_config(["backbone=slmr", f"dataset={dataset}"])
         assert cfg.backbone.target_channels == targets, dataset
     cfg = compose_config(["backbone=slmr", "dataset=MSL", "backbone.target_channels=null"])
@@ -288,20 +350,23 @@ def test_slmr_point_score_is_forecast_plus_gamma_reconstruction():
     det = Detector(bb, None)
     values = np.random.default_rng(0).normal(size=(40, C)).astype(np.float32)
     split = SeriesSplit.concat([("e", values, None)])
-    got = score_split(det, split, stride=1, batch_size=7, aggregate="mean",
-                      device=torch.device("cpu"))["backbone"]
+    got = score_split(
+        det, split, stride=1, batch_size=7, aggregate="mean", device=torch.device("cpu")
+    )["backbone"]
     L, x = 10, torch.from_numpy(values)
     for q in range(L, 40):
         with torch.no_grad():
-            fo = bb(x[q - L:q + 1].unsqueeze(0)).aux["y_hat"][0]
+            fo = bb(x[q - L : q + 1].unsqueeze(0)).aux["y_hat"][0]
             forecast = (fo - x[q]).abs().mean()
             recon = 0.0
             if q - L + 1 + L + 1 <= 40:  # the window whose lookback ends at q exists
-                xr = bb(x[q - L + 1:q + 2].unsqueeze(0)).aux["x_hat"][0, -1]
+                xr = bb(x[q - L + 1 : q + 2].unsqueeze(0)).aux["x_hat"][0, -1]
                 recon = 0.8 * (xr - x[q]).abs().mean()
         assert got[q] == pytest.approx(float(forecast + recon), rel=1e-5)
     with pytest.raises(ValueError, match="stride=4, expected 1"):
-        score_split(det, split, stride=4, batch_size=7, aggregate="mean", device=torch.device("cpu"))
+        score_split(
+            det, split, stride=4, batch_size=7, aggregate="mean", device=torch.device("cpu")
+        )
 
 
 # ------------------------------------------------------------------------------ DCdetector
@@ -380,7 +445,9 @@ def test_association_kl_by_hand():
     p = torch.tensor([[[[0.5, 0.5], [1.0, 0.0]]]])
     q = torch.tensor([[[[0.25, 0.75], [0.5, 0.5]]]])
     e = 1e-4
-    row0 = 0.5 * (math.log(0.5 + e) - math.log(0.25 + e)) + 0.5 * (math.log(0.5 + e) - math.log(0.75 + e))
+    row0 = 0.5 * (math.log(0.5 + e) - math.log(0.25 + e)) + 0.5 * (
+        math.log(0.5 + e) - math.log(0.75 + e)
+    )
     row1 = 1.0 * (math.log(1.0 + e) - math.log(0.5 + e)) + 0.0
     torch.testing.assert_close(association_kl(p, q), torch.tensor([[row0, row1]]))
 
@@ -391,7 +458,9 @@ def test_anomaly_transformer_prior_rows_sum_to_one_and_follow_a_gaussian():
     out = bb(torch.randn(2, 20, C))
     for prior in out.aux["prior"]:
         torch.testing.assert_close(prior.sum(-1), torch.ones_like(prior.sum(-1)))
-        row = prior.detach()[0, 0, 10]  # symmetric around its own position, decreasing with distance
+        row = prior.detach()[
+            0, 0, 10
+        ]  # symmetric around its own position, decreasing with distance
         assert row[9] == pytest.approx(row[11].item(), rel=1e-5) and row[10] > row[9] > row[8]
 
 
@@ -441,10 +510,13 @@ def test_nu_steps_in_its_own_group_of_the_host_optimizer_only():
     nu_group = [g for g in groups if g.get("name") == "madcluster_nu"]
     assert len(nu_group) == 1 and nu_group[0]["params"] == [det.plugin.nu_raw]
     assert nu_group[0]["amsgrad"] and nu_group[0]["weight_decay"] == 0.0
-    assert nu_group[0]["lr"] == 5e-2 and groups[0]["lr"] == 1e-3 and groups[0]["weight_decay"] == 0.1
+    assert (
+        nu_group[0]["lr"] == 5e-2 and groups[0]["lr"] == 1e-3 and groups[0]["weight_decay"] == 0.1
+    )
     assert any(det.plugin.center is p for p in groups[0]["params"])
-    assert all(det.plugin.nu_raw is not p for g in det.optimizers["ae2"].param_groups
-               for p in g["params"])
+    assert all(
+        det.plugin.nu_raw is not p for g in det.optimizers["ae2"].param_groups for p in g["params"]
+    )
     det.train()
     x = torch.randn(4, det.backbone.input_length, C)
     nu0 = det.plugin.nu_raw.detach().clone()
@@ -459,8 +531,12 @@ def test_nu_steps_in_its_own_group_of_the_host_optimizer_only():
 
 def test_complexity_is_logged_and_madcluster_adds_few_parameters_and_macs(make_cfg, tmp_path):
     from mlflow.tracking import MlflowClient
-    result = run(make_cfg("backbone=slmr", *SMALL["slmr"], "train.epochs=1"),
-                 output_dir=tmp_path / "job", verbose=False)
+
+    result = run(
+        make_cfg("backbone=slmr", *SMALL["slmr"], "train.epochs=1"),
+        output_dir=tmp_path / "job",
+        verbose=False,
+    )
     params = MlflowClient(result.tracking_uri).get_run(result.run_id).data.params
     # The plug-in's only matmul-like work is z . c, T x f MACs per window (11 steps x 4 SE
     # features here), and c . c (4); |z|^2 is a multiply-and-sum, elementwise by convention.
@@ -475,6 +551,7 @@ def test_macs_count_recurrent_layers_by_formula():
     from torch import nn
 
     from madcluster_exp.complexity import count_macs
+
     x = torch.randn(3, 5, 4)
     lstm = nn.LSTM(4, 8, 2, batch_first=True)
     assert count_macs(lambda: lstm(x), lstm) == 3 * 5 * (4 * (4 + 8) * 8 + 4 * (8 + 8) * 8)
@@ -489,8 +566,14 @@ def assert_dcdetector_fast_path_equals_baseline(heads: int, device: str = "cpu")
     way (d-wide Q/K projections, T x T maps), same weights and batch: same loss terms, same
     MADCluster tap, same gradients for every parameter, through the loss and through the tap.
     Shared with the CUDA checks."""
-    base = ["backbone=dcdetector", "backbone.window=20", "backbone.d_model=16",
-            "backbone.layers=2", f"backbone.n_heads={heads}", "backbone.patch_sizes=[2,4,5]"]
+    base = [
+        "backbone=dcdetector",
+        "backbone.window=20",
+        "backbone.d_model=16",
+        "backbone.layers=2",
+        f"backbone.n_heads={heads}",
+        "backbone.patch_sizes=[2,4,5]",
+    ]
     x = torch.randn(4, 20, C, generator=torch.Generator().manual_seed(1)).to(device)
     outs = []
     for baseline in (False, True):
@@ -500,8 +583,14 @@ def assert_dcdetector_fast_path_equals_baseline(heads: int, device: str = "cpu")
         out = model(x)
         series, prior = model.discrepancies(out)
         (prior - series + out.z.square().mean()).backward()
-        outs.append((series.item(), prior.item(), out.z.detach(),
-                     {n: p.grad.clone() for n, p in model.named_parameters()}))
+        outs.append(
+            (
+                series.item(),
+                prior.item(),
+                out.z.detach(),
+                {n: p.grad.clone() for n, p in model.named_parameters()},
+            )
+        )
     assert outs[0][0] == pytest.approx(outs[1][0], abs=1e-5)
     assert outs[0][1] == pytest.approx(outs[1][1], abs=1e-5)
     torch.testing.assert_close(outs[0][2], outs[1][2], atol=1e-5, rtol=1e-4)
@@ -540,8 +629,9 @@ def test_channel_means_backward_is_the_gradient(heads, width):
     torch.testing.assert_close(ctx, (a.mean(1) @ u).view(2, 3, 4, width).mean(1))
 
 
-@pytest.mark.parametrize("shape", [((5, 7, 3), (5, 3, 2)), ((5, 2, 3), (5, 3, 7)),
-                                   ((4, 1, 6, 3), (4, 3, 3))])  # narrow, wide, broadcast
+@pytest.mark.parametrize(
+    "shape", [((5, 7, 3), (5, 3, 2)), ((5, 2, 3), (5, 3, 7)), ((4, 1, 6, 3), (4, 3, 3))]
+)  # narrow, wide, broadcast
 def test_narrow_matmul_is_matmul(shape):
     x, y = (torch.randn(s, dtype=torch.float64) for s in shape)
     got = narrow_matmul(x, y)

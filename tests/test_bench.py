@@ -1,5 +1,6 @@
 """The benchmark's statistics and its memory measurement (the timings themselves live in
 ``make bench``, not in tests)."""
+
 import subprocess
 import sys
 
@@ -30,18 +31,28 @@ def test_bootstrap_interval_brackets_the_estimate_and_narrows_with_more_pairs():
 def test_peak_rss_is_the_processs_own_not_its_parents():
     """A child of a large process reports its own peak (ru_maxrss would report the parent's)."""
     ballast = np.ones(50_000_000)  # 400 MB, touched
-    assert peak_rss_mb() >= ballast.nbytes / 2 ** 20
-    code = ("import resource; from madcluster_exp.bench.common import peak_rss_mb; "
-            "print(peak_rss_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
-    own, inherited = map(float, subprocess.run([sys.executable, "-c", code], check=True,
-                                               capture_output=True, text=True).stdout.split())
+    assert peak_rss_mb() >= ballast.nbytes / 2**20
+    code = (
+        "import resource; from madcluster_exp.bench.common import peak_rss_mb; "
+        "print(peak_rss_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    )
+    own, inherited = map(
+        float,
+        subprocess.run(
+            [sys.executable, "-c", code], check=True, capture_output=True, text=True
+        ).stdout.split(),
+    )
     assert own < 100 < 400 <= inherited  # the child holds no ballast; ru_maxrss says it does
     del ballast
 
 
 def test_the_wrapped_run_reports_its_peak_and_keeps_the_exit_status(tmp_path):
-    bad = subprocess.run([sys.executable, "-c", PEAK_RSS_WRAPPER, "backbone=nope"],
-                         capture_output=True, text=True, cwd=tmp_path)
+    bad = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS_WRAPPER, "backbone=nope"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert bad.returncode != 0
     assert "nope" in bad.stderr  # Hydra's own message about the unknown backbone
     assert 10 < child_peak_rss_mb(bad.stderr) < 2000

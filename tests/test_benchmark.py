@@ -1,5 +1,6 @@
 """experiment=benchmark: a real sweep of detectors x series on the joblib launcher, resumed
 without re-running anything, and the report that says where each detector stands."""
+
 from __future__ import annotations
 
 import json
@@ -12,10 +13,20 @@ from mlflow.tracking import MlflowClient
 
 # 3 detectors (knn, the sanity scorers random and constant) x 2 series (the entities of one
 # synthetic dataset, one model each in the benchmark's per-entity mode), 1 seed.
-SWEEP = ["-m", "experiment=benchmark", "backbone=knn,random,constant", "seed=0",
-         "dataset.n_entities=2", "dataset.train_length=500", "dataset.test_length=500",
-         "dataset.n_channels=3", "backbone.window=16", "tracking.plots=false",
-         "hydra.launcher.n_jobs=2", "hydra.sweep.dir=outputs/bench_sweep"]
+SWEEP = [
+    "-m",
+    "experiment=benchmark",
+    "backbone=knn,random,constant",
+    "seed=0",
+    "dataset.n_entities=2",
+    "dataset.train_length=500",
+    "dataset.test_length=500",
+    "dataset.n_channels=3",
+    "backbone.window=16",
+    "tracking.plots=false",
+    "hydra.launcher.n_jobs=2",
+    "hydra.sweep.dir=outputs/bench_sweep",
+]
 
 
 def _env():
@@ -23,8 +34,14 @@ def _env():
 
 
 def _run(args, cwd, module="madcluster_exp"):
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=_env(),
-                          capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def _runs(tmp_path):
@@ -71,5 +88,6 @@ def test_benchmark_sweep_resumes_without_rerunning_and_reports_ranks_and_sanity(
     md = (out_dir / "report.md").read_text()
     assert "Friedman + Nemenyi over 2 series" in md
     assert "| knn | 1 |" in md and "| sanity |" in md  # the summary's sanity column
-    assert json.loads((sweep_dir / "mlflow_parent.json").read_text())["run_id"] == \
-        parent.info.run_id
+    assert (
+        json.loads((sweep_dir / "mlflow_parent.json").read_text())["run_id"] == parent.info.run_id
+    )

@@ -1,5 +1,6 @@
 """Classical detectors: each fits and scores as expected, through the job as every backbone;
 the sanity flags; a test split without anomalies; madcluster=on is a configuration error."""
+
 from __future__ import annotations
 
 import json
@@ -52,8 +53,9 @@ def planted():
 
 
 # matrix_profile is slow only by its first call, which compiles stumpy's numba kernels.
-@pytest.mark.parametrize("name", ["knn", "iforest", "pca",
-                                  pytest.param("matrix_profile", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "name", ["knn", "iforest", "pca", pytest.param("matrix_profile", marks=pytest.mark.slow)]
+)
 def test_detector_ranks_a_planted_anomaly_top(name, planted):
     train, test = planted
     det = build_classical(_cfg(name), seed=0).fit(train)
@@ -66,8 +68,12 @@ def test_detector_ranks_a_planted_anomaly_top(name, planted):
 
 def test_knn_score_is_the_distance_to_the_kth_nearest_training_window():
     train = _split(np.arange(40, dtype=np.float32)[:, None])  # windows [i, i+1]: 39 of them
-    det = build_classical(compose_config(["backbone=knn", "madcluster=off", "backbone.window=2",
-                                          "backbone.n_neighbors=3"]).backbone, 0).fit(train)
+    det = build_classical(
+        compose_config(
+            ["backbone=knn", "madcluster=off", "backbone.window=2", "backbone.n_neighbors=3"]
+        ).backbone,
+        0,
+    ).fit(train)
     probe = _split(np.array([[100.0], [101.0], [0.0]], np.float32))
     scores = det.decision_function(probe, np.array([0, 1]))
     # [100, 101] -> nearest training windows [38, 39], [37, 38], [36, 37]: 3rd is 64 * sqrt(2)
@@ -100,7 +106,8 @@ def test_constant_scores_raise_the_constant_flag_and_others_do_not(planted):
     nearly = np.r_[np.zeros(995), np.arange(1, 6)].astype(float)
     assert run_flags(score_spread(nearly))[0].startswith("scores nearly constant: 99.5 %")
     assert run_flags({**score_spread(np.arange(100.0)), "test/auc_roc": 0.3}) == [
-        "AUC-ROC 0.300 < 0.5: ranks anomalies below normal points (worse than random)"]
+        "AUC-ROC 0.300 < 0.5: ranks anomalies below normal points (worse than random)"
+    ]
     assert run_flags({**score_spread(np.arange(100.0)), "test/auc_roc": 0.7}) == []
 
 
@@ -118,8 +125,11 @@ def test_spread_puts_window_scores_on_center_last_or_all_points():
 
 def test_madcluster_on_with_a_classical_detector_is_a_configuration_error(make_cfg):
     cfg = make_cfg("backbone=iforest", "madcluster=on")
-    with pytest.raises(ConfigError, match=r"madcluster=on with backbone=iforest \(family "
-                                          r"classical\).*expected madcluster=off"):
+    with pytest.raises(
+        ConfigError,
+        match=r"madcluster=on with backbone=iforest \(family "
+        r"classical\).*expected madcluster=off",
+    ):
         validate(cfg)
     with pytest.raises(ConfigError, match=r"backbone.spread='middle': expected one of center"):
         validate(make_cfg("backbone=knn", "madcluster=off", "backbone.spread=middle"))
@@ -141,20 +151,34 @@ def test_a_classical_run_goes_through_the_pipeline_and_mlflow(make_cfg, tmp_path
 
 
 def test_a_constant_run_says_so_in_its_results_table(make_cfg, tmp_path, capsys):
-    run(make_cfg("backbone=constant", "madcluster=off", "backbone.window=16"),
-        output_dir=tmp_path / "job", verbose=True)
+    run(
+        make_cfg("backbone=constant", "madcluster=off", "backbone.window=16"),
+        output_dir=tmp_path / "job",
+        verbose=True,
+    )
     table = capsys.readouterr().out.split("Results:")[1]
     assert "sanity" in table and "scores constant: no ranking at all" in table
 
 
 def test_a_test_split_without_anomalies_is_announced_first_and_reports_false_alarms(
-        make_cfg, tmp_path, capsys):
+    make_cfg, tmp_path, capsys
+):
     path = tmp_path / "quiet.csv"
     make_timeeval(path, n=600, anomaly=(0, 0))  # no labelled anomaly anywhere
     with pytest.warns(RuntimeWarning, match="no anomaly"):
-        result = run(make_cfg("dataset=csv", f"dataset.path={path}", "backbone=knn",
-                              "madcluster=off", "backbone.window=16", "tracking.plots=false",
-                              fast=False), output_dir=tmp_path / "job", verbose=True)
+        result = run(
+            make_cfg(
+                "dataset=csv",
+                f"dataset.path={path}",
+                "backbone=knn",
+                "madcluster=off",
+                "backbone.window=16",
+                "tracking.plots=false",
+                fast=False,
+            ),
+            output_dir=tmp_path / "job",
+            verbose=True,
+        )
     out = capsys.readouterr().out
     announced, fitted = out.index("no labelled anomaly"), out.index("fitted on")
     assert announced < fitted  # said before the detector is fitted
@@ -185,8 +209,21 @@ def test_anomaly_count_reads_labels_without_unsealing_the_test_split(make_cfg, t
 def test_bench_times_classical_detectors_against_the_fastest_deep_backbone(tmp_path):
     from madcluster_exp.bench.classical import main
 
-    main(["--rows", "400", "--channels", "2", "--detectors", "knn", "random", "--deep", "usad",
-          "--out", str(tmp_path)])
+    main(
+        [
+            "--rows",
+            "400",
+            "--channels",
+            "2",
+            "--detectors",
+            "knn",
+            "random",
+            "--deep",
+            "usad",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     rows = json.loads((tmp_path / "classical.json").read_text())["rows"]
     deep, knn, rand = rows
     assert deep["detector"] == "usad" and deep["kind"] == "deep, 1 epoch"

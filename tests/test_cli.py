@@ -1,5 +1,6 @@
 """The command line as a person meets it: expected errors without tracebacks, --help on every
 command with the user-facing groups only, boolean on/off spellings, the job's name and log."""
+
 from __future__ import annotations
 
 import os
@@ -16,10 +17,19 @@ from madcluster_exp.tracking.callbacks import sweep_summary
 
 
 def _run(module, *args, cwd, **env):
-    base = {k: v for k, v in os.environ.items()
-            if k not in ("MLFLOW_TRACKING_URI", "MADCLUSTER_FULL_ERROR", "HYDRA_FULL_ERROR")}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env={**base, **env},
-                          capture_output=True, text=True, timeout=300)
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MLFLOW_TRACKING_URI", "MADCLUSTER_FULL_ERROR", "HYDRA_FULL_ERROR")
+    }
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_config_error_prints_the_message_alone_and_leaves_no_mlflow_run(tmp_path):
@@ -35,8 +45,13 @@ def test_config_error_prints_the_message_alone_and_leaves_no_mlflow_run(tmp_path
 
 
 def test_full_error_env_var_shows_the_traceback(tmp_path):
-    out = _run("madcluster_exp", "backbone.window=1", "tracking=none", cwd=tmp_path,
-               MADCLUSTER_FULL_ERROR="1")
+    out = _run(
+        "madcluster_exp",
+        "backbone.window=1",
+        "tracking=none",
+        cwd=tmp_path,
+        MADCLUSTER_FULL_ERROR="1",
+    )
     assert out.returncode != 0 and "Traceback" in out.stderr and "ConfigError" in out.stderr
 
 
@@ -47,8 +62,9 @@ def test_missing_dataset_names_the_path_and_the_fetch_command_without_traceback(
     assert "python -m madcluster_exp.data download SMD" in out.stderr
 
 
-@pytest.mark.parametrize("spelling,enabled", [("true", "true"), ("False", "false"),
-                                              ("yes", "true"), ("off", "false")])
+@pytest.mark.parametrize(
+    "spelling,enabled", [("true", "true"), ("False", "false"), ("yes", "true"), ("off", "false")]
+)
 def test_madcluster_accepts_boolean_spellings_of_on_and_off(tmp_path, spelling, enabled):
     out = _run("madcluster_exp", f"madcluster={spelling}", "--cfg", "job", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -57,8 +73,12 @@ def test_madcluster_accepts_boolean_spellings_of_on_and_off(tmp_path, spelling, 
 
 
 def test_normalise_argv_leaves_other_overrides_alone():
-    assert normalise_argv(["madcluster=TRUE", "madcluster.k=3", "+madcluster=no", "seed=1"]) == \
-        ["madcluster=on", "madcluster.k=3", "+madcluster=off", "seed=1"]
+    assert normalise_argv(["madcluster=TRUE", "madcluster.k=3", "+madcluster=no", "seed=1"]) == [
+        "madcluster=on",
+        "madcluster.k=3",
+        "+madcluster=off",
+        "seed=1",
+    ]
 
 
 def test_help_lists_user_facing_groups_and_no_schema_internals(tmp_path):
@@ -70,8 +90,15 @@ def test_help_lists_user_facing_groups_and_no_schema_internals(tmp_path):
     assert "seed: 0" in out.stdout  # the composed config follows
 
 
-@pytest.mark.parametrize("module", ["madcluster_exp.report", "madcluster_exp.evaluate",
-                                    "madcluster_exp.data", "madcluster_exp.bench"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "madcluster_exp.report",
+        "madcluster_exp.evaluate",
+        "madcluster_exp.data",
+        "madcluster_exp.bench",
+    ],
+)
 def test_every_sub_command_has_help(tmp_path, module):
     out = _run(module, "--help", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -86,8 +113,12 @@ def test_sub_command_usage_errors_exit_2_with_a_message(tmp_path):
 
 
 def test_key_value_parser_types_values_and_keeps_ids_as_typed():
-    opts = {"run": Option("id", required=True), "window": Option("w", kind=int),
-            "log": Option("l", kind=bool, default=True), "m": Option("m", kind=list)}
+    opts = {
+        "run": Option("id", required=True),
+        "window": Option("w", kind=int),
+        "log": Option("l", kind=bool, default=True),
+        "m": Option("m", kind=list),
+    }
     args = parse(["run=0123e4", "window=50", "log=false", "m=[test/f1,test/vus_pr]"], opts, "u")
     assert args == {"run": "0123e4", "window": 50, "log": False, "m": ["test/f1", "test/vus_pr"]}
     with pytest.raises(UsageError, match="log='maybe': expected true or false"):
@@ -98,8 +129,9 @@ def test_key_value_parser_types_values_and_keeps_ids_as_typed():
 
 def test_job_is_named_after_the_project_and_its_log_holds_the_run(tmp_path):
     run_dir = tmp_path / "run"
-    out = _run("madcluster_exp", "debug=fast", "tracking=none", f"hydra.run.dir={run_dir}",
-               cwd=tmp_path)
+    out = _run(
+        "madcluster_exp", "debug=fast", "tracking=none", f"hydra.run.dir={run_dir}", cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert (run_dir / "madcluster_exp.log").exists()
     assert not (run_dir / "__main__.log").exists()

@@ -1,5 +1,6 @@
 """Collections of series (dataset=collection): format detection, labels, training prefixes,
 bad files skipped with their reason, and a real run with one MLflow child run per series."""
+
 from __future__ import annotations
 
 import csv
@@ -10,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
 
 from madcluster_exp.config import ConfigError, validate
 from madcluster_exp.data import DataError, load_dataset
@@ -50,13 +50,23 @@ def test_formats_are_detected_by_name_and_header(tmp_path):
     (tmp_path / "sub").mkdir()
     series, skipped = scan_collection(tmp_path)
     assert [(s.name, s.format) for s in series] == [
-        (uni.stem, TSBAD), (multi.stem, TSBAD), (ucr.stem, UCR),
-        ("004_X_id_4_Web_tr_100_1st_250", TIMEEVAL), ("machine", TIMEEVAL)]
+        (uni.stem, TSBAD),
+        (multi.stem, TSBAD),
+        (ucr.stem, UCR),
+        ("004_X_id_4_Web_tr_100_1st_250", TIMEEVAL),
+        ("machine", TIMEEVAL),
+    ]
     assert series[-1].train_path == tmp_path / "machine.train.csv"
     assert series[-2].train_path is None
     reasons = {s.file: s.reason for s in skipped}
-    assert set(reasons) == {"notes.md", "readings.txt", "no_prefix.csv", "other.csv",
-                            "orphan.train.csv", "sub"}
+    assert set(reasons) == {
+        "notes.md",
+        "readings.txt",
+        "no_prefix.csv",
+        "other.csv",
+        "orphan.train.csv",
+        "sub",
+    }
     assert "not a series file" in reasons["notes.md"]
     assert "_UCR_Anomaly_" in reasons["readings.txt"]
     assert "no '_tr_<n>_' in the file name" in reasons["no_prefix.csv"]
@@ -143,19 +153,31 @@ def _bad_timeeval_train_width(folder):
     return folder / "m.csv"
 
 
-@pytest.mark.parametrize("write,match", [
-    (_bad_ucr_token, r"001_UCR_Anomaly_Fixture_150_261_280.txt: line 7, value 1: '1.5e-1x' "
-                     r"is not a number"),
-    (_bad_ucr_token_one_line, r"line 1, value 42: 'n/a' is not a number"),
-    (lambda d: make_ucr(d, 1, n=270, begin=261, end=280)[0],
-     r"anomaly 261..280, but the file holds 270 values"),
-    (lambda d: make_ucr(d, 1, train_end=270, begin=261, end=280)[0],
-     r"train 1..270, anomaly 261..280: expected the training part to end before"),
-    (lambda d: make_tsbad(d, 1, n=400, n_train=400)[0],
-     r"'_tr_400_' in the name, but the file has 400 rows"),
-    (_bad_tsbad_label, r"001_Fixture_id_1_Facility_tr_150_1st_250.csv: row 31: label 2\b"),
-    (_bad_timeeval_train_width, r"m.train.csv: 3 features but m.csv has 2"),
-])
+@pytest.mark.parametrize(
+    "write,match",
+    [
+        (
+            _bad_ucr_token,
+            r"001_UCR_Anomaly_Fixture_150_261_280.txt: line 7, value 1: '1.5e-1x' "
+            r"is not a number",
+        ),
+        (_bad_ucr_token_one_line, r"line 1, value 42: 'n/a' is not a number"),
+        (
+            lambda d: make_ucr(d, 1, n=270, begin=261, end=280)[0],
+            r"anomaly 261..280, but the file holds 270 values",
+        ),
+        (
+            lambda d: make_ucr(d, 1, train_end=270, begin=261, end=280)[0],
+            r"train 1..270, anomaly 261..280: expected the training part to end before",
+        ),
+        (
+            lambda d: make_tsbad(d, 1, n=400, n_train=400)[0],
+            r"'_tr_400_' in the name, but the file has 400 rows",
+        ),
+        (_bad_tsbad_label, r"001_Fixture_id_1_Facility_tr_150_1st_250.csv: row 31: label 2\b"),
+        (_bad_timeeval_train_width, r"m.train.csv: 3 features but m.csv has 2"),
+    ],
+)
 def test_bad_file_errors_name_the_file_row_and_problem(tmp_path, write, match):
     path = write(tmp_path)
     collection = load_dataset(_cfg(tmp_path).dataset, tmp_path)
@@ -182,8 +204,11 @@ def test_folder_without_usable_series_lists_every_reason(tmp_path):
 def test_collection_run_gives_one_child_run_per_series_and_skips_bad_files(tmp_path):
     data = tmp_path / "series"
     data.mkdir()
-    good = [make_tsbad(data, 1)[0].stem, make_tsbad(data, 2, channels=3, seed=1)[0].stem,
-            make_ucr(data, 3, one_line=True, seed=2)[0].stem]
+    good = [
+        make_tsbad(data, 1)[0].stem,
+        make_tsbad(data, 2, channels=3, seed=1)[0].stem,
+        make_ucr(data, 3, one_line=True, seed=2)[0].stem,
+    ]
     make_timeeval(data / "te.csv", n=300, seed=3, anomaly=(200, 215))
     make_timeeval(data / "te.train.csv", n=200, seed=4, anomaly=(0, 0))
     good.append("te")
@@ -191,17 +216,25 @@ def test_collection_run_gives_one_child_run_per_series_and_skips_bad_files(tmp_p
     _edit_line(bad, 10, "abc,0")
     short, _ = make_ucr(data, 6, n=300, train_end=40, begin=200, end=210)  # < 3 windows to fit
     (data / "README.md").write_text("notes\n")
-    out = _cli(tmp_path, "dataset=collection", f"dataset.path={data}", "backbone.window=16",
-               "train.epochs=2", "train.patience=null", "train.progress=none",
-               "tracking.plots=false", "madcluster=off")
+    out = _cli(
+        tmp_path,
+        "dataset=collection",
+        f"dataset.path={data}",
+        "backbone.window=16",
+        "train.epochs=2",
+        "train.patience=null",
+        "train.progress=none",
+        "tracking.plots=false",
+        "madcluster=off",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
-    assert (f"skipped {bad.name}: {bad}: line 11, column 'Data': 'abc' is not a number"
-            in out.stdout)
+    assert f"skipped {bad.name}: {bad}: line 11, column 'Data': 'abc' is not a number" in out.stdout
     assert f"skipped {short.name}: " in out.stdout and "too short for window=16" in out.stdout
     assert "skipped README.md: README.md: not a series file" in out.stdout
     assert "mean over series" in out.stdout
 
     from mlflow.tracking import MlflowClient
+
     client = MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
     exp = client.get_experiment_by_name("madcluster_exp")
     runs = client.search_runs([exp.experiment_id], max_results=100)
@@ -220,14 +253,17 @@ def test_collection_run_gives_one_child_run_per_series_and_skips_bad_files(tmp_p
         assert {"test/auc_roc", "test/auc_pr", "val/best_loss"} <= set(child.data.metrics)
         assert len(client.get_metric_history(child.info.run_id, "train/loss")) == 2
         assert "scores.npz" in {a.path for a in client.list_artifacts(child.info.run_id)}
-    assert finished[good[1]].data.params["params/backbone"] != \
-        finished[good[0]].data.params["params/backbone"]  # 3 channels vs 1: own model each
+    assert (
+        finished[good[1]].data.params["params/backbone"]
+        != finished[good[0]].data.params["params/backbone"]
+    )  # 3 channels vs 1: own model each
     tags = parent.data.tags
     assert tags["collection.series"] == "4" and tags["collection.skipped"] == "3"
     assert set(tags["collection.skipped_files"].split()) == {bad.name, short.name, "README.md"}
     # Parent metrics: the mean over series equals the mean of the children's own metrics.
     assert parent.data.metrics["test/vus_pr_entity_mean"] == pytest.approx(
-        np.mean([c.data.metrics["test/vus_pr"] for c in finished.values()]))
+        np.mean([c.data.metrics["test/vus_pr"] for c in finished.values()])
+    )
     local = Path(client.download_artifacts(parent.info.run_id, "skipped.csv", str(tmp_path)))
     rows = {r["file"]: r["reason"] for r in csv.DictReader(local.open())}
     assert set(rows) == {bad.name, short.name, "README.md"}
@@ -240,25 +276,42 @@ def test_collection_run_gives_one_child_run_per_series_and_skips_bad_files(tmp_p
 
 def _cli(tmp_path, *args):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    return subprocess.run([sys.executable, "-m", "madcluster_exp", *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "madcluster_exp", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.mark.slow  # two CLI jobs: `make test-all`
-def test_in_a_sweep_each_job_is_a_child_of_the_sweep_and_each_series_a_child_of_its_job(
-        tmp_path):
+def test_in_a_sweep_each_job_is_a_child_of_the_sweep_and_each_series_a_child_of_its_job(tmp_path):
     data = tmp_path / "series"
     data.mkdir()
     make_ucr(data, 1, n=300, train_end=120, begin=200, end=210)
     make_timeeval(data / "te.csv", n=300, anomaly=(200, 215))
-    out = _cli(tmp_path, "-m", "dataset=collection", f"dataset.path={data}", "backbone.window=8",
-               "train.epochs=1", "train.patience=null", "train.progress=none",
-               "tracking.plots=false", "madcluster=off", "seed=0,1")
+    out = _cli(
+        tmp_path,
+        "-m",
+        "dataset=collection",
+        f"dataset.path={data}",
+        "backbone.window=8",
+        "train.epochs=1",
+        "train.patience=null",
+        "train.progress=none",
+        "tracking.plots=false",
+        "madcluster=off",
+        "seed=0,1",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     from mlflow.tracking import MlflowClient
+
     uri = f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}"
     runs = MlflowClient(uri).search_runs(
-        [MlflowClient(uri).get_experiment_by_name("madcluster_exp").experiment_id])
+        [MlflowClient(uri).get_experiment_by_name("madcluster_exp").experiment_id]
+    )
     (sweep,) = [r for r in runs if r.data.tags.get("sweep") == "parent"]
     jobs = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == sweep.info.run_id]
     assert sweep.data.tags["children"] == "2" and len(jobs) == 2 and len(runs) == 1 + 2 + 4
@@ -267,16 +320,25 @@ def test_in_a_sweep_each_job_is_a_child_of_the_sweep_and_each_series_a_child_of_
     assert set(table["job_run_id"]) == {j.info.run_id for j in jobs}
     names = ("001_UCR_Anomaly_Fixture_120_200_210", "te")
     assert sorted(zip(table["param:seed"], table["series"])) == sorted(
-        (seed, name) for seed in ("0", "1") for name in names)
+        (seed, name) for seed in ("0", "1") for name in names
+    )
 
 
 def test_a_resumed_collection_run_continues_the_same_parent_and_child_runs(make_cfg, tmp_path):
     data = tmp_path / "series"
     data.mkdir()
     make_timeeval(data / "te.csv", n=300, anomaly=(200, 215))
-    cfg = make_cfg("dataset=collection", f"dataset.path={data}", "backbone.window=8",
-                   "train.epochs=1", "train.patience=null", "train.progress=none",
-                   "tracking.plots=false", "madcluster=off", fast=False)
+    cfg = make_cfg(
+        "dataset=collection",
+        f"dataset.path={data}",
+        "backbone.window=8",
+        "train.epochs=1",
+        "train.patience=null",
+        "train.progress=none",
+        "tracking.plots=false",
+        "madcluster=off",
+        fast=False,
+    )
     first = run(cfg, output_dir=tmp_path / "job", verbose=False)
     again = run(cfg, output_dir=tmp_path / "job", verbose=False)
     assert again.run_id == first.run_id

@@ -1,4 +1,5 @@
 """Every option of every group composes; misspelt keys and options fail at composition."""
+
 from __future__ import annotations
 
 import subprocess
@@ -6,15 +7,27 @@ import sys
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import OmegaConf
 
 from madcluster_exp.app import CONFIG_DIR
 from madcluster_exp.config import ConfigError, validate
 from tests.conftest import compose_config
 
-GROUPS = ["paths", "dataset", "backbone", "madcluster", "train", "scoring", "threshold",
-          "metrics", "tracking", "setup", "experiment", "debug"]
+GROUPS = [
+    "paths",
+    "dataset",
+    "backbone",
+    "madcluster",
+    "train",
+    "scoring",
+    "threshold",
+    "metrics",
+    "tracking",
+    "setup",
+    "experiment",
+    "debug",
+]
 
 
 def _options():
@@ -62,12 +75,15 @@ def test_wrong_type_fails_at_composition():
         compose_config(["backbone.window=wide"])
 
 
-@pytest.mark.parametrize("override,fragment", [
-    ("madcluster.objective=one_class", "madcluster.objective='one_class'"),
-    ("madcluster.nu_init=1.0", "madcluster.nu_init=1.0"),
-    ("madcluster.combine=mean", "madcluster.combine='mean'"),
-    ("dataset.val_fraction=0", "dataset.val_fraction=0"),
-])
+@pytest.mark.parametrize(
+    "override,fragment",
+    [
+        ("madcluster.objective=one_class", "madcluster.objective='one_class'"),
+        ("madcluster.nu_init=1.0", "madcluster.nu_init=1.0"),
+        ("madcluster.combine=mean", "madcluster.combine='mean'"),
+        ("dataset.val_fraction=0", "dataset.val_fraction=0"),
+    ],
+)
 def test_bad_values_are_named_by_validate(override, fragment):
     cfg = compose_config([override])
     with pytest.raises(ConfigError) as err:
@@ -82,29 +98,40 @@ def test_reference_variant_needs_k1():
 
 
 def test_cli_cfg_job_and_help(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "madcluster_exp", "--cfg", "job",
-                          "backbone.window=48"], capture_output=True, text=True, cwd=tmp_path,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "madcluster_exp", "--cfg", "job", "backbone.window=48"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "window: 48" in out.stdout and "name: synthetic" in out.stdout
-    out = subprocess.run([sys.executable, "-m", "madcluster_exp", "--help"],
-                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "madcluster_exp", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     line = next(ln for ln in out.stdout.splitlines() if ln.startswith("madcluster: "))
-    assert {"off", "on"} <= set(line[len("madcluster: "):].split(", "))
+    assert {"off", "on"} <= set(line[len("madcluster: ") :].split(", "))
 
 
 def _schema_defaults(entry):
     from hydra.core.config_store import ConfigStore
 
-    (key, option), = entry.items()
+    ((key, option),) = entry.items()
     node = ConfigStore.instance().load(f"{key.split('@')[0].strip('/')}/{option}.yaml").node
     return OmegaConf.to_container(node, resolve=False)
 
 
-@pytest.mark.parametrize("path", sorted(p for p in Path(CONFIG_DIR).glob("*/*.yaml")
-                                        if "- /schema/" in p.read_text()),
-                         ids=lambda p: f"{p.parent.name}/{p.name}")
+@pytest.mark.parametrize(
+    "path",
+    sorted(p for p in Path(CONFIG_DIR).glob("*/*.yaml") if "- /schema/" in p.read_text()),
+    ids=lambda p: f"{p.parent.name}/{p.name}",
+)
 def test_option_files_hold_only_what_differs_from_the_schema(path):
     """Each default lives in the schema: a YAML value equal to it would silently stop
     following an edit of config.py. `name` stays, to say what the option is."""
@@ -112,6 +139,9 @@ def test_option_files_hold_only_what_differs_from_the_schema(path):
 
     data = yaml.safe_load(path.read_text())
     defaults = _schema_defaults(next(d for d in data["defaults"] if isinstance(d, dict)))
-    repeated = [k for k, v in data.items()
-                if k not in ("defaults", "name") and k in defaults and defaults[k] == v]
+    repeated = [
+        k
+        for k, v in data.items()
+        if k not in ("defaults", "name") and k in defaults and defaults[k] == v
+    ]
     assert not repeated, f"{path}: {repeated} repeat the schema defaults"

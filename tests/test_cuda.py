@@ -3,6 +3,7 @@
 Skipped where no CUDA device is visible (CI, laptops); run them on a GPU machine with
 ``make test-cuda``. Nothing else in the suite needs a GPU.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,18 +22,28 @@ from madcluster_exp.run import run
 from tests.conftest import compose_config
 from tests.test_backbones import SMALL, assert_dcdetector_fast_path_equals_baseline
 
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
 
 C = 3
-QUICK = ["tracking=none", "dataset.n_entities=1", "dataset.train_length=1500",
-         "dataset.test_length=1500", "train.epochs=3", "train.patience=null",
-         "train.progress=none", "tracking.plots=false"]
+QUICK = [
+    "tracking=none",
+    "dataset.n_entities=1",
+    "dataset.train_length=1500",
+    "dataset.test_length=1500",
+    "train.epochs=3",
+    "train.patience=null",
+    "train.progress=none",
+    "tracking.plots=false",
+]
 
 
 def _run(tmp_path, name, *overrides):
-    cfg = compose_config([f"paths.output_dir={tmp_path}", f"paths.root_dir={tmp_path}", *QUICK,
-                          *overrides])
+    cfg = compose_config(
+        [f"paths.output_dir={tmp_path}", f"paths.root_dir={tmp_path}", *QUICK, *overrides]
+    )
     return run(cfg, output_dir=tmp_path / name, verbose=False).metrics
 
 
@@ -85,8 +96,17 @@ def test_deterministic_cuda_runs_repeat_exactly(tmp_path, backbone):
     results = []
     for name in ("a", "b"):
         out = tmp_path / name
-        cmd = [sys.executable, "-m", "madcluster_exp", "device=cuda", "deterministic=true",
-               f"paths.output_dir={tmp_path}", f"hydra.run.dir={out}", *QUICK, *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "madcluster_exp",
+            "device=cuda",
+            "deterministic=true",
+            f"paths.output_dir={tmp_path}",
+            f"hydra.run.dir={out}",
+            *QUICK,
+            *extra,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
         assert proc.returncode == 0, proc.stderr[-3000:]
         results.append(_quality(json.loads((out / "metrics.json").read_text())))
@@ -106,8 +126,9 @@ def test_compiled_plugin_loss_matches_eager_on_cuda():
         plugin = build_plugin(16, cfg.madcluster, 0).cuda().train()
         grads = []
         for step in range(2):
-            z = torch.randn(8, 10, 16, device="cuda",
-                            generator=torch.Generator("cuda").manual_seed(step)).requires_grad_()
+            z = torch.randn(
+                8, 10, 16, device="cuda", generator=torch.Generator("cuda").manual_seed(step)
+            ).requires_grad_()
             out = plugin.loss(z)
             out["total"].backward()
             grads.append((out["total"].detach(), z.grad, plugin.center.grad.clone()))

@@ -1,4 +1,5 @@
 """Synthetic data, splits, scaling, zero-copy windows, reverse windowing, the sealed test split."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -6,8 +7,16 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from madcluster_exp.data import (DataError, PointScoreAccumulator, SealedTest, SeriesSplit,
-                                 TestAccessError, WindowSet, load_dataset, prepare)
+from madcluster_exp.data import (
+    DataError,
+    PointScoreAccumulator,
+    SealedTest,
+    SeriesSplit,
+    TestAccessError,
+    WindowSet,
+    load_dataset,
+    prepare,
+)
 from madcluster_exp.data.synthetic import ANOMALY_KINDS, make_synthetic
 from madcluster_exp.data.windows import window_starts
 
@@ -24,8 +33,9 @@ def test_synthetic_is_deterministic_per_seed():
 
 
 def test_synthetic_shapes_kinds_and_ratio():
-    entities = make_synthetic(n_entities=3, n_channels=5, train_length=2000, test_length=3000,
-                              anomaly_ratio=0.06, seed=0)
+    entities = make_synthetic(
+        n_entities=3, n_channels=5, train_length=2000, test_length=3000, anomaly_ratio=0.06, seed=0
+    )
     assert [e.name for e in entities] == ["entity-0", "entity-1", "entity-2"]
     for e in entities:
         assert e.train.shape == (2000, 5) and e.test.shape == (3000, 5)
@@ -34,7 +44,7 @@ def test_synthetic_shapes_kinds_and_ratio():
         assert 0.06 <= ratio <= 0.06 + 50 / 3000  # reaches the target, overshoots by < 1 event
         assert {a.kind for a in e.anomalies} == set(ANOMALY_KINDS)
         for a in e.anomalies:
-            assert e.test_labels[a.start:a.end].all()
+            assert e.test_labels[a.start : a.end].all()
         collective = [a for a in e.anomalies if a.kind == "collective"]
         assert all(len(a.channels) >= 2 for a in collective)
     assert not np.allclose(entities[0].train, entities[1].train)
@@ -51,9 +61,20 @@ def test_synthetic_anomalies_change_the_signal():
 
 
 def _dataset_cfg(**kw):
-    base = dict(name="synthetic", n_entities=2, n_channels=3, train_length=400, test_length=300,
-                anomaly_ratio=0.05, noise=0.1, seed=0, normalize="standard", val_fraction=0.25,
-                train_stride=1, entities=None)
+    base = dict(
+        name="synthetic",
+        n_entities=2,
+        n_channels=3,
+        train_length=400,
+        test_length=300,
+        anomaly_ratio=0.05,
+        noise=0.1,
+        seed=0,
+        normalize="standard",
+        val_fraction=0.25,
+        train_stride=1,
+        entities=None,
+    )
     base.update(kw)
     return OmegaConf.create(base)
 
@@ -72,14 +93,15 @@ def test_validation_is_the_tail_after_a_one_window_gap(tmp_path):
     raw = load_dataset(_dataset_cfg(normalize="none"), tmp_path)
     window = 20
     data = prepare(raw, window, 0.25, "none")
-    for seg_raw, seg_fit, seg_val in zip(raw.train.segments, data.train.segments,
-                                         data.val.segments):
-        raw_vals = raw.train.values[seg_raw.start:seg_raw.end]
-        fit_vals = data.train.values[seg_fit.start:seg_fit.end]
-        val_vals = data.val.values[seg_val.start:seg_val.end]
+    for seg_raw, seg_fit, seg_val in zip(
+        raw.train.segments, data.train.segments, data.val.segments
+    ):
+        raw_vals = raw.train.values[seg_raw.start : seg_raw.end]
+        fit_vals = data.train.values[seg_fit.start : seg_fit.end]
+        val_vals = data.val.values[seg_val.start : seg_val.end]
         assert len(val_vals) == 100  # 25 % of 400
         np.testing.assert_array_equal(val_vals, raw_vals[-100:])
-        np.testing.assert_array_equal(fit_vals, raw_vals[:len(fit_vals)])
+        np.testing.assert_array_equal(fit_vals, raw_vals[: len(fit_vals)])
         assert len(fit_vals) + window + len(val_vals) == len(raw_vals)  # exactly one window gap
 
 
@@ -99,6 +121,7 @@ def test_minmax_scaler_and_constant_channel():
     values = np.c_[np.arange(10.0), np.full(10, 3.0)].astype(np.float32)
     split = SeriesSplit.concat([("e", values, None)])
     from madcluster_exp.data import Scaler
+
     sc = Scaler.fit(split.values, "minmax")
     out = sc.transform(split).values
     assert out[:, 0].min() == 0 and out[:, 0].max() == 1
@@ -116,8 +139,9 @@ def test_test_split_is_sealed_until_unsealed(tmp_path):
     test = data.test.get()
     assert test.labels is not None and len(test) == 600
     # Test is scaled with the training statistics, not its own.
-    np.testing.assert_allclose(test.values, (raw.test.get().values - data.scaler.shift)
-                               / data.scaler.scale, rtol=1e-6)
+    np.testing.assert_allclose(
+        test.values, (raw.test.get().values - data.scaler.shift) / data.scaler.scale, rtol=1e-6
+    )
 
 
 def test_windows_are_zero_copy_views_and_match_slices():
@@ -134,7 +158,7 @@ def test_windows_are_zero_copy_views_and_match_slices():
     assert batch.shape == (3, 8, 3)
     for b, i in enumerate(idx):
         s = ws.starts[i]
-        np.testing.assert_array_equal(batch[b].numpy(), split.values[s:s + 8])
+        np.testing.assert_array_equal(batch[b].numpy(), split.values[s : s + 8])
 
 
 def test_window_starts_cover_the_tail_when_scoring():
@@ -148,7 +172,10 @@ def test_window_starts_cover_the_tail_when_scoring():
 def test_shuffled_batches_follow_the_generator_only():
     split = SeriesSplit.concat([("a", np.arange(200, dtype=np.float32).reshape(-1, 1), None)])
     ws = WindowSet(split, 10)
-    order = lambda seed: [i.tolist() for i, _ in ws.batches(16, True, torch.Generator().manual_seed(seed))]  # noqa: E731
+
+    def order(seed):
+        return [i.tolist() for i, _ in ws.batches(16, True, torch.Generator().manual_seed(seed))]
+
     torch.manual_seed(0)
     a = order(1)
     torch.manual_seed(99)  # the global RNG must not matter
@@ -160,8 +187,9 @@ def test_shuffled_batches_follow_the_generator_only():
 def test_point_scores_from_overlapping_windows(aggregate):
     rng = np.random.default_rng(0)
     n, T = 37, 6
-    split = SeriesSplit.concat([("a", np.zeros((20, 1), np.float32), None),
-                                ("b", np.zeros((17, 1), np.float32), None)])
+    split = SeriesSplit.concat(
+        [("a", np.zeros((20, 1), np.float32), None), ("b", np.zeros((17, 1), np.float32), None)]
+    )
     starts = window_starts(split, T, 3, cover_tail=True)
     scores = rng.normal(size=(len(starts), T))
     acc = PointScoreAccumulator(n, T, aggregate)
@@ -199,7 +227,9 @@ def test_label_length_mismatch_is_named():
 
 def test_sealed_test_caches_after_unseal():
     calls = []
-    sealed = SealedTest(lambda: calls.append(1) or SeriesSplit.concat([("a", np.zeros((5, 1)), np.zeros(5))]), "d")
+    sealed = SealedTest(
+        lambda: calls.append(1) or SeriesSplit.concat([("a", np.zeros((5, 1)), np.zeros(5))]), "d"
+    )
     sealed.unseal()
     sealed.get()
     sealed.get()

@@ -1,4 +1,5 @@
 """Real-layout loaders, entity handling, bad-input errors, and download/verify/extract."""
+
 from __future__ import annotations
 
 import hashlib
@@ -16,12 +17,21 @@ from madcluster_exp.data.download import DatasetSource, SourceFile, download, pr
 from madcluster_exp.data.registry import DatasetMissingError
 from madcluster_exp.run import run
 from tests.conftest import compose_config
-from tests.dataset_fixtures import (FixtureServer, make_psm, make_smd, make_telemanom,
-                                    make_timeeval, malicious_zip, zip_tree)
+from tests.dataset_fixtures import (
+    FixtureServer,
+    make_psm,
+    make_smd,
+    make_telemanom,
+    make_timeeval,
+    malicious_zip,
+    zip_tree,
+)
 
 
 def _cfg(name, **kw):
-    cfg = compose_config([f"dataset={name}"] + ([f"dataset.path={kw.pop('path')}"] if "path" in kw else []))
+    cfg = compose_config(
+        [f"dataset={name}"] + ([f"dataset.path={kw.pop('path')}"] if "path" in kw else [])
+    )
     for k, v in kw.items():
         OmegaConf.update(cfg, f"dataset.{k}", v, merge=False)
     return cfg.dataset
@@ -42,8 +52,9 @@ def test_smd_keeps_the_first_row_and_orders_machines_naturally(tmp_path):
     first = raw.train.entity("machine-1-1").values
     np.testing.assert_allclose(first[0], written["train/machine-1-1"][0], atol=1e-6)  # row 0 kept
     assert len(first) == 300
-    np.testing.assert_array_equal(test.entity("machine-1-2").labels,
-                                  written["test_label/machine-1-2"])
+    np.testing.assert_array_equal(
+        test.entity("machine-1-2").labels, written["test_label/machine-1-2"]
+    )
 
 
 def test_entity_selection_and_unknown_entity(tmp_path):
@@ -77,13 +88,16 @@ def test_psm_drops_the_timestamp_and_fills_missing_cells_only_when_asked(tmp_pat
 def test_timeeval_csv_two_files_one_file_and_univariate(tmp_path):
     make_timeeval(tmp_path / "train.csv", seed=1)
     x, y = make_timeeval(tmp_path / "test.csv", seed=2)
-    raw, test = _load_all(_cfg("csv", path=str(tmp_path / "test.csv"),
-                               train_path=str(tmp_path / "train.csv")), tmp_path)
+    raw, test = _load_all(
+        _cfg("csv", path=str(tmp_path / "test.csv"), train_path=str(tmp_path / "train.csv")),
+        tmp_path,
+    )
     assert raw.n_channels == 2 and len(raw.train) == 400
     np.testing.assert_array_equal(test.labels, y)
     make_timeeval(tmp_path / "uni.csv", channels=1)
-    raw, test = _load_all(_cfg("csv", path=str(tmp_path / "uni.csv"), train_fraction=0.25),
-                          tmp_path)
+    raw, test = _load_all(
+        _cfg("csv", path=str(tmp_path / "uni.csv"), train_fraction=0.25), tmp_path
+    )
     assert raw.n_channels == 1 and len(raw.train) == 100 and len(test) == 300
 
 
@@ -97,17 +111,33 @@ def _smd_with(tmp_path, split, machine, edit):
     return path
 
 
-@pytest.mark.parametrize("split,edit,match", [
-    ("train", lambda l: l.__setitem__(4, l[4].replace(l[4].split(",")[2], "nan", 1)),
-     r"train/machine-1-1.txt: line 5, column 2: nan"),
-    ("train", lambda l: l.__setitem__(9, l[9].replace(l[9].split(",")[0], "inf", 1)),
-     r"line 10, column 0: inf"),
-    ("test", lambda l: l.__setitem__(6, l[6] + ",1.0"), r"test/machine-1-1.txt: line 7 has 39 fields, expected 38"),
-    ("train", lambda l: l.__setitem__(2, l[2].replace(l[2].split(",")[5], "abc", 1)),
-     r"line 3, column 5: 'abc' is not a number"),
-    ("test_label", lambda l: l.pop(), r"299 labels for 300 test rows"),
-    ("test_label", lambda l: l.__setitem__(3, "2"), r"row 4: label 2\b.*expected 0 or 1"),
-])
+@pytest.mark.parametrize(
+    "split,edit,match",
+    [
+        (
+            "train",
+            lambda l: l.__setitem__(4, l[4].replace(l[4].split(",")[2], "nan", 1)),
+            r"train/machine-1-1.txt: line 5, column 2: nan",
+        ),
+        (
+            "train",
+            lambda l: l.__setitem__(9, l[9].replace(l[9].split(",")[0], "inf", 1)),
+            r"line 10, column 0: inf",
+        ),
+        (
+            "test",
+            lambda l: l.__setitem__(6, l[6] + ",1.0"),
+            r"test/machine-1-1.txt: line 7 has 39 fields, expected 38",
+        ),
+        (
+            "train",
+            lambda l: l.__setitem__(2, l[2].replace(l[2].split(",")[5], "abc", 1)),
+            r"line 3, column 5: 'abc' is not a number",
+        ),
+        ("test_label", lambda l: l.pop(), r"299 labels for 300 test rows"),
+        ("test_label", lambda l: l.__setitem__(3, "2"), r"row 4: label 2\b.*expected 0 or 1"),
+    ],
+)
 def test_bad_input_names_file_row_and_problem(tmp_path, split, edit, match):
     _smd_with(tmp_path, split, "machine-1-1", edit)
     with pytest.raises(DataError, match=match):
@@ -147,21 +177,30 @@ def test_missing_dataset_says_where_it_looked_and_how_to_fetch(tmp_path):
 # ------------------------------------------------------------------------ per-entity runs
 def test_per_entity_mode_trains_one_model_per_entity_and_pools(make_cfg, tmp_path):
     make_smd(tmp_path / "data" / "SMD")
-    cfg = make_cfg("dataset=SMD", f"paths.data_dir={tmp_path / 'data'}", "dataset.mode=per_entity",
-                   "backbone.window=20", fast=False)
+    cfg = make_cfg(
+        "dataset=SMD",
+        f"paths.data_dir={tmp_path / 'data'}",
+        "dataset.mode=per_entity",
+        "backbone.window=20",
+        fast=False,
+    )
     OmegaConf.update(cfg, "train", {"epochs": 1, "patience": None, "progress": "none"})
     OmegaConf.update(cfg, "tracking.plots", False)
     result = run(cfg, output_dir=tmp_path / "job", verbose=False)
     import pandas as pd
+
     table = pd.read_csv(result.output_dir / "per_entity.csv")
     assert table["entity"].tolist() == ["machine-1-1", "machine-1-2", "machine-2-1"]
     assert result.metrics["test/auc_roc_entity_mean"] == pytest.approx(table["test/auc_roc"].mean())
     saved = np.load(result.output_dir / "scores.npz")
     assert saved["test_score"].shape == (900,)
     from madcluster_exp.metrics import auc_roc
+
     assert result.metrics["test/auc_roc"] == pytest.approx(
-        auc_roc(y_true=saved["test_label"], y_score=saved["test_score"]))
+        auc_roc(y_true=saved["test_label"], y_score=saved["test_score"])
+    )
     from mlflow.tracking import MlflowClient
+
     client = MlflowClient(result.tracking_uri)
     assert client.get_metric_history(result.run_id, "machine-1-2/train/loss")
     assert "per_entity.csv" in {a.path for a in client.list_artifacts(result.run_id)}
@@ -173,11 +212,22 @@ def _sha(data: bytes) -> str:
 
 
 def _smd_source(url: str, sha: str, name="OmniAnomaly-master.zip") -> dict:
-    return {"SMD": DatasetSource("SMD", [SourceFile(
-        url=f"{url}/{name}", name=name, sha256=sha, archive="zip",
-        strip="OmniAnomaly-master/ServerMachineDataset/",
-        include=["train/", "test/", "test_label/"])],
-        ["train/machine-*.txt", "test/machine-*.txt", "test_label/machine-*.txt"])}
+    return {
+        "SMD": DatasetSource(
+            "SMD",
+            [
+                SourceFile(
+                    url=f"{url}/{name}",
+                    name=name,
+                    sha256=sha,
+                    archive="zip",
+                    strip="OmniAnomaly-master/ServerMachineDataset/",
+                    include=["train/", "test/", "test_label/"],
+                )
+            ],
+            ["train/machine-*.txt", "test/machine-*.txt", "test_label/machine-*.txt"],
+        )
+    }
 
 
 @pytest.fixture
@@ -189,7 +239,9 @@ def served(tmp_path):
     www.mkdir()
     archive = zip_tree(src, "OmniAnomaly-master/ServerMachineDataset/")
     (www / "OmniAnomaly-master.zip").write_bytes(archive)
-    (www / "evil.zip").write_bytes(malicious_zip(["OmniAnomaly-master/ServerMachineDataset/../../evil.txt"]))
+    (www / "evil.zip").write_bytes(
+        malicious_zip(["OmniAnomaly-master/ServerMachineDataset/../../evil.txt"])
+    )
     (www / "abs.zip").write_bytes(malicious_zip(["/tmp/madcluster-absolute-evil.txt"]))
     return www, _sha(archive)
 
@@ -199,7 +251,10 @@ def test_download_verifies_and_installs_atomically(tmp_path, served):
     with FixtureServer(www) as server:
         final = download("SMD", tmp_path / "datasets", _smd_source(server.url, sha))
     assert (final / ".complete.json").exists()
-    assert sorted(p.name for p in (final / "train").iterdir()) == ["machine-1-1.txt", "machine-3-2.txt"]
+    assert sorted(p.name for p in (final / "train").iterdir()) == [
+        "machine-1-1.txt",
+        "machine-3-2.txt",
+    ]
     assert not (final / "README").exists()  # only the published layout is kept
     raw = load_dataset(_cfg("SMD"), tmp_path / "datasets")
     assert raw.entities == ["machine-1-1", "machine-3-2"]
@@ -260,20 +315,54 @@ def test_prepare_from_files_downloaded_by_hand(tmp_path, served):
 def test_cli_download_with_a_sources_file(tmp_path, served):
     www, sha = served
     with FixtureServer(www) as server:
-        spec = {"SMD": {"files": [{"url": f"{server.url}/OmniAnomaly-master.zip",
-                                   "name": "OmniAnomaly-master.zip", "sha256": sha,
-                                   "archive": "zip",
-                                   "strip": "OmniAnomaly-master/ServerMachineDataset/",
-                                   "include": ["train/", "test/", "test_label/"]}],
-                        "expect": ["train/machine-*.txt"]}}
+        spec = {
+            "SMD": {
+                "files": [
+                    {
+                        "url": f"{server.url}/OmniAnomaly-master.zip",
+                        "name": "OmniAnomaly-master.zip",
+                        "sha256": sha,
+                        "archive": "zip",
+                        "strip": "OmniAnomaly-master/ServerMachineDataset/",
+                        "include": ["train/", "test/", "test_label/"],
+                    }
+                ],
+                "expect": ["train/machine-*.txt"],
+            }
+        }
         (tmp_path / "sources.json").write_text(json.dumps(spec))
-        out = subprocess.run([sys.executable, "-m", "madcluster_exp.data", "--data-dir",
-                              str(tmp_path / "d"), "--sources", str(tmp_path / "sources.json"),
-                              "download", "SMD"], capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "madcluster_exp.data",
+                "--data-dir",
+                str(tmp_path / "d"),
+                "--sources",
+                str(tmp_path / "sources.json"),
+                "download",
+                "SMD",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert out.returncode == 0, out.stderr
-    listing = subprocess.run([sys.executable, "-m", "madcluster_exp.data", "--data-dir",
-                              str(tmp_path / "d"), "--sources", str(tmp_path / "sources.json"),
-                              "list"], capture_output=True, text=True, timeout=60)
+    listing = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "madcluster_exp.data",
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--sources",
+            str(tmp_path / "sources.json"),
+            "list",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "SMD    installed" in listing.stdout
 
 
@@ -281,13 +370,15 @@ def test_unknown_checksum_is_recorded_not_trusted_silently(tmp_path, served):
     www, _ = served
     with FixtureServer(www) as server:
         download("SMD", tmp_path / "datasets", _smd_source(server.url, None))
-    recorded = json.loads((tmp_path / "datasets" / ".downloads" / "SMD" /
-                           "recorded_checksums.json").read_text())
+    recorded = json.loads(
+        (tmp_path / "datasets" / ".downloads" / "SMD" / "recorded_checksums.json").read_text()
+    )
     assert list(recorded.values()) == [_sha((www / "OmniAnomaly-master.zip").read_bytes())]
 
 
 def test_sources_file_describes_every_benchmark():
     from madcluster_exp.data.download import load_sources
+
     assert set(load_sources()) == {"SMD", "MSL", "SMAP", "PSM"}
 
 
@@ -295,6 +386,7 @@ def test_tar_archives_are_extracted_and_links_refused(tmp_path):
     import tarfile
 
     from madcluster_exp.data.download import extract
+
     src = tmp_path / "src"
     make_psm(src)
     good = tmp_path / "psm.tar.gz"

@@ -5,6 +5,7 @@ The fused op exists only for speed; it must give the composition's values and gr
 every embedding layout a backbone hands over and every objective and component setting, and
 the plug-in must fall back to the composition where the op does not apply.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,7 +27,9 @@ B, T, F = 4, 7, 5
 LAYOUTS = {
     "contiguous": lambda g: torch.randn(B, T, F, generator=g, dtype=torch.float64),
     "time_major": lambda g: torch.randn(T, B, F, generator=g, dtype=torch.float64).transpose(0, 1),
-    "features_outer": lambda g: torch.randn(B, F, T, generator=g, dtype=torch.float64).transpose(1, 2),
+    "features_outer": lambda g: torch.randn(B, F, T, generator=g, dtype=torch.float64).transpose(
+        1, 2
+    ),
     "broadcast": lambda g: torch.randn(B, 1, F, generator=g, dtype=torch.float64).expand(B, T, F),
 }
 
@@ -59,7 +62,9 @@ def _run(plugin, make_z, loss_fn, weights=(1.0, 0.0, 0.0)):
     plugin.zero_grad()
     sample_before = len(plugin._dist_sample._chunks)
     out = loss_fn(z)
-    objective = weights[0] * out["total"] + weights[1] * out["mapping"] + weights[2] * out["cluster"]
+    objective = (
+        weights[0] * out["total"] + weights[1] * out["mapping"] + weights[2] * out["cluster"]
+    )
     objective.backward()
     grads = [leaf.grad, plugin.center.grad, plugin.nu_raw.grad]
     grads = [torch.zeros(()) if x is None else x.clone() for x in grads]
@@ -82,8 +87,10 @@ def _assert_same(a, b, tol=1e-10):
 @pytest.mark.parametrize("components", ["both", "mapping", "clustering"])
 def test_fused_loss_equals_the_composition(layout, objective, components):
     plugin = _plugin(objective, components)
-    _assert_same(_run(plugin, LAYOUTS[layout], plugin._loss),
-                 _run(plugin, LAYOUTS[layout], plugin._composed_loss))
+    _assert_same(
+        _run(plugin, LAYOUTS[layout], plugin._loss),
+        _run(plugin, LAYOUTS[layout], plugin._composed_loss),
+    )
 
 
 @pytest.mark.parametrize("weights", [(0.0, 1.0, 0.0), (0.0, 0.0, 1.0), (0.7, -1.3, 2.1)])
@@ -91,8 +98,10 @@ def test_fused_loss_equals_the_composition(layout, objective, components):
 def test_gradients_through_the_logged_means_equal_the_composition(weights, objective):
     """mapping and cluster are returned for logging; differentiating them must still work."""
     plugin = _plugin(objective)
-    _assert_same(_run(plugin, LAYOUTS["contiguous"], plugin._loss, weights),
-                 _run(plugin, LAYOUTS["contiguous"], plugin._composed_loss, weights))
+    _assert_same(
+        _run(plugin, LAYOUTS["contiguous"], plugin._loss, weights),
+        _run(plugin, LAYOUTS["contiguous"], plugin._composed_loss, weights),
+    )
 
 
 @pytest.mark.parametrize("theta", [-6.0, -0.5, 0.3, 5.0])
@@ -109,6 +118,7 @@ def test_clamped_steps_and_extreme_thresholds_equal_the_composition(theta):
         z[1, 1] = -2.0 * plugin.center.detach()
         z[2, 2] = plugin.center.detach()
         return z
+
     _assert_same(_run(plugin, make, plugin._loss), _run(plugin, make, plugin._composed_loss))
 
 
@@ -124,6 +134,7 @@ def test_fused_loss_passes_gradcheck(soft):
 
     def total(z, c, theta):
         return fused.paper_loss(z, c, theta, 0.01, NU_MARGIN, r2, 0.1)[:3]
+
     assert torch.autograd.gradcheck(total, (z, c, theta))
 
 
@@ -150,8 +161,7 @@ def test_float32_stays_float32_and_matches_float64():
     results = {}
     for dtype in (torch.float32, torch.float64):
         inputs = [t.to(dtype).requires_grad_() for t in (z, c, theta)]
-        total, mapping, cluster, dist2 = fused.paper_loss(*inputs, 0.01, NU_MARGIN,
-                                                          distances=True)
+        total, mapping, cluster, dist2 = fused.paper_loss(*inputs, 0.01, NU_MARGIN, distances=True)
         assert total.dtype == mapping.dtype == cluster.dtype == dist2.dtype == dtype
         grads = torch.autograd.grad(total, inputs)
         assert all(gr.dtype == dtype for gr in grads)
@@ -175,8 +185,13 @@ def test_threshold_scalars_equal_the_tensor_definitions(theta):
     # cancellation once s nears 1 (theta = 30)
     e = math.exp(-abs(theta))
     d_theta = torch.tensor((1.0 - 2.0 * NU_MARGIN) * e / (1.0 + e) ** 2, dtype=torch.float64)
-    for got, want in ((nu, t_nu), (omn, t_omn), (slope, t_slope), (dslope, d_nu - d_omn),
-                      (dnu_dtheta, d_theta)):
+    for got, want in (
+        (nu, t_nu),
+        (omn, t_omn),
+        (slope, t_slope),
+        (dslope, d_nu - d_omn),
+        (dnu_dtheta, d_theta),
+    ):
         assert got == pytest.approx(float(want.detach()), rel=1e-12, abs=1e-300)
 
 
@@ -221,6 +236,7 @@ def test_the_op_applies_to_cpu_float_embeddings_only():
 def test_the_mac_count_sees_the_plugins_matmuls_on_a_fast_path_embedding():
     """count_macs switches the plug-in to the composition: z . c over B x T steps and c . c."""
     from madcluster_exp.complexity import count_macs
+
     plugin = _plugin().float().eval()
     z = torch.randn(B, T, F)
     assert fast.use_fast_path(z, "paper")
@@ -240,8 +256,10 @@ def test_without_numba_the_plugin_warns_and_uses_the_composition(monkeypatch):
     plugin = _plugin()
     calls = []
     monkeypatch.setattr(fast, "paper_loss", lambda *a, **k: calls.append(a))
-    _assert_same(_run(plugin, LAYOUTS["contiguous"], plugin._loss),
-                 _run(plugin, LAYOUTS["contiguous"], plugin._composed_loss))
+    _assert_same(
+        _run(plugin, LAYOUTS["contiguous"], plugin._loss),
+        _run(plugin, LAYOUTS["contiguous"], plugin._composed_loss),
+    )
     assert not calls
 
 
@@ -261,7 +279,9 @@ def test_loss_terms_and_score_all_follow_the_one_selection_rule(monkeypatch, var
         def call(*args, **kwargs):
             calls.append(name)
             return real(*args, **kwargs)
+
         return call
+
     for name in ("paper_loss", "paper_terms"):
         monkeypatch.setattr(fast, name, spy(name))
     z = torch.randn(B, T, F, requires_grad=True)

@@ -1,4 +1,5 @@
 """The plug-in's objective: hand-computed values, gradients, the sign of dL/dnu, nu's bounds."""
+
 from __future__ import annotations
 
 import math
@@ -8,8 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from madcluster_exp.config import MADClusterConfig
-from madcluster_exp.madcluster import MADCluster, MultiMADCluster, build_plugin
-from madcluster_exp.madcluster import losses
+from madcluster_exp.madcluster import MADCluster, MultiMADCluster, build_plugin, losses
 
 
 def _cfg(**kw):
@@ -28,10 +28,18 @@ def _od_by_hand(q: float, nu: float, tau: float) -> float:
     return -(ps * math.log(f1) + (1 - ps) * math.log(f2))
 
 
-@pytest.mark.parametrize("q,nu,tau", [
-    (0.9, 0.5, 0.01), (0.3, 0.5, 0.01), (0.5, 0.5, 0.01), (0.99, 0.8, 0.0),
-    (0.05, 0.2, 0.1), (0.7, 0.95, 0.01), (0.999, 0.001, 0.01),
-])
+@pytest.mark.parametrize(
+    "q,nu,tau",
+    [
+        (0.9, 0.5, 0.01),
+        (0.3, 0.5, 0.01),
+        (0.5, 0.5, 0.01),
+        (0.99, 0.8, 0.0),
+        (0.05, 0.2, 0.1),
+        (0.7, 0.95, 0.01),
+        (0.999, 0.001, 0.01),
+    ],
+)
 def test_od_loss_matches_hand_computation(q, nu, tau):
     qt = torch.tensor([[q]], dtype=torch.float64)
     nut = torch.tensor(nu, dtype=torch.float64)
@@ -45,7 +53,7 @@ def test_od_loss_hard_target_switches_at_nu():
     above = losses.od_loss_terms(torch.tensor([[0.61]], dtype=torch.float64), nu, 1 - nu, 0.0)
     # tau = 0: below nu only f2 counts, above only f1.
     assert below.item() == pytest.approx(-(0.4 * math.log(0.59)), rel=1e-12)
-    s = (1 - 0.6 ** 0.4) / 0.4
+    s = (1 - 0.6**0.4) / 0.4
     assert above.item() == pytest.approx(-math.log(s * (0.61 - 1) + 1), rel=1e-12)
 
 
@@ -53,8 +61,9 @@ def test_reference_loss_matches_hand_computation():
     q, nu, tau = 0.7, 0.5, 0.01
     s = (1 - nu ** (1 - nu)) / (1 - nu)
     expected = -math.log(q) - (1 - tau) * math.log(s * (q - 1) + 1) - tau * (1 - nu) * math.log(q)
-    got = losses.reference_loss_terms(torch.tensor([[q]], dtype=torch.float64),
-                                      torch.tensor(nu, dtype=torch.float64), tau).item()
+    got = losses.reference_loss_terms(
+        torch.tensor([[q]], dtype=torch.float64), torch.tensor(nu, dtype=torch.float64), tau
+    ).item()
     assert got == pytest.approx(expected, rel=1e-12)
 
 
@@ -67,8 +76,9 @@ def test_total_loss_is_log_of_mean_window_sums_like_the_reference():
     c = plugin.center.detach()
     q = (1 + torch.nn.functional.cosine_similarity(z, c.expand_as(z), dim=-1)) / 2
     nu = plugin.nu.item()
-    cluster = torch.tensor([[_od_by_hand(float(v), nu, 0.01) for v in row] for row in q],
-                           dtype=torch.float64)
+    cluster = torch.tensor(
+        [[_od_by_hand(float(v), nu, 0.01) for v in row] for row in q], dtype=torch.float64
+    )
     expected = math.log(float((dist.sum(1) + cluster.sum(1)).mean()) + 1e-8)
     assert out["total"].item() == pytest.approx(expected, rel=1e-9)
     assert out["mapping"].item() == pytest.approx(float(dist.sum(1).mean()), rel=1e-12)
@@ -167,7 +177,7 @@ def test_k_greater_than_one_loss_score_and_hand_values():
     inv = torch.tensor([[1.0, 0.1], [0.5, 0.2]], dtype=torch.float64)
     q = inv / inv.sum(1, keepdim=True)
     f = q.sum(0)
-    w = q ** 2 / f
+    w = q**2 / f
     p = w / w.sum(1, keepdim=True)
     kl = (p * (p / q).log()).sum(1)
     nearest = torch.tensor([0.0, 1.0], dtype=torch.float64)
@@ -189,9 +199,11 @@ def test_soft_boundary_radius_comes_from_training_distances_only():
     dist = ((z_train - plugin.center.detach()) ** 2).sum(-1).sqrt().flatten()
     expected = float(torch.quantile(dist.double(), 0.9))
     assert logs["madcluster/radius"] == pytest.approx(expected, rel=1e-5)
-    r2 = plugin.radius ** 2
+    r2 = plugin.radius**2
     d2 = torch.tensor([[0.0, float(r2) + 2.0]])
-    torch.testing.assert_close(plugin.mapping_terms(d2), torch.stack([r2, r2 + 2.0 / 0.1]).reshape(1, 2))
+    torch.testing.assert_close(
+        plugin.mapping_terms(d2), torch.stack([r2, r2 + 2.0 / 0.1]).reshape(1, 2)
+    )
 
 
 @pytest.mark.parametrize("k", [1, 3])
@@ -215,8 +227,9 @@ def test_soft_boundary_score_is_the_squared_distance_not_the_flat_mapping(k):
     mapping = plugin.mapping_terms(dist2)
     if k == 1:  # the mapping (the loss) cannot tell the two inside steps apart; the score can
         assert mapping[0, 0] == mapping[0, 1] == pytest.approx(r * r)
-    distance_only = build_plugin(4, _cfg(objective="soft-boundary", k=k,
-                                         components="mapping"), seed=0)
+    distance_only = build_plugin(
+        4, _cfg(objective="soft-boundary", k=k, components="mapping"), seed=0
+    )
     distance_only.load_state_dict(plugin.state_dict())
     s = distance_only.eval().score(z)[0]
     torch.testing.assert_close(s, dist2[0])
@@ -235,8 +248,11 @@ def test_component_ablation_selects_loss_and_score_terms(components):
     plugin = build_plugin(6, _cfg(components=components), seed=0)
     z = torch.randn(3, 5, 6)
     out = plugin.loss(z)
-    parts = {"mapping": out["mapping"], "clustering": out["cluster"],
-             "both": out["mapping"] + out["cluster"]}
+    parts = {
+        "mapping": out["mapping"],
+        "clustering": out["cluster"],
+        "both": out["mapping"] + out["cluster"],
+    }
     assert out["total"].item() == pytest.approx(math.log(parts[components].item() + 1e-8), rel=1e-5)
     dist = ((z - plugin.center.detach()) ** 2).sum(-1)
     cluster = plugin.cluster_terms(z)
@@ -263,6 +279,7 @@ LAYOUTS = {"contiguous": (0, 1, 2), "time_major": (1, 0, 2), "features_outer": (
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_fused_dot_and_norm_values_and_gradients_in_every_layout(layout):
     from madcluster_exp.madcluster.fast.memory_order import dot_and_squared_norm
+
     perm = LAYOUTS[layout]
     shape = (3, 4, 5)
     stored = torch.randn([shape[i] for i in perm], dtype=torch.float64)
@@ -276,12 +293,18 @@ def test_fused_dot_and_norm_values_and_gradients_in_every_layout(layout):
     assert torch.autograd.gradcheck(lambda a, b: dot_and_squared_norm(a, b), (z, c))
 
 
-@pytest.mark.parametrize("make", [lambda: torch.randn(3, 8, 5)[:, ::2],
-                                  lambda: torch.randn(3, 1, 5).expand(3, 4, 5),
-                                  lambda: torch.randn(5, 3, 4).permute(1, 2, 0)[:, 1:]],
-                         ids=["gapped", "broadcast", "permuted_slice"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: torch.randn(3, 8, 5)[:, ::2],
+        lambda: torch.randn(3, 1, 5).expand(3, 4, 5),
+        lambda: torch.randn(5, 3, 4).permute(1, 2, 0)[:, 1:],
+    ],
+    ids=["gapped", "broadcast", "permuted_slice"],
+)
 def test_fused_dot_and_norm_on_gapped_and_overlapping_views(make):
     from madcluster_exp.madcluster.fast.memory_order import dot_and_squared_norm
+
     z = make().double().requires_grad_()
     c = torch.randn(5, dtype=torch.float64, requires_grad=True)
     zc, zz = dot_and_squared_norm(z, c)
@@ -301,7 +324,9 @@ def test_time_broadcast_embeddings_give_the_same_terms_as_materialised_ones():
     a, b = plugin.terms(broadcast), plugin.terms(broadcast.contiguous())
     torch.testing.assert_close(a[0], b[0])
     torch.testing.assert_close(a[1], b[1])
-    torch.testing.assert_close(plugin.loss(broadcast)["total"], plugin.loss(broadcast.contiguous())["total"])
+    torch.testing.assert_close(
+        plugin.loss(broadcast)["total"], plugin.loss(broadcast.contiguous())["total"]
+    )
 
 
 @pytest.mark.slow  # compiles (seconds) and needs a C++ compiler: `make test-all`

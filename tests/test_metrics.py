@@ -1,13 +1,28 @@
 """Point metrics against scikit-learn (the reference for these definitions) and by hand."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import (average_precision_score, f1_score, precision_recall_curve,
-                             precision_score, recall_score, roc_auc_score)
+from sklearn.metrics import (
+    average_precision_score,
+    f1_score,
+    precision_recall_curve,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
 
-from madcluster_exp.metrics import (MetricInputError, auc_pr, auc_roc, basic_suite, best_f1,
-                                    point_adjust, point_adjusted_f1, precision_recall_f1)
+from madcluster_exp.metrics import (
+    MetricInputError,
+    auc_pr,
+    auc_roc,
+    basic_suite,
+    best_f1,
+    point_adjust,
+    point_adjusted_f1,
+    precision_recall_f1,
+)
 
 
 def _cases(n_cases=150, seed=0):
@@ -32,7 +47,9 @@ def _cases(n_cases=150, seed=0):
 def test_auc_roc_and_auc_pr_equal_sklearn():
     for y, s in _cases():
         assert auc_roc(y_true=y, y_score=s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
-        assert auc_pr(y_true=y, y_score=s) == pytest.approx(average_precision_score(y, s), abs=1e-12)
+        assert auc_pr(y_true=y, y_score=s) == pytest.approx(
+            average_precision_score(y, s), abs=1e-12
+        )
 
 
 def test_best_f1_is_the_first_argmax_of_sklearns_pr_curve():
@@ -78,13 +95,16 @@ def test_perfect_and_inverted_scores():
     assert best_f1(y_true=y, y_score=s)["f1"] == 1.0
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(y_true=[0, 1, 2], y_score=[0.1, 0.2, 0.3]), "binary 0/1; found 2 at index 2"),
-    (dict(y_true=[0, 1, 1], y_score=[0.1, np.nan, 0.3]), "nan at index 1"),
-    (dict(y_true=[0, 1, 1], y_score=[0.1, np.inf, 0.3]), "inf at index 1"),
-    (dict(y_true=[0, 1, 1], y_score=[0.1, 0.2]), "2 values but y_true has 3"),
-    (dict(y_true=[], y_score=[]), "empty"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(y_true=[0, 1, 2], y_score=[0.1, 0.2, 0.3]), "binary 0/1; found 2 at index 2"),
+        (dict(y_true=[0, 1, 1], y_score=[0.1, np.nan, 0.3]), "nan at index 1"),
+        (dict(y_true=[0, 1, 1], y_score=[0.1, np.inf, 0.3]), "inf at index 1"),
+        (dict(y_true=[0, 1, 1], y_score=[0.1, 0.2]), "2 values but y_true has 3"),
+        (dict(y_true=[], y_score=[]), "empty"),
+    ],
+)
 def test_inputs_are_validated(kwargs, match):
     with pytest.raises(MetricInputError, match=match):
         auc_roc(**kwargs)
@@ -99,8 +119,18 @@ def test_suite_labels_oracle_and_pa_and_warns_on_all_zero_labels():
     y = np.array([0, 0, 1, 1, 0, 0, 0, 1, 0, 0])
     s = np.linspace(0, 1, 10)
     out = basic_suite(y_true=y, y_score=s, y_pred=(s > 0.5).astype(int))
-    for key in ["precision", "recall", "f1", "auc_roc", "auc_pr", "f1_oracle", "f1_pa",
-                "f1_pa_random", "precision_oracle", "recall_pa"]:
+    for key in [
+        "precision",
+        "recall",
+        "f1",
+        "auc_roc",
+        "auc_pr",
+        "f1_oracle",
+        "f1_pa",
+        "f1_pa_random",
+        "precision_oracle",
+        "recall_pa",
+    ]:
         assert key in out
     assert out["f1_oracle"] >= out["f1"]
     assert out["f1_pa"] >= out["f1"]

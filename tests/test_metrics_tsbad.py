@@ -1,5 +1,6 @@
 """Exactness against TSB-AD 1.5's get_metrics: live where tsb-ad is installed (a few small cases;
 its own code takes about a second per call even at 300 points), stored golden values always."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,14 @@ import pytest
 
 from madcluster_exp.evaluate import EvaluateError, parse_args, recompute
 from madcluster_exp.metrics import MetricInputError, tsbad_get_metrics, vus_get_metrics
-from tests.vus_cases import (TSBAD_CASES, TSBAD_GOLDEN, TSBAD_KEYS, case_pred, make_case,
-                             tsbad_reference)
+from tests.vus_cases import (
+    TSBAD_CASES,
+    TSBAD_GOLDEN,
+    TSBAD_KEYS,
+    case_pred,
+    make_case,
+    tsbad_reference,
+)
 
 TOL = 1e-9
 
@@ -20,13 +27,15 @@ TOL = 1e-9
 def _have_tsbad() -> bool:
     try:
         from TSB_AD.evaluation.metrics import get_metrics  # noqa: F401
+
         return True
     except ImportError:
         return False
 
 
-live = pytest.mark.skipif(not _have_tsbad(),
-                          reason="tsb-ad not installed (make install adds it, lean)")
+live = pytest.mark.skipif(
+    not _have_tsbad(), reason="tsb-ad not installed (make install adds it, lean)"
+)
 
 
 def _assert_same(got, ref, case):
@@ -44,8 +53,7 @@ def test_equals_stored_tsbad_values(i):
     golden = json.loads(TSBAD_GOLDEN.read_text())[str(i)]
     y, s, window = make_case(i)
     _assert_same(tsbad_get_metrics(s, y, window), golden["oracle"], (i, "oracle"))
-    _assert_same(tsbad_get_metrics(s, y, window, pred=case_pred(y, s)), golden["pred"],
-                 (i, "pred"))
+    _assert_same(tsbad_get_metrics(s, y, window, pred=case_pred(y, s)), golden["pred"], (i, "pred"))
 
 
 def test_golden_file_covers_every_tsbad_case():
@@ -88,8 +96,11 @@ def test_equals_tsbad_live_on_edge_cases(name):
 def test_equals_tsbad_live_with_given_predictions():
     y, s, window = _edge_case("quirks")
     for pred in (case_pred(y, s), np.ones_like(y), np.zeros_like(y), (s > 0.45).astype(int)):
-        _assert_same(tsbad_get_metrics(s, y, window, pred=pred),
-                     tsbad_reference(y, s, window, pred), pred.sum())
+        _assert_same(
+            tsbad_get_metrics(s, y, window, pred=pred),
+            tsbad_reference(y, s, window, pred),
+            pred.sum(),
+        )
 
 
 @live
@@ -99,21 +110,26 @@ def test_equals_tsbad_live_on_random_cases(seed):
     rng = np.random.default_rng(seed)
     n = int(rng.integers(100, 2000))
     window = int(rng.choice([0, 1, 5, 16, 51, 100]))
-    y = (np.convolve(rng.random(n) < 0.01, np.ones(int(rng.integers(1, 30))), "same") > 0)
+    y = np.convolve(rng.random(n) < 0.01, np.ones(int(rng.integers(1, 30))), "same") > 0
     y = y.astype(np.int64)
-    y[-int(rng.integers(1, 4)):] = seed % 2
+    y[-int(rng.integers(1, 4)) :] = seed % 2
     if y.sum() == 0:
         y[n // 2] = 1
-    s = [rng.random(n) + 0.4 * y, rng.integers(0, 3, n) / 2.0,
-         rng.standard_t(2, n) + 3.0 * y][seed % 3]
+    s = [rng.random(n) + 0.4 * y, rng.integers(0, 3, n) / 2.0, rng.standard_t(2, n) + 3.0 * y][
+        seed % 3
+    ]
     _assert_same(tsbad_get_metrics(s, y, window), tsbad_reference(y, s, window), seed)
 
 
 def test_threshold_free_keys_equal_the_vus_definitions():
     y, s, window = make_case(3)
     t, v = tsbad_get_metrics(s, y, window), vus_get_metrics(s, y, window)
-    for a, b in [("AUC-PR", "AUC_PR"), ("AUC-ROC", "AUC_ROC"), ("VUS-PR", "VUS_PR"),
-                 ("VUS-ROC", "VUS_ROC")]:
+    for a, b in [
+        ("AUC-PR", "AUC_PR"),
+        ("AUC-ROC", "AUC_ROC"),
+        ("VUS-PR", "VUS_PR"),
+        ("VUS-ROC", "VUS_ROC"),
+    ]:
         assert t[a] == v[b], a
 
 
@@ -146,8 +162,10 @@ def test_constant_score_has_affiliation_f_missing_and_the_rest_defined():
     assert out["PA-F1"] == 0.0 and out["AUC-ROC"] == 0.5
 
 
-@pytest.mark.parametrize("labels,what", [(np.zeros(50, dtype=int), "no anomaly"),
-                                         (np.ones(50, dtype=int), "no normal point")])
+@pytest.mark.parametrize(
+    "labels,what",
+    [(np.zeros(50, dtype=int), "no anomaly"), (np.ones(50, dtype=int), "no normal point")],
+)
 def test_labels_tsbad_cannot_segment_report_missing_values_with_a_warning(labels, what):
     s = np.linspace(0, 1, 50)
     if _have_tsbad():  # the package itself raises here
@@ -159,11 +177,14 @@ def test_labels_tsbad_cannot_segment_report_missing_values_with_a_warning(labels
     assert all(math.isnan(out[k]) for k in TSBAD_KEYS[2:])
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(pred=np.ones(7, dtype=int)), "pred has 7 values but labels has 6"),
-    (dict(pred=np.array([0, 1, 2, 0, 0, 0])), "binary"),
-    (dict(sliding_window=-1), "non-negative"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(pred=np.ones(7, dtype=int)), "pred has 7 values but labels has 6"),
+        (dict(pred=np.array([0, 1, 2, 0, 0, 0])), "binary"),
+        (dict(sliding_window=-1), "non-negative"),
+    ],
+)
 def test_tsbad_inputs_are_validated(kwargs, match):
     y = np.array([0, 1, 1, 0, 0, 0])
     with pytest.raises(MetricInputError, match=match):
@@ -171,14 +192,27 @@ def test_tsbad_inputs_are_validated(kwargs, match):
 
 
 def test_a_tsbad_run_logs_tsbad_keys_beside_the_default_ones_and_evaluate_recomputes_them(
-        make_cfg, tmp_path):
+    make_cfg, tmp_path
+):
     from madcluster_exp.run import run
 
-    result = run(make_cfg("train.epochs=1", "metrics.definition=tsbad"),
-                 output_dir=tmp_path / "j", verbose=False)
+    result = run(
+        make_cfg("train.epochs=1", "metrics.definition=tsbad"),
+        output_dir=tmp_path / "j",
+        verbose=False,
+    )
     m = result.metrics
-    names = ("auc_pr", "auc_roc", "vus_pr", "vus_roc", "standard_f1", "pa_f1", "event_f1",
-             "range_f1", "affiliation_f")
+    names = (
+        "auc_pr",
+        "auc_roc",
+        "vus_pr",
+        "vus_roc",
+        "standard_f1",
+        "pa_f1",
+        "event_f1",
+        "range_f1",
+        "affiliation_f",
+    )
     assert {f"test/tsbad/{k}" for k in names} <= set(m)
     assert {f"test/tsbad/{k}_oracle" for k in names[4:]} <= set(m)
     assert m["test/tsbad/vus_pr"] == m["test/vus_pr"]
@@ -202,8 +236,9 @@ def test_evaluate_rejects_an_unknown_definition():
 def test_metrics_definition_is_validated(make_cfg):
     from madcluster_exp.config import ConfigError, validate
 
-    with pytest.raises(ConfigError, match="metrics.definition='tsb': expected one of vus006, "
-                                          "tsbad"):
+    with pytest.raises(
+        ConfigError, match="metrics.definition='tsb': expected one of vus006, tsbad"
+    ):
         validate(make_cfg("metrics.definition=tsb"))
 
 
@@ -211,8 +246,9 @@ def test_metrics_definition_is_validated(make_cfg):
 def test_metric_bench_compares_with_both_packages_and_skips_past_its_budget(tmp_path, capsys):
     from madcluster_exp.bench.metrics import main
 
-    main(["--sizes", "600", "1200", "--window", "5", "--tsbad-budget-s", "0",
-          "--out", str(tmp_path)])
+    main(
+        ["--sizes", "600", "1200", "--window", "5", "--tsbad-budget-s", "0", "--out", str(tmp_path)]
+    )
     rows = json.loads((tmp_path / "metrics.json").read_text())["rows"]
     first, second = rows
     assert first["tsbad_max_abs_diff"] <= TOL and first["tsbad_speedup"] > 1

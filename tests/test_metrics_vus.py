@@ -1,4 +1,5 @@
 """Exactness against vus 0.0.6: live where vus is installed, stored golden values always."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,13 @@ import warnings
 import numpy as np
 import pytest
 
-from madcluster_exp.metrics import (MetricInputError, affiliation_suite, full_suite,
-                                    range_suite, vus_get_metrics)
+from madcluster_exp.metrics import (
+    MetricInputError,
+    affiliation_suite,
+    full_suite,
+    range_suite,
+    vus_get_metrics,
+)
 from tests.vus_cases import GOLDEN, KEYS, N_CASES, make_case, vus_reference
 
 TOL = 1e-9
@@ -31,11 +37,10 @@ def test_equals_stored_vus_values(i):
     _assert_same(vus_get_metrics(s, y, window), golden[str(i)], i)
 
 
-
-
 def _have_vus() -> bool:
     try:
         from vus.metrics import get_metrics  # noqa: F401
+
         return True
     except ImportError:
         return False
@@ -47,7 +52,7 @@ def _random_case(seed: int):
     rng = np.random.default_rng(seed)
     n = int(rng.integers(50, 3000))
     window = int(rng.choice([0, 1, 3, 8, 25, 100]))
-    y = (np.convolve(rng.random(n) < 0.01, np.ones(int(rng.integers(1, 30))), "same") > 0)
+    y = np.convolve(rng.random(n) < 0.01, np.ones(int(rng.integers(1, 30))), "same") > 0
     y = y.astype(np.int64)
     if y.sum() == 0:
         y[-3:] = 1
@@ -85,8 +90,11 @@ def test_returns_every_key_of_vus_all():
 def test_float32_inputs_give_the_same_values_as_vus():
     for i in (4, 39):
         y, s, window = make_case(i)
-        _assert_same(vus_get_metrics(s.astype(np.float32), y.astype(np.float32), window),
-                     vus_reference(y.astype(np.float32), s.astype(np.float32), window), i)
+        _assert_same(
+            vus_get_metrics(s.astype(np.float32), y.astype(np.float32), window),
+            vus_reference(y.astype(np.float32), s.astype(np.float32), window),
+            i,
+        )
 
 
 @pytest.mark.skipif(not _have_vus(), reason="vus not installed")
@@ -113,8 +121,15 @@ def test_three_sigma_keys_by_hand():
     y = np.zeros(100, dtype=int)
     y[48:52] = 1
     out = vus_get_metrics(s, y, 4)
-    expected = {"Precision": 1.0, "Recall": 0.25, "F": 0.4, "Rrecall": 0.4, "Rprecision": 1.0,
-                "RF": 0.8 / 1.4, "Precision_at_k": 0.25}
+    expected = {
+        "Precision": 1.0,
+        "Recall": 0.25,
+        "F": 0.4,
+        "Rrecall": 0.4,
+        "Rprecision": 1.0,
+        "RF": 0.8 / 1.4,
+        "Precision_at_k": 0.25,
+    }
     assert {k: out[k] for k in expected} == pytest.approx(expected, abs=1e-12)
 
 
@@ -161,12 +176,15 @@ def test_affiliation_by_hand_for_a_perfect_and_a_shifted_prediction():
     assert affiliation_suite(y_true=y, y_pred=pred)["affiliation_precision"] == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(y_true=[0, 1, 1], y_score=[0.1, float("nan"), 0.3], window=2), "nan at index 1"),
-    (dict(y_true=[0, 1, 3], y_score=[0.1, 0.2, 0.3], window=2), "binary"),
-    (dict(y_true=[0, 1, 1], y_score=[0.1, 0.2], window=2), "2 values but y_true has 3"),
-    (dict(y_true=[0, 1, 1], y_score=[0.1, 0.2, 0.3], window=-1), "non-negative"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(y_true=[0, 1, 1], y_score=[0.1, float("nan"), 0.3], window=2), "nan at index 1"),
+        (dict(y_true=[0, 1, 3], y_score=[0.1, 0.2, 0.3], window=2), "binary"),
+        (dict(y_true=[0, 1, 1], y_score=[0.1, 0.2], window=2), "2 values but y_true has 3"),
+        (dict(y_true=[0, 1, 1], y_score=[0.1, 0.2, 0.3], window=-1), "non-negative"),
+    ],
+)
 def test_range_inputs_are_validated(kwargs, match):
     with pytest.raises(MetricInputError, match=match):
         range_suite(**kwargs)

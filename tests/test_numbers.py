@@ -1,4 +1,5 @@
 """Numbers that are right: metric timing, k > 1 MACs, git source tags."""
+
 from __future__ import annotations
 
 import subprocess
@@ -41,8 +42,9 @@ def test_time_metrics_s_covers_the_metric_computation(make_cfg, tmp_path, monkey
             spent.append(time.perf_counter() - t0)
 
     monkeypatch.setattr(run_module, "evaluate_point", timed)
-    result = run(make_cfg("train.epochs=1", "tracking=none"), output_dir=tmp_path / "job",
-                 verbose=False)
+    result = run(
+        make_cfg("train.epochs=1", "tracking=none"), output_dir=tmp_path / "job", verbose=False
+    )
     (measured,) = spent
     assert measured > 0.01  # the full suite (VUS, affiliation, ...) on 1600 points
     assert measured <= result.metrics["time/metrics_s"] <= result.metrics["time/total_s"]
@@ -59,11 +61,16 @@ def test_git_tags_name_the_commit_for_mlflow_and_say_whether_the_tree_was_dirty(
     (repo / "a.py").write_text("x = 1\n")
     _git(repo, "add", "a.py")
     _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
-                          text=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True
+    ).stdout.strip()
     clean = git_tags(repo)
-    assert clean == {"git_commit": head, "mlflow.source.git.commit": head, "git_dirty": "false",
-                     "mlflow.source.git.branch": "main"}
+    assert clean == {
+        "git_commit": head,
+        "mlflow.source.git.commit": head,
+        "git_dirty": "false",
+        "mlflow.source.git.branch": "main",
+    }
     (repo / "a.py").write_text("x = 2\n")
     assert git_tags(repo)["git_dirty"] == "true"
     assert git_tags(tmp_path / "elsewhere") == {"git_commit": "unknown"}
@@ -73,7 +80,8 @@ def test_a_k_run_logs_the_counted_macs(make_cfg, tmp_path):
     k = 2
     from mlflow.tracking import MlflowClient
 
-    result = run(make_cfg("train.epochs=1", f"madcluster.k={k}"), output_dir=tmp_path / "job",
-                 verbose=False)
+    result = run(
+        make_cfg("train.epochs=1", f"madcluster.k={k}"), output_dir=tmp_path / "job", verbose=False
+    )
     params = MlflowClient(result.tracking_uri).get_run(result.run_id).data.params
     assert int(params["macs/madcluster"]) >= 32 * k * 32

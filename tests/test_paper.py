@@ -1,5 +1,6 @@
 """The paper's set-up: reference-only training options, the paper sweeps' composition, and the
 published-vs-measured report."""
+
 from __future__ import annotations
 
 import copy
@@ -19,8 +20,15 @@ from madcluster_exp.app import CONFIG_DIR
 from madcluster_exp.config import ConfigError, validate
 from madcluster_exp.run import check_backbone_score_exists
 
-PAPER_BACKBONES = {"deepsvdd", "usad", "beatgan", "omnianomaly", "thoc", "anomaly_transformer",
-                   "dcdetector"}
+PAPER_BACKBONES = {
+    "deepsvdd",
+    "usad",
+    "beatgan",
+    "omnianomaly",
+    "thoc",
+    "anomaly_transformer",
+    "dcdetector",
+}
 PAPER_DATASETS = {"SMD", "MSL", "SMAP", "PSM"}
 
 
@@ -75,7 +83,11 @@ def _assert_paper_setup(cfg: DictConfig) -> None:
     if cfg.backbone.name == "dcdetector":
         b = cfg.backbone
         assert (b.dropout, b.embed_tap, b.revin, b.weight_decay) == (
-            0.1, "input_embedding", False, 1e-5)
+            0.1,
+            "input_embedding",
+            False,
+            1e-5,
+        )
     if cfg.dataset.name == "SMAP":
         # The reference's 54 SMAP channels are every distinct chan_id of labeled_anomalies.csv
         # (its 55 SMAP rows list P-2 twice): nothing excluded, nothing selected.
@@ -123,8 +135,15 @@ def test_paper_k_sweeps_k_1_to_10_on_deepsvdd():
 
 
 def test_command_line_restricts_the_paper_sweep():
-    jobs = sweep_jobs(["experiment=paper_table", "backbone=deepsvdd,dcdetector_reference",
-                       "dataset=SMD", "seed=0", "debug=fast"])
+    jobs = sweep_jobs(
+        [
+            "experiment=paper_table",
+            "backbone=deepsvdd,dcdetector_reference",
+            "dataset=SMD",
+            "seed=0",
+            "debug=fast",
+        ]
+    )
     assert len(jobs) == 2 * 3
     assert all(j.train.epochs == 1 and j.backbone.window == 100 for j in jobs)
 
@@ -156,20 +175,27 @@ def _fit_spy(monkeypatch):
 def _run(make_cfg, tmp_path, *overrides):
     from madcluster_exp.run import run
 
-    cfg = make_cfg("tracking=none", "train.checkpoint=false", "train.max_batches_per_epoch=2",
-                   *overrides)
+    cfg = make_cfg(
+        "tracking=none", "train.checkpoint=false", "train.max_batches_per_epoch=2", *overrides
+    )
     return run(cfg, output_dir=tmp_path / "job", verbose=False)
 
 
 def test_lr_decay_scales_every_backbone_group_per_epoch_and_leaves_nu_alone(
-        make_cfg, tmp_path, monkeypatch):
+    make_cfg, tmp_path, monkeypatch
+):
     seen = _fit_spy(monkeypatch)
-    result = _run(make_cfg, tmp_path, "train.epochs=4", "backbone.lr=0.002",
-                  "backbone.lr_decay=0.5", "madcluster.nu_lr=0.01")
+    result = _run(
+        make_cfg,
+        tmp_path,
+        "train.epochs=4",
+        "backbone.lr=0.002",
+        "backbone.lr_decay=0.5",
+        "madcluster.nu_lr=0.01",
+    )
     assert [h["train/lr"] for h in result.fit.history] == [0.002, 0.001, 0.0005, 0.00025]
     by_epoch = {e: lrs for e, lrs in seen["step_lr"]}  # [backbone group, nu group]
-    assert by_epoch == {0: [0.002, 0.01], 1: [0.001, 0.01], 2: [0.0005, 0.01],
-                        3: [0.00025, 0.01]}
+    assert by_epoch == {0: [0.002, 0.01], 1: [0.001, 0.01], 2: [0.0005, 0.01], 3: [0.00025, 0.01]}
 
 
 def test_lr_decay_delay_keeps_the_initial_rate_as_the_anomaly_transformer_reference():
@@ -200,8 +226,7 @@ def test_amsgrad_is_set_on_the_backbone_optimizer(make_cfg, tmp_path, monkeypatc
     seen = _fit_spy(monkeypatch)
     _run(make_cfg, tmp_path, "train.epochs=1", f"train.amsgrad={str(amsgrad).lower()}")
     det = seen["detector"]
-    groups = {g.get("name", "backbone"): g for o in det.optimizers.values()
-              for g in o.param_groups}
+    groups = {g.get("name", "backbone"): g for o in det.optimizers.values() for g in o.param_groups}
     assert groups["backbone"]["amsgrad"] is amsgrad
     assert groups["madcluster_nu"]["amsgrad"] is True  # nu: AMSGrad always, as the reference
     state = det.optimizers[det.host_group].state[det.backbone.encoder[0].weight]
@@ -212,8 +237,9 @@ def test_he_init_gives_kaiming_std_and_zero_biases():
     from madcluster_exp.nn_utils import init_weights
 
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(400, 300), torch.nn.Conv1d(50, 200, 8),
-                              torch.nn.GRU(5, 7))
+    net = torch.nn.Sequential(
+        torch.nn.Linear(400, 300), torch.nn.Conv1d(50, 200, 8), torch.nn.GRU(5, 7)
+    )
     gru_before = [p.detach().clone() for p in net[2].parameters()]
     assert init_weights(net, "he") == 2
     for layer, fan_in in ((net[0], 400), (net[1], 50 * 8)):
@@ -238,8 +264,9 @@ def test_train_init_he_reaches_the_backbone_of_a_run(make_cfg, tmp_path, monkeyp
 
     monkeypatch.setattr(run_module, "fit", first_weights)
     for kind in ("default", "he"):
-        _run(make_cfg, tmp_path / kind, "train.epochs=1", f"train.init={kind}",
-             "backbone.hidden=256")
+        _run(
+            make_cfg, tmp_path / kind, "train.epochs=1", f"train.init={kind}", "backbone.hidden=256"
+        )
     w = inits["he"]
     fan_in = w.shape[1] * w.shape[2]
     assert w.std().item() == pytest.approx(math.sqrt(2.0 / fan_in), rel=0.05)
@@ -260,11 +287,61 @@ def test_mapping_only_is_refused_where_the_plugin_replaces_the_objective():
 # ------------------------------------------------------------------------ the SMAP channels
 # The MADCluster reference's SMAP channels (MADCluster_run_all_datasets.py, DATASET_INFO).
 REFERENCE_SMAP = [
-    "A-1", "A-2", "A-3", "A-4", "A-5", "A-6", "A-7", "A-8", "A-9", "B-1", "D-1", "D-2", "D-3",
-    "D-4", "D-5", "D-6", "D-7", "D-8", "D-9", "D-11", "D-12", "D-13", "E-1", "E-2", "E-3", "E-4",
-    "E-5", "E-6", "E-7", "E-8", "E-9", "E-10", "E-11", "E-12", "E-13", "F-1", "F-2", "F-3", "G-1",
-    "G-2", "G-3", "G-4", "G-6", "G-7", "P-1", "P-2", "P-3", "P-4", "P-7", "R-1", "S-1", "T-1",
-    "T-2", "T-3"]
+    "A-1",
+    "A-2",
+    "A-3",
+    "A-4",
+    "A-5",
+    "A-6",
+    "A-7",
+    "A-8",
+    "A-9",
+    "B-1",
+    "D-1",
+    "D-2",
+    "D-3",
+    "D-4",
+    "D-5",
+    "D-6",
+    "D-7",
+    "D-8",
+    "D-9",
+    "D-11",
+    "D-12",
+    "D-13",
+    "E-1",
+    "E-2",
+    "E-3",
+    "E-4",
+    "E-5",
+    "E-6",
+    "E-7",
+    "E-8",
+    "E-9",
+    "E-10",
+    "E-11",
+    "E-12",
+    "E-13",
+    "F-1",
+    "F-2",
+    "F-3",
+    "G-1",
+    "G-2",
+    "G-3",
+    "G-4",
+    "G-6",
+    "G-7",
+    "P-1",
+    "P-2",
+    "P-3",
+    "P-4",
+    "P-7",
+    "R-1",
+    "S-1",
+    "T-1",
+    "T-2",
+    "T-3",
+]
 
 
 def _write_smap_like_the_published_file(root: Path, n: int = 80) -> None:
@@ -277,13 +354,16 @@ def _write_smap_like_the_published_file(root: Path, n: int = 80) -> None:
     for name in REFERENCE_SMAP + ["M-1"]:
         for split in ("train", "test"):
             (root / "data" / split).mkdir(parents=True, exist_ok=True)
-            np.save(root / "data" / split / f"{name}.npy",
-                    rng.normal(size=(n, 55 if name == "M-1" else 25)))
+            np.save(
+                root / "data" / split / f"{name}.npy",
+                rng.normal(size=(n, 55 if name == "M-1" else 25)),
+            )
         craft = "MSL" if name == "M-1" else "SMAP"
         seqs = ['"[[10, 19]]"', '"[[15, 29]]"'] if name == "P-2" else ['"[[40, 44]]"']
-        rows += [f'{name},{craft},{s},[point],{n}' for s in seqs]
+        rows += [f"{name},{craft},{s},[point],{n}" for s in seqs]
     (root / "labeled_anomalies.csv").write_text(
-        "chan_id,spacecraft,anomaly_sequences,class,num_values\n" + "\n".join(rows) + "\n")
+        "chan_id,spacecraft,anomaly_sequences,class,num_values\n" + "\n".join(rows) + "\n"
+    )
 
 
 def test_paper_setup_loads_the_reference_54_smap_channels_and_merges_p2(tmp_path):
@@ -321,8 +401,9 @@ def _cli(args, cwd, timeout=900):
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _children(db: Path):
@@ -340,11 +421,25 @@ def test_report_puts_published_beside_measured_for_a_real_sweep(tmp_path):
     from tests.dataset_fixtures import make_telemanom
 
     make_telemanom(tmp_path / "datasets" / "MSL")
-    out = _cli(["-m", "madcluster_exp", "-m", "dataset=MSL", "dataset.mode=per_entity",
-                "dataset.entities=[C-2,M-1]", "backbone=usad", "backbone.window=16",
-                "train.epochs=1", "train.patience=null", "train.progress=none",
-                "tracking.plots=false", "madcluster=off,on,on_backbone_only", "seed=0,1"],
-               tmp_path)
+    out = _cli(
+        [
+            "-m",
+            "madcluster_exp",
+            "-m",
+            "dataset=MSL",
+            "dataset.mode=per_entity",
+            "dataset.entities=[C-2,M-1]",
+            "backbone=usad",
+            "backbone.window=16",
+            "train.epochs=1",
+            "train.patience=null",
+            "train.progress=none",
+            "tracking.plots=false",
+            "madcluster=off,on,on_backbone_only",
+            "seed=0,1",
+        ],
+        tmp_path,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     (sweep,) = [p.parent for p in tmp_path.glob("outputs/multiruns/*/*/mlflow_parent.json")]
     rep = _cli(["-m", "madcluster_exp.report", str(sweep), "log=false"], tmp_path)
@@ -356,8 +451,13 @@ def test_report_puts_published_beside_measured_for_a_real_sweep(tmp_path):
     f1 = {}
     for r in runs:
         p = r.data.params
-        arm = ("off" if p["madcluster.enabled"] == "False" else
-               "on_backbone_only" if p["madcluster.combine"] == "backbone_only" else "on")
+        arm = (
+            "off"
+            if p["madcluster.enabled"] == "False"
+            else "on_backbone_only"
+            if p["madcluster.combine"] == "backbone_only"
+            else "on"
+        )
         f1.setdefault(arm, []).append(r.data.metrics["test/f1_oracle_entity_mean"])
     mean = {a: sum(v) / len(v) for a, v in f1.items()}
 
@@ -373,15 +473,16 @@ def test_report_puts_published_beside_measured_for_a_real_sweep(tmp_path):
         assert t2.loc[arm, "measured_key"] == "test/f1_oracle_entity_mean"
 
     md = rep.stdout
-    row = (f"| MSL | usad | 1 | point | 0.53 | 0.53 | {mean['off']:.3f} ± ")
+    row = f"| MSL | usad | 1 | point | 0.53 | 0.53 | {mean['off']:.3f} ± "
     assert "## Published vs measured" in md and "### Table 2" in md and row in md
     line = next(ln for ln in md.splitlines() if ln.startswith(row))
     # USAD's published F1 does not move (.53 -> .53): no sign to agree with.
     assert line.endswith(f"| +0.00 | {mean['on'] - mean['off']:+.3f} | paper: no change |")
     vus = long[long["metric"] == "VUS-ROC"].set_index("arm")["measured_mean"]
     agrees = "yes" if vus["on"] > vus["off"] else "no"
-    line = next(ln for ln in md.splitlines()
-                if ln.startswith("| MSL | usad | 1 | point | 0.71 | 0.72 | "))
+    line = next(
+        ln for ln in md.splitlines() if ln.startswith("| MSL | usad | 1 | point | 0.71 | 0.72 | ")
+    )
     assert line.endswith(f"| +0.01 | {vus['on'] - vus['off']:+.3f} | {agrees} |")
 
 
@@ -392,13 +493,25 @@ def test_published_file_is_checked_row_by_row(tmp_path):
     assert len(table) == 7 * 2 * 3 + 4 * 3 * 3 + 10 * 4 * 3
     msl = table[(table["table"] == "Table 2") & (table["backbone"] == "dcdetector")]
     assert msl.set_index(["madcluster", "metric"])["value"].to_dict() == {
-        ("off", "F1"): 0.28, ("off", "VUS-ROC"): 0.52, ("off", "VUS-PR"): 0.19,
-        ("on", "F1"): 0.41, ("on", "VUS-ROC"): 0.64, ("on", "VUS-PR"): 0.32}
+        ("off", "F1"): 0.28,
+        ("off", "VUS-ROC"): 0.52,
+        ("off", "VUS-PR"): 0.19,
+        ("on", "F1"): 0.41,
+        ("on", "VUS-ROC"): 0.64,
+        ("on", "VUS-PR"): 0.32,
+    }
     bad = tmp_path / "published.csv"
-    bad.write_text(PUBLISHED.read_text().replace("Table 3,Clustering,MSL,deepsvdd,clustering_only",
-                                                 "Table 3,Clustering,MSL,deepsvdd,clustering"))
-    with pytest.raises(PublishedDataError, match=r"data row \d+ \(Table 3, Clustering, F1\): "
-                                                 r"madcluster='clustering'"):
+    bad.write_text(
+        PUBLISHED.read_text().replace(
+            "Table 3,Clustering,MSL,deepsvdd,clustering_only",
+            "Table 3,Clustering,MSL,deepsvdd,clustering",
+        )
+    )
+    with pytest.raises(
+        PublishedDataError,
+        match=r"data row \d+ \(Table 3, Clustering, F1\): "
+        r"madcluster='clustering'",
+    ):
         load_published(bad)
 
 
@@ -408,9 +521,21 @@ def test_paper_table_runs_through_on_smd_layout_data_and_reports_paper_vs_measur
     from tests.dataset_fixtures import make_smd
 
     make_smd(tmp_path / "SMD", machines=("machine-1-1",), n_train=1000, n_test=600)
-    out = _cli(["-m", "madcluster_exp", "-m", "experiment=paper_table", "dataset=SMD",
-                f"dataset.path={tmp_path / 'SMD'}", "debug=fast", "backbone=deepsvdd,usad",
-                "seed=0", "train.progress=none"], tmp_path)
+    out = _cli(
+        [
+            "-m",
+            "madcluster_exp",
+            "-m",
+            "experiment=paper_table",
+            "dataset=SMD",
+            f"dataset.path={tmp_path / 'SMD'}",
+            "debug=fast",
+            "backbone=deepsvdd,usad",
+            "seed=0",
+            "train.progress=none",
+        ],
+        tmp_path,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     runs = _children(tmp_path / "outputs" / "mlflow.db")
     # Deep SVDD has no score of its own with MADCluster on: its control arm is refused before
@@ -420,9 +545,15 @@ def test_paper_table_runs_through_on_smd_layout_data_and_reports_paper_vs_measur
     for r in runs:
         p = r.data.params
         assert (p["backbone.window"], p["dataset.mode"], p["dataset.normalize"]) == (
-            "100", "per_entity", "minmax")
+            "100",
+            "per_entity",
+            "minmax",
+        )
         assert (p["train.amsgrad"], p["train.init"], p["backbone.lr_decay"]) == (
-            "True", "he", "0.9")
+            "True",
+            "he",
+            "0.9",
+        )
     (sweep,) = [p.parent for p in tmp_path.glob("outputs/multiruns/*/*/mlflow_parent.json")]
     rep = _cli(["-m", "madcluster_exp.report", str(sweep)], tmp_path)
     assert rep.returncode == 0, rep.stderr[-3000:]

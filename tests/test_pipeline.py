@@ -1,4 +1,5 @@
 """The whole pipeline: MLflow records, honest evaluation, on/off identity, failure handling."""
+
 from __future__ import annotations
 
 import os
@@ -14,11 +15,29 @@ import madcluster_exp.run as run_module
 from madcluster_exp.detector import Detector
 from madcluster_exp.run import run
 
-EXPECTED_FINAL = ["test/precision", "test/recall", "test/f1", "test/auc_roc", "test/auc_pr",
-                  "test/f1_oracle", "test/f1_pa", "threshold/value", "time/fit_s",
-                  "time/score_s", "time/metrics_s", "val/best_loss"]
-EXPECTED_PER_EPOCH = ["train/loss", "train/loss_backbone", "train/loss_mapping",
-                      "train/loss_cluster", "val/loss", "madcluster/threshold", "time/epoch_s"]
+EXPECTED_FINAL = [
+    "test/precision",
+    "test/recall",
+    "test/f1",
+    "test/auc_roc",
+    "test/auc_pr",
+    "test/f1_oracle",
+    "test/f1_pa",
+    "threshold/value",
+    "time/fit_s",
+    "time/score_s",
+    "time/metrics_s",
+    "val/best_loss",
+]
+EXPECTED_PER_EPOCH = [
+    "train/loss",
+    "train/loss_backbone",
+    "train/loss_mapping",
+    "train/loss_cluster",
+    "val/loss",
+    "madcluster/threshold",
+    "time/epoch_s",
+]
 
 
 def test_end_to_end_run_writes_an_mlflow_run_with_expected_keys(make_cfg, tmp_path):
@@ -89,9 +108,16 @@ def _record_run(make_cfg, tmp_path, monkeypatch, state):
 
     monkeypatch.setattr(run_module, "fit", spying_fit)
     monkeypatch.setattr(Detector, "training_step", spying_step)
-    run(make_cfg(f"madcluster={state}", "tracking=none", "train.max_batches_per_epoch=4",
-                 "backbone.objective=soft-boundary"),
-        output_dir=tmp_path / state, verbose=False)
+    run(
+        make_cfg(
+            f"madcluster={state}",
+            "tracking=none",
+            "train.max_batches_per_epoch=4",
+            "backbone.objective=soft-boundary",
+        ),
+        output_dir=tmp_path / state,
+        verbose=False,
+    )
     return seen
 
 
@@ -114,29 +140,42 @@ def test_same_seed_same_metrics(make_cfg, tmp_path):
 
 
 def test_deepsvdd_with_madcluster_beats_a_random_scorer(make_cfg, tmp_path):
-    cfg = make_cfg("tracking=none", "train.epochs=5", "dataset.train_length=1500",
-                   "dataset.test_length=1500", "dataset.n_channels=6", "dataset.n_entities=2")
+    cfg = make_cfg(
+        "tracking=none",
+        "train.epochs=5",
+        "dataset.train_length=1500",
+        "dataset.test_length=1500",
+        "dataset.n_channels=6",
+        "dataset.n_entities=2",
+    )
     result = run(cfg, output_dir=tmp_path / "job", verbose=False)
     scores = np.load(result.output_dir / "scores.npz")
     rng = np.random.default_rng(0)
     from madcluster_exp.metrics import auc_roc
+
     random_auc = auc_roc(y_true=scores["test_label"], y_score=rng.random(len(scores["test_label"])))
     assert abs(random_auc - 0.5) < 0.05
     assert result.metrics["test/auc_roc"] > 0.8
     assert result.metrics["test/auc_roc"] - random_auc > 0.25
 
 
-@pytest.mark.parametrize("overrides", [
-    ["madcluster=off"],
-    ["madcluster.k=3"],
-    ["madcluster.variant=reference"],
-    ["madcluster.combine=product", "backbone.objective=soft-boundary"],
-    ["backbone.objective=soft-boundary", "madcluster=off"],
-    ["scoring.stride=8", "scoring.aggregate=max"],
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["madcluster=off"],
+        ["madcluster.k=3"],
+        ["madcluster.variant=reference"],
+        ["madcluster.combine=product", "backbone.objective=soft-boundary"],
+        ["backbone.objective=soft-boundary", "madcluster=off"],
+        ["scoring.stride=8", "scoring.aggregate=max"],
+    ],
+)
 def test_variants_run_end_to_end(make_cfg, tmp_path, overrides):
-    result = run(make_cfg("tracking=none", "train.epochs=1", *overrides),
-                 output_dir=tmp_path / "job", verbose=False)
+    result = run(
+        make_cfg("tracking=none", "train.epochs=1", *overrides),
+        output_dir=tmp_path / "job",
+        verbose=False,
+    )
     assert np.isfinite(result.metrics["test/auc_roc"])
     assert 0.0 <= result.metrics["test/f1"] <= 1.0
 
@@ -161,8 +200,14 @@ def test_a_crash_marks_the_run_failed_and_keeps_what_was_written(make_cfg, tmp_p
 
 def _cli(args, cwd, timeout=300):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    return subprocess.run([sys.executable, "-m", "madcluster_exp", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "madcluster_exp", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_cli_default_entry_point_runs_and_records_one_run(tmp_path):
@@ -186,12 +231,17 @@ def test_cli_bad_value_exits_non_zero_with_the_key_named(tmp_path):
 
 
 # ------------------------------------------------------------------------------ early stopping
-DCDETECTOR_TINY = ["backbone=dcdetector", "backbone.window=20", "backbone.d_model=16",
-                   "backbone.batch_size=64"]
+DCDETECTOR_TINY = [
+    "backbone=dcdetector",
+    "backbone.window=20",
+    "backbone.d_model=16",
+    "backbone.batch_size=64",
+]
 
 
-def test_dcdetector_alone_trains_its_full_schedule_and_logs_best_epoch_3(make_cfg, tmp_path,
-                                                                          capsys):
+def test_dcdetector_alone_trains_its_full_schedule_and_logs_best_epoch_3(
+    make_cfg, tmp_path, capsys
+):
     # Its loss is 0 in value every epoch: the validation loss carries no signal.
     cfg = make_cfg(*DCDETECTOR_TINY, "madcluster=off", "train.epochs=3", "train.patience=1")
     result = run(cfg, output_dir=tmp_path / "job", verbose=False)
@@ -208,24 +258,29 @@ def test_dcdetector_alone_trains_its_full_schedule_and_logs_best_epoch_3(make_cf
 
 
 def test_a_constant_validation_loss_disables_early_stopping_whatever_the_tie_rule(
-        make_cfg, tmp_path, monkeypatch):
+    make_cfg, tmp_path, monkeypatch
+):
     from madcluster_exp.backbones.dcdetector import DCdetector
 
     monkeypatch.setattr(DCdetector, "keep_latest_on_tie", False)
-    cfg = make_cfg(*DCDETECTOR_TINY, "madcluster=off", "train.epochs=3", "train.patience=1",
-                   "tracking=none")
+    cfg = make_cfg(
+        *DCDETECTOR_TINY, "madcluster=off", "train.epochs=3", "train.patience=1", "tracking=none"
+    )
     fit = run(cfg, output_dir=tmp_path / "job", verbose=False).fit
     assert (fit.best_epoch, fit.epochs_run, fit.stopped_early) == (3, 3, False)
     assert fit.val_loss_signal is False
 
 
-@pytest.mark.parametrize("keep_latest_on_tie, best_epoch, epochs_run", [
-    (False, 2, 4),  # strict: the tie at epoch 3 is a bad epoch, 0.7 the second -> stop at 4
-    (True, 3, 5),  # reference rule of DCdetector / Anomaly Transformer: the tie is kept
-])
-def test_early_stopping_follows_the_backbones_tie_rule(make_cfg, tmp_path, monkeypatch,
-                                                       keep_latest_on_tie, best_epoch,
-                                                       epochs_run):
+@pytest.mark.parametrize(
+    "keep_latest_on_tie, best_epoch, epochs_run",
+    [
+        (False, 2, 4),  # strict: the tie at epoch 3 is a bad epoch, 0.7 the second -> stop at 4
+        (True, 3, 5),  # reference rule of DCdetector / Anomaly Transformer: the tie is kept
+    ],
+)
+def test_early_stopping_follows_the_backbones_tie_rule(
+    make_cfg, tmp_path, monkeypatch, keep_latest_on_tie, best_epoch, epochs_run
+):
     from madcluster_exp.backbones.deepsvdd import DeepSVDD
     from madcluster_exp.training import loop
 

@@ -1,5 +1,6 @@
 """A finished run's model scores new data: the Python API, the command line (as subprocesses)
 and MLflow's pyfunc flavour all reproduce the run's own test scores and predictions."""
+
 from __future__ import annotations
 
 import os
@@ -15,14 +16,19 @@ from madcluster_exp.data import load_dataset
 from madcluster_exp.model import ModelError
 from madcluster_exp.predict import load_detector
 from madcluster_exp.run import run
-from madcluster_exp.scoring.thresholds import (SPOTThreshold, build_threshold, fit_threshold,
-                                               threshold_from_state)
+from madcluster_exp.scoring.thresholds import (
+    SPOTThreshold,
+    build_threshold,
+    fit_threshold,
+    threshold_from_state,
+)
 from tests.conftest import FAST, ROOT, compose_config
 
 
 def _run(tmp: Path, *overrides: str):
-    cfg = compose_config([f"paths.output_dir={tmp / 'outputs'}", f"paths.root_dir={tmp}"]
-                         + FAST + list(overrides))
+    cfg = compose_config(
+        [f"paths.output_dir={tmp / 'outputs'}", f"paths.root_dir={tmp}"] + FAST + list(overrides)
+    )
     result = run(cfg, output_dir=tmp / "job", verbose=False)
     raw = load_dataset(cfg.dataset, tmp / "datasets")
     raw.test.unseal()
@@ -39,8 +45,14 @@ def _cli(*args: str, cwd: Path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("MADCLUSTER_FULL_ERROR", None)
     env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, "-m", "madcluster_exp.predict", *args], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "madcluster_exp.predict", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _timeeval_csv(path: Path, values: np.ndarray, labels=None) -> Path:
@@ -60,8 +72,9 @@ def test_api_reproduces_the_runs_test_scores_and_predictions(finished):
         assert det.threshold == pytest.approx(float(saved["threshold"]), rel=1e-12)
         for name, (a, b) in zip(saved["entity_names"], saved["entity_bounds"]):
             x = test.values[a:b]  # raw units: the detector applies the run's scaler
-            np.testing.assert_allclose(det.score(x), saved["test_score"][a:b], rtol=1e-6,
-                                       atol=1e-9, err_msg=str(name))
+            np.testing.assert_allclose(
+                det.score(x), saved["test_score"][a:b], rtol=1e-6, atol=1e-9, err_msg=str(name)
+            )
             np.testing.assert_array_equal(det.predict(x), saved["test_pred"][a:b])
     assert saved["test_pred"].sum() > 0  # the comparison includes predicted anomalies
 
@@ -91,8 +104,9 @@ def test_cli_writes_csv_and_npz_of_a_file_and_of_a_dataset(finished, tmp_path):
     result, test, saved = finished
     a, b = saved["entity_bounds"][0]
     data = _timeeval_csv(tmp_path / "new.csv", test.values[a:b], test.labels[a:b])
-    proc = _cli(f"run={result.output_dir}", f"data={data}", f"out={tmp_path / 'p.csv'}",
-                cwd=tmp_path)
+    proc = _cli(
+        f"run={result.output_dir}", f"data={data}", f"out={tmp_path / 'p.csv'}", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     assert "against the data's labels" in proc.stdout
     frame = pd.read_csv(tmp_path / "p.csv")
@@ -102,8 +116,13 @@ def test_cli_writes_csv_and_npz_of_a_file_and_of_a_dataset(finished, tmp_path):
     np.testing.assert_array_equal(frame["label"], test.labels[a:b])
 
     # By run id from the tracking store, the run's own dataset (its test split), as NPZ.
-    proc = _cli(f"run={result.run_id}", "data=synthetic", f"out={tmp_path / 'p.npz'}",
-                f"uri={result.tracking_uri}", cwd=tmp_path)
+    proc = _cli(
+        f"run={result.run_id}",
+        "data=synthetic",
+        f"out={tmp_path / 'p.npz'}",
+        f"uri={result.tracking_uri}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     out = np.load(tmp_path / "p.npz")
     np.testing.assert_allclose(out["score"], saved["test_score"], rtol=1e-6, atol=1e-9)
@@ -123,8 +142,9 @@ def test_bad_input_gives_a_clear_error_without_traceback(finished, tmp_path):
     assert proc.returncode == 2
     assert "3 channels; this model was trained on 4" in proc.stderr
     assert "Traceback" not in proc.stderr
-    proc = _cli("run=0123456789abcdef", "data=synthetic", f"uri={result.tracking_uri}",
-                cwd=tmp_path)
+    proc = _cli(
+        "run=0123456789abcdef", "data=synthetic", f"uri={result.tracking_uri}", cwd=tmp_path
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "neither a run directory nor a run id" in proc.stderr
     proc = _cli(f"run={tmp_path}", "data=synthetic", cwd=tmp_path)
@@ -140,17 +160,20 @@ def test_per_entity_runs_need_an_entity_except_on_their_own_dataset(tmp_path):
         load_detector(result.output_dir, entity="entity-7")
     a, b = saved["entity_bounds"][1]
     det = load_detector(result.output_dir, entity="entity-1")
-    np.testing.assert_allclose(det.score(test.values[a:b]), saved["test_score"][a:b],
-                               rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(
+        det.score(test.values[a:b]), saved["test_score"][a:b], rtol=1e-6, atol=1e-9
+    )
     import mlflow
 
     model = mlflow.pyfunc.load_model(str(result.output_dir / "model"))
-    out = model.predict(pd.DataFrame(test.values[a:b].astype(np.float64)),
-                        params={"entity": "entity-1"})
+    out = model.predict(
+        pd.DataFrame(test.values[a:b].astype(np.float64)), params={"entity": "entity-1"}
+    )
     np.testing.assert_array_equal(out["prediction"].to_numpy(), saved["test_pred"][a:b])
     # Each entity of the run's dataset by its own model: the run's pooled test scores.
-    proc = _cli(f"run={result.output_dir}", "data=synthetic", f"out={tmp_path / 'p.npz'}",
-                cwd=tmp_path)
+    proc = _cli(
+        f"run={result.output_dir}", "data=synthetic", f"out={tmp_path / 'p.npz'}", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     out = np.load(tmp_path / "p.npz")
     np.testing.assert_allclose(out["score"], saved["test_score"], rtol=1e-6, atol=1e-9)

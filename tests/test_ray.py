@@ -2,6 +2,7 @@
 into the PostgreSQL-backed team server: every job finishes as a child of one parent, with the
 thread count the launcher gave it; a job whose process is killed is recorded KILLED and the
 sweep finishes the others."""
+
 from __future__ import annotations
 
 import os
@@ -18,23 +19,27 @@ from tests.conftest import FAST
 
 def _sweep(args, cwd, ray_address, tracking_uri, **popen):
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI",)}
-    env.update(RAY_ADDRESS=ray_address, MLFLOW_TRACKING_URI=tracking_uri,
-               RAY_USAGE_STATS_ENABLED="0")
+    env.update(
+        RAY_ADDRESS=ray_address, MLFLOW_TRACKING_URI=tracking_uri, RAY_USAGE_STATS_ENABLED="0"
+    )
     cmd = [sys.executable, "-m", "madcluster_exp", "-m", "hydra/launcher=ray", *FAST, *args]
-    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **popen)
+    return subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen
+    )
 
 
 def _children(client, parent_id):
     exp = client.get_experiment_by_name("madcluster_exp")
-    return client.search_runs([exp.experiment_id],
-                              filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+    return client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'"
+    )
 
 
 def _parent_id(client, tag_value):
     exp = client.get_experiment_by_name("madcluster_exp")
-    (parent,) = client.search_runs([exp.experiment_id],
-                                   filter_string=f"tags.`sweep.dir` = '{tag_value}'")
+    (parent,) = client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.`sweep.dir` = '{tag_value}'"
+    )
     return parent.info.run_id
 
 
@@ -43,8 +48,7 @@ def _job_processes():
     pids = []
     for proc in Path("/proc").iterdir():
         try:
-            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(
-                    b"ray::_run_job"):
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::_run_job"):
                 pids.append(int(proc.name))
         except OSError:
             continue
@@ -55,13 +59,18 @@ def _sweep_dir(cwd: Path, name: str) -> Path:
     return cwd / "outputs" / "multiruns" / name
 
 
-def test_sweep_on_a_ray_cluster_into_the_postgres_server_and_a_killed_job(tmp_path, ray_cluster,
-                                                                          server):
+def test_sweep_on_a_ray_cluster_into_the_postgres_server_and_a_killed_job(
+    tmp_path, ray_cluster, server
+):
     client = MlflowClient(server)
     # 4 jobs, one CPU (and one torch thread) each, over the cluster's two nodes.
     sweep = _sweep_dir(tmp_path, "four")
-    proc = _sweep(["train.epochs=1", "madcluster=off,on", "seed=0,1",
-                   f"hydra.sweep.dir={sweep}"], tmp_path, ray_cluster, server)
+    proc = _sweep(
+        ["train.epochs=1", "madcluster=off,on", "seed=0,1", f"hydra.sweep.dir={sweep}"],
+        tmp_path,
+        ray_cluster,
+        server,
+    )
     out, _ = proc.communicate(timeout=1800)
     assert proc.returncode == 0, out[-3000:]
     children = _children(client, _parent_id(client, str(sweep)))
@@ -72,8 +81,9 @@ def test_sweep_on_a_ray_cluster_into_the_postgres_server_and_a_killed_job(tmp_pa
 
     # 2 jobs running at once, one per node; kill one job's process while it trains.
     sweep = _sweep_dir(tmp_path, "killed")
-    proc = _sweep(["train.epochs=200", "seed=0,1", f"hydra.sweep.dir={sweep}"], tmp_path,
-                  ray_cluster, server)
+    proc = _sweep(
+        ["train.epochs=200", "seed=0,1", f"hydra.sweep.dir={sweep}"], tmp_path, ray_cluster, server
+    )
     deadline = time.monotonic() + 900
     victims = []
     while time.monotonic() < deadline and proc.poll() is None:
@@ -91,5 +101,7 @@ def test_sweep_on_a_ray_cluster_into_the_postgres_server_and_a_killed_job(tmp_pa
     statuses = sorted(c.info.status for c in children)
     assert statuses == ["FINISHED", "KILLED"], statuses
     killed = next(c for c in children if c.info.status == "KILLED")
-    assert "WorkerCrashedError" in killed.data.tags["error"] or \
-        "died" in killed.data.tags["error"].lower()
+    assert (
+        "WorkerCrashedError" in killed.data.tags["error"]
+        or "died" in killed.data.tags["error"].lower()
+    )

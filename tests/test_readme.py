@@ -4,6 +4,7 @@ The default suite runs each training command with ``debug=fast`` appended (secon
 minutes; everything else as written); ``make test-all`` runs them verbatim. Placeholders
 (``<date>/<time>``) are filled with the folder the preceding command created, as a reader would.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,13 +38,15 @@ def _latest(root: Path, pattern: str) -> str:
 
 def _prepare(command: str, cwd: Path, fast: bool):
     if "outputs/multiruns/<date>/<time>" in command:
-        command = command.replace("outputs/multiruns/<date>/<time>",
-                                  _latest(cwd, "outputs/multiruns/*/*"))
+        command = command.replace(
+            "outputs/multiruns/<date>/<time>", _latest(cwd, "outputs/multiruns/*/*")
+        )
     if "outputs/runs/<date>/<time>" in command:
         command = command.replace("outputs/runs/<date>/<time>", _latest(cwd, "outputs/runs/*/*"))
     argv = shlex.split(command)
     trains = argv[:3] == ["python", "-m", "madcluster_exp"] and not any(
-        a in ("--help", "--cfg") for a in argv)
+        a in ("--help", "--cfg") for a in argv
+    )
     if fast and trains:
         argv.append("debug=fast")
     if argv[0] == "python":
@@ -53,9 +56,14 @@ def _prepare(command: str, cwd: Path, fast: bool):
 
 def _ui_answers(argv, cwd, env):
     port = free_port()
-    proc = subprocess.Popen([*argv, f"PORT={port}", f"PYTHON={sys.executable}", "-C", str(ROOT)],
-                            cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [*argv, f"PORT={port}", f"PYTHON={sys.executable}", "-C", str(ROOT)],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
@@ -80,8 +88,9 @@ def _run_all(tmp_path: Path, fast: bool):
         if argv[:2] == ["make", "ui"]:
             assert _ui_answers(argv, tmp_path, env), command
             continue
-        out = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True,
-                             timeout=3600)
+        out = subprocess.run(
+            argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=3600
+        )
         assert out.returncode == 0, f"{command}\n{out.stderr[-3000:]}"
     assert (tmp_path / "scores.csv").exists()
 

@@ -1,6 +1,7 @@
 """Reports worth pasting: one timeline per configuration, embedded images, the sweep command,
 error bars and seed counts, few-pairs warnings, readable curves past 10 configurations, and
 grouping by every swept parameter."""
+
 from __future__ import annotations
 
 import json
@@ -11,11 +12,19 @@ import sys
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from madcluster_exp.report import (Sweep, load_sweep, sweep_factors, training_curves_figure)
+from madcluster_exp.report import Sweep, load_sweep, sweep_factors, training_curves_figure
 
-FAST = ["dataset.n_entities=2", "dataset.train_length=600", "dataset.test_length=600",
-        "dataset.n_channels=3", "backbone.window=16", "train.epochs=1", "train.patience=null",
-        "tracking.plots=false", "train.progress=line"]
+FAST = [
+    "dataset.n_entities=2",
+    "dataset.train_length=600",
+    "dataset.test_length=600",
+    "dataset.n_channels=3",
+    "backbone.window=16",
+    "train.epochs=1",
+    "train.patience=null",
+    "tracking.plots=false",
+    "train.progress=line",
+]
 
 
 def _env():
@@ -24,8 +33,14 @@ def _env():
 
 def test_k_sweep_report_draws_one_timeline_per_configuration_and_embeds_images(tmp_path):
     args = ["-m", *FAST, "madcluster.k=1,2,3", "seed=0,1"]
-    out = subprocess.run([sys.executable, "-m", "madcluster_exp", *args], cwd=tmp_path,
-                         env=_env(), capture_output=True, text=True, timeout=900)
+    out = subprocess.run(
+        [sys.executable, "-m", "madcluster_exp", *args],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     (sweep_dir,) = [p.parent for p in tmp_path.glob("outputs/multiruns/*/*/mlflow_parent.json")]
     parent = json.loads((sweep_dir / "mlflow_parent.json").read_text())["run_id"]
@@ -33,8 +48,14 @@ def test_k_sweep_report_draws_one_timeline_per_configuration_and_embeds_images(t
     sweep = load_sweep(parent, uri)
     names = sweep.runs["run_name"].tolist()
     assert len(names) == 6 and len(set(names)) == 6  # 3 configurations x 2 seeds
-    rep = subprocess.run([sys.executable, "-m", "madcluster_exp.report", parent, f"uri={uri}"],
-                         cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    rep = subprocess.run(
+        [sys.executable, "-m", "madcluster_exp.report", parent, f"uri={uri}"],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert rep.returncode == 0, rep.stderr[-3000:]
     out_dir = tmp_path / "outputs" / "reports" / parent
     timelines = sorted(p.name for p in out_dir.glob("timeline_*.png"))
@@ -61,13 +82,18 @@ def _store_with_configs(tmp_path, n_configs, seeds=2, epochs=1):
             for e in range(epochs):
                 client.log_metric(r, "train/loss", 1.0 / (c + 1) + 0.01 * s, step=e)
                 client.log_metric(r, "val/loss", 2.0 / (c + 1) + 0.01 * s, step=e)
-            rows.append({"run_id": r, "run_name": f"c{c}-s{s}", "param:seed": str(s),
-                         "param:backbone.lr": str(10.0 ** -c)})
+            rows.append(
+                {
+                    "run_id": r,
+                    "run_name": f"c{c}-s{s}",
+                    "param:seed": str(s),
+                    "param:backbone.lr": str(10.0**-c),
+                }
+            )
     return Sweep(parent, uri, pd.DataFrame(rows), pd.DataFrame(), ["backbone.lr"])
 
 
-def test_training_curves_show_single_epoch_runs_and_one_legend_entry_per_configuration(
-        tmp_path):
+def test_training_curves_show_single_epoch_runs_and_one_legend_entry_per_configuration(tmp_path):
     sweep = _store_with_configs(tmp_path, n_configs=12, seeds=2, epochs=1)
     fig = training_curves_figure(sweep)
     for ax in fig.axes[:2]:
@@ -76,20 +102,36 @@ def test_training_curves_show_single_epoch_runs_and_one_legend_entry_per_configu
         assert all(line.get_marker() == "o" and len(line.get_xdata()) == 1 for line in lines)
     labels = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
     assert len(labels) == 12 and all(label.endswith("(n=2)") for label in labels)
-    assert len({line.get_color() for line in fig.axes[0].get_lines()
-                if not line.get_label().startswith("_")}) == 12
+    assert (
+        len(
+            {
+                line.get_color()
+                for line in fig.axes[0].get_lines()
+                if not line.get_label().startswith("_")
+            }
+        )
+        == 12
+    )
 
 
 def test_an_optuna_report_groups_by_every_swept_parameter():
     # Every trial has its own lr, so lr alone would tell the runs apart; nu_init is swept too.
-    df = pd.DataFrame({
-        "param:seed": ["0"] * 4,
-        "param:backbone.lr": ["0.01", "0.001", "0.0001", "0.002"],
-        "param:madcluster.nu_init": ["0.3", "0.3", "0.5", "0.5"],
-        "param:train.epochs": ["1"] * 4,
-        "overrides": [f"backbone.lr={lr} madcluster.nu_init={nu} train.epochs=1"
-                      for lr, nu in (("0.01", "0.3"), ("0.001", "0.3"), ("0.0001", "0.5"),
-                                     ("0.002", "0.5"))],
-    })
+    df = pd.DataFrame(
+        {
+            "param:seed": ["0"] * 4,
+            "param:backbone.lr": ["0.01", "0.001", "0.0001", "0.002"],
+            "param:madcluster.nu_init": ["0.3", "0.3", "0.5", "0.5"],
+            "param:train.epochs": ["1"] * 4,
+            "overrides": [
+                f"backbone.lr={lr} madcluster.nu_init={nu} train.epochs=1"
+                for lr, nu in (
+                    ("0.01", "0.3"),
+                    ("0.001", "0.3"),
+                    ("0.0001", "0.5"),
+                    ("0.002", "0.5"),
+                )
+            ],
+        }
+    )
     assert sweep_factors(df) == ["backbone.lr", "madcluster.nu_init"]
     assert sweep_factors(df.drop(columns="overrides")) == ["backbone.lr"]

@@ -1,5 +1,6 @@
 """Re-running in a run directory: resume only the same configuration (train.epochs may grow);
 anything else stops before any work, naming the keys and the two ways out."""
+
 from __future__ import annotations
 
 import json
@@ -11,16 +12,28 @@ from mlflow.tracking import MlflowClient
 
 from madcluster_exp.identity import config_id, resume_conflicts
 
-TINY = ["dataset.n_entities=1", "dataset.train_length=400", "dataset.test_length=300",
-        "dataset.n_channels=3", "backbone.window=16", "train.patience=null",
-        "tracking.plots=false", "train.progress=line"]
+TINY = [
+    "dataset.n_entities=1",
+    "dataset.train_length=400",
+    "dataset.test_length=300",
+    "dataset.n_channels=3",
+    "backbone.window=16",
+    "train.patience=null",
+    "tracking.plots=false",
+    "train.progress=line",
+]
 
 
 def _cli(tmp_path, *args):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    return subprocess.run([sys.executable, "-m", "madcluster_exp", *TINY, *args,
-                           "hydra.run.dir=outputs/job"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "madcluster_exp", *TINY, *args, "hydra.run.dir=outputs/job"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def _runs(tmp_path):
@@ -42,8 +55,13 @@ def test_rerun_resumes_only_the_same_config_and_the_mlflow_params_stay_true(tmp_
     other = _cli(tmp_path, "train.epochs=1", "seed=1", "backbone.lr=0.01")
     assert other.returncode == 2, other.stderr[-3000:]
     assert "Traceback" not in other.stderr
-    for text in ("seed: 0 -> 1", "backbone.lr: 0.001 -> 0.01", "train.resume=false",
-                 "hydra.run.dir=", run_id):
+    for text in (
+        "seed: 0 -> 1",
+        "backbone.lr: 0.001 -> 0.01",
+        "train.resume=false",
+        "hydra.run.dir=",
+        run_id,
+    ):
         assert text in other.stderr, text
     client, runs = _runs(tmp_path)
     assert [r.info.run_id for r in runs] == [run_id]
@@ -81,14 +99,27 @@ def test_rerun_resumes_only_the_same_config_and_the_mlflow_params_stay_true(tmp_
 
 
 def test_resume_conflicts_ignore_non_identifying_keys_and_let_epochs_grow():
-    old = {"seed": 0, "train.epochs": 2, "tracking.plots": True, "paths.output_dir": "a",
-           "train.progress": "bar", "threshold.kind": "pot"}
-    same = {**old, "tracking.plots": False, "paths.output_dir": "b", "train.progress": "none",
-            "train.epochs": 5}
+    old = {
+        "seed": 0,
+        "train.epochs": 2,
+        "tracking.plots": True,
+        "paths.output_dir": "a",
+        "train.progress": "bar",
+        "threshold.kind": "pot",
+    }
+    same = {
+        **old,
+        "tracking.plots": False,
+        "paths.output_dir": "b",
+        "train.progress": "none",
+        "train.epochs": 5,
+    }
     assert resume_conflicts(old, same) == []
     changed = {**old, "threshold.kind": "spot", "madcluster.k": 3}
     assert resume_conflicts(old, changed) == [
-        "madcluster.k: '<absent>' -> 3", "threshold.kind: 'pot' -> 'spot'"]
+        "madcluster.k: '<absent>' -> 3",
+        "threshold.kind: 'pot' -> 'spot'",
+    ]
 
 
 def test_config_id_is_shared_by_seeds_and_differs_between_configurations():
@@ -102,16 +133,27 @@ def test_run_names_tell_configurations_apart_and_seeds_share_the_config_id():
     from madcluster_exp.run import run_name
     from tests.conftest import compose_config
 
-    variants = [[], ["madcluster.k=3"], ["madcluster.objective=soft-boundary"],
-                ["backbone.objective=soft-boundary"], ["debug=fast"],
-                ["hparams_search=optuna_val", "backbone.lr=0.0042", "madcluster.nu_init=0.31"],
-                ["hparams_search=optuna_val", "backbone.lr=0.0042", "madcluster.nu_init=0.32"]]
+    variants = [
+        [],
+        ["madcluster.k=3"],
+        ["madcluster.objective=soft-boundary"],
+        ["backbone.objective=soft-boundary"],
+        ["debug=fast"],
+        ["hparams_search=optuna_val", "backbone.lr=0.0042", "madcluster.nu_init=0.31"],
+        ["hparams_search=optuna_val", "backbone.lr=0.0042", "madcluster.nu_init=0.32"],
+    ]
     names = [run_name(compose_config(v)) for v in variants]
     assert len(set(names)) == len(names), names
     assert names[0].startswith("deepsvdd-synthetic-on-") and names[0].endswith("-s0")
     assert names[5].endswith("-s0-optuna")
     seed1 = run_name(compose_config(["madcluster.k=3", "seed=1"]))
-    assert seed1 == names[1][:-len("s0")] + "s1"
+    assert seed1 == names[1][: -len("s0")] + "s1"
     # Where records go and how progress shows change no name.
-    assert run_name(compose_config(["tracking.plots=false", "train.progress=none",
-                                    "paths.output_dir=elsewhere"])) == names[0]
+    assert (
+        run_name(
+            compose_config(
+                ["tracking.plots=false", "train.progress=none", "paths.output_dir=elsewhere"]
+            )
+        )
+        == names[0]
+    )

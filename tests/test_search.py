@@ -1,5 +1,6 @@
 """Hyper-parameter search on injected validation anomalies: the injection, the objective, the
 checks before a search, a study shared by two sweep processes on PostgreSQL, and its report."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,14 @@ from .conftest import FAST
 def _split(n=400, n_ch=4, entities=2, seed=0) -> SeriesSplit:
     rng = np.random.default_rng(seed)
     t = np.arange(n)[:, None]
-    parts = [(f"e{i}", np.sin(2 * np.pi * t / rng.uniform(20, 60, n_ch)) + 0.05 *
-              rng.normal(size=(n, n_ch)), None) for i in range(entities)]
+    parts = [
+        (
+            f"e{i}",
+            np.sin(2 * np.pi * t / rng.uniform(20, 60, n_ch)) + 0.05 * rng.normal(size=(n, n_ch)),
+            None,
+        )
+        for i in range(entities)
+    ]
     return SeriesSplit.concat(parts, "val.csv")
 
 
@@ -41,13 +48,13 @@ def test_injection_labels_every_changed_row_and_leaves_the_input_alone():
     assert not changed[out.split.labels == 0].any()  # nothing changes outside the labels
     assert {a.kind for a in out.anomalies} == set(INJECTED_KINDS)
     for seg in split.segments:
-        labelled = out.split.labels[seg.start:seg.end].sum()
+        labelled = out.split.labels[seg.start : seg.end].sum()
         assert 0.1 * seg.length <= labelled <= 0.1 * seg.length + 50  # one event over at most
     events = sorted(out.anomalies, key=lambda a: a.start)
     for a in events:
         seg = next(s for s in split.segments if s.name == a.entity)
         assert seg.start + MARGIN <= a.start < a.end <= seg.end - MARGIN  # inside its entity
-        assert out.split.labels[a.start:a.end].all()
+        assert out.split.labels[a.start : a.end].all()
     for a, b in zip(events, events[1:]):
         assert b.start - a.end >= MARGIN  # normal context between events
     assert out.split.labels.sum() == sum(a.end - a.start for a in events)
@@ -70,26 +77,29 @@ def test_each_kind_changes_the_series_as_documented(kind):
     assert out.anomalies and {a.kind for a in out.anomalies} == {kind}
     for a in out.anomalies:
         ch = list(a.channels)
-        diff = out.split.values[a.start:a.end, ch] - clean[a.start:a.end, ch]
+        diff = out.split.values[a.start : a.end, ch] - clean[a.start : a.end, ch]
         others = [c for c in range(4) if c not in ch]
-        np.testing.assert_array_equal(out.split.values[a.start:a.end, others],
-                                      clean[a.start:a.end, others])
+        np.testing.assert_array_equal(
+            out.split.values[a.start : a.end, others], clean[a.start : a.end, others]
+        )
         if kind == "spike":
             assert a.end - a.start == 1 and len(ch) == 1
             assert 4.0 <= abs(diff[0, 0]) / std[ch[0]] <= 7.0
         elif kind == "level_shift":
             assert 1 <= len(ch) <= 3
             np.testing.assert_allclose(diff, np.broadcast_to(diff[0], diff.shape), atol=1e-5)
-            assert np.all((np.abs(diff[0]) / std[ch] >= 2.0 - 1e-4)
-                          & (np.abs(diff[0]) / std[ch] <= 4.0 + 1e-4))
+            assert np.all(
+                (np.abs(diff[0]) / std[ch] >= 2.0 - 1e-4)
+                & (np.abs(diff[0]) / std[ch] <= 4.0 + 1e-4)
+            )
         elif kind == "contextual":  # values of the channel's normal range, wrong rhythm
-            seg = out.split.values[a.start:a.end, ch]
+            seg = out.split.values[a.start : a.end, ch]
             assert np.all(seg >= clean[:, ch].min(axis=0) - 1e-5)
             assert np.all(seg <= clean[:, ch].max(axis=0) + 1e-5)
             assert np.abs(diff).max() > 0.2
         else:  # collective: half the channels at least two, flat with a little noise
             assert len(ch) >= 2
-            flat = out.split.values[a.start:a.end, ch].std(axis=0) / std[ch]
+            flat = out.split.values[a.start : a.end, ch].std(axis=0) / std[ch]
             assert np.all(flat < 0.2)
 
 
@@ -103,8 +113,11 @@ def test_bad_inject_and_objective_settings_are_refused_naming_the_key(make_cfg):
         validate(make_cfg("search.inject.kinds=[spike,ramp]"))
     with pytest.raises(ConfigError, match=r"search\.inject\.ratio=0\.6"):
         validate(make_cfg("search.inject.ratio=0.6"))
-    with pytest.raises(ConfigError, match=r"search\.objective='test_f1': expected one of "
-                                          r"val_loss, val_injected_vus_pr"):
+    with pytest.raises(
+        ConfigError,
+        match=r"search\.objective='test_f1': expected one of "
+        r"val_loss, val_injected_vus_pr",
+    ):
         validate(make_cfg("search.objective=test_f1"))
 
 
@@ -118,14 +131,23 @@ def test_the_injected_objective_does_not_move_when_the_score_scale_does(make_cfg
     labels = np.zeros(600, np.int8)
     labels[100:130] = labels[400:402] = 1
     val = {"backbone": rng.gamma(2.0, 1.0, 600), "madcluster": rng.gamma(2.0, 1.0, 600)}
-    inj = {k: v + 3.0 * labels * rng.uniform(0, 1, 600) for k, v in
-           {"backbone": rng.gamma(2.0, 1.0, 600), "madcluster": rng.gamma(2.0, 1.0, 600)}.items()}
+    inj = {
+        k: v + 3.0 * labels * rng.uniform(0, 1, 600)
+        for k, v in {
+            "backbone": rng.gamma(2.0, 1.0, 600),
+            "madcluster": rng.gamma(2.0, 1.0, 600),
+        }.items()
+    }
     base = injected_metrics(labels, injected_score(cfg, val, inj), 100)
     assert 0.0 < base["val_injected/vus_pr"] < 1.0
     for scale in (1e-3, 50.0):
-        scaled = injected_metrics(labels, injected_score(
-            cfg, {k: scale * v for k, v in val.items()}, {k: scale * v for k, v in inj.items()}),
-            100)
+        scaled = injected_metrics(
+            labels,
+            injected_score(
+                cfg, {k: scale * v for k, v in val.items()}, {k: scale * v for k, v in inj.items()}
+            ),
+            100,
+        )
         for key, value in base.items():
             assert scaled[key] == pytest.approx(value, abs=1e-9), key
 
@@ -133,8 +155,9 @@ def test_the_injected_objective_does_not_move_when_the_score_scale_does(make_cfg
 def test_a_job_scores_injected_validation_anomalies_and_logs_the_objective(make_cfg):
     from madcluster_exp.run import run
 
-    cfg = make_cfg("search.objective=val_injected_vus_pr", "train.epochs=1",
-                   "tracking.backend=none")
+    cfg = make_cfg(
+        "search.objective=val_injected_vus_pr", "train.epochs=1", "tracking.backend=none"
+    )
     result = run(cfg, verbose=False)
     for key in ("vus_pr", "auc_pr", "auc_roc", "vus_roc"):
         assert 0.0 < result.metrics[f"val_injected/{key}"] <= 1.0
@@ -142,8 +165,9 @@ def test_a_job_scores_injected_validation_anomalies_and_logs_the_objective(make_
     expected = inject(_val_split(cfg), 0.1, INJECTED_KINDS, seed=0).split.labels
     np.testing.assert_array_equal(scores["val_injected_label"], expected)
     assert len(scores["val_injected_score"]) == len(scores["val_score"])
-    again = injected_metrics(scores["val_injected_label"], scores["val_injected_score"],
-                             int(cfg.metrics.range_window))
+    again = injected_metrics(
+        scores["val_injected_label"], scores["val_injected_score"], int(cfg.metrics.range_window)
+    )
     assert again["val_injected/vus_pr"] == pytest.approx(result.metrics["val_injected/vus_pr"])
 
 
@@ -158,9 +182,12 @@ def _val_split(cfg):
 
 # ------------------------------------------------------------------------------------- checks
 def test_a_search_whose_direction_contradicts_its_objective_is_refused():
-    with pytest.raises(ConfigError, match=r"hydra\.sweeper\.direction=minimize with search\."
-                                          r"objective=val_injected_vus_pr.*expected hydra\."
-                                          r"sweeper\.direction=maximize"):
+    with pytest.raises(
+        ConfigError,
+        match=r"hydra\.sweeper\.direction=minimize with search\."
+        r"objective=val_injected_vus_pr.*expected hydra\."
+        r"sweeper\.direction=maximize",
+    ):
         check_search("val_injected_vus_pr", "minimize", None, "s")
     with pytest.raises(ConfigError, match="without hydra.sweeper.study_name"):
         check_search("val_loss", ["minimize"], "postgresql://h/optuna", None)
@@ -168,8 +195,9 @@ def test_a_search_whose_direction_contradicts_its_objective_is_refused():
 
 
 def test_postgres_storage_urls_get_the_installed_driver():
-    assert sqlalchemy_url("postgresql://u:p@h:5432/optuna") == \
-        "postgresql+psycopg://u:p@h:5432/optuna"
+    assert (
+        sqlalchemy_url("postgresql://u:p@h:5432/optuna") == "postgresql+psycopg://u:p@h:5432/optuna"
+    )
     assert sqlalchemy_url("postgres://h/o") == "postgresql+psycopg://h/o"
     for same in ("postgresql+psycopg://h/o", "sqlite:///x.db", None):
         assert sqlalchemy_url(same) == same
@@ -184,20 +212,25 @@ def test_a_stored_study_is_created_once_and_kept_to_its_direction(postgres_uri):
     prepare_study(storage, "s", ["maximize"])
     assert prepare_study(storage, "s", ["maximize"]).direction.name == "MAXIMIZE"
     assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == ["s"]
-    with pytest.raises(ConfigError, match=r"study .s. in .*direction maximize, but this search "
-                                          r"would minimize; choose another "
-                                          r"hydra\.sweeper\.study_name"):
+    with pytest.raises(
+        ConfigError,
+        match=r"study .s. in .*direction maximize, but this search "
+        r"would minimize; choose another "
+        r"hydra\.sweeper\.study_name",
+    ):
         prepare_study(storage, "s", ["minimize"])
 
 
 # ------------------------------------------------------------------------------ shared study
 def _env():
-    return {k: v for k, v in os.environ.items()
-            if k not in ("MLFLOW_TRACKING_URI", "MADCLUSTER_OPTUNA_STORAGE")}
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MLFLOW_TRACKING_URI", "MADCLUSTER_OPTUNA_STORAGE")
+    }
 
 
-def test_two_sweep_processes_share_one_study_in_postgres_and_lose_no_trial(tmp_path,
-                                                                          postgres_uri):
+def test_two_sweep_processes_share_one_study_in_postgres_and_lose_no_trial(tmp_path, postgres_uri):
     import optuna
     from mlflow.tracking import MlflowClient
 
@@ -208,18 +241,36 @@ def test_two_sweep_processes_share_one_study_in_postgres_and_lose_no_trial(tmp_p
     ensure_database(mlflow_uri)
     try:
         storage = sqlalchemy_url(postgres_uri)
-        args = [*FAST, "train.epochs=1", "hparams_search=optuna_injected",
-                "hydra.sweeper.n_trials=2", "hydra.sweeper.study_name=shared",
-                f"tracking.uri={mlflow_uri}"]
+        args = [
+            *FAST,
+            "train.epochs=1",
+            "hparams_search=optuna_injected",
+            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.study_name=shared",
+            f"tracking.uri={mlflow_uri}",
+        ]
         MlflowClient(mlflow_uri).create_experiment("madcluster_exp")  # the team's store exists
         procs = []
         # One process names the storage as a person would (postgresql://), one as SQLAlchemy.
         for name, url in (("a", postgres_uri), ("b", storage)):
             (tmp_path / name).mkdir()
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "madcluster_exp", "-m", *args,
-                 f"hydra.sweeper.storage={url}"], cwd=tmp_path / name, env=_env(),
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "madcluster_exp",
+                        "-m",
+                        *args,
+                        f"hydra.sweeper.storage={url}",
+                    ],
+                    cwd=tmp_path / name,
+                    env=_env(),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+            )
         outs = [p.communicate(timeout=900)[0] for p in procs]
         for p, out in zip(procs, outs):
             assert p.returncode == 0, out[-3000:]
@@ -235,8 +286,9 @@ def test_two_sweep_processes_share_one_study_in_postgres_and_lose_no_trial(tmp_p
         exp = client.get_experiment_by_name("madcluster_exp")
         runs = client.search_runs([exp.experiment_id], max_results=100)
         parents = [r for r in runs if r.data.tags.get("sweep") == "parent"]
-        children = {int(r.data.tags["optuna.trial"]): r for r in runs
-                    if "mlflow.parentRunId" in r.data.tags}
+        children = {
+            int(r.data.tags["optuna.trial"]): r for r in runs if "mlflow.parentRunId" in r.data.tags
+        }
         assert len(parents) == 2 and len(runs) == 6 and sorted(children) == [0, 1, 2, 3]
         a, b = (p.info for p in parents)
         assert a.start_time < b.end_time and b.start_time < a.end_time  # ran at once
@@ -251,11 +303,24 @@ def test_two_sweep_processes_share_one_study_in_postgres_and_lose_no_trial(tmp_p
             assert run.data.tags["optuna.study"] == "shared"
 
         # The report of either process's sweep covers the whole study.
-        (sweep_dir,) = [p.parent for p in (tmp_path / "a").glob(
-            "outputs/multiruns/*/*/mlflow_parent.json")]
-        rep = subprocess.run([sys.executable, "-m", "madcluster_exp.report", str(sweep_dir),
-                              "log=false", f"storage={storage}"], cwd=tmp_path / "a", env=_env(),
-                             capture_output=True, text=True, timeout=300)
+        (sweep_dir,) = [
+            p.parent for p in (tmp_path / "a").glob("outputs/multiruns/*/*/mlflow_parent.json")
+        ]
+        rep = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "madcluster_exp.report",
+                str(sweep_dir),
+                "log=false",
+                f"storage={storage}",
+            ],
+            cwd=tmp_path / "a",
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert rep.returncode == 0, rep.stderr[-3000:]
         assert "4 trials (4 complete) from 2 sweep process(es)" in rep.stdout
         _check_report(tmp_path / "a", study.best_trial.number, children, "maximize")
@@ -275,8 +340,9 @@ def _check_report(cwd: Path, best: int, children: dict, direction: str) -> None:
     chosen = json.loads((report_dir / "search_chosen.json").read_text())
     run = children[best]
     assert chosen["trial"] == best and chosen["run_id"] == run.info.run_id
-    assert chosen["test"] and all(math.isclose(v, run.data.metrics[k])
-                                  for k, v in chosen["test"].items())
+    assert chosen["test"] and all(
+        math.isclose(v, run.data.metrics[k]) for k, v in chosen["test"].items()
+    )
     md = (report_dir / "report.md").read_text()
     assert f"| test/vus_pr | {run.data.metrics['test/vus_pr']:.4f} |" in md
     assert md.count("| test/") == len(chosen["test"])  # one trial's test metrics, no more

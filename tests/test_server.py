@@ -1,60 +1,77 @@
 """The team tracking server for real: `mlflow server` over a fresh PostgreSQL database (created
 and dropped by the test), a parallel sweep logged through it and read back over REST, and a
 SQLite store moved into it."""
+
 from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from madcluster_exp.tracking import MLflowTracker
 from madcluster_exp.tracking.migrate import migrate
 from madcluster_exp.tracking.server import ServerError, wait_until_ready
-from tests.conftest import free_port as _free_port
 from tests.conftest import FAST
-
+from tests.conftest import free_port as _free_port
 
 
 def _post(base, path, body):
-    req = urllib.request.Request(f"{base}{path}", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"}, method="POST")
+    req = urllib.request.Request(
+        f"{base}{path}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
     with urllib.request.urlopen(req, timeout=60) as resp:
         return json.loads(resp.read())
 
 
 def _get(base, route, **query):
-    with urllib.request.urlopen(f"{base}{route}?{urllib.parse.urlencode(query)}",
-                                timeout=60) as resp:
+    with urllib.request.urlopen(
+        f"{base}{route}?{urllib.parse.urlencode(query)}", timeout=60
+    ) as resp:
         return resp.read()
 
 
 def _all_runs(base, experiment="madcluster_exp"):
     exps = _post(base, "/api/2.0/mlflow/experiments/search", {"max_results": 100})
     exp_id = next(e["experiment_id"] for e in exps["experiments"] if e["name"] == experiment)
-    return _post(base, "/api/2.0/mlflow/runs/search",
-                 {"experiment_ids": [exp_id], "max_results": 1000})["runs"]
+    return _post(
+        base, "/api/2.0/mlflow/runs/search", {"experiment_ids": [exp_id], "max_results": 1000}
+    )["runs"]
 
 
 def _tags(run):
     return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
 
 
-def test_parallel_sweep_of_8_jobs_reads_back_over_rest_none_lost_none_duplicated(tmp_path,
-                                                                                  server):
+def test_parallel_sweep_of_8_jobs_reads_back_over_rest_none_lost_none_duplicated(tmp_path, server):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["MLFLOW_TRACKING_URI"] = server
-    out = subprocess.run([sys.executable, "-m", "madcluster_exp", "-m", *FAST, "train.epochs=1",
-                          "madcluster=off,on", "seed=0,1,2,3", "hydra/launcher=joblib",
-                          "hydra.launcher.n_jobs=2"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=1800)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "madcluster_exp",
+            "-m",
+            *FAST,
+            "train.epochs=1",
+            "madcluster=off,on",
+            "seed=0,1,2,3",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     runs = _all_runs(server)
     parents = [r for r in runs if _tags(r).get("sweep") == "parent"]
@@ -81,8 +98,12 @@ def test_sqlite_store_moves_into_the_server_with_history_links_and_artifacts(tmp
     parent = MLflowTracker(sqlite, "madcluster_exp", artifact_root=tmp_path / "art")
     parent.start("sweep-x", {}, {"sweep": "parent"})
     child = MLflowTracker(sqlite, "madcluster_exp", artifact_root=tmp_path / "art")
-    child.start("deepsvdd-synthetic-on-s0", {"seed": 0, "madcluster.k": 3}, {"seed": "0"},
-                parent_run_id=parent.run_id)
+    child.start(
+        "deepsvdd-synthetic-on-s0",
+        {"seed": 0, "madcluster.k": 3},
+        {"seed": "0"},
+        parent_run_id=parent.run_id,
+    )
     for step in range(3):
         child.log_metrics({"train/loss": 1.0 / (step + 1)}, step=step)
     note = tmp_path / "note.txt"
@@ -100,10 +121,19 @@ def test_sqlite_store_moves_into_the_server_with_history_links_and_artifacts(tmp
     assert _tags(new_child)["mlflow.parentRunId"] == runs["sweep-x"]["info"]["run_id"]
     params = {p["key"]: p["value"] for p in new_child["data"]["params"]}
     assert params == {"seed": "0", "madcluster.k": "3"}
-    history = json.loads(_get(server, "/api/2.0/mlflow/metrics/get-history",
-                              run_id=new_child["info"]["run_id"], metric_key="train/loss"))
-    assert [(m["step"], m["value"]) for m in history["metrics"]] == \
-        [(0, 1.0), (1, 0.5), (2, pytest.approx(1 / 3))]
+    history = json.loads(
+        _get(
+            server,
+            "/api/2.0/mlflow/metrics/get-history",
+            run_id=new_child["info"]["run_id"],
+            metric_key="train/loss",
+        )
+    )
+    assert [(m["step"], m["value"]) for m in history["metrics"]] == [
+        (0, 1.0),
+        (1, 0.5),
+        (2, pytest.approx(1 / 3)),
+    ]
     got = _get(server, "/get-artifact", path="note.txt", run_id=new_child["info"]["run_id"])
     assert got == b"kept"
 

@@ -1,9 +1,10 @@
 """Multirun sweeps as MLflow parent/child runs, failures, Ctrl-C, a real mlflow server, reports."""
+
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -15,9 +16,17 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-FAST = ["dataset.n_entities=2", "dataset.train_length=600", "dataset.test_length=600",
-        "dataset.n_channels=3", "backbone.window=16", "train.epochs=1", "train.patience=null",
-        "tracking.plots=false", "train.progress=line"]
+FAST = [
+    "dataset.n_entities=2",
+    "dataset.train_length=600",
+    "dataset.test_length=600",
+    "dataset.n_channels=3",
+    "backbone.window=16",
+    "train.epochs=1",
+    "train.patience=null",
+    "tracking.plots=false",
+    "train.progress=line",
+]
 
 
 def _env(**extra):
@@ -27,8 +36,14 @@ def _env(**extra):
 
 
 def _cli(args, cwd, timeout=600, **env):
-    return subprocess.run([sys.executable, "-m", "madcluster_exp", *args], cwd=cwd,
-                          env=_env(**env), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "madcluster_exp", *args],
+        cwd=cwd,
+        env=_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _runs(uri):
@@ -43,8 +58,17 @@ def _sweep_dir(cwd: Path) -> Path:
 
 
 def test_joblib_sweep_8_jobs_2_parallel_gives_one_parent_and_8_children(tmp_path):
-    out = _cli(["-m", *FAST, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                "madcluster=off,on", "seed=0,1,2,3"], tmp_path)
+    out = _cli(
+        [
+            "-m",
+            *FAST,
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            "madcluster=off,on",
+            "seed=0,1,2,3",
+        ],
+        tmp_path,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     client, runs = _runs(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
     parents = [r for r in runs if r.data.tags.get("sweep") == "parent"]
@@ -55,14 +79,18 @@ def test_joblib_sweep_8_jobs_2_parallel_gives_one_parent_and_8_children(tmp_path
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     assert sorted(c.info.run_name for c in children) == sorted(
         f"deepsvdd-synthetic-{c.data.tags['madcluster']}-{c.data.tags['config_id']}"
-        f"-s{c.data.tags['seed']}" for c in children)
+        f"-s{c.data.tags['seed']}"
+        for c in children
+    )
     assert len({c.info.run_name for c in children}) == 8
     assert len({c.data.tags["config_id"] for c in children}) == 2  # off and on
     assert sorted(int(c.data.tags["hydra.job.num"]) for c in children) == list(range(8))
     for c in children:
         assert c.info.status == "FINISHED"
         assert {"git_commit", "protocol", "threshold.kind", "hydra.overrides"} <= set(c.data.tags)
-        assert c.data.params["seed"] == c.data.tags["seed"]  # own identifying params, no inheritance
+        assert (
+            c.data.params["seed"] == c.data.tags["seed"]
+        )  # own identifying params, no inheritance
         assert c.data.params["torch_threads"] == str(max(1, (os.cpu_count() or 1) // 2))
         assert "test/vus_pr" in c.data.metrics
 
@@ -72,7 +100,9 @@ def test_a_failing_job_is_marked_failed_and_the_sweep_goes_on(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "marked FAILED, sweep continues" in out.stdout + out.stderr
     client, runs = _runs(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
-    children = {r.data.tags["hydra.job.num"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    children = {
+        r.data.tags["hydra.job.num"]: r for r in runs if "mlflow.parentRunId" in r.data.tags
+    }
     assert children["0"].info.status == "FINISHED"
     failed = children["1"]
     assert failed.info.status == "FAILED" and "entity-9" in failed.data.tags["error"]
@@ -83,9 +113,21 @@ def test_a_failing_job_is_marked_failed_and_the_sweep_goes_on(tmp_path):
 
 def test_ctrl_c_marks_the_running_run_killed(tmp_path):
     db = tmp_path / "outputs" / "mlflow.db"
-    proc = subprocess.Popen([sys.executable, "-m", "madcluster_exp", *FAST, "train.epochs=500",
-                             "dataset.train_length=3000"], cwd=tmp_path, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "madcluster_exp",
+            *FAST,
+            "train.epochs=500",
+            "dataset.train_length=3000",
+        ],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.time() + 120
     for line in proc.stdout:  # wait until training is under way
         if line.startswith("epoch 2/") or time.time() > deadline:
@@ -105,8 +147,12 @@ def _free_port() -> int:
 
 
 def _rest(base, path, body):
-    req = urllib.request.Request(f"{base}{path}", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"}, method="POST")
+    req = urllib.request.Request(
+        f"{base}{path}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
     with urllib.request.urlopen(req, timeout=30) as resp:
         return json.loads(resp.read())
 
@@ -115,11 +161,25 @@ def test_sweep_logged_to_a_real_mlflow_server_reads_back_over_rest(tmp_path):
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts")],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         for _ in range(120):
             try:
@@ -133,10 +193,12 @@ def test_sweep_logged_to_a_real_mlflow_server_reads_back_over_rest(tmp_path):
         out = _cli(["-m", *FAST, "madcluster=off,on"], tmp_path, MLFLOW_TRACKING_URI=base)
         assert out.returncode == 0, out.stderr[-3000:]
         exps = _rest(base, "/api/2.0/mlflow/experiments/search", {"max_results": 10})
-        exp_id = next(e["experiment_id"] for e in exps["experiments"]
-                      if e["name"] == "madcluster_exp")
-        found = _rest(base, "/api/2.0/mlflow/runs/search",
-                      {"experiment_ids": [exp_id], "max_results": 100})["runs"]
+        exp_id = next(
+            e["experiment_id"] for e in exps["experiments"] if e["name"] == "madcluster_exp"
+        )
+        found = _rest(
+            base, "/api/2.0/mlflow/runs/search", {"experiment_ids": [exp_id], "max_results": 100}
+        )["runs"]
         names = sorted(r["info"]["run_name"] for r in found)
         assert names[:2] == ["deepsvdd-synthetic-off-s0", "deepsvdd-synthetic-on-s0"]
         assert names[2].startswith("sweep-")
@@ -153,9 +215,20 @@ def test_report_from_a_sweep_dir_writes_tables_plots_and_logs_them(tmp_path):
     out = _cli(["-m", *FAST, "madcluster=off,on", "seed=0,1", "madcluster.k=1"], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     sweep = _sweep_dir(tmp_path)
-    rep = subprocess.run([sys.executable, "-m", "madcluster_exp.report", str(sweep),
-                          "report.metrics=[test/f1,test/auc_roc]"], cwd=tmp_path, env=_env(),
-                         capture_output=True, text=True, timeout=300)
+    rep = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "madcluster_exp.report",
+            str(sweep),
+            "report.metrics=[test/f1,test/auc_roc]",
+        ],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert rep.returncode == 0, rep.stderr[-3000:]
     parent = json.loads((sweep / "mlflow_parent.json").read_text())["run_id"]
     out_dir = tmp_path / "outputs" / "reports" / parent
@@ -165,6 +238,7 @@ def test_report_from_a_sweep_dir_writes_tables_plots_and_logs_them(tmp_path):
     assert "| madcluster.enabled | n | test/f1 | test/auc_roc |" in md
     assert "on − off" in md and "pairs" in md
     import pandas as pd
+
     onoff = pd.read_csv(out_dir / "onoff.csv")
     assert onoff["pairs"].tolist() == [2]
     # Error bars: the std over seeds of each side; 2 pairs are too few for a paired test.
@@ -174,18 +248,28 @@ def test_report_from_a_sweep_dir_writes_tables_plots_and_logs_them(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
     logged = {a.path for a in client.list_artifacts(parent, "report")}
     assert "report/report.md" in logged and "report/onoff_bars.png" in logged
-    bad = subprocess.run([sys.executable, "-m", "madcluster_exp.report", str(sweep),
-                          "report.metrics=[test/nope]"], cwd=tmp_path, env=_env(),
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "madcluster_exp.report", str(sweep), "report.metrics=[test/nope]"],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "test/nope" in bad.stderr
 
 
 def test_k_sweep_report_has_curves(tmp_path):
     out = _cli(["-m", *FAST, "madcluster.k=1,2,3"], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    rep = subprocess.run([sys.executable, "-m", "madcluster_exp.report", str(_sweep_dir(tmp_path)),
-                          "log=false"], cwd=tmp_path, env=_env(), capture_output=True, text=True,
-                         timeout=300)
+    rep = subprocess.run(
+        [sys.executable, "-m", "madcluster_exp.report", str(_sweep_dir(tmp_path)), "log=false"],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert rep.returncode == 0, rep.stderr[-3000:]
     assert "| madcluster.k | n |" in rep.stdout
     assert list((tmp_path / "outputs" / "reports").glob("*/k_sweep.png"))
@@ -212,16 +296,25 @@ def test_optuna_search_minimises_the_validation_loss(tmp_path):
     assert {c.data.params["madcluster.tau"] for c in children} == {"0.01"}
     assert {c.data.params["madcluster.nu_init"] for c in children} == {"0.5"}
     # The search's report: each trial's objective, the chosen one's test metrics only.
-    rep = subprocess.run([sys.executable, "-m", "madcluster_exp.report", str(_sweep_dir(tmp_path)),
-                          "log=false"], cwd=tmp_path, env=_env(), capture_output=True, text=True,
-                         timeout=300)
+    rep = subprocess.run(
+        [sys.executable, "-m", "madcluster_exp.report", str(_sweep_dir(tmp_path)), "log=false"],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert rep.returncode == 0, rep.stderr[-3000:]
     assert "study madcluster_val (in-memory)" in rep.stdout
     from tests.test_search import _check_report
 
     best = min(children, key=lambda c: c.data.metrics["val/best_loss"])
-    _check_report(tmp_path, int(best.data.tags["optuna.trial"]),
-                  {int(c.data.tags["optuna.trial"]): c for c in children}, "minimize")
+    _check_report(
+        tmp_path,
+        int(best.data.tags["optuna.trial"]),
+        {int(c.data.tags["optuna.trial"]): c for c in children},
+        "minimize",
+    )
 
 
 def test_experiment_smoke_is_a_sweep_of_off_on_and_seeds(tmp_path):
@@ -230,9 +323,11 @@ def test_experiment_smoke_is_a_sweep_of_off_on_and_seeds(tmp_path):
     _, runs = _runs(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     names = sorted(r.info.run_name for r in children)
-    assert names == sorted(f"deepsvdd-synthetic-{r.data.tags['madcluster']}-"
-                           f"{r.data.tags['config_id']}-s{r.data.tags['seed']}-smoke"
-                           for r in children)
+    assert names == sorted(
+        f"deepsvdd-synthetic-{r.data.tags['madcluster']}-"
+        f"{r.data.tags['config_id']}-s{r.data.tags['seed']}-smoke"
+        for r in children
+    )
     assert len(set(names)) == 4
 
 
@@ -247,11 +342,25 @@ def test_onoff_experiment_reports_each_arm_against_off_with_its_paired_test(tmp_
     client, runs = _runs(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert sorted(re.sub(r"-[0-9a-f]{6}-s", "-s", c.info.run_name) for c in children) == sorted(
-        f"lstm_ae-synthetic-{arm}-s{s}-onoff" for arm in ("off", "on", "on+backbone_only")
-        for s in range(3))
-    rep = subprocess.run([sys.executable, "-m", "madcluster_exp.report", str(_sweep_dir(tmp_path)),
-                          "report.metrics=[test/auc_roc,test/f1]", "log=false"], cwd=tmp_path,
-                         env=_env(), capture_output=True, text=True, timeout=300)
+        f"lstm_ae-synthetic-{arm}-s{s}-onoff"
+        for arm in ("off", "on", "on+backbone_only")
+        for s in range(3)
+    )
+    rep = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "madcluster_exp.report",
+            str(_sweep_dir(tmp_path)),
+            "report.metrics=[test/auc_roc,test/f1]",
+            "log=false",
+        ],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert rep.returncode == 0, rep.stderr[-3000:]
     (report_dir,) = (tmp_path / "outputs" / "reports").iterdir()
     table = pd.read_csv(report_dir / "onoff.csv").set_index("arm")
@@ -259,13 +368,20 @@ def test_onoff_experiment_reports_each_arm_against_off_with_its_paired_test(tmp_
     assert table["pairs"].tolist() == [3, 3]
 
     def by_seed(name_part):
-        return {int(c.data.params["seed"]): c.data.metrics["test/auc_roc"] for c in children
-                if re.fullmatch(f"lstm_ae-synthetic-{re.escape(name_part)}-[0-9a-f]{{6}}-s\\d-onoff",
-                                c.info.run_name)}
+        return {
+            int(c.data.params["seed"]): c.data.metrics["test/auc_roc"]
+            for c in children
+            if re.fullmatch(
+                f"lstm_ae-synthetic-{re.escape(name_part)}-[0-9a-f]{{6}}-s\\d-onoff",
+                c.info.run_name,
+            )
+        }
 
     off = by_seed("off")
-    for arm, name_part in (("on(combine=sum)", "on"), ("on(combine=backbone_only)",
-                                                      "on+backbone_only")):
+    for arm, name_part in (
+        ("on(combine=sum)", "on"),
+        ("on(combine=backbone_only)", "on+backbone_only"),
+    ):
         on = by_seed(name_part)
         a, b = np.array([on[s] for s in range(3)]), np.array([off[s] for s in range(3)])
         row = table.loc[arm]
@@ -281,8 +397,13 @@ def test_onoff_experiment_reports_each_arm_against_off_with_its_paired_test(tmp_
 
 def _runs_frame(rows):
     import pandas as pd
-    return pd.DataFrame([{f"param:{k}": str(v) for k, v in r.items() if k != "auc"}
-                         | {"test/auc_roc": r["auc"]} for r in rows])
+
+    return pd.DataFrame(
+        [
+            {f"param:{k}": str(v) for k, v in r.items() if k != "auc"} | {"test/auc_roc": r["auc"]}
+            for r in rows
+        ]
+    )
 
 
 def test_onoff_table_pairs_every_arm_with_off_by_seed():
@@ -296,15 +417,32 @@ def test_onoff_table_pairs_every_arm_with_off_by_seed():
     for backbone, shift in (("usad", 0.0), ("lstm_ae", 0.1)):
         for seed in range(3):
             common = {"backbone.name": backbone, "seed": seed}
-            rows += [{**common, "madcluster.enabled": False, "madcluster.combine": "sum",
-                      "auc": off[seed] + shift},
-                     {**common, "madcluster.enabled": True, "madcluster.combine": "sum",
-                      "auc": on_sum[seed] + shift},
-                     {**common, "madcluster.enabled": True, "madcluster.combine": "backbone_only",
-                      "auc": on_bb[seed] + shift}]
+            rows += [
+                {
+                    **common,
+                    "madcluster.enabled": False,
+                    "madcluster.combine": "sum",
+                    "auc": off[seed] + shift,
+                },
+                {
+                    **common,
+                    "madcluster.enabled": True,
+                    "madcluster.combine": "sum",
+                    "auc": on_sum[seed] + shift,
+                },
+                {
+                    **common,
+                    "madcluster.enabled": True,
+                    "madcluster.combine": "backbone_only",
+                    "auc": on_bb[seed] + shift,
+                },
+            ]
     rows = rows[:-1]  # lstm_ae's control arm lost its seed-2 run
-    table = onoff_table(_runs_frame(rows), ["backbone.name", "madcluster.enabled",
-                                            "madcluster.combine"], ["test/auc_roc"])
+    table = onoff_table(
+        _runs_frame(rows),
+        ["backbone.name", "madcluster.enabled", "madcluster.combine"],
+        ["test/auc_roc"],
+    )
     table = table.set_index(["backbone.name", "arm"])
     usad_sum = table.loc[("usad", "on(combine=sum)")]
     assert usad_sum["pairs"] == 3 and usad_sum["madcluster.combine"] == "sum"
@@ -322,11 +460,15 @@ def test_onoff_table_pairs_with_off_runs_of_the_same_plugin_setting_where_off_va
     from madcluster_exp.report_onoff import onoff_table
 
     # A sweep of madcluster=off,on x madcluster.k=1,3: off runs exist for both k.
-    rows = [{"seed": s, "madcluster.enabled": e, "madcluster.k": k, "auc": auc}
-            for s in range(2) for k, base in ((1, 0.5), (3, 0.7))
-            for e, auc in ((False, base + 0.01 * s), (True, base + 0.1 + 0.01 * s))]
-    table = onoff_table(_runs_frame(rows), ["madcluster.enabled", "madcluster.k"],
-                        ["test/auc_roc"]).set_index("arm")
+    rows = [
+        {"seed": s, "madcluster.enabled": e, "madcluster.k": k, "auc": auc}
+        for s in range(2)
+        for k, base in ((1, 0.5), (3, 0.7))
+        for e, auc in ((False, base + 0.01 * s), (True, base + 0.1 + 0.01 * s))
+    ]
+    table = onoff_table(
+        _runs_frame(rows), ["madcluster.enabled", "madcluster.k"], ["test/auc_roc"]
+    ).set_index("arm")
     assert table.loc["on(k=1)", "test/auc_roc off"] == pytest.approx(0.505)
     assert table.loc["on(k=3)", "test/auc_roc off"] == pytest.approx(0.705)
     assert table["test/auc_roc diff"].tolist() == pytest.approx([0.1, 0.1])

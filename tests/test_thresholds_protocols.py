@@ -1,4 +1,5 @@
 """Threshold families, the reference protocol, and re-evaluation from saved scores."""
+
 from __future__ import annotations
 
 import math
@@ -13,10 +14,16 @@ from scipy.stats import genpareto
 from madcluster_exp.evaluation import reference_metrics
 from madcluster_exp.run import run
 from madcluster_exp.scoring.score import window_labels
-from madcluster_exp.scoring.thresholds import (OracleThreshold, PercentileThreshold,
-                                               POTThreshold, SPOTThreshold,
-                                               TransductivePercentileThreshold, fit_gpd,
-                                               fit_threshold, pot_quantile)
+from madcluster_exp.scoring.thresholds import (
+    OracleThreshold,
+    PercentileThreshold,
+    POTThreshold,
+    SPOTThreshold,
+    TransductivePercentileThreshold,
+    fit_gpd,
+    fit_threshold,
+    pot_quantile,
+)
 
 
 @pytest.mark.parametrize("gamma,sigma", [(0.3, 1.5), (-0.2, 1.0), (0.0, 2.0)])
@@ -30,9 +37,12 @@ def test_gpd_fit_matches_scipy_maximum_likelihood(gamma, sigma):
 def test_pot_quantile_by_hand():
     # Exponential tail (gamma = 0): z = t - sigma * log(q n / N_t).
     assert pot_quantile(2.0, 0.0, 0.5, 1e-3, 10_000, 200) == pytest.approx(
-        2.0 - 0.5 * math.log(1e-3 * 10_000 / 200))
+        2.0 - 0.5 * math.log(1e-3 * 10_000 / 200)
+    )
     # gamma != 0: z = t + sigma / gamma * ((q n / N_t)^-gamma - 1)
-    assert pot_quantile(1.0, 0.5, 2.0, 0.01, 1000, 100) == pytest.approx(1.0 + 4.0 * (0.1 ** -0.5 - 1))
+    assert pot_quantile(1.0, 0.5, 2.0, 0.01, 1000, 100) == pytest.approx(
+        1.0 + 4.0 * (0.1**-0.5 - 1)
+    )
 
 
 def test_pot_on_an_exponential_tail_recovers_the_true_quantile():
@@ -62,8 +72,9 @@ def test_families_see_only_what_they_may():
     val, test = np.arange(100.0), np.arange(100.0, 200.0)
     labels = np.r_[np.zeros(90), np.ones(10)].astype(int)
     assert fit_threshold(PercentileThreshold(50), val, test, labels).value == pytest.approx(49.5)
-    assert fit_threshold(TransductivePercentileThreshold(50), val, test, labels).value == \
-        pytest.approx(99.5)
+    assert fit_threshold(
+        TransductivePercentileThreshold(50), val, test, labels
+    ).value == pytest.approx(99.5)
     oracle = fit_threshold(OracleThreshold(), val, test, labels)
     assert oracle.value == 190.0 and oracle.family == "oracle"
     assert oracle.predict(test).sum() == 10  # >= at the best-F1 point
@@ -85,19 +96,28 @@ def test_reference_protocol_predicts_strictly_above_the_best_f1_threshold():
     assert set(metrics) >= {"r_auc_roc", "vus_pr", "affiliation_precision", "auc_pr"}
 
 
-@pytest.mark.parametrize("kind,family", [("pot", "label_free"), ("spot", "streaming"),
-                                         ("transductive", "transductive"), ("oracle", "oracle")])
+@pytest.mark.parametrize(
+    "kind,family",
+    [
+        ("pot", "label_free"),
+        ("spot", "streaming"),
+        ("transductive", "transductive"),
+        ("oracle", "oracle"),
+    ],
+)
 def test_threshold_kinds_run_end_to_end_and_are_tagged(make_cfg, tmp_path, kind, family):
-    result = run(make_cfg(f"threshold={kind}", "train.epochs=1"), output_dir=tmp_path / "j",
-                 verbose=False)
+    result = run(
+        make_cfg(f"threshold={kind}", "train.epochs=1"), output_dir=tmp_path / "j", verbose=False
+    )
     tags = MlflowClient(result.tracking_uri).get_run(result.run_id).data.tags
     assert tags["threshold.kind"] == kind and tags["threshold.family"] == family
     assert 0.0 <= result.metrics["test/f1"] <= 1.0
 
 
 def test_reference_protocol_run_logs_ref_metrics_only(make_cfg, tmp_path):
-    result = run(make_cfg("protocol=reference", "train.epochs=1"), output_dir=tmp_path / "j",
-                 verbose=False)
+    result = run(
+        make_cfg("protocol=reference", "train.epochs=1"), output_dir=tmp_path / "j", verbose=False
+    )
     r = MlflowClient(result.tracking_uri).get_run(result.run_id)
     assert r.data.tags["protocol"] == "reference" and r.data.tags["threshold.kind"] == "oracle"
     keys = set(r.data.metrics)
@@ -110,47 +130,90 @@ def test_reference_protocol_run_logs_ref_metrics_only(make_cfg, tmp_path):
 
 def test_every_run_logs_the_full_suite_and_its_cost(make_cfg, tmp_path):
     result = run(make_cfg("train.epochs=1"), output_dir=tmp_path / "j", verbose=False)
-    for key in ("test/vus_pr", "test/vus_roc", "test/r_auc_roc", "test/r_auc_pr",
-                "test/affiliation_precision", "test/affiliation_recall", "time/metrics_s"):
+    for key in (
+        "test/vus_pr",
+        "test/vus_roc",
+        "test/r_auc_roc",
+        "test/r_auc_pr",
+        "test/affiliation_precision",
+        "test/affiliation_recall",
+        "time/metrics_s",
+    ):
         assert key in result.metrics and np.isfinite(result.metrics[key]), key
 
 
 def test_evaluate_recomputes_from_saved_scores_and_logs_to_the_same_run(make_cfg, tmp_path):
     result = run(make_cfg("train.epochs=1"), output_dir=tmp_path / "j", verbose=False)
-    out = subprocess.run([sys.executable, "-m", "madcluster_exp.evaluate",
-                          f"run={result.output_dir}", "metrics=full"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "madcluster_exp.evaluate",
+            f"run={result.output_dir}",
+            "metrics=full",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "logged" in out.stdout and result.run_id in out.stdout
     client = MlflowClient(result.tracking_uri)
     history = client.get_metric_history(result.run_id, "test/vus_pr")
     assert len(history) == 2 and history[0].value == pytest.approx(history[1].value, abs=1e-12)
     # By run id, with another window: recomputed, not copied.
-    out = subprocess.run([sys.executable, "-m", "madcluster_exp.evaluate",
-                          f"run={result.run_id}", f"uri={result.tracking_uri}", "window=10",
-                          "log=false"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "madcluster_exp.evaluate",
+            f"run={result.run_id}",
+            f"uri={result.tracking_uri}",
+            "window=10",
+            "log=false",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     line = next(l for l in out.stdout.splitlines() if l.strip().startswith("test/vus_pr"))
     assert float(line.split()[1]) != pytest.approx(result.metrics["test/vus_pr"], abs=1e-9)
 
 
 def test_evaluate_names_what_it_could_not_find(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "madcluster_exp.evaluate", "run=abc",
-                          f"uri=sqlite:///{tmp_path / 'x.db'}"], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "madcluster_exp.evaluate",
+            "run=abc",
+            f"uri=sqlite:///{tmp_path / 'x.db'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2 and "'abc' is neither a run directory nor a run id" in out.stderr
-    out = subprocess.run([sys.executable, "-m", "madcluster_exp.evaluate", "foo"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "madcluster_exp.evaluate", "foo"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2 and "unexpected argument 'foo'" in out.stderr
 
 
 # ------------------------------------------------------------------------- score combination
-@pytest.mark.parametrize("overrides, rule", [
-    ([], "sum"),
-    (["protocol=reference"], "product"),  # the reference code multiplies the two scores
-    (["protocol=reference", "madcluster.combine=sum"], "sum"),  # an explicit choice stays
-    (["madcluster.combine=product"], "product"),
-])
+@pytest.mark.parametrize(
+    "overrides, rule",
+    [
+        ([], "sum"),
+        (["protocol=reference"], "product"),  # the reference code multiplies the two scores
+        (["protocol=reference", "madcluster.combine=sum"], "sum"),  # an explicit choice stays
+        (["madcluster.combine=product"], "product"),
+    ],
+)
 def test_the_score_combination_defaults_by_protocol_unless_set(overrides, rule):
     from madcluster_exp.config import combine_rule, resolve_defaults
     from tests.conftest import compose_config
@@ -164,31 +227,42 @@ def _window_mean_softmax(n: int, seed: int) -> np.ndarray:
     """DCdetector's reference-protocol backbone score: a float32 softmax over each window's
     T = 100 steps, averaged over those steps (exactly 1/T, up to rounding)."""
     import torch
+
     g = torch.Generator().manual_seed(seed)
     return torch.softmax(torch.randn(n, 100, generator=g), dim=-1).mean(dim=1).double().numpy()
 
 
 def test_product_refuses_a_signed_component():
     from madcluster_exp.scoring import ScoreCombiner
+
     rng = np.random.default_rng(1)
     nll = rng.normal(-1.0, 2.0, 300)  # a negative log-likelihood takes both signs
     comps = {"backbone": nll, "madcluster": rng.gamma(2.0, size=300)}
-    with pytest.raises(ValueError, match=r"product cannot use the 'backbone' score component.*"
-                                         r"negative values"):
+    with pytest.raises(
+        ValueError,
+        match=r"product cannot use the 'backbone' score component.*"
+        r"negative values",
+    ):
         ScoreCombiner("product").fit(comps)
     shifted = {"backbone": nll - nll.min(), "madcluster": comps["madcluster"]}
-    np.testing.assert_allclose(ScoreCombiner("product").fit(shifted).combine(shifted),
-                               shifted["backbone"] * shifted["madcluster"])
+    np.testing.assert_allclose(
+        ScoreCombiner("product").fit(shifted).combine(shifted),
+        shifted["backbone"] * shifted["madcluster"],
+    )
 
 
 def test_sum_refuses_to_standardise_a_component_that_is_rounding_noise():
     from madcluster_exp.scoring import ScoreCombiner
+
     rng = np.random.default_rng(0)
     noise = _window_mean_softmax(400, 0)
     assert np.abs(noise - 0.01).max() < 1e-8 and noise.std() > 0
     comps = {"backbone": noise, "madcluster": rng.gamma(2.0, size=400)}
-    with pytest.raises(ValueError, match=r"'backbone' score component.*constant up to rounding"
-                                         r".*madcluster\.combine=product"):
+    with pytest.raises(
+        ValueError,
+        match=r"'backbone' score component.*constant up to rounding"
+        r".*madcluster\.combine=product",
+    ):
         ScoreCombiner("sum").fit(comps)
     # The reference's rule keeps it (a product with a constant only rescales), and a component
     # with real spread is standardised as before.
@@ -197,12 +271,18 @@ def test_sum_refuses_to_standardise_a_component_that_is_rounding_noise():
     real = {"backbone": rng.normal(5.0, 0.5, 400), "madcluster": comps["madcluster"]}
     combined = ScoreCombiner("sum").fit(real).combine(real)
     assert combined.mean() == pytest.approx(0.0, abs=1e-9)
-    assert combined.std() == pytest.approx(np.std(sum(
-        (v - v.mean()) / v.std() for v in real.values())), rel=1e-12)
+    assert combined.std() == pytest.approx(
+        np.std(sum((v - v.mean()) / v.std() for v in real.values())), rel=1e-12
+    )
 
 
-DCDETECTOR_TINY = ["backbone=dcdetector", "backbone.window=20", "backbone.d_model=16",
-                   "train.epochs=1", "protocol=reference"]
+DCDETECTOR_TINY = [
+    "backbone=dcdetector",
+    "backbone.window=20",
+    "backbone.d_model=16",
+    "train.epochs=1",
+    "protocol=reference",
+]
 
 
 def test_reference_protocol_multiplies_dcdetectors_scores_by_default(make_cfg, tmp_path):
@@ -211,20 +291,28 @@ def test_reference_protocol_multiplies_dcdetectors_scores_by_default(make_cfg, t
     assert r.data.params["madcluster.combine"] == "product"  # logged resolved
     assert r.data.params["score_rule"] == "product"
     saved = np.load(result.output_dir / "scores.npz")
-    np.testing.assert_allclose(saved["window_score"], saved["window_component_backbone"]
-                               * saved["window_component_madcluster"])
+    np.testing.assert_allclose(
+        saved["window_score"],
+        saved["window_component_backbone"] * saved["window_component_madcluster"],
+    )
     assert np.abs(saved["window_component_backbone"] - 1 / 20).max() < 1e-7  # 1/T
 
 
 def test_reference_protocol_with_sum_names_dcdetectors_noise_component(make_cfg, tmp_path):
     with pytest.raises(ValueError, match=r"cannot standardise the 'backbone' score component"):
-        run(make_cfg(*DCDETECTOR_TINY, "madcluster.combine=sum", "tracking=none"),
-            output_dir=tmp_path / "j", verbose=False)
+        run(
+            make_cfg(*DCDETECTOR_TINY, "madcluster.combine=sum", "tracking=none"),
+            output_dir=tmp_path / "j",
+            verbose=False,
+        )
 
 
 def test_control_arm_uses_the_backbones_own_score_with_the_plugin_trained(make_cfg, tmp_path):
-    result = run(make_cfg("backbone=lstm_ae", "madcluster=on_backbone_only", "train.epochs=1"),
-                 output_dir=tmp_path / "j", verbose=False)
+    result = run(
+        make_cfg("backbone=lstm_ae", "madcluster=on_backbone_only", "train.epochs=1"),
+        output_dir=tmp_path / "j",
+        verbose=False,
+    )
     r = MlflowClient(result.tracking_uri).get_run(result.run_id)
     assert r.info.run_name == "lstm_ae-synthetic-on+backbone_only-s0"
     assert r.data.params["score_rule"] == "backbone_only"
@@ -235,9 +323,9 @@ def test_control_arm_uses_the_backbones_own_score_with_the_plugin_trained(make_c
     np.testing.assert_array_equal(saved["test_score"], saved["test_component_backbone"])
 
 
-def test_control_arm_refuses_a_backbone_without_its_own_score_before_training(make_cfg,
-                                                                              tmp_path):
+def test_control_arm_refuses_a_backbone_without_its_own_score_before_training(make_cfg, tmp_path):
     from madcluster_exp.config import ConfigError
+
     with pytest.raises(ConfigError, match=r"backbone_only with backbone=deepsvdd"):
         run(make_cfg("madcluster=on_backbone_only"), output_dir=tmp_path / "j", verbose=False)
     # A configuration error found before any work leaves no (FAILED) run behind.

@@ -5,6 +5,7 @@ generator.
 rewrites ``tests/data/vus_golden.json`` and ``tests/data/tsbad_golden.json``; the tests compare
 against them where a package is absent and against the package itself where it is installed.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,11 +15,34 @@ from pathlib import Path
 import numpy as np
 
 # every key of vus 0.0.6's get_metrics(..., 'all') and of TSB-AD 1.5's get_metrics
-KEYS = ("AUC_ROC", "AUC_PR", "Precision", "Recall", "F", "Precision_at_k", "Rprecision",
-        "Rrecall", "RF", "R_AUC_ROC", "R_AUC_PR", "VUS_ROC", "VUS_PR", "Affiliation_Precision",
-        "Affiliation_Recall")
-TSBAD_KEYS = ("AUC-PR", "AUC-ROC", "VUS-PR", "VUS-ROC", "Standard-F1", "PA-F1", "Event-based-F1",
-              "R-based-F1", "Affiliation-F")
+KEYS = (
+    "AUC_ROC",
+    "AUC_PR",
+    "Precision",
+    "Recall",
+    "F",
+    "Precision_at_k",
+    "Rprecision",
+    "Rrecall",
+    "RF",
+    "R_AUC_ROC",
+    "R_AUC_PR",
+    "VUS_ROC",
+    "VUS_PR",
+    "Affiliation_Precision",
+    "Affiliation_Recall",
+)
+TSBAD_KEYS = (
+    "AUC-PR",
+    "AUC-ROC",
+    "VUS-PR",
+    "VUS-ROC",
+    "Standard-F1",
+    "PA-F1",
+    "Event-based-F1",
+    "R-based-F1",
+    "Affiliation-F",
+)
 GOLDEN = Path(__file__).parent / "data" / "vus_golden.json"
 TSBAD_GOLDEN = Path(__file__).parent / "data" / "tsbad_golden.json"
 
@@ -35,16 +59,16 @@ def make_case(i: int):
     y = np.zeros(n, dtype=np.int64)
     for _ in range(int(rng.integers(1, 12))):
         a, length = int(rng.integers(0, n)), int(rng.integers(1, 60))
-        y[a:a + length] = 1
+        y[a : a + length] = 1
     if i % 4 == 0:
-        y[:int(rng.integers(1, 5))] = 1  # segment at the start
+        y[: int(rng.integers(1, 5))] = 1  # segment at the start
     if i % 5 == 0:
-        y[-int(rng.integers(1, 5)):] = 1  # segment at the end
+        y[-int(rng.integers(1, 5)) :] = 1  # segment at the end
     if i % 6 == 3 and n > 200:
         # two segments whose extensions touch or overlap for the window
         a = n // 2
-        y[a:a + 5] = 1
-        y[a + 5 + max(1, window // 2 * 2 - i % 2):a + 12 + window] = 1
+        y[a : a + 5] = 1
+        y[a + 5 + max(1, window // 2 * 2 - i % 2) : a + 12 + window] = 1
     if y.sum() == 0:
         y[n // 3] = 1
     kind = i % 4
@@ -103,8 +127,10 @@ def tsbad_reference(y, s, window, pred=None):
 
 def _tsbad_golden(i):
     y, s, window = make_case(i)
-    return {"oracle": tsbad_reference(y, s, window),
-            "pred": tsbad_reference(y, s, window, case_pred(y, s))}
+    return {
+        "oracle": tsbad_reference(y, s, window),
+        "pred": tsbad_reference(y, s, window, case_pred(y, s)),
+    }
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """Backbones behind one contract; ``BACKBONES`` maps the config name to the class."""
+
 from typing import Dict, Type
 
 from omegaconf import DictConfig
 
-from madcluster_exp.backbones.base import Backbone, BackboneOutput, StepContext
 from madcluster_exp.backbones.anomaly_transformer import AnomalyTransformer
+from madcluster_exp.backbones.base import Backbone, BackboneOutput, StepContext
 from madcluster_exp.backbones.beatgan import BeatGAN
 from madcluster_exp.backbones.dcdetector import DCdetector
 from madcluster_exp.backbones.deepsvdd import DeepSVDD
@@ -38,5 +39,11 @@ def build_backbone(n_channels: int, cfg: DictConfig) -> Backbone:
     return backbone_class(cfg.name)(n_channels, cfg)
 
 
-__all__ = ["BACKBONES", "Backbone", "BackboneOutput", "StepContext", "backbone_class",
-           "build_backbone"]
+__all__ = [
+    "BACKBONES",
+    "Backbone",
+    "BackboneOutput",
+    "StepContext",
+    "backbone_class",
+    "build_backbone",
+]

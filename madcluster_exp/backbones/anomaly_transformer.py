@@ -14,6 +14,7 @@ attention, residual, LayerNorm, a position-wise feed-forward of two kernel-1 con
 GELU between them (the model's ``activation='gelu'`` default, which solver.py keeps), residual,
 LayerNorm.
 """
+
 from __future__ import annotations
 
 import math
@@ -52,7 +53,7 @@ class AnomalyAttention(nn.Module):
         sigma = torch.sigmoid(rearrange(self.sigma(x), "b l h -> b h l") * 5) + 1e-5
         sigma = (torch.pow(3.0, sigma) - 1).unsqueeze(-1)  # [B, H, L, 1]
         dist = self.distances[: x.shape[1], : x.shape[1]]
-        prior = torch.exp(-dist ** 2 / (2 * sigma ** 2)) / (math.sqrt(2 * math.pi) * sigma)
+        prior = torch.exp(-(dist**2) / (2 * sigma**2)) / (math.sqrt(2 * math.pi) * sigma)
         out = rearrange(self.dropout(series) @ v, "b h l d -> b l (h d)")
         return self.out(out), series, prior
 
@@ -85,11 +86,15 @@ class AnomalyTransformer(Backbone):
     def __init__(self, n_channels: int, cfg: DictConfig):
         super().__init__(n_channels, cfg)
         if cfg.d_model % cfg.n_heads:
-            raise ValueError(f"backbone.d_model={cfg.d_model} must be divisible by "
-                             f"backbone.n_heads={cfg.n_heads}")
+            raise ValueError(
+                f"backbone.d_model={cfg.d_model} must be divisible by "
+                f"backbone.n_heads={cfg.n_heads}"
+            )
         self.embedding = DataEmbedding(n_channels, cfg.d_model, cfg.dropout)
-        self.layers = nn.ModuleList(EncoderLayer(self.window, cfg.d_model, cfg.n_heads, cfg.d_ff,
-                                                 cfg.dropout) for _ in range(cfg.layers))
+        self.layers = nn.ModuleList(
+            EncoderLayer(self.window, cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.dropout)
+            for _ in range(cfg.layers)
+        )
         self.norm = nn.LayerNorm(cfg.d_model)
         self.projection = nn.Linear(cfg.d_model, n_channels)
         self.k = float(cfg.k)
@@ -107,15 +112,18 @@ class AnomalyTransformer(Backbone):
             priors.append(p / p.sum(dim=-1, keepdim=True))  # rows normalised, as the reference
         h = self.norm(h)
         z = h if self.embed_tap == "encoder" else emb
-        return BackboneOutput(z=z, aux={"x_hat": self.projection(h), "series": series,
-                                        "prior": priors})
+        return BackboneOutput(
+            z=z, aux={"x_hat": self.projection(h), "series": series, "prior": priors}
+        )
 
     def discrepancies(self, out: BackboneOutput):
         """(series_loss, prior_loss) per step [B, T], summed over layers, stop-gradients placed
         as in the reference: series_loss trains S toward a fixed P, prior_loss trains P."""
         series_loss = prior_loss = 0.0
         for s, p in zip(out.aux["series"], out.aux["prior"]):
-            series_loss = series_loss + association_kl(s, p.detach()) + association_kl(p.detach(), s)
+            series_loss = (
+                series_loss + association_kl(s, p.detach()) + association_kl(p.detach(), s)
+            )
             prior_loss = prior_loss + association_kl(p, s.detach()) + association_kl(s.detach(), p)
         n = len(out.aux["series"])
         return series_loss / n, prior_loss / n
@@ -130,6 +138,10 @@ class AnomalyTransformer(Backbone):
     def score(self, x: torch.Tensor, out: BackboneOutput) -> torch.Tensor:
         dis = 0.0
         for s, p in zip(out.aux["series"], out.aux["prior"]):
-            dis = dis + association_kl(s, p) * self.temperature + association_kl(p, s) * self.temperature
+            dis = (
+                dis
+                + association_kl(s, p) * self.temperature
+                + association_kl(p, s) * self.temperature
+            )
         weight = torch.softmax(-dis, dim=-1)
         return weight * ((out.aux["x_hat"] - x) ** 2).mean(dim=-1)

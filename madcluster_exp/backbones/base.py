@@ -5,6 +5,7 @@ uses), has its own objective (``loss``) and its own per-step anomaly score (``sc
 more anomalous). Backbones with a special schedule (two-phase adversarial training, minimax)
 override :meth:`training_step`; the training loop never branches on the backbone's name.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -21,8 +22,9 @@ class BackboneOutput:
     aux: Dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def combine_losses(backbone_loss: torch.Tensor, plugin: Optional[dict],
-                   uses_own_objective: bool) -> torch.Tensor:
+def combine_losses(
+    backbone_loss: torch.Tensor, plugin: Optional[dict], uses_own_objective: bool
+) -> torch.Tensor:
     """Total loss: the backbone's objective (if it keeps one) plus the plug-in's term."""
     if plugin is None:
         return backbone_loss
@@ -31,8 +33,9 @@ def combine_losses(backbone_loss: torch.Tensor, plugin: Optional[dict],
     return backbone_loss + plugin["total"]
 
 
-def loss_logs(total: torch.Tensor, backbone: torch.Tensor, plugin: Optional[dict],
-              **extra: torch.Tensor) -> Dict[str, float]:
+def loss_logs(
+    total: torch.Tensor, backbone: torch.Tensor, plugin: Optional[dict], **extra: torch.Tensor
+) -> Dict[str, float]:
     """The loss components a step reports (floats): total, backbone, any extras, and the
     plug-in's mapping and cluster terms when it is on. One device-to-host copy for all of
     them: each ``.item()`` would be a separate CUDA synchronisation."""
@@ -54,8 +57,13 @@ class StepContext:
     and nu step with the backbone's first group, so add the plug-in term to that group's loss.
     """
 
-    def __init__(self, epoch: int, plugin_loss: Callable[[torch.Tensor], Optional[dict]],
-                 optimize: Callable[..., None], uses_own_objective: bool):
+    def __init__(
+        self,
+        epoch: int,
+        plugin_loss: Callable[[torch.Tensor], Optional[dict]],
+        optimize: Callable[..., None],
+        uses_own_objective: bool,
+    ):
         self.epoch = epoch
         self.plugin_loss = plugin_loss
         self.optimize = optimize
@@ -86,8 +94,10 @@ class Backbone(nn.Module):
     def __init__(self, n_channels: int, cfg: DictConfig):
         super().__init__()
         if self.embed_taps and cfg.embed_tap not in self.embed_taps:
-            raise ValueError(f"backbone.embed_tap={cfg.embed_tap!r} is not a tap of "
-                             f"{cfg.name}; expected one of {', '.join(self.embed_taps)}")
+            raise ValueError(
+                f"backbone.embed_tap={cfg.embed_tap!r} is not a tap of "
+                f"{cfg.name}; expected one of {', '.join(self.embed_taps)}"
+            )
         self.n_channels = n_channels
         self.window = int(cfg.window)
         self.embed_tap = cfg.embed_tap
@@ -131,8 +141,9 @@ class Backbone(nn.Module):
         """Backbone-specific facts to log as MLflow params (e.g. the effective tap)."""
         return {}
 
-    def on_fit_start(self, train_batches: Callable[[], Iterable[torch.Tensor]],
-                     uses_own_objective: bool) -> None:
+    def on_fit_start(
+        self, train_batches: Callable[[], Iterable[torch.Tensor]], uses_own_objective: bool
+    ) -> None:
         """Called once before the first epoch with a factory of training batches."""
 
     def training_step(self, x: torch.Tensor, ctx: StepContext) -> Dict[str, float]:

@@ -63,6 +63,7 @@ Deviations from paper and reference code (each stated so the numbers can be read
 7. In the G phase, f_D(x) is computed without a gradient and D's weights are frozen; G's
    gradient is the reference's (its extra gradient into D was discarded by zero_grad anyway).
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -103,7 +104,7 @@ def conv_body(n_channels: int, filters: int, layers: int) -> nn.Sequential:
     blocks: List[nn.Module] = []
     ch = n_channels
     for i in range(layers):
-        out = filters * 2 ** i
+        out = filters * 2**i
         blocks.append(nn.Conv1d(ch, out, 4, 2, 1, bias=False))
         if i > 0:
             blocks.append(nn.BatchNorm1d(out))
@@ -116,21 +117,30 @@ class Decoder(nn.Module):
     """Latent [B, latent, 1] -> [B, C, window], the encoder's mirror; ``hidden`` is the last
     hidden map [B, ngf, L_1], kept for the ``decoder`` tap."""
 
-    def __init__(self, n_channels: int, latent: int, filters: int, lengths: List[int],
-                 output_activation: str):
+    def __init__(
+        self, n_channels: int, latent: int, filters: int, lengths: List[int], output_activation: str
+    ):
         super().__init__()
         layers = len(lengths) - 1
         top = filters * 2 ** (layers - 1)
-        blocks: List[nn.Module] = [nn.ConvTranspose1d(latent, top, lengths[-1], 1, 0, bias=False),
-                                   nn.BatchNorm1d(top), nn.ReLU()]
+        blocks: List[nn.Module] = [
+            nn.ConvTranspose1d(latent, top, lengths[-1], 1, 0, bias=False),
+            nn.BatchNorm1d(top),
+            nn.ReLU(),
+        ]
         for i in range(layers - 1, 0, -1):  # back from L_{i+1} to L_i
             pad = lengths[i] - 2 * lengths[i + 1]
-            blocks += [nn.ConvTranspose1d(filters * 2 ** i, filters * 2 ** (i - 1), 4, 2, 1,
-                                          output_padding=pad, bias=False),
-                       nn.BatchNorm1d(filters * 2 ** (i - 1)), nn.ReLU()]
+            blocks += [
+                nn.ConvTranspose1d(
+                    filters * 2**i, filters * 2 ** (i - 1), 4, 2, 1, output_padding=pad, bias=False
+                ),
+                nn.BatchNorm1d(filters * 2 ** (i - 1)),
+                nn.ReLU(),
+            ]
         self.hidden = nn.Sequential(*blocks)
-        self.out = nn.ConvTranspose1d(filters, n_channels, 4, 2, 1,
-                                      output_padding=lengths[0] - 2 * lengths[1], bias=False)
+        self.out = nn.ConvTranspose1d(
+            filters, n_channels, 4, 2, 1, output_padding=lengths[0] - 2 * lengths[1], bias=False
+        )
         self.activation = nn.Tanh() if output_activation == "tanh" else nn.Identity()
 
     def forward(self, code: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -152,8 +162,9 @@ class Discriminator(nn.Module):
         return self.classifier(features).reshape(-1), features
 
 
-def discriminator_loss(logit_real: torch.Tensor, logit_fake: torch.Tensor
-                       ) -> Tuple[torch.Tensor, torch.Tensor]:
+def discriminator_loss(
+    logit_real: torch.Tensor, logit_fake: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """(BCE of real windows against 1, BCE of generated windows against 0), batch means."""
     real = F.binary_cross_entropy_with_logits(logit_real, torch.ones_like(logit_real))
     fake = F.binary_cross_entropy_with_logits(logit_fake, torch.zeros_like(logit_fake))
@@ -188,30 +199,37 @@ class BeatGAN(Backbone):
         layers = int(cfg.layers)
         if layers < 1:
             raise ValueError(f"backbone.layers={layers}: expected at least 1 strided conv layer")
-        if self.window < 2 ** layers:
-            raise ValueError(f"backbone.window={self.window} is too short for backbone.layers="
-                             f"{layers}: each strided conv halves the length, so the window must "
-                             f"be at least 2^{layers} = {2 ** layers}")
+        if self.window < 2**layers:
+            raise ValueError(
+                f"backbone.window={self.window} is too short for backbone.layers="
+                f"{layers}: each strided conv halves the length, so the window must "
+                f"be at least 2^{layers} = {2**layers}"
+            )
         if cfg.output_activation not in OUTPUT_ACTIVATIONS:
-            raise ValueError(f"backbone.output_activation={cfg.output_activation!r}: expected one "
-                             f"of {', '.join(OUTPUT_ACTIVATIONS)}")
+            raise ValueError(
+                f"backbone.output_activation={cfg.output_activation!r}: expected one "
+                f"of {', '.join(OUTPUT_ACTIVATIONS)}"
+            )
         if cfg.w_adv < 0:
             raise ValueError(f"backbone.w_adv={cfg.w_adv}: expected a weight >= 0")
         if not 0.0 <= cfg.beta1 < 1.0:
             raise ValueError(f"backbone.beta1={cfg.beta1}: expected a value in [0, 1)")
         self.lengths = strided_lengths(self.window, layers)
         top = int(cfg.ndf) * 2 ** (layers - 1)
-        self.encoder = nn.Sequential(conv_body(n_channels, int(cfg.ndf), layers),
-                                     nn.Conv1d(top, int(cfg.latent), self.lengths[-1], 1, 0,
-                                               bias=False))
-        self.decoder = Decoder(n_channels, int(cfg.latent), int(cfg.ngf), self.lengths,
-                               cfg.output_activation)
+        self.encoder = nn.Sequential(
+            conv_body(n_channels, int(cfg.ndf), layers),
+            nn.Conv1d(top, int(cfg.latent), self.lengths[-1], 1, 0, bias=False),
+        )
+        self.decoder = Decoder(
+            n_channels, int(cfg.latent), int(cfg.ngf), self.lengths, cfg.output_activation
+        )
         self.discriminator = Discriminator(n_channels, int(cfg.ndf), self.lengths)
         self.apply(init_weights)
         self.w_adv = float(cfg.w_adv)
         self.beta1 = float(cfg.beta1)
-        self.d_reinit_below: Optional[float] = (None if cfg.d_reinit_below is None
-                                                else float(cfg.d_reinit_below))
+        self.d_reinit_below: Optional[float] = (
+            None if cfg.d_reinit_below is None else float(cfg.d_reinit_below)
+        )
         self.embed_dim = int(cfg.latent) if self.embed_tap == "latent" else int(cfg.ngf)
         # Output step t reads hidden position t // 2 (the last step, added by output_padding
         # at odd windows, reads the last position).
@@ -224,8 +242,10 @@ class BeatGAN(Backbone):
 
     def optimizer_groups(self) -> Dict[str, List[nn.Parameter]]:
         # The generator first: the plug-in's center joins the first group (its term is in L_G).
-        return {"generator": self.generator_parameters(),
-                "discriminator": list(self.discriminator.parameters())}
+        return {
+            "generator": self.generator_parameters(),
+            "discriminator": list(self.discriminator.parameters()),
+        }
 
     def optimizer_options(self) -> Dict[str, object]:
         return {"betas": (self.beta1, 0.999)}
@@ -282,8 +302,16 @@ class BeatGAN(Backbone):
         plugin = ctx.plugin_loss(out.z)
         total = ctx.combine(loss_g, plugin)
         ctx.optimize(total, "generator")
-        logs = loss_logs(total, loss_g, plugin, loss_rec=rec, loss_adv=adv, loss_d=loss_d,
-                         loss_d_real=d_real, loss_d_fake=d_fake)
+        logs = loss_logs(
+            total,
+            loss_g,
+            plugin,
+            loss_rec=rec,
+            loss_adv=adv,
+            loss_d=loss_d,
+            loss_d_real=d_real,
+            loss_d_fake=d_fake,
+        )
         reinit = self.d_reinit_below is not None and logs["loss_d"] < self.d_reinit_below
         if reinit:
             self.reinitialize_discriminator()

@@ -32,6 +32,7 @@ The reference's way (d-wide projections, T x T maps) is ``MaterialisedDCdetector
 overrides the three hooks ``factored``, ``keep_maps`` and ``pair_kl``. The MADCluster tap is
 skipped when nothing consumes it (MADCluster off).
 """
+
 from __future__ import annotations
 
 import math
@@ -46,7 +47,9 @@ from madcluster_exp.backbones.base import Backbone, BackboneOutput
 from madcluster_exp.backbones.layers import KL_EPS, DataEmbedding, RevIN, circular_unfold
 
 
-def factorised_kl(a: torch.Tensor, b: torch.Tensor, p: int, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def factorised_kl(
+    a: torch.Tensor, b: torch.Tensor, p: int, n: int
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Row-wise KL(S_up || P_up) and KL(P_up || S_up), each [B, T] (mean over heads), where
     S_up = block-repeat(a) and P_up = tile(b) / n, without building either T x T map.
 
@@ -57,8 +60,12 @@ def factorised_kl(a: torch.Tensor, b: torch.Tensor, p: int, n: int) -> Tuple[tor
     b_log = torch.log(bn + KL_EPS)
     a_rows = a.sum(-1)  # [B, H, N]
     b_rows = bn.sum(-1)  # [B, H, p]
-    kl_sp = p * (a * a_log).sum(-1).unsqueeze(-1) - a_rows.unsqueeze(-1) * b_log.sum(-1).unsqueeze(-2)
-    kl_ps = n * (bn * b_log).sum(-1).unsqueeze(-2) - b_rows.unsqueeze(-2) * a_log.sum(-1).unsqueeze(-1)
+    kl_sp = p * (a * a_log).sum(-1).unsqueeze(-1) - a_rows.unsqueeze(-1) * b_log.sum(-1).unsqueeze(
+        -2
+    )
+    kl_ps = n * (bn * b_log).sum(-1).unsqueeze(-2) - b_rows.unsqueeze(-2) * a_log.sum(-1).unsqueeze(
+        -1
+    )
     # [B, H, N, p] -> [B, H, T] with i = a * p + r, then mean over heads.
     flat = lambda t: rearrange(t, "b h a r -> b h (a r)").mean(dim=1)  # noqa: E731
     return flat(kl_sp), flat(kl_ps)
@@ -104,8 +111,10 @@ class ChannelMeans(torch.autograd.Function):
         head_mean = a.view(s, n, m) if h == 1 else a.mean(dim=1)
         ctx.save_for_backward(a, u)
         ctx.c = c
-        return (a.view(s // c, c, h, n, m).mean(dim=1),
-                narrow_matmul(head_mean, u).view(s // c, c, n, -1).mean(dim=1))
+        return (
+            a.view(s // c, c, h, n, m).mean(dim=1),
+            narrow_matmul(head_mean, u).view(s // c, c, n, -1).mean(dim=1),
+        )
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
@@ -118,13 +127,17 @@ class ChannelMeans(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             # [B, 1, N, F] @ [B, C, F, M] -> [B, C, N, M], then the map gradient added in place
             grad = (g_ctx / (c * h)).unsqueeze(1) @ u.view(b, c, m, -1).transpose(-1, -2)
-            grad = grad.unsqueeze(2) + (g_mean / c).unsqueeze(1) if h > 1 else \
-                grad.add_(g_mean / c).unsqueeze(2)
+            grad = (
+                grad.unsqueeze(2) + (g_mean / c).unsqueeze(1)
+                if h > 1
+                else grad.add_(g_mean / c).unsqueeze(2)
+            )
             grad_a = grad.reshape(s, h, n, m)
         if ctx.needs_input_grad[1]:
             head_mean = a.view(b, c, n, m) if h == 1 else a.view(b, c, h, n, m).mean(dim=2)
-            grad_u = narrow_matmul(head_mean.transpose(-1, -2),
-                                   (g_ctx / c).unsqueeze(1)).reshape(s, m, -1)
+            grad_u = narrow_matmul(head_mean.transpose(-1, -2), (g_ctx / c).unsqueeze(1)).reshape(
+                s, m, -1
+            )
         return grad_a, grad_u, None
 
 
@@ -147,7 +160,9 @@ class DualAttentionLayer(nn.Module):
     def forward(self, x_size: torch.Tensor, x_num: torch.Tensor):
         return self.attend(x_size), self.attend(x_num)
 
-    def attend_factored(self, u: torch.Tensor, w_e: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    def attend_factored(
+        self, u: torch.Tensor, w_e: torch.Tensor, pos: torch.Tensor
+    ) -> torch.Tensor:
         """The maps of ``attend(u @ w_e + pos)`` without the d-wide tokens.
 
         u: [B', L, F] circularly unfolded inputs (F = 3 x token width, 6 to 150 here, against
@@ -194,21 +209,30 @@ class DCdetector(Backbone):
         self.patch_sizes = [int(p) for p in cfg.patch_sizes]
         bad = [p for p in self.patch_sizes if p < 1 or self.window % p]
         if bad:
-            raise ValueError(f"backbone.patch_sizes={self.patch_sizes}: {bad} do not divide "
-                             f"backbone.window={self.window}; every patch size must")
+            raise ValueError(
+                f"backbone.patch_sizes={self.patch_sizes}: {bad} do not divide "
+                f"backbone.window={self.window}; every patch size must"
+            )
         if cfg.d_model % cfg.n_heads:
-            raise ValueError(f"backbone.d_model={cfg.d_model} must be divisible by "
-                             f"backbone.n_heads={cfg.n_heads}")
+            raise ValueError(
+                f"backbone.d_model={cfg.d_model} must be divisible by "
+                f"backbone.n_heads={cfg.n_heads}"
+            )
         d = int(cfg.d_model)
         self.revin = RevIN() if cfg.revin else None
         self.embed_size = nn.ModuleList(DataEmbedding(p, d, cfg.dropout) for p in self.patch_sizes)
-        self.embed_num = nn.ModuleList(DataEmbedding(self.window // p, d, cfg.dropout)
-                                       for p in self.patch_sizes)
-        self.layers = nn.ModuleList(DualAttentionLayer(d, cfg.n_heads, cfg.dropout)
-                                    for _ in range(cfg.layers))
+        self.embed_num = nn.ModuleList(
+            DataEmbedding(self.window // p, d, cfg.dropout) for p in self.patch_sizes
+        )
+        self.layers = nn.ModuleList(
+            DualAttentionLayer(d, cfg.n_heads, cfg.dropout) for _ in range(cfg.layers)
+        )
         # Only built when tapped: it feeds nothing else, so it would be dead weight otherwise.
-        self.embed_window = (DataEmbedding(n_channels, d, cfg.dropout)
-                             if self.embed_tap == "input_embedding" else None)
+        self.embed_window = (
+            DataEmbedding(n_channels, d, cfg.dropout)
+            if self.embed_tap == "input_embedding"
+            else None
+        )
         self.temperature = float(cfg.temperature)
         self.embed_dim = d
         self.dropout_p = float(cfg.dropout)
@@ -220,8 +244,9 @@ class DCdetector(Backbone):
         dropout > 0 takes the direct path while training."""
         return self.dropout_p == 0.0 or not self.training
 
-    def keep_maps(self, a: torch.Tensor, a_mean: torch.Tensor, pr: torch.Tensor, p: int,
-                  n: int, c: int) -> tuple:
+    def keep_maps(
+        self, a: torch.Tensor, a_mean: torch.Tensor, pr: torch.Tensor, p: int, n: int, c: int
+    ) -> tuple:
         """What the loss and score need of one layer's maps: the channel means of the patch-wise
         map ``a`` [(B C), H, N, N] (given: ``a_mean``) and of the in-patch map ``pr``."""
         return a_mean, reduce(pr, "(b c) h m k -> b h m k", "mean", c=c), p, n
@@ -254,8 +279,11 @@ class DCdetector(Backbone):
                     pr = layer.attend_factored(u_num, w_num, emb_num.pe[:p])
                 else:
                     a, pr = layer(x_size, x_num)
-                tap_here = layer is self.layers[-1] and self.tap_needed \
+                tap_here = (
+                    layer is self.layers[-1]
+                    and self.tap_needed
                     and self.embed_tap == "patch_attention"
+                )
                 if tap_here and factored:
                     # Patch-attention tap (last layer): mean_c(A (u W + pos)), each patch spread
                     # back over its p steps. Linear in the tokens, so it equals

@@ -9,6 +9,7 @@ Objectives: ``one-class`` mean ||phi - c||^2; ``soft-boundary`` R^2 + 1/nu * mea
 ||phi - c||^2 - R^2)) with R the (1 - nu)-quantile of training distances, refitted each epoch
 after ``warmup_epochs``. With MADCluster on, its learnable center replaces this one (never both).
 """
+
 from __future__ import annotations
 
 from typing import Callable, Dict, Iterable
@@ -32,17 +33,24 @@ class DeepSVDD(Backbone):
     def __init__(self, n_channels: int, cfg: DictConfig):
         super().__init__(n_channels, cfg)
         if cfg.objective not in ("one-class", "soft-boundary"):
-            raise ValueError(f"backbone.objective={cfg.objective!r}: expected one-class or "
-                             "soft-boundary")
+            raise ValueError(
+                f"backbone.objective={cfg.objective!r}: expected one-class or soft-boundary"
+            )
         if not 0.0 < cfg.nu <= 1.0:
             raise ValueError(f"backbone.nu={cfg.nu}: expected a value in (0, 1]")
         if cfg.kernel_size % 2 != 1:
-            raise ValueError(f"backbone.kernel_size={cfg.kernel_size}: expected an odd number so "
-                             "the embedding keeps one step per input step")
+            raise ValueError(
+                f"backbone.kernel_size={cfg.kernel_size}: expected an odd number so "
+                "the embedding keeps one step per input step"
+            )
         layers, ch = [], n_channels
         for _ in range(cfg.layers):
-            layers += [nn.Conv1d(ch, cfg.hidden, cfg.kernel_size, padding=cfg.kernel_size // 2,
-                                 bias=False), nn.LeakyReLU(0.1)]
+            layers += [
+                nn.Conv1d(
+                    ch, cfg.hidden, cfg.kernel_size, padding=cfg.kernel_size // 2, bias=False
+                ),
+                nn.LeakyReLU(0.1),
+            ]
             ch = cfg.hidden
         layers.append(nn.Conv1d(ch, cfg.embed_dim, 1, bias=False))
         self.encoder = nn.Sequential(*layers)
@@ -69,16 +77,17 @@ class DeepSVDD(Backbone):
             self._dist_sample.add(dist.sqrt())
         if self.objective == "one-class":
             return dist.mean()
-        r2 = self.radius ** 2
+        r2 = self.radius**2
         return r2 + torch.clamp(dist - r2, min=0).mean() / self.nu
 
     def score(self, x: torch.Tensor, out: BackboneOutput) -> torch.Tensor:
         dist = self.distance(out)
-        return dist - self.radius ** 2 if self.objective == "soft-boundary" else dist
+        return dist - self.radius**2 if self.objective == "soft-boundary" else dist
 
     @torch.no_grad()
-    def on_fit_start(self, train_batches: Callable[[], Iterable[torch.Tensor]],
-                     uses_own_objective: bool) -> None:
+    def on_fit_start(
+        self, train_batches: Callable[[], Iterable[torch.Tensor]], uses_own_objective: bool
+    ) -> None:
         if not uses_own_objective:
             return  # MADCluster's learnable center takes over; no initial pass needed.
         total, count = torch.zeros(self.embed_dim, dtype=torch.float64), 0

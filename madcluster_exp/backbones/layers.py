@@ -1,4 +1,5 @@
 """Building blocks shared by the transformer backbones: embeddings, RevIN, association KL."""
+
 from __future__ import annotations
 
 import math
@@ -11,7 +12,9 @@ from torch import nn
 def sinusoidal_positions(length: int, d_model: int) -> torch.Tensor:
     """[length, d_model] fixed sinusoidal position encoding (Vaswani et al., 2017)."""
     pos = torch.arange(length, dtype=torch.float32).unsqueeze(1)
-    div = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+    div = torch.exp(
+        torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model)
+    )
     pe = torch.zeros(length, d_model)
     pe[:, 0::2] = torch.sin(pos * div)
     pe[:, 1::2] = torch.cos(pos * div[: d_model // 2])

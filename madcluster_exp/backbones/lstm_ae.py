@@ -4,6 +4,7 @@ The encoder reads the window; the decoder starts from the encoder's final state 
 encoder's last output at every step (no teacher forcing, so it cannot copy the input); a linear
 head maps decoder states back to the channels. Score = per-step mean squared error.
 """
+
 from __future__ import annotations
 
 import torch

@@ -58,6 +58,7 @@ Deviations from the reference code (and why):
   500 units cost ~40x more of it). Window 100, z_dim 3, 20 flows, batch 50, lr 1e-3 and the
   clip are the code's; the paper set-up sets ``backbone.rnn_hidden=500 backbone.dense_dim=500``.
 """
+
 from __future__ import annotations
 
 import math
@@ -96,11 +97,11 @@ def _tf_gru(n_in: int, hidden: int) -> nn.GRU:
     gru = nn.GRU(n_in, hidden, batch_first=True)
     with torch.no_grad():
         for w in (gru.weight_ih_l0, gru.weight_hh_l0):  # rows: reset, update, candidate
-            _glorot_(w[:2 * hidden], n_in + hidden, 2 * hidden)
-            _glorot_(w[2 * hidden:], n_in + hidden, hidden)
+            _glorot_(w[: 2 * hidden], n_in + hidden, 2 * hidden)
+            _glorot_(w[2 * hidden :], n_in + hidden, hidden)
         gru.bias_ih_l0.zero_()
         gru.bias_hh_l0.zero_()
-        gru.bias_ih_l0[:2 * hidden] = 1.0
+        gru.bias_ih_l0[: 2 * hidden] = 1.0
     return gru
 
 
@@ -150,17 +151,23 @@ class StateSpacePrior(nn.Module):
     standardised innovations u = L^-1 z give the Kalman filter's one-step predictive densities
     log p(z_t | z_<t) = -u_t^2 / 2 - log L_tt - log sqrt(2 pi), whose sum is log p(z)."""
 
-    def __init__(self, length: int, transition: float = 1.0, transition_std: float = 1.0,
-                 observation_std: float = 1.0, initial_std: float = 1.0):
+    def __init__(
+        self,
+        length: int,
+        transition: float = 1.0,
+        transition_std: float = 1.0,
+        observation_std: float = 1.0,
+        initial_std: float = 1.0,
+    ):
         super().__init__()
         var = torch.empty(length, dtype=torch.float64)  # Var(s_t)
-        var[0] = initial_std ** 2
+        var[0] = initial_std**2
         for t in range(1, length):
-            var[t] = transition ** 2 * var[t - 1] + transition_std ** 2
+            var[t] = transition**2 * var[t - 1] + transition_std**2
         i = torch.arange(length)
         lag = (i[:, None] - i[None, :]).abs()
         cov = transition ** lag.double() * var[torch.minimum(i[:, None], i[None, :])]
-        cov += observation_std ** 2 * torch.eye(length, dtype=torch.float64)
+        cov += observation_std**2 * torch.eye(length, dtype=torch.float64)
         self.register_buffer("chol", torch.linalg.cholesky(cov).float(), persistent=False)
 
     def covariance(self) -> torch.Tensor:
@@ -190,11 +197,14 @@ class OmniAnomaly(Backbone):
             if int(cfg[key]) < 0:
                 raise ValueError(f"backbone.{key}={cfg[key]}: expected an integer >= 0")
         if not cfg.std_epsilon > 0:
-            raise ValueError(f"backbone.std_epsilon={cfg.std_epsilon}: expected a value > 0 "
-                             "(the floor of every predicted standard deviation)")
+            raise ValueError(
+                f"backbone.std_epsilon={cfg.std_epsilon}: expected a value > 0 "
+                "(the floor of every predicted standard deviation)"
+            )
         if cfg.grad_clip_norm is not None and not cfg.grad_clip_norm > 0:
-            raise ValueError(f"backbone.grad_clip_norm={cfg.grad_clip_norm}: expected a value > 0 "
-                             "or null")
+            raise ValueError(
+                f"backbone.grad_clip_norm={cfg.grad_clip_norm}: expected a value > 0 or null"
+            )
         k, h, d = int(cfg.z_dim), int(cfg.rnn_hidden), int(cfg.dense_dim)
         self.z_dim, self.eps = k, float(cfg.std_epsilon)
         feat = d if cfg.dense_layers else h
@@ -239,18 +249,23 @@ class OmniAnomaly(Backbone):
         """``noise`` [B, T, z_dim]: the reparameterisation draws (default: fresh N(0, 1))."""
         e = self.q_dense(self.q_rnn(x)[0])
         if noise is None:
-            noise = torch.randn(x.shape[0], x.shape[1], self.z_dim, device=x.device,
-                                dtype=e.dtype)
+            noise = torch.randn(x.shape[0], x.shape[1], self.z_dim, device=x.device, dtype=e.dtype)
         z0, mu, std = self.sample_posterior(e, noise)
         z, log_det = self.flow(z0)
         d = self.p_dense(self.p_rnn(z)[0])
         x_mean, pre = self.p_head(d).chunk(2, dim=-1)
         taps = {"encoder": e, "latent": z, "decoder": d}
         aux: Dict[str, torch.Tensor] = {
-            "z0": z0, "z_mean": mu, "z_std": std, "z": z, "log_det": log_det,
-            "x_mean": x_mean, "x_std": F.softplus(pre) + self.eps,
+            "z0": z0,
+            "z_mean": mu,
+            "z_std": std,
+            "z": z,
+            "log_det": log_det,
+            "x_mean": x_mean,
+            "x_std": F.softplus(pre) + self.eps,
             # log q0(z0) summed over K: (z0 - mu) / sigma is the noise itself
-            "log_q0": (-0.5 * noise * noise - torch.log(std) - LOG_SQRT_2PI).sum(-1)}
+            "log_q0": (-0.5 * noise * noise - torch.log(std) - LOG_SQRT_2PI).sum(-1),
+        }
         return BackboneOutput(z=taps[self.embed_tap], aux=aux)
 
     def reconstruction_log_prob(self, x: torch.Tensor, out: BackboneOutput) -> torch.Tensor:
@@ -260,8 +275,9 @@ class OmniAnomaly(Backbone):
     def elbo_steps(self, x: torch.Tensor, out: BackboneOutput) -> torch.Tensor:
         """Per-step single-sample ELBO terms [B, T]: log p(x_t|.) + log p(z_t|z_<t) - log q(z_t)."""
         log_q = out.aux["log_q0"] - out.aux["log_det"]
-        return (self.reconstruction_log_prob(x, out) + self.prior.log_prob_steps(out.aux["z"])
-                - log_q)
+        return (
+            self.reconstruction_log_prob(x, out) + self.prior.log_prob_steps(out.aux["z"]) - log_q
+        )
 
     def loss(self, x: torch.Tensor, out: BackboneOutput) -> torch.Tensor:
         return -self.elbo_steps(x, out).mean()

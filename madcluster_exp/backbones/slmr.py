@@ -35,6 +35,7 @@ scrambled reconstruction repeat, "best model" selection that always keeps the la
 unused ``downsample`` branch, and an SE bottleneck of 0 channels below 16 features (here at
 least 1).
 """
+
 from __future__ import annotations
 
 from typing import List, Optional
@@ -47,8 +48,9 @@ from torch import nn
 from madcluster_exp.backbones.base import Backbone, BackboneOutput
 
 
-def geometric_mask(shape, ratio: float, mean_run: float, generator=None,
-                   device=None) -> torch.Tensor:
+def geometric_mask(
+    shape, ratio: float, mean_run: float, generator=None, device=None
+) -> torch.Tensor:
     """Boolean keep-mask [B, L, C]: False where masked. Per (window, feature) a two-state Markov
     chain with P(masked -> unmasked) = 1 / mean_run and P(unmasked -> masked) =
     ratio / (1 - ratio) / mean_run, started from its stationary distribution, so the expected
@@ -77,8 +79,15 @@ class Res2NetBlock(nn.Module):
     reference's ``conv1x1`` and ``conv3x3`` helpers; ``pool_cascade`` adds its MaxPool(3, 1, 1)
     after every cascade convolution, which the reference does for one branch only."""
 
-    def __init__(self, n_features: int, groups: int, width: int, scales: int, kernels: List[int],
-                 dilation: int):
+    def __init__(
+        self,
+        n_features: int,
+        groups: int,
+        width: int,
+        scales: int,
+        kernels: List[int],
+        dilation: int,
+    ):
         super().__init__()
         channels = groups * width
         if channels % scales:
@@ -93,8 +102,17 @@ class Res2NetBlock(nn.Module):
         self.pool = nn.MaxPool1d(3, 1, 1)
         self.bn_in = nn.BatchNorm1d(channels)
         self.convs = nn.ModuleList(
-            nn.Conv1d(chunk, chunk, k, padding=dilation * (k - 1) // 2, dilation=dilation,
-                      groups=groups, bias=False) for k in kernels)
+            nn.Conv1d(
+                chunk,
+                chunk,
+                k,
+                padding=dilation * (k - 1) // 2,
+                dilation=dilation,
+                groups=groups,
+                bias=False,
+            )
+            for k in kernels
+        )
         self.bns = nn.ModuleList(nn.BatchNorm1d(chunk) for _ in kernels)
         self.project = nn.Conv1d(channels, n_features, 1, bias=False)
 
@@ -116,8 +134,12 @@ class SEAttention(nn.Module):
     def __init__(self, n_features: int, reduction: int):
         super().__init__()
         hidden = max(1, n_features // reduction)
-        self.fc = nn.Sequential(nn.Conv1d(n_features, hidden, 3, padding=1), nn.ReLU(),
-                                nn.Conv1d(hidden, n_features, 3, padding=1), nn.Sigmoid())
+        self.fc = nn.Sequential(
+            nn.Conv1d(n_features, hidden, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv1d(hidden, n_features, 3, padding=1),
+            nn.Sigmoid(),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, L]
         return x * self.fc(x.mean(dim=-1, keepdim=True))
@@ -131,21 +153,27 @@ class SLMR(Backbone):
     def __init__(self, n_channels: int, cfg: DictConfig):
         super().__init__(n_channels, cfg)
         if self.window % 2:
-            raise ValueError(f"backbone.window={self.window}: SLMR splits its lookback into even "
-                             "and odd steps, so the window must be even (reference: 10)")
+            raise ValueError(
+                f"backbone.window={self.window}: SLMR splits its lookback into even "
+                "and odd steps, so the window must be even (reference: 10)"
+            )
         if not 0.0 <= cfg.mask_ratio < 1.0 or cfg.mask_mean_run < 1.0:
-            raise ValueError(f"backbone.mask_ratio={cfg.mask_ratio} must be in [0, 1) and "
-                             f"backbone.mask_mean_run={cfg.mask_mean_run} at least 1")
+            raise ValueError(
+                f"backbone.mask_ratio={cfg.mask_ratio} must be in [0, 1) and "
+                f"backbone.mask_mean_run={cfg.mask_mean_run} at least 1"
+            )
         self.targets = target_channels(cfg.target_channels, n_channels)
         n_out = n_channels if self.targets is None else len(self.targets)
-        self.block = Res2NetBlock(n_channels, cfg.groups, cfg.width, cfg.scales,
-                                  list(cfg.kernels), cfg.dilation)
+        self.block = Res2NetBlock(
+            n_channels, cfg.groups, cfg.width, cfg.scales, list(cfg.kernels), cfg.dilation
+        )
         self.cross = nn.Sequential(nn.MaxPool1d(3, 1, 1), nn.BatchNorm1d(n_channels), nn.ReLU())
         self.se = SEAttention(n_channels, cfg.se_reduction)
         h = int(cfg.gru_hidden)
         self.gru = nn.GRU(n_channels, h, batch_first=True)
-        self.forecast = nn.Sequential(nn.Linear(h, h), nn.ReLU(), nn.Dropout(cfg.dropout),
-                                      nn.Linear(h, n_out))
+        self.forecast = nn.Sequential(
+            nn.Linear(h, h), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(h, n_out)
+        )
         self.rec_gru = nn.GRU(h, h, batch_first=True)
         self.rec_out = nn.Linear(h, n_out)
         self.gamma = float(cfg.gamma)
@@ -163,8 +191,9 @@ class SLMR(Backbone):
     def forward(self, x: torch.Tensor) -> BackboneOutput:
         look, length = x[:, :-1], x.shape[1] - 1
         if self.training and self.mask_ratio > 0:
-            look = look * geometric_mask(look.shape, self.mask_ratio, self.mask_mean_run,
-                                         device=look.device)
+            look = look * geometric_mask(
+                look.shape, self.mask_ratio, self.mask_mean_run, device=look.device
+            )
         h = rearrange(look, "b l c -> b c l")
         # Steps 0, 2, 4, ... (the reference's 1-based "odd" steps, whose branch pools after its
         # cascade convolutions) and steps 1, 3, 5, ...; each branch adds the other's input.
@@ -201,9 +230,14 @@ def target_channels(value, n_channels: int) -> Optional[List[int]]:
     if value is None:
         return None
     targets = [int(c) for c in value]
-    if not targets or len(set(targets)) != len(targets) or \
-            not all(0 <= c < n_channels for c in targets):
-        raise ValueError(f"backbone.target_channels={targets}: expected null (every channel) or "
-                         f"distinct column indices in [0, {n_channels}) for these "
-                         f"{n_channels}-channel data")
+    if (
+        not targets
+        or len(set(targets)) != len(targets)
+        or not all(0 <= c < n_channels for c in targets)
+    ):
+        raise ValueError(
+            f"backbone.target_channels={targets}: expected null (every channel) or "
+            f"distinct column indices in [0, {n_channels}) for these "
+            f"{n_channels}-channel data"
+        )
     return targets

@@ -76,6 +76,7 @@ Deviations from the paper and the re-implementations
   layers below (TimeSeAD: the first 20 shuffled batches, all layers from one pass with random
   centers). The subsample needs no random numbers, so MADCluster on/off see the same init.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Dict, Iterable, List, Union
@@ -118,8 +119,9 @@ class DilatedRNN(nn.Module):
         super().__init__()
         self.dilations = [int(d) for d in dilations]
         sizes = [n_in] + [hidden] * len(self.dilations)
-        self.layers = nn.ModuleList(CELLS[cell](sizes[i], hidden, batch_first=True)
-                                    for i in range(len(self.dilations)))
+        self.layers = nn.ModuleList(
+            CELLS[cell](sizes[i], hidden, batch_first=True) for i in range(len(self.dilations))
+        )
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         """Every layer's per-step output, each [B, T, H]."""
@@ -150,8 +152,10 @@ def paired_cosine_distance(f: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
 
 def orthogonality(centers: Iterable[torch.Tensor]) -> torch.Tensor:
     """1/L sum_l ||C^l C^l^T - I||_F over the layers' center matrices C^l [K^l, H] (eq. 11)."""
-    terms = [torch.linalg.matrix_norm(c @ c.T - torch.eye(len(c), dtype=c.dtype,
-                                                           device=c.device)) for c in centers]
+    terms = [
+        torch.linalg.matrix_norm(c @ c.T - torch.eye(len(c), dtype=c.dtype, device=c.device))
+        for c in centers
+    ]
     return torch.stack(terms).mean()
 
 
@@ -163,13 +167,15 @@ class HierarchicalClustering(nn.Module):
         self.clusters = [int(k) for k in clusters]
         # Replaced by k-means at the start of training (on_fit_start); uniform in [-1, 1] as
         # TimeSeAD's initial values until then.
-        self.centers = nn.ParameterList(nn.Parameter(torch.rand(k, hidden) * 2 - 1)
-                                        for k in self.clusters)
+        self.centers = nn.ParameterList(
+            nn.Parameter(torch.rand(k, hidden) * 2 - 1) for k in self.clusters
+        )
         self.update = nn.ModuleList(nn.Linear(hidden, hidden) for _ in self.clusters)
         self.fuse = nn.ModuleList(nn.Linear(2 * hidden, hidden) for _ in self.clusters[:-1])
 
-    def fused_input(self, l: int, p: torch.Tensor, u: torch.Tensor,
-                    f_next: torch.Tensor) -> torch.Tensor:
+    def fused_input(
+        self, l: int, p: torch.Tensor, u: torch.Tensor, f_next: torch.Tensor
+    ) -> torch.Tensor:
         """f̄^l_j = Linear([f̂^l_j ; f^{l+1}_t]) for every j (eq. 8), with f̂^l_j = sum_i
         p_{j|i} u_i. The map is linear, so its f̂ half is applied to the K^{l-1} updates u_i
         before the mixing (K^{l-1} instead of K^l products; 1 instead of 6 at the first layer),
@@ -179,8 +185,9 @@ class HierarchicalClustering(nn.Module):
         mixed = torch.einsum("btkp,btph->btkh", p, F.linear(u, w[:, :h]))
         return mixed + F.linear(f_next, w[:, h:], b).unsqueeze(2)
 
-    def forward(self, feats: List[torch.Tensor], tau: Union[float, torch.Tensor],
-                stop_at: int = -1) -> Dict[str, List[torch.Tensor]]:
+    def forward(
+        self, feats: List[torch.Tensor], tau: Union[float, torch.Tensor], stop_at: int = -1
+    ) -> Dict[str, List[torch.Tensor]]:
         """Per layer l: ``inputs`` f̄^{l-1} [B, T, K^{l-1}, H], ``fused`` f̄^l [B, T, K^l, H]
         and ``relevance`` R^l [B, T, K^l]. ``stop_at=l`` returns once layer l's input exists
         (the k-means initialisation needs no more)."""
@@ -214,28 +221,39 @@ class THOC(Backbone):
         if cfg.cell not in CELLS:
             raise ValueError(f"backbone.cell={cfg.cell!r}: expected one of {', '.join(CELLS)}")
         if cfg.mvdd_layers not in MVDD_LAYERS:
-            raise ValueError(f"backbone.mvdd_layers={cfg.mvdd_layers!r}: expected one of "
-                             f"{', '.join(MVDD_LAYERS)}")
+            raise ValueError(
+                f"backbone.mvdd_layers={cfg.mvdd_layers!r}: expected one of "
+                f"{', '.join(MVDD_LAYERS)}"
+            )
         if not dilations or any(int(d) < 1 for d in dilations):
-            raise ValueError(f"backbone.dilations={dilations}: expected one or more integers "
-                             ">= 1 (one per layer)")
+            raise ValueError(
+                f"backbone.dilations={dilations}: expected one or more integers "
+                ">= 1 (one per layer)"
+            )
         if max(dilations) >= self.window:
-            raise ValueError(f"backbone.dilations={dilations}: the largest skip must be shorter "
-                             f"than backbone.window={self.window} (its prediction target "
-                             "lies inside the window)")
+            raise ValueError(
+                f"backbone.dilations={dilations}: the largest skip must be shorter "
+                f"than backbone.window={self.window} (its prediction target "
+                "lies inside the window)"
+            )
         if len(clusters) != len(dilations) or any(int(k) < 1 for k in clusters):
-            raise ValueError(f"backbone.clusters={clusters}: expected one count >= 1 per layer "
-                             f"of backbone.dilations={dilations}")
+            raise ValueError(
+                f"backbone.clusters={clusters}: expected one count >= 1 per layer "
+                f"of backbone.dilations={dilations}"
+            )
         if not 0.0 < cfg.tau_decay <= 1.0 or cfg.tau <= 0 or cfg.tau_min <= 0:
-            raise ValueError(f"backbone.tau={cfg.tau}, tau_min={cfg.tau_min}, tau_decay="
-                             f"{cfg.tau_decay}: expected tau, tau_min > 0 and tau_decay in "
-                             "(0, 1]")
+            raise ValueError(
+                f"backbone.tau={cfg.tau}, tau_min={cfg.tau_min}, tau_decay="
+                f"{cfg.tau_decay}: expected tau, tau_min > 0 and tau_decay in "
+                "(0, 1]"
+            )
         hidden = int(cfg.hidden)
         self.dilations = [int(d) for d in dilations]
         self.drnn = DilatedRNN(n_channels, hidden, self.dilations, cfg.cell)
         self.hierarchy = HierarchicalClustering(hidden, clusters)
-        self.predict = nn.ModuleList(nn.Linear(hidden, n_channels, bias=False)
-                                     for _ in self.dilations)
+        self.predict = nn.ModuleList(
+            nn.Linear(hidden, n_channels, bias=False) for _ in self.dilations
+        )
         self.lambda_orth, self.lambda_tss = float(cfg.lambda_orth), float(cfg.lambda_tss)
         self.mvdd_layers = cfg.mvdd_layers
         self.tau_decay, self.tau_min = float(cfg.tau_decay), float(cfg.tau_min)
@@ -251,8 +269,10 @@ class THOC(Backbone):
         h = self.hierarchy(feats, self.tau)  # the 0-d buffer: no device-to-host copy per step
         centers = self.hierarchy.centers
         layers = range(len(centers)) if self.mvdd_layers == "all" else [len(centers) - 1]
-        dist = sum((h["relevance"][l] * paired_cosine_distance(h["fused"][l], centers[l]))
-                   .sum(-1) for l in layers)
+        dist = sum(
+            (h["relevance"][l] * paired_cosine_distance(h["fused"][l], centers[l])).sum(-1)
+            for l in layers
+        )
         if self.embed_tap == "drnn":
             z = feats[-1]
         elif self.embed_tap == "multiscale":
@@ -263,22 +283,27 @@ class THOC(Backbone):
 
     def tss_loss(self, x: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         """Layer l predicts x_{t + s(l)} from f^l_t (eq. 12), mean over layers."""
-        terms = [F.mse_loss(head(f[:, :-d]), x[:, d:])
-                 for head, f, d in zip(self.predict, feats, self.dilations)]
+        terms = [
+            F.mse_loss(head(f[:, :-d]), x[:, d:])
+            for head, f, d in zip(self.predict, feats, self.dilations)
+        ]
         return torch.stack(terms).mean()
 
     def loss(self, x: torch.Tensor, out: BackboneOutput) -> torch.Tensor:
-        return (out.aux["dist"].mean()
-                + self.lambda_orth * orthogonality(self.hierarchy.centers)
-                + self.lambda_tss * self.tss_loss(x, out.aux["feats"]))
+        return (
+            out.aux["dist"].mean()
+            + self.lambda_orth * orthogonality(self.hierarchy.centers)
+            + self.lambda_tss * self.tss_loss(x, out.aux["feats"])
+        )
 
     def score(self, x: torch.Tensor, out: BackboneOutput) -> torch.Tensor:
         return out.aux["dist"]
 
     # -- schedule hooks ------------------------------------------------------------------
     @torch.no_grad()
-    def on_fit_start(self, train_batches: Callable[[], Iterable[torch.Tensor]],
-                     uses_own_objective: bool) -> None:
+    def on_fit_start(
+        self, train_batches: Callable[[], Iterable[torch.Tensor]], uses_own_objective: bool
+    ) -> None:
         """k-means centers per layer, bottom up, on evenly spaced training windows."""
         windows = _evenly_spaced_windows(train_batches, self.init_windows)
         if windows is None:
@@ -292,9 +317,14 @@ class THOC(Backbone):
             # windows at once ([N, T, K^{l-1}, H]) would not fit in memory on large settings.
             per_step = 1 if l == 0 else self.hierarchy.clusters[l - 1]
             stride = max(1, steps * per_step // KMEANS_MAX_POINTS)
-            inputs = torch.cat([
-                self.hierarchy(self.drnn(w), self.tau, stop_at=l)["inputs"][l]
-                .reshape(-1, c.shape[1])[::stride] for w in windows.split(256)])
+            inputs = torch.cat(
+                [
+                    self.hierarchy(self.drnn(w), self.tau, stop_at=l)["inputs"][l].reshape(
+                        -1, c.shape[1]
+                    )[::stride]
+                    for w in windows.split(256)
+                ]
+            )
             c.copy_(kmeans_centers(inputs, len(c), seed).to(c))
         self.train(was_training)
 
@@ -304,8 +334,7 @@ class THOC(Backbone):
         return {"backbone/tau": float(self.tau)}
 
 
-def _evenly_spaced_windows(train_batches: Callable[[], Iterable[torch.Tensor]],
-                           n: int):
+def _evenly_spaced_windows(train_batches: Callable[[], Iterable[torch.Tensor]], n: int):
     """Up to n training windows at evenly spaced positions over the whole training set (two
     passes: count, then pick), without random numbers."""
     total = sum(len(x) for x in train_batches())
@@ -324,6 +353,7 @@ def _evenly_spaced_windows(train_batches: Callable[[], Iterable[torch.Tensor]],
 def kmeans_centers(points: torch.Tensor, k: int, seed: int) -> torch.Tensor:
     """k centers of ``points`` [N, H] by k-means (scikit-learn, one k-means++ start)."""
     from sklearn.cluster import KMeans  # here: every run imports the backbones, few need it
+
     sample = points.double().cpu().numpy()
     n_distinct = len(np.unique(sample, axis=0))
     km = KMeans(n_clusters=min(k, n_distinct), n_init=1, random_state=seed).fit(sample)

@@ -16,6 +16,7 @@ framework's batch size and epoch count apply; the notebook scores a window by it
 here each step gets its own error and the point score aggregates the windows covering it
 (``scoring.aggregate``).
 """
+
 from __future__ import annotations
 
 from typing import Dict, List
@@ -53,8 +54,10 @@ class USAD(Backbone):
 
     def optimizer_groups(self) -> Dict[str, List[nn.Parameter]]:
         enc = list(self.encoder.parameters())
-        return {"ae1": enc + list(self.decoder1.parameters()),
-                "ae2": enc + list(self.decoder2.parameters())}
+        return {
+            "ae1": enc + list(self.decoder1.parameters()),
+            "ae2": enc + list(self.decoder2.parameters()),
+        }
 
     def forward(self, x: torch.Tensor) -> BackboneOutput:
         t = x.shape[1]
@@ -64,8 +67,10 @@ class USAD(Backbone):
         w2 = self.decoder2(z)
         w3 = self.decoder2(self.encoder(w1))
         unflat = lambda v: rearrange(v, "b (t c) -> b t c", t=t)  # noqa: E731
-        return BackboneOutput(z=z.unsqueeze(1).expand(-1, t, -1),
-                              aux={"w1": unflat(w1), "w2": unflat(w2), "w3": unflat(w3)})
+        return BackboneOutput(
+            z=z.unsqueeze(1).expand(-1, t, -1),
+            aux={"w1": unflat(w1), "w2": unflat(w2), "w3": unflat(w3)},
+        )
 
     @staticmethod
     def _phase_weight(epoch: int) -> float:

@@ -1,4 +1,5 @@
 """Shared benchmark plumbing: timing, environment facts, JSON output, table printing."""
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,13 @@ from typing import Callable, Dict, List, Sequence
 def environment() -> Dict[str, object]:
     import torch  # here, so that a child that only reports its peak RSS stays small
 
-    return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "machine": platform.machine()}
+    return {
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }
 
 
 def peak_rss_mb() -> float:
@@ -34,7 +39,7 @@ def peak_rss_mb() -> float:
     import resource
     import sys
 
-    scale = 2 ** 20 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    scale = 2**20 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
 
@@ -56,8 +61,9 @@ def child_peak_rss_mb(stderr: str) -> float:
     for line in reversed(stderr.splitlines()):
         if line.startswith("PEAK_RSS_MB "):
             return float(line.split()[1])
-    raise ValueError("the child printed no PEAK_RSS_MB line (did it start through "
-                     "PEAK_RSS_WRAPPER?)")
+    raise ValueError(
+        "the child printed no PEAK_RSS_MB line (did it start through PEAK_RSS_WRAPPER?)"
+    )
 
 
 def best_time(fn: Callable[[], object], repeat: int = 3) -> float:
@@ -73,8 +79,9 @@ def best_time(fn: Callable[[], object], repeat: int = 3) -> float:
 def write(name: str, rows: List[Dict[str, object]], out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.json"
-    path.write_text(json.dumps({"benchmark": name, "environment": environment(), "rows": rows},
-                               indent=2))
+    path.write_text(
+        json.dumps({"benchmark": name, "environment": environment(), "rows": rows}, indent=2)
+    )
     return path
 
 
@@ -83,9 +90,11 @@ def table(rows: List[Dict[str, object]], columns: Sequence[str]) -> str:
         if isinstance(v, float):
             return f"{v:.4g}"
         return str(v)
+
     cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     line = "  ".join(c.ljust(w) for c, w in zip(columns, widths))
     sep = "  ".join("-" * w for w in widths)
-    return "\n".join([line, sep] + ["  ".join(v.ljust(w) for v, w in zip(row, widths))
-                                    for row in cells])
+    return "\n".join(
+        [line, sep] + ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    )

@@ -1,5 +1,6 @@
 """Loading an SMD-sized dataset (28 machines, ~1.4M rows x 38, header-less text as published)
 and the peak memory of a window-100 run on it, against what materialised windows would take."""
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,9 @@ def make_smd_sized(root: Path, machines: int = 28, rows: int = 25_300, features:
         for split in ("train", "test"):
             (root / "SMD" / split).mkdir(parents=True, exist_ok=True)
             x = rng.random((rows, features)).astype(np.float32)
-            pd.DataFrame(x).to_csv(root / "SMD" / split / f"{name}.txt", header=False,
-                                   index=False, float_format="%.5f")
+            pd.DataFrame(x).to_csv(
+                root / "SMD" / split / f"{name}.txt", header=False, index=False, float_format="%.5f"
+            )
         y = (rng.random(rows) < 0.04).astype(int)
         (root / "SMD" / "test_label").mkdir(parents=True, exist_ok=True)
         pd.Series(y).to_csv(root / "SMD" / "test_label" / f"{name}.txt", header=False, index=False)
@@ -51,14 +53,25 @@ def main(argv=None) -> None:
     test = raw.test.get()
     load_s = time.perf_counter() - t0
     rows = len(raw.train) + len(test)
-    data_mb = (raw.train.values.nbytes + test.values.nbytes) / 2 ** 20
+    data_mb = (raw.train.values.nbytes + test.values.nbytes) / 2**20
     window = 100
-    copies_mb = (len(raw.train) - window + 1) * window * raw.n_channels * 4 / 2 ** 20
+    copies_mb = (len(raw.train) - window + 1) * window * raw.n_channels * 4 / 2**20
 
-    cmd = [sys.executable, "-c", PEAK_RSS_WRAPPER, "dataset=SMD", f"paths.data_dir={args.root}",
-           "backbone.window=100", "train.epochs=1", "train.max_batches_per_epoch=50",
-           "scoring.stride=25", "tracking=none", "tracking.plots=false", "train.progress=none",
-           f"hydra.run.dir={args.out / 'smd_sized_run'}"]
+    cmd = [
+        sys.executable,
+        "-c",
+        PEAK_RSS_WRAPPER,
+        "dataset=SMD",
+        f"paths.data_dir={args.root}",
+        "backbone.window=100",
+        "train.epochs=1",
+        "train.max_batches_per_epoch=50",
+        "scoring.stride=25",
+        "tracking=none",
+        "tracking.plots=false",
+        "train.progress=none",
+        f"hydra.run.dir={args.out / 'smd_sized_run'}",
+    ]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
     run_s = time.perf_counter() - t0
@@ -66,12 +79,21 @@ def main(argv=None) -> None:
         print(proc.stderr[-3000:])
         raise SystemExit("the SMD-sized run failed")
     peak_mb = child_peak_rss_mb(proc.stderr)  # the child's own (ru_maxrss includes ours)
-    rows_out = [{"what": "load full SMD-sized dataset (28 machines, train + test)",
-                 "value": f"{load_s:.2f} s", "rows": rows, "note": f"{data_mb:.0f} MB float32"},
-                {"what": "peak RSS, window-100 run (deepsvdd, 50 batches, score stride 25)",
-                 "value": f"{peak_mb:.0f} MB", "rows": rows,
-                 "note": f"materialised train windows alone would be {copies_mb:.0f} MB "
-                         f"({copies_mb / peak_mb:.1f}x this peak); run {run_s:.0f} s"}]
+    rows_out = [
+        {
+            "what": "load full SMD-sized dataset (28 machines, train + test)",
+            "value": f"{load_s:.2f} s",
+            "rows": rows,
+            "note": f"{data_mb:.0f} MB float32",
+        },
+        {
+            "what": "peak RSS, window-100 run (deepsvdd, 50 batches, score stride 25)",
+            "value": f"{peak_mb:.0f} MB",
+            "rows": rows,
+            "note": f"materialised train windows alone would be {copies_mb:.0f} MB "
+            f"({copies_mb / peak_mb:.1f}x this peak); run {run_s:.0f} s",
+        },
+    ]
     print(table(rows_out, ["what", "value", "rows", "note"]))
     print(f"written to {write('data', rows_out, args.out)}")
 

@@ -3,6 +3,7 @@
 0.0.6) and ``tsbad_get_metrics`` against TSB-AD 1.5's ``get_metrics`` (its default: threshold
 search), at 10k, 100k and 700k points (window 100). Each reference runs once per size and is
 skipped where its time extrapolated from the previous size exceeds its budget."""
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,7 @@ def make_input(n: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     y = np.zeros(n, dtype=np.int64)
     for a in rng.integers(0, n, max(1, n // 2500)):
-        y[a:a + rng.integers(5, 200)] = 1
+        y[a : a + rng.integers(5, 200)] = 1
     s = rng.random(n) + 0.4 * y
     return y, s
 
@@ -48,8 +49,11 @@ def _references() -> Dict[str, Optional[Callable]]:
 
 
 def _max_abs_diff(ours: Dict[str, float], ref: Dict[str, float]) -> float:
-    diffs = [abs(ours[k] - float(ref[k])) for k in ours
-             if not (math.isnan(ours[k]) and math.isnan(float(ref[k])))]
+    diffs = [
+        abs(ours[k] - float(ref[k]))
+        for k in ours
+        if not (math.isnan(ours[k]) and math.isnan(float(ref[k])))
+    ]
     return max(diffs) if diffs else 0.0
 
 
@@ -59,16 +63,22 @@ def _compare(name, reference, ours_fn, ours_s, s, y, window, last, budget, row):
     n = len(s)
     estimate = None if last.get(name) is None else last[name][1] * n / last[name][0]
     if estimate is not None and estimate > budget:
-        row["note"] = (row.get("note", "") + f" {name} skipped: ~{estimate:.0f}s "
-                       "extrapolated > budget").strip()
+        row["note"] = (
+            row.get("note", "") + f" {name} skipped: ~{estimate:.0f}s extrapolated > budget"
+        ).strip()
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         t0 = time.perf_counter()
         ref = reference(s, y, window)
         elapsed = time.perf_counter() - t0
-    row.update({f"{name}_s": elapsed, f"{name}_speedup": elapsed / ours_s,
-                f"{name}_max_abs_diff": _max_abs_diff(ours_fn(), ref)})
+    row.update(
+        {
+            f"{name}_s": elapsed,
+            f"{name}_speedup": elapsed / ours_s,
+            f"{name}_max_abs_diff": _max_abs_diff(ours_fn(), ref),
+        }
+    )
     last[name] = (n, elapsed)
 
 
@@ -76,10 +86,18 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 700_000])
     ap.add_argument("--window", type=int, default=100)
-    ap.add_argument("--vus-budget-s", type=float, default=240.0,
-                    help="skip vus at a size whose extrapolated time exceeds this")
-    ap.add_argument("--tsbad-budget-s", type=float, default=240.0,
-                    help="skip TSB-AD at a size whose extrapolated time exceeds this")
+    ap.add_argument(
+        "--vus-budget-s",
+        type=float,
+        default=240.0,
+        help="skip vus at a size whose extrapolated time exceeds this",
+    )
+    ap.add_argument(
+        "--tsbad-budget-s",
+        type=float,
+        default=240.0,
+        help="skip TSB-AD at a size whose extrapolated time exceeds this",
+    )
     ap.add_argument("--out", type=Path, default=Path("outputs/bench"))
     args = ap.parse_args(argv)
     refs = _references()
@@ -91,22 +109,42 @@ def main(argv=None) -> None:
         w = args.window
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            row = {"points": n,
-                   "ours_full_suite_s": best_time(lambda: full_suite(
-                       y_true=y, y_score=s, y_pred=pred, window=w)),
-                   "ours_vus_keys_s": best_time(lambda: vus_get_metrics(s, y, w)),
-                   "ours_tsbad_keys_s": best_time(lambda: tsbad_get_metrics(s, y, w))}
-        ours = {"vus": (lambda: vus_get_metrics(s, y, w), row["ours_vus_keys_s"]),
-                "tsbad": (lambda: tsbad_get_metrics(s, y, w), row["ours_tsbad_keys_s"])}
+            row = {
+                "points": n,
+                "ours_full_suite_s": best_time(
+                    lambda: full_suite(y_true=y, y_score=s, y_pred=pred, window=w)
+                ),
+                "ours_vus_keys_s": best_time(lambda: vus_get_metrics(s, y, w)),
+                "ours_tsbad_keys_s": best_time(lambda: tsbad_get_metrics(s, y, w)),
+            }
+        ours = {
+            "vus": (lambda: vus_get_metrics(s, y, w), row["ours_vus_keys_s"]),
+            "tsbad": (lambda: tsbad_get_metrics(s, y, w), row["ours_tsbad_keys_s"]),
+        }
         for name, reference in refs.items():
             if reference is not None:
                 _compare(name, reference, *ours[name], s, y, w, last, budgets[name], row)
         rows.append(row)
         print(f"  {n:>8} points done", flush=True)
     print(f"\nMetric suites, window {args.window} (best of 3 for ours; references once):")
-    print(table(rows, ["points", "ours_full_suite_s", "ours_vus_keys_s", "vus_s", "vus_speedup",
-                       "vus_max_abs_diff", "ours_tsbad_keys_s", "tsbad_s", "tsbad_speedup",
-                       "tsbad_max_abs_diff", "note"]))
+    print(
+        table(
+            rows,
+            [
+                "points",
+                "ours_full_suite_s",
+                "ours_vus_keys_s",
+                "vus_s",
+                "vus_speedup",
+                "vus_max_abs_diff",
+                "ours_tsbad_keys_s",
+                "tsbad_s",
+                "tsbad_speedup",
+                "tsbad_max_abs_diff",
+                "note",
+            ],
+        )
+    )
     print(f"written to {write('metrics', rows, args.out)}")
 
 

@@ -3,10 +3,12 @@
 A classical detector is fitted once on the training split (no epochs, no gradients) and gives
 one score per window, higher = more anomalous, in the style of pyod: ``fit`` then
 ``decision_function``. There is no ``predict``: the pipeline's threshold (fitted on validation
-scores, ``threshold.kind``) turns scores into predictions, for every detector alike. The job (madcluster_exp/run.py) replaces the training loop with ``fit`` and scores the
+scores, ``threshold.kind``) turns scores into predictions, for every detector alike. The job
+(madcluster_exp/run.py) replaces the training loop with ``fit`` and scores the
 validation and test splits through :func:`score_split_classical`, so thresholds, metrics and
 tracking are the ones every deep backbone goes through.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -39,8 +41,9 @@ class ClassicalDetector(ABC):
         self.n_train_windows = self._fit(train, stride)
         return self
 
-    def decision_function(self, split: SeriesSplit, starts: np.ndarray,
-                          batch_size: int = 512) -> np.ndarray:
+    def decision_function(
+        self, split: SeriesSplit, starts: np.ndarray, batch_size: int = 512
+    ) -> np.ndarray:
         """One score per window starting at ``starts`` (float64, higher = more anomalous)."""
         return np.asarray(self._score(split, starts, batch_size), dtype=np.float64)
 
@@ -70,8 +73,9 @@ class WindowFeatureDetector(ClassicalDetector):
     def _score(self, split: SeriesSplit, starts: np.ndarray, batch_size: int) -> np.ndarray:
         windows = WindowSet(split, self.window, stride=1)
         index = window_index(windows, starts)
-        return np.concatenate([self._score_features(flat_windows(windows, idx))
-                               for idx in _chunks(index, batch_size)])
+        return np.concatenate(
+            [self._score_features(flat_windows(windows, idx)) for idx in _chunks(index, batch_size)]
+        )
 
     @abstractmethod
     def _fit_features(self, x: np.ndarray) -> None:
@@ -90,20 +94,28 @@ def flat_windows(windows: WindowSet, idx: np.ndarray) -> np.ndarray:
 def window_index(windows: WindowSet, starts: np.ndarray) -> np.ndarray:
     """Positions in ``windows`` (stride 1) of the windows starting at ``starts``."""
     idx = np.searchsorted(windows.starts, starts)
-    if len(starts) and (idx.max() >= len(windows.starts)
-                        or not np.array_equal(windows.starts[idx], starts)):
+    if len(starts) and (
+        idx.max() >= len(windows.starts) or not np.array_equal(windows.starts[idx], starts)
+    ):
         raise ValueError("window starts outside the split's windows")
     return idx
 
 
 def _chunks(index: np.ndarray, size: int) -> Iterator[np.ndarray]:
     for i in range(0, len(index), size):
-        yield index[i:i + size]
+        yield index[i : i + size]
 
 
 # ------------------------------------------------------------------------ windows -> points
-def spread_to_points(n_points: int, segments, starts: np.ndarray, scores: np.ndarray,
-                     window: int, spread: str, aggregate: str) -> np.ndarray:
+def spread_to_points(
+    n_points: int,
+    segments,
+    starts: np.ndarray,
+    scores: np.ndarray,
+    window: int,
+    spread: str,
+    aggregate: str,
+) -> np.ndarray:
     """One score per point from one score per window.
 
     ``center``: the score belongs to the window's middle point (``start + (T - 1) // 2``), as
@@ -130,21 +142,27 @@ def spread_to_points(n_points: int, segments, starts: np.ndarray, scores: np.nda
         right = np.clip(np.searchsorted(pos, points), 0, len(pos) - 1)
         left = np.clip(right - 1, 0, len(pos) - 1)
         nearer_left = np.abs(points - pos[left]) <= np.abs(pos[right] - points)
-        out[seg.start:seg.end] = np.where(nearer_left, val[left], val[right])
+        out[seg.start : seg.end] = np.where(nearer_left, val[left], val[right])
     return out
 
 
-def score_split_classical(detector: ClassicalDetector, split: SeriesSplit, stride: int,
-                          batch_size: int, spread: str, aggregate: str,
-                          window_means: bool = False):
+def score_split_classical(
+    detector: ClassicalDetector,
+    split: SeriesSplit,
+    stride: int,
+    batch_size: int,
+    spread: str,
+    aggregate: str,
+    window_means: bool = False,
+):
     """As :func:`madcluster_exp.scoring.score_split` for a classical detector: {component:
     point scores}, and with ``window_means`` also {component: window scores} and the starts
     (the reference protocol's window scores are the detector's own)."""
     windows = WindowSet(split, detector.window, stride=stride, cover_tail=True)
     scores = detector.decision_function(split, windows.starts, batch_size)
-    points = spread_to_points(len(split), split.segments, windows.starts, scores,
-                              detector.window, spread, aggregate)
+    points = spread_to_points(
+        len(split), split.segments, windows.starts, scores, detector.window, spread, aggregate
+    )
     if not window_means:
         return {COMPONENT: points}
     return {COMPONENT: points}, {COMPONENT: scores}, windows.starts
-

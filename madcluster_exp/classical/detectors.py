@@ -2,6 +2,7 @@
 nearest-neighbour index), ``iforest`` (scikit-learn's IsolationForest), ``pca``
 (scikit-learn's PCA, reconstruction error), ``matrix_profile`` (stumpy's AB-join), and the
 seeded sanity scorers ``random`` and ``constant``."""
+
 from __future__ import annotations
 
 from typing import Dict
@@ -24,8 +25,10 @@ class KNN(WindowFeatureDetector):
 
         k = int(self.cfg.n_neighbors)
         if k > len(x):
-            raise ValueError(f"backbone.n_neighbors={k} but the training split has only "
-                             f"{len(x)} windows; expected at most that many neighbours")
+            raise ValueError(
+                f"backbone.n_neighbors={k} but the training split has only "
+                f"{len(x)} windows; expected at most that many neighbours"
+            )
         self.index = NearestNeighbors(n_neighbors=k, algorithm=self.cfg.algorithm).fit(x)
 
     def _score_features(self, x: np.ndarray) -> np.ndarray:
@@ -46,9 +49,12 @@ class IForest(WindowFeatureDetector):
         from sklearn.ensemble import IsolationForest
 
         max_samples = "auto" if self.cfg.max_samples is None else int(self.cfg.max_samples)
-        self.forest = IsolationForest(n_estimators=int(self.cfg.n_estimators),
-                                      max_samples=max_samples, random_state=self.seed,
-                                      n_jobs=1).fit(x)
+        self.forest = IsolationForest(
+            n_estimators=int(self.cfg.n_estimators),
+            max_samples=max_samples,
+            random_state=self.seed,
+            n_jobs=1,
+        ).fit(x)
 
     def _score_features(self, x: np.ndarray) -> np.ndarray:
         return -self.forest.score_samples(x)
@@ -73,8 +79,11 @@ class PCAReconstruction(WindowFeatureDetector):
         return np.square(x64 - recon).sum(axis=1)
 
     def params(self) -> Dict[str, object]:
-        return {**super().params(), "classical/components": int(self.pca.n_components_),
-                "classical/explained_variance": float(self.pca.explained_variance_ratio_.sum())}
+        return {
+            **super().params(),
+            "classical/components": int(self.pca.n_components_),
+            "classical/explained_variance": float(self.pca.explained_variance_ratio_.sum()),
+        }
 
 
 class MatrixProfile(ClassicalDetector):
@@ -104,13 +113,13 @@ class MatrixProfile(ClassicalDetector):
         for seg in split.segments:
             n_sub = seg.length - m + 1
             for c in range(split.n_channels):
-                a = split.values[seg.start:seg.end, c].astype(np.float64)
+                a = split.values[seg.start : seg.end, c].astype(np.float64)
                 best = np.full(n_sub, np.inf)
                 for tseg in self.train.segments:
-                    b = self.train.values[tseg.start:tseg.end, c].astype(np.float64)
+                    b = self.train.values[tseg.start : tseg.end, c].astype(np.float64)
                     d = stumpy.stump(a, m, T_B=b, ignore_trivial=False, normalize=normalize)
                     best = np.minimum(best, d[:, 0].astype(np.float64))
-                profile[seg.start:seg.start + n_sub, c] = best
+                profile[seg.start : seg.start + n_sub, c] = best
         per_window = profile[starts]
         return per_window.mean(axis=1) if self.cfg.channels == "mean" else per_window.max(axis=1)
 

@@ -7,6 +7,7 @@
 NAME is SMD, MSL, SMAP or PSM. ``--mirror URL`` fetches <URL>/<NAME>/<file> instead of the
 public source; ``--sources FILE`` reads another source description (tests use it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,10 @@ from madcluster_exp.data.series import DataError
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m madcluster_exp.data",
-                                 description="Fetch, verify and unpack benchmark datasets.")
+    ap = argparse.ArgumentParser(
+        prog="python -m madcluster_exp.data",
+        description="Fetch, verify and unpack benchmark datasets.",
+    )
     ap.add_argument("--data-dir", type=Path, default=Path("datasets"))
     ap.add_argument("--sources", type=Path, default=SOURCES)
     sub = ap.add_subparsers(dest="command", required=True)

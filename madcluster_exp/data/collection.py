@@ -25,6 +25,7 @@ Files that cannot be used are not fatal: :func:`scan_collection` and :meth:`Coll
 raise or record a :class:`DataError` naming the file (and the line/column where one applies),
 and the run skips that series with the reason logged.
 """
+
 from __future__ import annotations
 
 import re
@@ -35,8 +36,12 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from omegaconf import DictConfig
 
-from madcluster_exp.data.formats import (check_labels, natural_key, read_numeric_table,
-                                         read_timeeval_csv)
+from madcluster_exp.data.formats import (
+    check_labels,
+    natural_key,
+    read_numeric_table,
+    read_timeeval_csv,
+)
 from madcluster_exp.data.series import DataError, RawDataset, SealedTest, SeriesSplit
 
 TSBAD, UCR, TIMEEVAL = "tsbad", "ucr", "timeeval"
@@ -73,33 +78,43 @@ def detect(path: Path) -> SeriesFile:
     """The format of one file from its name and header; DataError says why it is none."""
     if path.suffix == ".txt":
         if not UCR_NAME.match(path.stem):
-            raise DataError(f"{path.name}: a .txt file whose name is not UCR's "
-                            "<id>_UCR_Anomaly_<name>_<train_end>_<begin>_<end>.txt, so its "
-                            "training part and labels are unknown")
+            raise DataError(
+                f"{path.name}: a .txt file whose name is not UCR's "
+                "<id>_UCR_Anomaly_<name>_<train_end>_<begin>_<end>.txt, so its "
+                "training part and labels are unknown"
+            )
         return SeriesFile(path.stem, path, UCR)
     if path.suffix != ".csv":
-        raise DataError(f"{path.name}: not a series file; expected .csv (TSB-AD or TimeEval) "
-                        "or .txt (UCR anomaly archive)")
+        raise DataError(
+            f"{path.name}: not a series file; expected .csv (TSB-AD or TimeEval) "
+            "or .txt (UCR anomaly archive)"
+        )
     columns = _header(path)
     if columns[-1] == "Label":
         if not TSBAD_TRAIN.search(path.stem):
-            raise DataError(f"{path.name}: TSB-AD columns (features then 'Label') but no "
-                            "'_tr_<n>_' in the file name, so the training prefix is unknown")
+            raise DataError(
+                f"{path.name}: TSB-AD columns (features then 'Label') but no "
+                "'_tr_<n>_' in the file name, so the training prefix is unknown"
+            )
         return SeriesFile(path.stem, path, TSBAD)
     if "is_anomaly" in columns:
         train = path.with_name(path.stem + TRAIN_SUFFIX)
         return SeriesFile(path.stem, path, TIMEEVAL, train if train.exists() else None)
-    raise DataError(f"{path.name}: header {columns[:6]}{'...' if len(columns) > 6 else ''} "
-                    "has neither a last column 'Label' (TSB-AD) nor an 'is_anomaly' column "
-                    "(TimeEval)")
+    raise DataError(
+        f"{path.name}: header {columns[:6]}{'...' if len(columns) > 6 else ''} "
+        "has neither a last column 'Label' (TSB-AD) nor an 'is_anomaly' column "
+        "(TimeEval)"
+    )
 
 
 def scan_collection(root: Path) -> Tuple[List[SeriesFile], List[Skipped]]:
     """Every series file directly in ``root`` (natural order), and the files skipped with why.
     TimeEval training files travel with their series and are not series themselves."""
     if not root.is_dir():
-        raise DataError(f"dataset.path={str(root)!r}: not a folder (resolved to "
-                        f"{root.resolve()}); expected a folder of series files")
+        raise DataError(
+            f"dataset.path={str(root)!r}: not a folder (resolved to "
+            f"{root.resolve()}); expected a folder of series files"
+        )
     series: List[SeriesFile] = []
     skipped: List[Skipped] = []
     seen: Dict[str, str] = {}
@@ -107,14 +122,23 @@ def scan_collection(root: Path) -> Tuple[List[SeriesFile], List[Skipped]]:
         if path.name.startswith("."):
             continue
         if path.is_dir():
-            skipped.append(Skipped(path.name, "a folder; a collection is the files directly "
-                                              "in dataset.path (not read recursively)"))
+            skipped.append(
+                Skipped(
+                    path.name,
+                    "a folder; a collection is the files directly "
+                    "in dataset.path (not read recursively)",
+                )
+            )
             continue
         if path.name.endswith(TRAIN_SUFFIX):
-            test = path.with_name(path.name[:-len(TRAIN_SUFFIX)] + ".csv")
+            test = path.with_name(path.name[: -len(TRAIN_SUFFIX)] + ".csv")
             if not test.exists():
-                skipped.append(Skipped(path.name, f"TimeEval training file without its series "
-                                                  f"{test.name} beside it"))
+                skipped.append(
+                    Skipped(
+                        path.name,
+                        f"TimeEval training file without its series {test.name} beside it",
+                    )
+                )
             continue
         try:
             found = detect(path)
@@ -145,16 +169,19 @@ def read_ucr_values(path: Path, nan_policy: str = "error") -> np.ndarray:
                 try:
                     float(token)
                 except ValueError:
-                    raise DataError(f"{path}: line {i}, value {j}: {token!r} is not a number"
-                                    ) from None
+                    raise DataError(
+                        f"{path}: line {i}, value {j}: {token!r} is not a number"
+                    ) from None
         raise  # pragma: no cover - a token float() accepts but numpy refuses
     bad = ~np.isfinite(values)
     if bad.any():
         if nan_policy == "error":
             i = int(np.flatnonzero(bad)[0])
-            raise DataError(f"{path}: value {i + 1} ({tokens[i]}) is missing or infinite; "
-                            "expected a finite number. Set dataset.nan_policy=zero to fill "
-                            "such values with 0")
+            raise DataError(
+                f"{path}: value {i + 1} ({tokens[i]}) is missing or infinite; "
+                "expected a finite number. Set dataset.nan_policy=zero to fill "
+                "such values with 0"
+            )
         values[bad] = 0.0
     return values.astype(np.float32)[:, None]
 
@@ -165,13 +192,16 @@ def ucr_split(path: Path, n: int) -> Tuple[int, np.ndarray]:
     train_end, begin, end = (int(match.group(k)) for k in (3, 4, 5))
     where = f"{path.name}: name says train 1..{train_end}, anomaly {begin}..{end}"
     if not 1 <= begin <= end <= n:
-        raise DataError(f"{where}, but the file holds {n} values; expected "
-                        f"1 <= begin <= end <= {n}")
+        raise DataError(
+            f"{where}, but the file holds {n} values; expected 1 <= begin <= end <= {n}"
+        )
     if not 0 < train_end < begin:
-        raise DataError(f"{where}: expected the training part to end before the anomaly "
-                        "begins (training data must be free of the labelled anomaly)")
+        raise DataError(
+            f"{where}: expected the training part to end before the anomaly "
+            "begins (training data must be free of the labelled anomaly)"
+        )
     labels = np.zeros(n, np.int8)
-    labels[begin - 1:end] = 1  # 1-based inclusive -> 0-based rows begin-1 .. end-1
+    labels[begin - 1 : end] = 1  # 1-based inclusive -> 0-based rows begin-1 .. end-1
     return train_end, labels
 
 
@@ -179,13 +209,16 @@ def read_tsbad(path: Path, nan_policy: str = "error") -> Tuple[np.ndarray, np.nd
     """(features [N, C], labels [N], training prefix length) of a TSB-AD CSV file."""
     frame = read_numeric_table(path, header=True, nan_policy=nan_policy)
     if frame.shape[1] < 2 or frame.columns[-1] != "Label":
-        raise DataError(f"{path}: columns {list(frame.columns)}; expected feature columns "
-                        "then 'Label'")
+        raise DataError(
+            f"{path}: columns {list(frame.columns)}; expected feature columns then 'Label'"
+        )
     labels = check_labels(frame["Label"].to_numpy(), str(path), len(frame))
     n_train = int(TSBAD_TRAIN.search(path.stem).group(1))
     if not 0 < n_train < len(frame):
-        raise DataError(f"{path.name}: '_tr_{n_train}_' in the name, but the file has "
-                        f"{len(frame)} rows; expected 0 < n < {len(frame)}")
+        raise DataError(
+            f"{path.name}: '_tr_{n_train}_' in the name, but the file has "
+            f"{len(frame)} rows; expected 0 < n < {len(frame)}"
+        )
     return frame.iloc[:, :-1].to_numpy(np.float32), labels, n_train
 
 
@@ -196,8 +229,9 @@ class Collection:
 
     name = "collection"
 
-    def __init__(self, root: Path, series: List[SeriesFile], skipped: List[Skipped],
-                 cfg: DictConfig):
+    def __init__(
+        self, root: Path, series: List[SeriesFile], skipped: List[Skipped], cfg: DictConfig
+    ):
         self.root = root
         self.series = {s.name: s for s in series}
         self.skipped = skipped
@@ -232,10 +266,12 @@ class Collection:
         test_x, test_y = x[start:], y[start:]
         train = SeriesSplit.concat([(name, train_x, None)], f"{s.path}(train)")
         source = f"{s.path}(test)"
-        sealed = SealedTest(lambda: SeriesSplit.concat([(name, test_x, test_y)], source),
-                            str(s.path))
-        return RawDataset(self.name, train, sealed, {"path": str(s.path), "format": s.format}
-                          ).head(self.cfg.get("max_length"))
+        sealed = SealedTest(
+            lambda: SeriesSplit.concat([(name, test_x, test_y)], source), str(s.path)
+        )
+        return RawDataset(self.name, train, sealed, {"path": str(s.path), "format": s.format}).head(
+            self.cfg.get("max_length")
+        )
 
     def _timeeval(self, s: SeriesFile):
         policy = self.cfg.nan_policy
@@ -243,15 +279,19 @@ class Collection:
         if s.train_path is not None:
             train_x, _ = read_timeeval_csv(s.train_path, policy)
             if train_x.shape[1] != x.shape[1]:
-                raise DataError(f"{s.train_path.name}: {train_x.shape[1]} features but "
-                                f"{s.path.name} has {x.shape[1]}; expected the same features")
+                raise DataError(
+                    f"{s.train_path.name}: {train_x.shape[1]} features but "
+                    f"{s.path.name} has {x.shape[1]}; expected the same features"
+                )
             return x, y, 0, train_x
         fraction = float(self.cfg.train_fraction)
         cut = int(round(fraction * len(x)))
         if not 0 < cut < len(x):
-            raise DataError(f"{s.path.name}: {len(x)} rows leave an empty split at "
-                            f"dataset.train_fraction={fraction} (no {s.name}{TRAIN_SUFFIX} "
-                            "beside it)")
+            raise DataError(
+                f"{s.path.name}: {len(x)} rows leave an empty split at "
+                f"dataset.train_fraction={fraction} (no {s.name}{TRAIN_SUFFIX} "
+                "beside it)"
+            )
         return x, y, cut, x[:cut]
 
 
@@ -260,11 +300,13 @@ def load_collection(cfg: DictConfig, root: Path) -> Collection:
     if cfg.entities is not None:
         unknown = [w for w in cfg.entities if w not in {s.name for s in series}]
         if unknown:
-            raise DataError(f"collection {root}: dataset.entities names {unknown}, which are "
-                            f"not usable series there; available: {[s.name for s in series]}")
+            raise DataError(
+                f"collection {root}: dataset.entities names {unknown}, which are "
+                f"not usable series there; available: {[s.name for s in series]}"
+            )
         series = [s for s in series if s.name in set(cfg.entities)]
     if cfg.get("max_entities") is not None:
-        series = series[:int(cfg.max_entities)]
+        series = series[: int(cfg.max_entities)]
     if not series:
         reasons = "".join(f"\n  {s.file}: {s.reason}" for s in skipped)
         raise DataError(f"collection {root}: no usable series file{reasons or ' (empty folder)'}")

@@ -10,6 +10,7 @@ looks like a valid dataset.
   it (absolute paths, ``..``, links) are refused. Only when everything is in place is the
   folder renamed to ``<data_dir>/<NAME>`` in one step, with ``.complete.json`` inside.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -53,9 +54,12 @@ class DatasetSource:
 
 def load_sources(path: Path = SOURCES) -> Dict[str, DatasetSource]:
     raw = json.loads(Path(path).read_text())
-    return {name: DatasetSource(name, [SourceFile(**f) for f in spec["files"]], spec["expect"],
-                                spec.get("citation", ""))
-            for name, spec in raw.items()}
+    return {
+        name: DatasetSource(
+            name, [SourceFile(**f) for f in spec["files"]], spec["expect"], spec.get("citation", "")
+        )
+        for name, spec in raw.items()
+    }
 
 
 def sha256_of(path: Path) -> str:
@@ -106,9 +110,11 @@ def fetch(url: str, dest: Path, timeout: float = 60.0, retries: int = 3) -> Path
             raise DataError(f"downloading {url}: HTTP {exc.code} {exc.reason}") from None
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
             if attempt == retries:
-                raise DataError(f"downloading {url} failed after {retries} attempts ({exc}); "
-                                f"run the same command again to resume from "
-                                f"{part.stat().st_size if part.exists() else 0} bytes") from None
+                raise DataError(
+                    f"downloading {url} failed after {retries} attempts ({exc}); "
+                    f"run the same command again to resume from "
+                    f"{part.stat().st_size if part.exists() else 0} bytes"
+                ) from None
             _say(f"  {dest.name}: interrupted ({exc}); resuming (attempt {attempt + 1})")
     raise DataError(f"downloading {url}: gave up")  # pragma: no cover
 
@@ -118,16 +124,20 @@ def verify(path: Path, spec: SourceFile, cache: Path) -> str:
     if spec.sha256:
         if digest != spec.sha256:
             path.unlink()
-            raise DataError(f"{spec.name}: SHA-256 {digest} does not match the expected "
-                            f"{spec.sha256}; the corrupt file was deleted. Run the command "
-                            "again, or check the source.")
+            raise DataError(
+                f"{spec.name}: SHA-256 {digest} does not match the expected "
+                f"{spec.sha256}; the corrupt file was deleted. Run the command "
+                "again, or check the source."
+            )
     else:
         record = cache / "recorded_checksums.json"
         known = json.loads(record.read_text()) if record.exists() else {}
         known[spec.url] = digest
         record.write_text(json.dumps(known, indent=2, sort_keys=True))
-        _say(f"  {spec.name}: no checksum in the repository yet; SHA-256 {digest} recorded in "
-             f"{record} (add it to madcluster_exp/data/sources.json)")
+        _say(
+            f"  {spec.name}: no checksum in the repository yet; SHA-256 {digest} recorded in "
+            f"{record} (add it to madcluster_exp/data/sources.json)"
+        )
     return digest
 
 
@@ -147,7 +157,7 @@ def _relative(name: str, spec: SourceFile) -> Optional[str]:
     if spec.strip:
         if not name.startswith(spec.strip):
             return None
-        name = name[len(spec.strip):]
+        name = name[len(spec.strip) :]
     if not name or name.endswith("/"):
         return None
     if spec.include and not any(name.startswith(p) for p in spec.include):
@@ -165,8 +175,12 @@ def _members(archive: Path, kind: Optional[str]):
     elif kind == "tar":
         with tarfile.open(archive) as tf:
             for m in tf.getmembers():
-                yield (m.name, m.issym() or m.islnk() or m.isdev(), m.isfile(),
-                       lambda m=m: tf.extractfile(m))
+                yield (
+                    m.name,
+                    m.issym() or m.islnk() or m.isdev(),
+                    m.isfile(),
+                    lambda m=m: tf.extractfile(m),
+                )
     else:
         raise DataError(f"{archive}: unknown archive type {kind!r}")
 
@@ -188,14 +202,17 @@ def extract(archive: Path, spec: SourceFile, target: Path) -> int:
             shutil.copyfileobj(src, dst, CHUNK)
         count += 1
     if count == 0:
-        raise DataError(f"{archive}: no member under {spec.strip or '/'}{spec.include or ''}; "
-                        "is this the right archive?")
+        raise DataError(
+            f"{archive}: no member under {spec.strip or '/'}{spec.include or ''}; "
+            "is this the right archive?"
+        )
     return count
 
 
 # ---------------------------------------------------------------------------- installing
-def install(source: DatasetSource, files: Dict[str, Path], digests: Dict[str, str],
-            data_dir: Path) -> Path:
+def install(
+    source: DatasetSource, files: Dict[str, Path], digests: Dict[str, str], data_dir: Path
+) -> Path:
     """Build the dataset folder beside its final place, check it, then rename it into place."""
     final = data_dir / source.name
     tmp = data_dir / f".tmp-{source.name}-{uuid.uuid4().hex[:8]}"
@@ -211,12 +228,22 @@ def install(source: DatasetSource, files: Dict[str, Path], digests: Dict[str, st
                 shutil.copyfile(path, out)
         missing = [pattern for pattern in source.expect if not list(tmp.glob(pattern))]
         if missing:
-            raise DataError(f"{source.name}: after unpacking, nothing matches {missing}; the "
-                            "files are not in the published layout")
-        (tmp / ".complete.json").write_text(json.dumps(
-            {"dataset": source.name, "installed": time.strftime("%Y-%m-%dT%H:%M:%S"),
-             "files": {s.name: {"url": s.url, "sha256": digests[s.name]} for s in source.files}},
-            indent=2))
+            raise DataError(
+                f"{source.name}: after unpacking, nothing matches {missing}; the "
+                "files are not in the published layout"
+            )
+        (tmp / ".complete.json").write_text(
+            json.dumps(
+                {
+                    "dataset": source.name,
+                    "installed": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    "files": {
+                        s.name: {"url": s.url, "sha256": digests[s.name]} for s in source.files
+                    },
+                },
+                indent=2,
+            )
+        )
         old = None
         if final.exists():
             old = data_dir / f".old-{source.name}-{uuid.uuid4().hex[:8]}"
@@ -230,8 +257,12 @@ def install(source: DatasetSource, files: Dict[str, Path], digests: Dict[str, st
     return final
 
 
-def download(name: str, data_dir: Path, sources: Optional[Dict[str, DatasetSource]] = None,
-             mirror: Optional[str] = None) -> Path:
+def download(
+    name: str,
+    data_dir: Path,
+    sources: Optional[Dict[str, DatasetSource]] = None,
+    mirror: Optional[str] = None,
+) -> Path:
     sources = sources or load_sources()
     if name not in sources:
         raise DataError(f"no download source for {name!r}; known: {sorted(sources)}")
@@ -254,8 +285,9 @@ def download(name: str, data_dir: Path, sources: Optional[Dict[str, DatasetSourc
     return final
 
 
-def prepare_from(name: str, origin: Path, data_dir: Path,
-                 sources: Optional[Dict[str, DatasetSource]] = None) -> Path:
+def prepare_from(
+    name: str, origin: Path, data_dir: Path, sources: Optional[Dict[str, DatasetSource]] = None
+) -> Path:
     """Install from files downloaded by hand: a folder holding the source files (or the one
     source file itself), verified and unpacked exactly like a download."""
     sources = sources or load_sources()
@@ -270,9 +302,11 @@ def prepare_from(name: str, origin: Path, data_dir: Path,
     for spec in source.files:
         candidate = origin if origin.is_file() and origin.name == spec.name else origin / spec.name
         if not candidate.is_file():
-            raise DataError(f"--from {origin}: {spec.name} not found; expected the files "
-                            f"{[s.name for s in source.files]} (as downloaded from "
-                            f"{[s.url for s in source.files]})")
+            raise DataError(
+                f"--from {origin}: {spec.name} not found; expected the files "
+                f"{[s.name for s in source.files]} (as downloaded from "
+                f"{[s.url for s in source.files]})"
+            )
         dest = cache / spec.name
         shutil.copyfile(candidate, dest)
         digests[spec.name] = verify(dest, spec, cache)
@@ -294,4 +328,3 @@ def status(data_dir: Path, sources: Optional[Dict[str, DatasetSource]] = None) -
         else:
             out[name] = f"missing: python -m madcluster_exp.data download {name}"
     return out
-

@@ -9,6 +9,7 @@
   features, ``test_label.csv`` with ``timestamp_(min), label``.
 - Generic TimeEval CSV: ``timestamp, features..., is_anomaly`` (univariate works).
 """
+
 from __future__ import annotations
 
 import ast
@@ -44,8 +45,13 @@ def _first_bad_cell(frame: pd.DataFrame) -> Optional[Tuple[int, str, object]]:
     return None
 
 
-def read_numeric_table(path: Path, header: bool, expected_columns: Optional[int] = None,
-                       nan_policy: str = "error", time_column: bool = False) -> pd.DataFrame:
+def read_numeric_table(
+    path: Path,
+    header: bool,
+    expected_columns: Optional[int] = None,
+    nan_policy: str = "error",
+    time_column: bool = False,
+) -> pd.DataFrame:
     """A numeric CSV as a DataFrame; ragged rows, non-numeric cells and (with
     ``nan_policy=error``) empty/NaN/inf cells raise DataError with the file's line number.
     ``time_column``: the first column is a timestamp (any text) and is dropped."""
@@ -58,8 +64,10 @@ def read_numeric_table(path: Path, header: bool, expected_columns: Optional[int]
     except pd.errors.ParserError as exc:
         match = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(exc))
         if match:
-            raise DataError(f"{path}: line {match.group(2)} has {match.group(3)} fields, expected "
-                            f"{match.group(1)} like the lines before it (ragged row)") from None
+            raise DataError(
+                f"{path}: line {match.group(2)} has {match.group(3)} fields, expected "
+                f"{match.group(1)} like the lines before it (ragged row)"
+            ) from None
         raise DataError(f"{path}: cannot parse as CSV: {exc}") from None
     offset = 2 if header else 1  # data row i is file line i + offset
     if len(frame) == 0:
@@ -69,7 +77,9 @@ def read_numeric_table(path: Path, header: bool, expected_columns: Optional[int]
     bad = _first_bad_cell(frame)
     if bad is not None:
         row, col, value = bad
-        raise DataError(f"{path}: line {row + offset}, column {_col(col)}: {value!r} is not a number")
+        raise DataError(
+            f"{path}: line {row + offset}, column {_col(col)}: {value!r} is not a number"
+        )
     if expected_columns is not None and frame.shape[1] != expected_columns:
         raise DataError(f"{path}: {frame.shape[1]} columns, expected {expected_columns}")
     values = frame.to_numpy(dtype=np.float64)
@@ -77,17 +87,21 @@ def read_numeric_table(path: Path, header: bool, expected_columns: Optional[int]
     if nonfinite.any():
         if nan_policy == "error":
             row, col = np.argwhere(nonfinite)[0]
-            raise DataError(f"{path}: line {row + offset}, column {_col(frame.columns[col])}: "
-                            f"{values[row, col]} (missing or infinite); expected a finite number. "
-                            "Set dataset.nan_policy=zero to fill such cells with 0")
+            raise DataError(
+                f"{path}: line {row + offset}, column {_col(frame.columns[col])}: "
+                f"{values[row, col]} (missing or infinite); expected a finite number. "
+                "Set dataset.nan_policy=zero to fill such cells with 0"
+            )
         frame = frame.mask(pd.DataFrame(nonfinite, index=frame.index, columns=frame.columns), 0.0)
     return frame
 
 
 def check_labels(labels: np.ndarray, source: str, n_rows: int) -> np.ndarray:
     if len(labels) != n_rows:
-        raise DataError(f"{source}: {len(labels)} labels for {n_rows} test rows; expected one "
-                        "label per test row")
+        raise DataError(
+            f"{source}: {len(labels)} labels for {n_rows} test rows; expected one "
+            "label per test row"
+        )
     bad = ~np.isin(labels, (0, 1))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
@@ -101,8 +115,9 @@ def smd_entities(root: Path) -> List[str]:
 
 
 def read_smd_entity(root: Path, name: str, split: str, nan_policy: str = "error") -> np.ndarray:
-    return read_numeric_table(root / split / f"{name}.txt", header=False,
-                              nan_policy=nan_policy).to_numpy(np.float32)
+    return read_numeric_table(
+        root / split / f"{name}.txt", header=False, nan_policy=nan_policy
+    ).to_numpy(np.float32)
 
 
 def read_smd_labels(root: Path, name: str, n_rows: int) -> np.ndarray:
@@ -139,16 +154,20 @@ def _merge_repeated_channels(table: pd.DataFrame, path: Path) -> pd.DataFrame:
     for chan, rows in table[repeated].groupby("chan_id", sort=False):
         lengths = set(rows["num_values"].astype(int))
         if len(lengths) > 1:
-            raise DataError(f"{path}: channel {chan} is listed on lines "
-                            f"{[int(i) + 2 for i in rows.index]} with different num_values "
-                            f"{sorted(lengths)}; expected one length per channel")
+            raise DataError(
+                f"{path}: channel {chan} is listed on lines "
+                f"{[int(i) + 2 for i in rows.index]} with different num_values "
+                f"{sorted(lengths)}; expected one length per channel"
+            )
         sequences = []
         for text in rows["anomaly_sequences"]:
             try:
                 sequences += list(ast.literal_eval(str(text)))
             except (ValueError, SyntaxError):
-                raise DataError(f"{path}: anomaly_sequences of {chan} is not a list of "
-                                f"[start, end] pairs: {text!r}") from None
+                raise DataError(
+                    f"{path}: anomaly_sequences of {chan} is not a list of "
+                    f"[start, end] pairs: {text!r}"
+                ) from None
         row = rows.iloc[0].copy()
         row["anomaly_sequences"] = str(sequences)
         merged.append((rows.index[0], row))
@@ -172,20 +191,26 @@ def read_npy(path: Path) -> np.ndarray:
 
 def telemanom_labels(row: pd.Series, n_rows: int, source: str) -> np.ndarray:
     if int(row["num_values"]) != n_rows:
-        raise DataError(f"{source}: labeled_anomalies.csv says num_values={row['num_values']} "
-                        f"for {row['chan_id']}, but its test series has {n_rows} rows")
+        raise DataError(
+            f"{source}: labeled_anomalies.csv says num_values={row['num_values']} "
+            f"for {row['chan_id']}, but its test series has {n_rows} rows"
+        )
     try:
         sequences = ast.literal_eval(str(row["anomaly_sequences"]))
     except (ValueError, SyntaxError):
-        raise DataError(f"{source}: anomaly_sequences of {row['chan_id']} is not a list of "
-                        f"[start, end] pairs: {row['anomaly_sequences']!r}") from None
+        raise DataError(
+            f"{source}: anomaly_sequences of {row['chan_id']} is not a list of "
+            f"[start, end] pairs: {row['anomaly_sequences']!r}"
+        ) from None
     labels = np.zeros(n_rows, np.int8)
     for pair in sequences:
         start, end = int(pair[0]), int(pair[1])
         if not 0 <= start <= end < n_rows:
-            raise DataError(f"{source}: {row['chan_id']}: anomaly sequence [{start}, {end}] "
-                            f"outside the test series of {n_rows} rows")
-        labels[start:end + 1] = 1  # inclusive ends
+            raise DataError(
+                f"{source}: {row['chan_id']}: anomaly sequence [{start}, {end}] "
+                f"outside the test series of {n_rows} rows"
+            )
+        labels[start : end + 1] = 1  # inclusive ends
     return labels
 
 
@@ -195,8 +220,9 @@ def read_psm(root: Path, nan_policy: str):
     train = read_numeric_table(root / "train.csv", **kw)
     test = read_numeric_table(root / "test.csv", **kw)
     label_frame = read_numeric_table(root / "test_label.csv", header=True, time_column=True)
-    labels = check_labels(label_frame.iloc[:, -1].to_numpy(), str(root / "test_label.csv"),
-                          len(test))
+    labels = check_labels(
+        label_frame.iloc[:, -1].to_numpy(), str(root / "test_label.csv"), len(test)
+    )
     return train.to_numpy(np.float32), test.to_numpy(np.float32), labels
 
 
@@ -205,11 +231,12 @@ def read_timeeval_csv(path: Path, nan_policy: str, label_column: str = "is_anoma
     """(features [N, C] float32, labels [N] int8) of a TimeEval-format CSV."""
     frame = read_numeric_table(path, header=True, nan_policy=nan_policy, time_column=True)
     if label_column not in frame.columns:
-        raise DataError(f"{path}: no {label_column!r} column; expected TimeEval format "
-                        f"'timestamp, features..., {label_column}', got columns "
-                        f"{['<timestamp>'] + list(frame.columns)}")
+        raise DataError(
+            f"{path}: no {label_column!r} column; expected TimeEval format "
+            f"'timestamp, features..., {label_column}', got columns "
+            f"{['<timestamp>'] + list(frame.columns)}"
+        )
     if frame.shape[1] < 2:
-        raise DataError(f"{path}: expected at least a timestamp, one feature and "
-                        f"{label_column!r}")
+        raise DataError(f"{path}: expected at least a timestamp, one feature and {label_column!r}")
     labels = check_labels(frame[label_column].to_numpy(), str(path), len(frame))
     return frame.drop(columns=[label_column]).to_numpy(np.float32), labels

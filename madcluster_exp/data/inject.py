@@ -23,6 +23,7 @@ with ``MARGIN`` normal rows around each, until ``ratio`` of the entity's points 
 (exceeded by at most one event). Segments last ``SEGMENT`` rows, capped at a quarter of the
 entity. The same seed gives the same anomalies: every trial of a search is scored on one series.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -61,8 +62,10 @@ def inject(split: SeriesSplit, ratio: float, kinds: Sequence[str], seed: int) ->
     points, and their labels; ``split`` itself is left unchanged."""
     bad = [k for k in kinds if k not in INJECTED_KINDS]
     if bad or not kinds:
-        raise ValueError(f"search.inject.kinds={list(kinds)}: expected a non-empty list of "
-                         f"{', '.join(INJECTED_KINDS)}")
+        raise ValueError(
+            f"search.inject.kinds={list(kinds)}: expected a non-empty list of "
+            f"{', '.join(INJECTED_KINDS)}"
+        )
     if not 0.0 < ratio < 0.5:
         raise ValueError(f"search.inject.ratio={ratio}: expected a value in (0, 0.5)")
     values = split.values.copy()
@@ -72,22 +75,28 @@ def inject(split: SeriesSplit, ratio: float, kinds: Sequence[str], seed: int) ->
     for seg, ss in zip(split.segments, rngs):
         part = slice(seg.start, seg.end)
         # The turn of kinds goes on across entities, so short ones still get every kind.
-        turn = list(kinds[len(events) % len(kinds):]) + list(kinds[:len(events) % len(kinds)])
-        planted = _plant_entity(values[part], labels[part], ratio, turn,
-                                np.random.default_rng(ss))
-        events += [InjectedAnomaly(kind, seg.name, seg.start + s, seg.start + e, ch)
-                   for kind, s, e, ch in planted]
+        turn = list(kinds[len(events) % len(kinds) :]) + list(kinds[: len(events) % len(kinds)])
+        planted = _plant_entity(values[part], labels[part], ratio, turn, np.random.default_rng(ss))
+        events += [
+            InjectedAnomaly(kind, seg.name, seg.start + s, seg.start + e, ch)
+            for kind, s, e, ch in planted
+        ]
     if not labels.any():
         lengths = ", ".join(f"{s.name}: {s.length}" for s in split.segments)
-        raise DataError(f"{split.source}: no anomaly could be injected into the validation "
-                        f"split (rows per entity: {lengths}); expected entities of at least "
-                        f"{2 * MARGIN + 1} rows: raise dataset.val_fraction or the series length")
-    return Injected(SeriesSplit(values, list(split.segments), labels,
-                                f"{split.source}+injected(seed={seed})"), events)
+        raise DataError(
+            f"{split.source}: no anomaly could be injected into the validation "
+            f"split (rows per entity: {lengths}); expected entities of at least "
+            f"{2 * MARGIN + 1} rows: raise dataset.val_fraction or the series length"
+        )
+    return Injected(
+        SeriesSplit(values, list(split.segments), labels, f"{split.source}+injected(seed={seed})"),
+        events,
+    )
 
 
-def _plant_entity(x: np.ndarray, labels: np.ndarray, ratio: float, kinds: Sequence[str],
-                  rng: np.random.Generator) -> List[tuple]:
+def _plant_entity(
+    x: np.ndarray, labels: np.ndarray, ratio: float, kinds: Sequence[str], rng: np.random.Generator
+) -> List[tuple]:
     """Plant events into one entity's rows ``x`` (changed in place, as ``labels``)."""
     clean = x.copy()
     n, n_ch = x.shape
@@ -113,7 +122,7 @@ def _plant_entity(x: np.ndarray, labels: np.ndarray, ratio: float, kinds: Sequen
             break  # the entity is too short for this kind
         start = int(rng.integers(MARGIN, last + 1))
         end = start + length
-        if labels[start - MARGIN:end + MARGIN].any():
+        if labels[start - MARGIN : end + MARGIN].any():
             continue
         channels = _apply(kind, x, clean, std, start, end, factor, rng)
         labels[start:end] = 1
@@ -121,8 +130,16 @@ def _plant_entity(x: np.ndarray, labels: np.ndarray, ratio: float, kinds: Sequen
     return events
 
 
-def _apply(kind: str, x: np.ndarray, clean: np.ndarray, std: np.ndarray, start: int, end: int,
-           factor: float, rng: np.random.Generator) -> Tuple[int, ...]:
+def _apply(
+    kind: str,
+    x: np.ndarray,
+    clean: np.ndarray,
+    std: np.ndarray,
+    start: int,
+    end: int,
+    factor: float,
+    rng: np.random.Generator,
+) -> Tuple[int, ...]:
     n_ch = x.shape[1]
     if kind == "spike":
         ch = int(rng.integers(n_ch))

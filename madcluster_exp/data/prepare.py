@@ -4,6 +4,7 @@ Validation is the tail of each entity's training series, separated from the part
 fitting by a gap of one window, so no training window overlaps a validation window. The scaler
 sees only the fitting part; validation and (later) test are transformed with its statistics.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,8 +12,14 @@ from typing import List
 
 import numpy as np
 
-from madcluster_exp.data.series import (DataError, LinkedSealedTest, RawDataset, SealedTest,
-                                        SeriesSplit, check_finite)
+from madcluster_exp.data.series import (
+    DataError,
+    LinkedSealedTest,
+    RawDataset,
+    SealedTest,
+    SeriesSplit,
+    check_finite,
+)
 
 
 @dataclass
@@ -29,7 +36,10 @@ class Scaler:
         if kind == "none":
             return cls(kind, np.zeros(n_ch, np.float32), np.ones(n_ch, np.float32))
         if kind == "standard":
-            shift, scale = values.mean(axis=0, dtype=np.float64), values.std(axis=0, dtype=np.float64)
+            shift, scale = (
+                values.mean(axis=0, dtype=np.float64),
+                values.std(axis=0, dtype=np.float64),
+            )
         elif kind == "minmax":
             shift = values.min(axis=0).astype(np.float64)
             scale = values.max(axis=0).astype(np.float64) - shift
@@ -41,8 +51,9 @@ class Scaler:
 
     def transform(self, split: SeriesSplit) -> SeriesSplit:
         values = (split.values - self.shift) / self.scale
-        return SeriesSplit(values.astype(np.float32, copy=False), split.segments, split.labels,
-                           split.source)
+        return SeriesSplit(
+            values.astype(np.float32, copy=False), split.segments, split.labels, split.source
+        )
 
 
 @dataclass
@@ -67,7 +78,7 @@ def split_train_val(train: SeriesSplit, window: int, val_fraction: float):
     """Cut every entity into fit part, a one-window gap, and a validation tail."""
     fit_parts, val_parts = [], []
     for seg in train.segments:
-        values = train.values[seg.start:seg.end]
+        values = train.values[seg.start : seg.end]
         n = len(values)
         n_val = max(window, int(round(val_fraction * n)))
         n_fit = n - n_val - window
@@ -75,11 +86,14 @@ def split_train_val(train: SeriesSplit, window: int, val_fraction: float):
             raise DataError(
                 f"{train.source}[{seg.name}]: training series of {n} rows is too short for "
                 f"window={window} with val_fraction={val_fraction}: it needs at least "
-                f"{3 * window} rows (fit >= window, gap = window, validation >= window)")
+                f"{3 * window} rows (fit >= window, gap = window, validation >= window)"
+            )
         fit_parts.append((seg.name, values[:n_fit], None))
-        val_parts.append((seg.name, values[n - n_val:], None))
-    return (SeriesSplit.concat(fit_parts, f"{train.source}(fit)"),
-            SeriesSplit.concat(val_parts, f"{train.source}(val)"))
+        val_parts.append((seg.name, values[n - n_val :], None))
+    return (
+        SeriesSplit.concat(fit_parts, f"{train.source}(fit)"),
+        SeriesSplit.concat(val_parts, f"{train.source}(val)"),
+    )
 
 
 def prepare(raw: RawDataset, window: int, val_fraction: float, normalize: str) -> PreparedData:
@@ -93,15 +107,19 @@ def prepare(raw: RawDataset, window: int, val_fraction: float, normalize: str) -
         test = sealed.get()
         check_finite(test.values, test.source)
         if test.n_channels != fit.n_channels:
-            raise DataError(f"{test.source}: {test.n_channels} features in test but "
-                            f"{fit.n_channels} in train; expected the same feature count")
+            raise DataError(
+                f"{test.source}: {test.n_channels} features in test but "
+                f"{fit.n_channels} in train; expected the same feature count"
+            )
         for seg in test.segments:
             if seg.length < window:
-                raise DataError(f"{test.source}[{seg.name}]: test series of {seg.length} rows "
-                                f"is shorter than one window ({window})")
+                raise DataError(
+                    f"{test.source}[{seg.name}]: test series of {seg.length} rows "
+                    f"is shorter than one window ({window})"
+                )
         return scaler.transform(test)
 
     scaled_test = LinkedSealedTest(load_scaled_test, sealed)
-    return PreparedData(raw.name, scaler.transform(fit), scaler.transform(val), scaled_test,
-                        scaler, window)
-
+    return PreparedData(
+        raw.name, scaler.transform(fit), scaler.transform(val), scaled_test, scaler, window
+    )

@@ -1,4 +1,5 @@
 """Dataset name -> loader. A loader returns a :class:`RawDataset` whose test split is sealed."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,9 +8,17 @@ from typing import Callable, Dict, Optional
 from omegaconf import DictConfig
 
 from madcluster_exp.data.collection import Collection, load_collection
-from madcluster_exp.data.formats import (natural_key, read_npy, read_psm, read_smd_entity,
-                                         read_smd_labels, read_telemanom_table,
-                                         read_timeeval_csv, smd_entities, telemanom_labels)
+from madcluster_exp.data.formats import (
+    natural_key,
+    read_npy,
+    read_psm,
+    read_smd_entity,
+    read_smd_labels,
+    read_telemanom_table,
+    read_timeeval_csv,
+    smd_entities,
+    telemanom_labels,
+)
 from madcluster_exp.data.series import DataError, RawDataset, SealedTest, SeriesSplit
 from madcluster_exp.data.synthetic import make_synthetic
 
@@ -21,6 +30,7 @@ def register(name: str) -> Callable[[Loader], Loader]:
     def deco(fn: Loader) -> Loader:
         LOADERS[name] = fn
         return fn
+
     return deco
 
 
@@ -29,24 +39,33 @@ def _select_entities(names, wanted, source: str, limit: Optional[int] = None):
     if wanted is not None:
         unknown = [w for w in wanted if w not in names]
         if unknown:
-            raise DataError(f"{source}: dataset.entities names {unknown} which do not exist; "
-                            f"available: {list(names)}")
+            raise DataError(
+                f"{source}: dataset.entities names {unknown} which do not exist; "
+                f"available: {list(names)}"
+            )
     chosen = list(names if wanted is None else wanted)
     return chosen[:limit] if limit is not None else chosen
 
 
 @register("synthetic")
 def load_synthetic(cfg: DictConfig, data_dir: Path) -> RawDataset:
-    entities = make_synthetic(cfg.n_entities, cfg.n_channels, cfg.train_length, cfg.test_length,
-                              cfg.anomaly_ratio, cfg.noise, cfg.seed)
-    keep = _select_entities([e.name for e in entities], cfg.entities, "synthetic",
-                            cfg.max_entities)
+    entities = make_synthetic(
+        cfg.n_entities,
+        cfg.n_channels,
+        cfg.train_length,
+        cfg.test_length,
+        cfg.anomaly_ratio,
+        cfg.noise,
+        cfg.seed,
+    )
+    keep = _select_entities([e.name for e in entities], cfg.entities, "synthetic", cfg.max_entities)
     chosen = [e for e in entities if e.name in keep]
     train = SeriesSplit.concat([(e.name, e.train, None) for e in chosen], "synthetic/train")
 
     def load_test() -> SeriesSplit:
-        return SeriesSplit.concat([(e.name, e.test, e.test_labels) for e in chosen],
-                                  "synthetic/test")
+        return SeriesSplit.concat(
+            [(e.name, e.test, e.test_labels) for e in chosen], "synthetic/test"
+        )
 
     info = {"anomalies": {e.name: [a.__dict__ for a in e.anomalies] for e in chosen}}
     return RawDataset("synthetic", train, SealedTest(load_test, "synthetic"), info)
@@ -67,7 +86,8 @@ def _missing(name: str, looked: Path) -> DatasetMissingError:
         f"(or: make data DATASET={name})\n"
         f"  or unpack files you downloaded yourself with:  "
         f"python -m madcluster_exp.data prepare {name} --from <archive or folder>\n"
-        f"  or point dataset.path at a folder in the published layout (datasets/README.md).")
+        f"  or point dataset.path at a folder in the published layout (datasets/README.md)."
+    )
 
 
 @register("SMD")
@@ -78,8 +98,9 @@ def load_smd(cfg: DictConfig, data_dir: Path) -> RawDataset:
         raise _missing("SMD", root / "train" / "machine-*.txt")
     keep = _select_entities(names, cfg.entities, f"SMD ({root})", cfg.max_entities)
     policy = cfg.nan_policy
-    train = SeriesSplit.concat([(n, read_smd_entity(root, n, "train", policy), None) for n in keep],
-                               str(root / "train"))
+    train = SeriesSplit.concat(
+        [(n, read_smd_entity(root, n, "train", policy), None) for n in keep], str(root / "train")
+    )
 
     def load_test() -> SeriesSplit:
         parts = []
@@ -100,11 +121,12 @@ def _load_telemanom(cfg: DictConfig, data_dir: Path) -> RawDataset:
         raise DataError(f"{root / 'labeled_anomalies.csv'}: no channel of spacecraft {cfg.name}")
     table = table[~table["chan_id"].isin(list(cfg.exclude))]
     names = sorted(table["chan_id"].astype(str), key=natural_key)
-    keep = _select_entities(names, cfg.entities, f"{cfg.name} ({root})",
-                            cfg.max_entities)
+    keep = _select_entities(names, cfg.entities, f"{cfg.name} ({root})", cfg.max_entities)
     rows = table.set_index("chan_id").loc[keep]
-    train = SeriesSplit.concat([(n, read_npy(root / "data" / "train" / f"{n}.npy"), None)
-                                for n in keep], str(root / "data" / "train"))
+    train = SeriesSplit.concat(
+        [(n, read_npy(root / "data" / "train" / f"{n}.npy"), None) for n in keep],
+        str(root / "data" / "train"),
+    )
 
     def load_test() -> SeriesSplit:
         parts = []
@@ -156,13 +178,16 @@ def load_csv(cfg: DictConfig, data_dir: Path) -> RawDataset:
         test_source = (path, None)
     else:
         if not 0.0 < cfg.train_fraction < 1.0:
-            raise DataError(f"dataset.train_fraction={cfg.train_fraction}: expected a value in "
-                            "(0, 1) when one file holds both splits")
+            raise DataError(
+                f"dataset.train_fraction={cfg.train_fraction}: expected a value in "
+                "(0, 1) when one file holds both splits"
+            )
         x, y = read_timeeval_csv(path, cfg.nan_policy, cfg.label_column)
         cut = int(round(cfg.train_fraction * len(x)))
         if cut == 0 or cut == len(x):
-            raise DataError(f"{path}: {len(x)} rows leave an empty split at "
-                            f"train_fraction={cfg.train_fraction}")
+            raise DataError(
+                f"{path}: {len(x)} rows leave an empty split at train_fraction={cfg.train_fraction}"
+            )
         train_x, test_source = x[:cut], (x[cut:], y[cut:])
     train = SeriesSplit.concat([(name, train_x, None)], str(cfg.train_path or path))
 

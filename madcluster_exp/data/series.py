@@ -4,6 +4,7 @@ Why one array: windows are strided views into it (no per-window copies), and eve
 every dataset looks the same to the rest of the pipeline. Entity boundaries are kept as
 segments so that no window ever straddles two entities.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -46,14 +47,18 @@ class SeriesSplit:
 
     def __post_init__(self) -> None:
         if self.values.ndim != 2:
-            raise DataError(f"{self.source}: expected a 2-D array [time, channels], "
-                            f"got shape {self.values.shape}")
+            raise DataError(
+                f"{self.source}: expected a 2-D array [time, channels], "
+                f"got shape {self.values.shape}"
+            )
         self.values = np.ascontiguousarray(self.values, dtype=np.float32)
         if self.labels is not None:
             self.labels = np.ascontiguousarray(self.labels, dtype=np.int8)
             if len(self.labels) != len(self.values):
-                raise DataError(f"{self.source}: {len(self.labels)} labels for "
-                                f"{len(self.values)} rows; expected one label per row")
+                raise DataError(
+                    f"{self.source}: {len(self.labels)} labels for "
+                    f"{len(self.values)} rows; expected one label per row"
+                )
 
     def __len__(self) -> int:
         return len(self.values)
@@ -63,8 +68,9 @@ class SeriesSplit:
         return self.values.shape[1]
 
     @classmethod
-    def concat(cls, parts: Sequence[Tuple[str, np.ndarray, Optional[np.ndarray]]],
-               source: str = "<memory>") -> "SeriesSplit":
+    def concat(
+        cls, parts: Sequence[Tuple[str, np.ndarray, Optional[np.ndarray]]], source: str = "<memory>"
+    ) -> "SeriesSplit":
         """Concatenate (name, values, labels) parts into one array with entity segments."""
         if not parts:
             raise DataError(f"{source}: empty split (no entities)")
@@ -72,8 +78,10 @@ class SeriesSplit:
         if len(set(widths.values())) > 1:
             first = parts[0][0]
             odd = next(n for n, w in widths.items() if w != widths[first])
-            raise DataError(f"{source}: entity {odd} has {widths[odd]} features but {first} has "
-                            f"{widths[first]}; every entity needs the same features")
+            raise DataError(
+                f"{source}: entity {odd} has {widths[odd]} features but {first} has "
+                f"{widths[first]}; every entity needs the same features"
+            )
         segments, start = [], 0
         for name, values, _ in parts:
             segments.append(Segment(name, start, start + len(values)))
@@ -89,17 +97,27 @@ class SeriesSplit:
         """The part of this split that belongs to one entity (a view, not a copy)."""
         for seg in self.segments:
             if seg.name == name:
-                labels = None if self.labels is None else self.labels[seg.start:seg.end]
-                return SeriesSplit(self.values[seg.start:seg.end], [Segment(name, 0, seg.length)],
-                                   labels, f"{self.source}[{name}]")
-        raise KeyError(f"entity {name!r} not in {self.source}; have "
-                       f"{[s.name for s in self.segments]}")
+                labels = None if self.labels is None else self.labels[seg.start : seg.end]
+                return SeriesSplit(
+                    self.values[seg.start : seg.end],
+                    [Segment(name, 0, seg.length)],
+                    labels,
+                    f"{self.source}[{name}]",
+                )
+        raise KeyError(
+            f"entity {name!r} not in {self.source}; have {[s.name for s in self.segments]}"
+        )
 
     def head(self, rows: int) -> "SeriesSplit":
         """The first ``rows`` rows of every entity (debugging runs: ``dataset.max_length``)."""
-        parts = [(seg.name, self.values[seg.start:seg.start + rows],
-                  None if self.labels is None else self.labels[seg.start:seg.start + rows])
-                 for seg in self.segments]
+        parts = [
+            (
+                seg.name,
+                self.values[seg.start : seg.start + rows],
+                None if self.labels is None else self.labels[seg.start : seg.start + rows],
+            )
+            for seg in self.segments
+        ]
         parts = [(n, v, y) for n, v, y in parts if len(v)]
         return SeriesSplit.concat(parts, f"{self.source}[:{rows} rows per entity]")
 
@@ -135,8 +153,10 @@ class SealedTest:
 
     def get(self) -> SeriesSplit:
         if self._sealed:
-            raise TestAccessError(f"test split of {self.description} read before training ended; "
-                                  "honest evaluation forbids it")
+            raise TestAccessError(
+                f"test split of {self.description} read before training ended; "
+                "honest evaluation forbids it"
+            )
         if self._cached is None:
             self._cached = self._load()
         return self._cached
@@ -146,8 +166,13 @@ class LinkedSealedTest(SealedTest):
     """A test split derived from another sealed one (scaled, or one entity of it): it has its
     own seal, and unsealing it unseals the source it reads from."""
 
-    def __init__(self, load: Callable[[], SeriesSplit], source: SealedTest,
-                 description: Optional[str] = None, entity: Optional[str] = None):
+    def __init__(
+        self,
+        load: Callable[[], SeriesSplit],
+        source: SealedTest,
+        description: Optional[str] = None,
+        entity: Optional[str] = None,
+    ):
         super().__init__(load, description or source.description)
         self._source = source
         self._entity = entity  # this split is one entity of the source
@@ -181,8 +206,9 @@ class RawDataset:
         """One entity as a dataset of its own; its test split has its own seal (reading it
         unseals the full test split, which is loaded once and shared)."""
         full = self.test
-        test = LinkedSealedTest(lambda: full.get().entity(name), full,
-                                f"{full.description}[{name}]", entity=name)
+        test = LinkedSealedTest(
+            lambda: full.get().entity(name), full, f"{full.description}[{name}]", entity=name
+        )
         return RawDataset(self.name, self.train.entity(name), test, self.info)
 
     def head(self, rows: Optional[int]) -> "RawDataset":
@@ -200,5 +226,7 @@ def check_finite(values: np.ndarray, source: str) -> None:
     bad = ~np.isfinite(values)
     if bad.any():
         row, col = np.argwhere(bad)[0]
-        raise DataError(f"{source}: non-finite value {values[row, col].item()!r} at row {row}, "
-                        f"column {col}; expected finite numbers everywhere")
+        raise DataError(
+            f"{source}: non-finite value {values[row, col].item()!r} at row {row}, "
+            f"column {col}; expected finite numbers everywhere"
+        )

@@ -12,6 +12,7 @@ kinds until the labelled fraction reaches ``anomaly_ratio``:
 
 Training data is anomaly-free and unlabelled, as in the benchmarks this stands in for.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -44,8 +45,15 @@ def _seasonal(t: np.ndarray, periods: np.ndarray, phases: np.ndarray) -> np.ndar
     return np.sin(2.0 * np.pi * t[:, None] / periods[None, :] + phases[None, :])
 
 
-def _plant(series: np.ndarray, latent_periods: np.ndarray, phases: np.ndarray, mixing: np.ndarray,
-           t0: int, ratio: float, rng: np.random.Generator) -> Tuple[np.ndarray, List[PlantedAnomaly]]:
+def _plant(
+    series: np.ndarray,
+    latent_periods: np.ndarray,
+    phases: np.ndarray,
+    mixing: np.ndarray,
+    t0: int,
+    ratio: float,
+    rng: np.random.Generator,
+) -> Tuple[np.ndarray, List[PlantedAnomaly]]:
     """Plant anomalies in ``series`` (modified in place) until ``ratio`` of points is labelled."""
     n, n_ch = series.shape
     labels = np.zeros(n, dtype=np.int8)
@@ -61,7 +69,7 @@ def _plant(series: np.ndarray, latent_periods: np.ndarray, phases: np.ndarray, m
         start = int(rng.integers(margin, n - margin - length))
         end = start + length
         # Keep events apart so each is a separate segment with normal context around it.
-        if labels[max(0, start - margin):min(n, end + margin)].any():
+        if labels[max(0, start - margin) : min(n, end + margin)].any():
             continue
         if kind == "spike":
             ch = (int(rng.integers(n_ch)),)
@@ -71,7 +79,9 @@ def _plant(series: np.ndarray, latent_periods: np.ndarray, phases: np.ndarray, m
             ch = tuple(sorted(rng.choice(n_ch, size=min(n_sel, n_ch), replace=False).tolist()))
             idx = list(ch)
             if kind == "level_shift":
-                series[start:end, idx] += (rng.choice([-1.0, 1.0]) * rng.uniform(2.0, 4.0)) * std[idx]
+                series[start:end, idx] += (rng.choice([-1.0, 1.0]) * rng.uniform(2.0, 4.0)) * std[
+                    idx
+                ]
             elif kind == "frequency":
                 t = np.arange(t0 + start, t0 + end, dtype=np.float64)
                 factor = rng.choice([0.3, 2.5, 3.5])
@@ -87,8 +97,15 @@ def _plant(series: np.ndarray, latent_periods: np.ndarray, phases: np.ndarray, m
     return labels, events
 
 
-def make_entity(name: str, rng: np.random.Generator, n_channels: int, train_length: int,
-                test_length: int, anomaly_ratio: float, noise: float) -> SyntheticEntity:
+def make_entity(
+    name: str,
+    rng: np.random.Generator,
+    n_channels: int,
+    train_length: int,
+    test_length: int,
+    anomaly_ratio: float,
+    noise: float,
+) -> SyntheticEntity:
     """One entity: a continuous series cut into train (clean) and test (with anomalies)."""
     n_latent = 3
     periods = rng.uniform(20.0, 120.0, n_latent)
@@ -106,19 +123,31 @@ def make_entity(name: str, rng: np.random.Generator, n_channels: int, train_leng
     return SyntheticEntity(name, train.astype(np.float32), test.astype(np.float32), labels, events)
 
 
-def make_synthetic(n_entities: int = 3, n_channels: int = 8, train_length: int = 3000,
-                   test_length: int = 3000, anomaly_ratio: float = 0.05, noise: float = 0.1,
-                   seed: int = 0) -> List[SyntheticEntity]:
+def make_synthetic(
+    n_entities: int = 3,
+    n_channels: int = 8,
+    train_length: int = 3000,
+    test_length: int = 3000,
+    anomaly_ratio: float = 0.05,
+    noise: float = 0.1,
+    seed: int = 0,
+) -> List[SyntheticEntity]:
     """Generate the whole synthetic benchmark; identical output for identical arguments."""
     if n_entities < 1 or n_channels < 1:
-        raise ValueError(f"synthetic dataset needs n_entities >= 1 and n_channels >= 1, "
-                         f"got n_entities={n_entities}, n_channels={n_channels}")
+        raise ValueError(
+            f"synthetic dataset needs n_entities >= 1 and n_channels >= 1, "
+            f"got n_entities={n_entities}, n_channels={n_channels}"
+        )
     if train_length < 100 or test_length < 100:
-        raise ValueError(f"synthetic dataset needs train_length and test_length >= 100, "
-                         f"got {train_length} and {test_length}")
+        raise ValueError(
+            f"synthetic dataset needs train_length and test_length >= 100, "
+            f"got {train_length} and {test_length}"
+        )
     if not 0.0 < anomaly_ratio < 0.5:
         raise ValueError(f"synthetic dataset needs 0 < anomaly_ratio < 0.5, got {anomaly_ratio}")
     root = np.random.default_rng(seed)
     children = root.spawn(n_entities)
-    return [make_entity(f"entity-{i}", rng, n_channels, train_length, test_length,
-                        anomaly_ratio, noise) for i, rng in enumerate(children)]
+    return [
+        make_entity(f"entity-{i}", rng, n_channels, train_length, test_length, anomaly_ratio, noise)
+        for i, rng in enumerate(children)
+    ]

@@ -3,6 +3,7 @@
 ``torch.from_numpy(values).unfold(0, T, 1)`` is a view of the one split array; indexing it with a
 batch of window starts copies only that batch. Windows never cross entity boundaries.
 """
+
 from __future__ import annotations
 
 from typing import Iterator, Optional
@@ -19,8 +20,10 @@ def window_starts(split: SeriesSplit, window: int, stride: int, cover_tail: bool
     starts = []
     for seg in split.segments:
         if seg.length < window:
-            raise DataError(f"{split.source}[{seg.name}]: {seg.length} rows is shorter than "
-                            f"one window ({window})")
+            raise DataError(
+                f"{split.source}[{seg.name}]: {seg.length} rows is shorter than "
+                f"one window ({window})"
+            )
         s = np.arange(seg.start, seg.end - window + 1, stride, dtype=np.int64)
         if cover_tail and s[-1] != seg.end - window:
             s = np.append(s, seg.end - window)
@@ -49,18 +52,21 @@ class WindowSet:
         starts = torch.from_numpy(self.starts[idx])
         return self._view[starts].transpose(1, 2).contiguous()
 
-    def batches(self, batch_size: int, shuffle: bool = False,
-                generator: Optional[torch.Generator] = None,
-                max_batches: Optional[int] = None) -> Iterator[tuple]:
+    def batches(
+        self,
+        batch_size: int,
+        shuffle: bool = False,
+        generator: Optional[torch.Generator] = None,
+        max_batches: Optional[int] = None,
+    ) -> Iterator[tuple]:
         """Yield (window indices, [B, T, C] tensor); the order comes from ``generator`` only."""
         n = len(self)
-        order = (torch.randperm(n, generator=generator).numpy() if shuffle
-                 else np.arange(n))
+        order = torch.randperm(n, generator=generator).numpy() if shuffle else np.arange(n)
         n_batches = (n + batch_size - 1) // batch_size
         if max_batches is not None:
             n_batches = min(n_batches, max_batches)
         for b in range(n_batches):
-            idx = order[b * batch_size:(b + 1) * batch_size]
+            idx = order[b * batch_size : (b + 1) * batch_size]
             yield idx, self.batch(idx)
 
     def n_batches(self, batch_size: int, max_batches: Optional[int] = None) -> int:
@@ -124,8 +130,9 @@ class PointScoreAccumulator:
         if self.aggregate == "last":
             uncovered = self._offset < 0
             if uncovered.any():
-                raise RuntimeError(f"point {int(np.flatnonzero(uncovered)[0])} is covered by no "
-                                   "scored window")
+                raise RuntimeError(
+                    f"point {int(np.flatnonzero(uncovered)[0])} is covered by no scored window"
+                )
             return self._last
         uncovered = self._count == 0 if self.aggregate == "mean" else np.isneginf(self._max)
         if uncovered.any():

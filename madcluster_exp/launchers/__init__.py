@@ -1,4 +1,5 @@
 """Sweep launchers of the project's own (Hydra plug-ins live under ``plugins/hydra_plugins``)."""
+
 import sys
 from pathlib import Path
 

@@ -1,6 +1,7 @@
 """A Ray cluster of separate processes on this machine (a head and worker nodes on 127.0.0.1),
 for tests and benchmarks of ``hydra/launcher=ray``; a real cluster is started the same way with
 ``ray start`` on each machine (README, "Scaling out")."""
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,13 @@ def _free_port() -> int:
 
 
 def _ray(*args: str, env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ray.scripts.scripts", *args], env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "ray.scripts.scripts", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @contextmanager
@@ -33,10 +39,20 @@ def local_cluster(temp_dir: Path, cpus_per_node: int = 1, workers: int = 1) -> I
     env.pop("RAY_ADDRESS", None)
     common = [f"--num-cpus={cpus_per_node}", "--node-ip-address=127.0.0.1"]
     try:
-        head = _ray("start", "--head", f"--port={port}", "--include-dashboard=false",
-                    "--disable-usage-stats", f"--temp-dir={temp_dir}", *common, env=env)
+        head = _ray(
+            "start",
+            "--head",
+            f"--port={port}",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
+            *common,
+            env=env,
+        )
         if head.returncode != 0:
-            raise RuntimeError(f"ray start --head failed:\n{head.stdout[-2000:]}{head.stderr[-2000:]}")
+            raise RuntimeError(
+                f"ray start --head failed:\n{head.stdout[-2000:]}{head.stderr[-2000:]}"
+            )
         for _ in range(workers):
             node = _ray("start", f"--address={address}", *common, env=env)
             if node.returncode != 0:

@@ -16,6 +16,7 @@ trial of the study before it suggests the next. What this module adds:
   are an objective and a direction that disagree (``search.objective`` decides which is
   right), and an existing study whose direction is not the search's.
 """
+
 from __future__ import annotations
 
 import time
@@ -40,7 +41,7 @@ def sqlalchemy_url(storage: Optional[str]) -> Optional[str]:
         return None
     scheme = urlsplit(storage).scheme
     if scheme in ("postgresql", "postgres"):
-        return "postgresql+psycopg" + storage[len(scheme):]
+        return "postgresql+psycopg" + storage[len(scheme) :]
     return storage
 
 
@@ -51,20 +52,25 @@ def direction_names(direction) -> List[str]:
     return [str(getattr(d, "name", d)).lower() for d in items]
 
 
-def check_search(objective: str, direction, storage: Optional[str],
-                 study_name: Optional[str]) -> None:
+def check_search(
+    objective: str, direction, storage: Optional[str], study_name: Optional[str]
+) -> None:
     """Refuse a search whose direction contradicts ``search.objective``, or a shared storage
     without a study name; the message names the keys and the values expected."""
     metric, wanted = SEARCH_OBJECTIVES[objective]
     have = direction_names(direction)
     if have != [wanted]:
-        raise ConfigError(f"hydra.sweeper.direction={have if len(have) > 1 else have[0]} with "
-                          f"search.objective={objective}: a job returns {metric}, which a "
-                          f"search must {wanted}; expected hydra.sweeper.direction={wanted}")
+        raise ConfigError(
+            f"hydra.sweeper.direction={have if len(have) > 1 else have[0]} with "
+            f"search.objective={objective}: a job returns {metric}, which a "
+            f"search must {wanted}; expected hydra.sweeper.direction={wanted}"
+        )
     if storage is not None and not study_name:
-        raise ConfigError(f"hydra.sweeper.storage={_redact(storage)} without "
-                          "hydra.sweeper.study_name: every sweep process would start a study "
-                          "of its own; expected a study name shared by all of them")
+        raise ConfigError(
+            f"hydra.sweeper.storage={_redact(storage)} without "
+            "hydra.sweeper.study_name: every sweep process would start a study "
+            "of its own; expected a study name shared by all of them"
+        )
 
 
 def prepare_study(storage: str, study_name: str, directions: Sequence[str]):
@@ -82,15 +88,21 @@ def prepare_study(storage: str, study_name: str, directions: Sequence[str]):
             with _postgres_lock(storage):
                 _stamp_schema(storage)
                 _check_stored_direction(storage, study_name, directions)
-                study = optuna.create_study(storage=storage, study_name=study_name,
-                                            directions=list(directions), load_if_exists=True)
+                study = optuna.create_study(
+                    storage=storage,
+                    study_name=study_name,
+                    directions=list(directions),
+                    load_if_exists=True,
+                )
             break
         except DBAPIError as exc:  # tables or the study created by another process meanwhile
             last = exc
             time.sleep(0.2 * (attempt + 1))
     else:
-        raise ConfigError(f"hydra.sweeper.storage={_redact(storage)}: could not create or load "
-                          f"study {study_name!r} after {CREATE_ATTEMPTS} attempts: {last}")
+        raise ConfigError(
+            f"hydra.sweeper.storage={_redact(storage)}: could not create or load "
+            f"study {study_name!r} after {CREATE_ATTEMPTS} attempts: {last}"
+        )
     return study
 
 
@@ -101,9 +113,11 @@ def _check_stored_direction(storage: str, study_name: str, directions: Sequence[
     for summary in optuna.get_all_study_summaries(storage):
         have = [d.name.lower() for d in summary.directions]
         if summary.study_name == study_name and have != list(directions):
-            raise ConfigError(f"study {study_name!r} in {_redact(storage)} exists with direction "
-                              f"{', '.join(have)}, but this search would "
-                              f"{', '.join(directions)}; choose another hydra.sweeper.study_name")
+            raise ConfigError(
+                f"study {study_name!r} in {_redact(storage)} exists with direction "
+                f"{', '.join(have)}, but this search would "
+                f"{', '.join(directions)}; choose another hydra.sweeper.study_name"
+            )
 
 
 def _stamp_schema(storage: str) -> None:
@@ -148,8 +162,9 @@ def _postgres_lock(storage: str):
         return
     import psycopg
 
-    with psycopg.connect(urlunsplit(("postgresql",) + tuple(parts)[1:]), autocommit=True,
-                         connect_timeout=10) as conn:
+    with psycopg.connect(
+        urlunsplit(("postgresql",) + tuple(parts)[1:]), autocommit=True, connect_timeout=10
+    ) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
         yield
 

@@ -7,6 +7,7 @@ node lost) is recorded as KILLED in MLflow (its run id is read from the job dire
 counts as a failed job returning NaN, as a job that raised does: the sweep finishes the others.
 The task function runs exactly as under Hydra's own launchers (``hydra.core.utils.run_job``).
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,14 @@ from typing import Any, Dict, List, Sequence
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job
-from hydra.core.utils import setup_globals
+from hydra.core.utils import (
+    JobReturn,
+    JobStatus,
+    configure_log,
+    filter_overrides,
+    run_job,
+    setup_globals,
+)
 from omegaconf import DictConfig, open_dict
 
 log = logging.getLogger(__name__)
@@ -44,8 +51,14 @@ def forwarded_env() -> Dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
 
 
-def _run_job(cfg: DictConfig, hydra_context, task_function, singleton_state: Dict[Any, Any],
-             threads: int, env: Dict[str, str]) -> JobReturn:
+def _run_job(
+    cfg: DictConfig,
+    hydra_context,
+    task_function,
+    singleton_state: Dict[Any, Any],
+    threads: int,
+    env: Dict[str, str],
+) -> JobReturn:
     """The Ray task: one Hydra job with ``threads`` torch/OpenMP threads."""
     import torch
 
@@ -58,8 +71,13 @@ def _run_job(cfg: DictConfig, hydra_context, task_function, singleton_state: Dic
     setup_globals()
     Singleton.set_state(singleton_state)
     HydraConfig.instance().set_config(cfg)
-    ret = run_job(hydra_context=hydra_context, config=cfg, task_function=task_function,
-                  job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+    ret = run_job(
+        hydra_context=hydra_context,
+        config=cfg,
+        task_function=task_function,
+        job_dir_key="hydra.sweep.dir",
+        job_subdir_key="hydra.sweep.subdir",
+    )
     ret.hydra_cfg = None  # Hydra's runtime config does not need to travel back
     return ret
 
@@ -68,8 +86,9 @@ def job_dir(cfg: DictConfig) -> Path:
     return Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
 
 
-def mark_lost(cfg: DictConfig, overrides: Sequence[str], reason: str,
-              status: str = "KILLED") -> JobReturn:
+def mark_lost(
+    cfg: DictConfig, overrides: Sequence[str], reason: str, status: str = "KILLED"
+) -> JobReturn:
     """The job did not return (its process died, or Ray could not run it): end its MLflow run
     with ``status`` and return a failed job (NaN), as a job that raised does."""
     info = job_dir(cfg) / "run_info.json"
@@ -81,8 +100,13 @@ def mark_lost(cfg: DictConfig, overrides: Sequence[str], reason: str,
             client = MlflowClient(data["tracking_uri"])
             client.set_tag(data["run_id"], "error", reason[:5000])
             client.set_terminated(data["run_id"], status)
-    log.error("job #%s (%s) lost: %s; marked %s, sweep continues", cfg.hydra.job.num,
-              " ".join(filter_overrides(overrides)), reason.splitlines()[0], status)
+    log.error(
+        "job #%s (%s) lost: %s; marked %s, sweep continues",
+        cfg.hydra.job.num,
+        " ".join(filter_overrides(overrides)),
+        reason.splitlines()[0],
+        status,
+    )
     ret = JobReturn(overrides=list(overrides), cfg=cfg, status=JobStatus.COMPLETED)
     ret.return_value = math.nan
     return ret
@@ -97,8 +121,9 @@ def _connect(address):
     return ray
 
 
-def launch(launcher, job_overrides: Sequence[Sequence[str]],
-           initial_job_idx: int) -> List[JobReturn]:
+def launch(
+    launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+) -> List[JobReturn]:
     setup_globals()
     opts = launcher.options
     configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
@@ -106,18 +131,26 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]],
     sweep_dir.mkdir(parents=True, exist_ok=True)
     ray = _connect(opts.get("address"))
     threads = int(opts.get("cpus_per_job", 1))
-    remote = ray.remote(num_cpus=threads, num_gpus=float(opts.get("gpus_per_job", 0.0)),
-                        max_retries=int(opts.get("max_retries", 0)))(_run_job)
-    log.info("Ray cluster %s: %d jobs, %d CPU(s) each", ray.get_runtime_context().gcs_address,
-             len(job_overrides), threads)
+    remote = ray.remote(
+        num_cpus=threads,
+        num_gpus=float(opts.get("gpus_per_job", 0.0)),
+        max_retries=int(opts.get("max_retries", 0)),
+    )(_run_job)
+    log.info(
+        "Ray cluster %s: %d jobs, %d CPU(s) each",
+        ray.get_runtime_context().gcs_address,
+        len(job_overrides),
+        threads,
+    )
     state = Singleton.get_state()
-    configs = [_job_config(launcher, ov, initial_job_idx + i)
-               for i, ov in enumerate(job_overrides)]
+    configs = [_job_config(launcher, ov, initial_job_idx + i) for i, ov in enumerate(job_overrides)]
     for cfg, ov in zip(configs, job_overrides):
         log.info("\t#%s : %s", cfg.hydra.job.num, " ".join(filter_overrides(ov)))
     env = forwarded_env()
-    refs = [remote.remote(cfg, launcher.hydra_context, launcher.task_function, state, threads,
-                          env) for cfg in configs]
+    refs = [
+        remote.remote(cfg, launcher.hydra_context, launcher.task_function, state, threads, env)
+        for cfg in configs
+    ]
     results: List[JobReturn] = []
     for ref, cfg, ov in zip(refs, configs, job_overrides):
         try:

@@ -7,6 +7,7 @@ paper objective also exists as one compiled op (:mod:`madcluster_exp.madcluster.
 equal to these functions by tests/test_fused.py: a change to the loss is one edit here and one
 in ``fast/kernels.py``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -39,8 +40,9 @@ def f1_slope(nu: torch.Tensor, one_minus_nu: torch.Tensor) -> torch.Tensor:
     return -torch.expm1(one_minus_nu * torch.log(nu)) / one_minus_nu
 
 
-def od_loss_terms(q: torch.Tensor, nu: torch.Tensor, one_minus_nu: torch.Tensor,
-                  tau: float) -> torch.Tensor:
+def od_loss_terms(
+    q: torch.Tensor, nu: torch.Tensor, one_minus_nu: torch.Tensor, tau: float
+) -> torch.Tensor:
     """Per-step One-directed Adaptive loss (paper): [B, T].
 
     p = 1[q >= nu] (a hard target, no gradient), smoothed p~ = p(1 - tau) + (1 - p) tau;

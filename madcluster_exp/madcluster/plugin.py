@@ -15,6 +15,7 @@ Score: clustering term + ||h - c||^2 under either objective (method.md section 1
 soft-boundary mapping is a loss, flat (= R^2) inside the radius, so as a score it would rank
 every step inside R alike.
 """
+
 from __future__ import annotations
 
 import math
@@ -77,7 +78,7 @@ class _PluginBase(nn.Module):
         return losses.distance_mapping(dist2, self._radius2(), self.nu_r)
 
     def _radius2(self) -> Optional[torch.Tensor]:
-        return None if self.objective == "one-class" else self.radius ** 2
+        return None if self.objective == "one-class" else self.radius**2
 
     def loss(self, z: torch.Tensor) -> Dict[str, torch.Tensor]:
         """mapping and cluster (mean over the batch of per-window sums) and the total term;
@@ -132,7 +133,9 @@ class _PluginBase(nn.Module):
             if r is not None:
                 self.radius.fill_(r)
         self._dist_sample.reset()
-        return {"madcluster/radius": float(self.radius)} if self.objective == "soft-boundary" else {}
+        return (
+            {"madcluster/radius": float(self.radius)} if self.objective == "soft-boundary" else {}
+        )
 
 
 class MADCluster(_PluginBase):
@@ -188,8 +191,9 @@ class MADCluster(_PluginBase):
         return dist2, losses.od_loss_terms(q, nu, omn, self.tau)
 
     def _tracks_grad(self, z: torch.Tensor) -> bool:
-        return torch.is_grad_enabled() and (z.requires_grad or self.center.requires_grad
-                                            or self.nu_raw.requires_grad)
+        return torch.is_grad_enabled() and (
+            z.requires_grad or self.center.requires_grad or self.nu_raw.requires_grad
+        )
 
     def _loss(self, z: torch.Tensor) -> Dict[str, torch.Tensor]:
         if not self._fast_path(z):
@@ -198,8 +202,17 @@ class MADCluster(_PluginBase):
         # tested): on a small backbone the composition's dispatches cost more than its math.
         sample = self._samples_distances()
         total, mapping, cluster, dist2 = fast.paper_loss(
-            z, self.center, self.nu_raw, self.tau, NU_MARGIN, self._radius2(), self.nu_r,
-            self.use_mapping, self.use_cluster, distances=sample)
+            z,
+            self.center,
+            self.nu_raw,
+            self.tau,
+            NU_MARGIN,
+            self._radius2(),
+            self.nu_r,
+            self.use_mapping,
+            self.use_cluster,
+            distances=sample,
+        )
         if sample:
             self._dist_sample.add(dist2.sqrt())
         return {"mapping": mapping, "cluster": cluster, "total": total}

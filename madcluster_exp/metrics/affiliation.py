@@ -15,6 +15,7 @@ array operations over all pieces at once, O(pieces + events) instead of the pack
 O(pieces x events) Python loops. Affiliation precision = mean of the non-NaN p_j (NaN when there
 are none), recall = mean of all r_j.
 """
+
 from __future__ import annotations
 
 from typing import Dict
@@ -39,8 +40,9 @@ def _precision_outside(a, b, jmin, jmax, emin, emax):
     d_max = np.maximum(b - jmax, jmin - a)
     m = np.minimum(jmin - emin, emax - jmax)
     min_piece = 0.5 * (np.minimum(d_max, m) ** 2 - np.minimum(d_min, m) ** 2) + m * (
-        np.maximum(d_max, m) - np.maximum(d_min, m))
-    linear = 0.5 * (d_max ** 2 - d_min ** 2)
+        np.maximum(d_max, m) - np.maximum(d_min, m)
+    )
+    linear = 0.5 * (d_max**2 - d_min**2)
     remaining = (jmax - jmin) * (b - a)
     return (b - a) - (min_piece + linear + remaining) / (emax - emin)
 
@@ -59,13 +61,25 @@ def _recall_outside(a, b, pivot, emin, emax, piece_after: bool):
     ln = lambda p: p[1] - p[0]  # noqa: E731
     sq = lambda p: p[1] ** 2 - p[0] ** 2  # noqa: E731
     if piece_after:
-        parts = ((pivot - emin) * ln(b_close_e) + 2 * pivot * ln(b_close_i) - sq(b_close_i)
-                 + 2 * pivot * ln(a_close_i) - sq(a_close_i)
-                 + (emax + pivot) * ln(a_close_e) - sq(a_close_e))
+        parts = (
+            (pivot - emin) * ln(b_close_e)
+            + 2 * pivot * ln(b_close_i)
+            - sq(b_close_i)
+            + 2 * pivot * ln(a_close_i)
+            - sq(a_close_i)
+            + (emax + pivot) * ln(a_close_e)
+            - sq(a_close_e)
+        )
     else:
-        parts = (sq(b_close_e) - (emin + pivot) * ln(b_close_e) + sq(b_close_i)
-                 - 2 * pivot * ln(b_close_i) + sq(a_close_i) - 2 * pivot * ln(a_close_i)
-                 + (emax - pivot) * ln(a_close_e))
+        parts = (
+            sq(b_close_e)
+            - (emin + pivot) * ln(b_close_e)
+            + sq(b_close_i)
+            - 2 * pivot * ln(b_close_i)
+            + sq(a_close_i)
+            - 2 * pivot * ln(a_close_i)
+            + (emax - pivot) * ln(a_close_e)
+        )
     out = (b - a) - parts / (emax - emin)
     # The reference returns 0 when the pivot sits on E's border (cannot happen for zone-clipped
     # pieces with a non-empty [a, b], kept for exactness).
@@ -107,8 +121,11 @@ def _precision_integral(zone, a, b, js, je, zs, ze):
     before = _clip(a, b, -np.inf, jmin)
     after = _clip(a, b, jmax, np.inf)
     inside = np.maximum(np.minimum(b, jmax) - np.maximum(a, jmin), 0.0)
-    return (inside + _precision_outside(*before, jmin, jmax, emin, emax)
-            + _precision_outside(*after, jmin, jmax, emin, emax))
+    return (
+        inside
+        + _precision_outside(*before, jmin, jmax, emin, emax)
+        + _precision_outside(*after, jmin, jmax, emin, emax)
+    )
 
 
 def _recall_zones(zone, a, b, js, je, zs, ze) -> np.ndarray:
@@ -122,8 +139,11 @@ def _recall_zones(zone, a, b, js, je, zs, ze) -> np.ndarray:
     j_before = _clip(ja, jb, -np.inf, a)
     j_after = _clip(ja, jb, b, np.inf)
     j_inside = np.maximum(np.minimum(jb, b) - np.maximum(ja, a), 0.0)
-    r_integral = (j_inside + _recall_outside(*j_before, a, emin, emax, piece_after=True)
-                  + _recall_outside(*j_after, b, emin, emax, piece_after=False))
+    r_integral = (
+        j_inside
+        + _recall_outside(*j_before, a, emin, emax, piece_after=True)
+        + _recall_outside(*j_after, b, emin, emax, piece_after=False)
+    )
     return np.bincount(zone, weights=r_integral, minlength=len(js)) / (je - js)
 
 

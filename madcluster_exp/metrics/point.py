@@ -9,6 +9,7 @@
 - point-adjusted P/R/F1: a true segment counts as fully detected if any of its points is
   predicted (known to inflate; always reported with a ``_pa`` suffix beside the plain F1).
 """
+
 from __future__ import annotations
 
 from typing import Dict, Tuple
@@ -29,7 +30,9 @@ def check_labels(y_true, name: str = "y_true") -> np.ndarray:
     if y.size == 0:
         raise MetricInputError(f"{name} is empty")
     if y.dtype.kind == "f" and not np.isfinite(y).all():
-        raise MetricInputError(f"{name} contains NaN or inf at index {int(np.flatnonzero(~np.isfinite(y))[0])}")
+        raise MetricInputError(
+            f"{name} contains NaN or inf at index {int(np.flatnonzero(~np.isfinite(y))[0])}"
+        )
     bad = (y != 0) & (y != 1)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
@@ -42,7 +45,9 @@ def check_scores(y_score, n: int, name: str = "y_score") -> np.ndarray:
     if s.ndim != 1:
         raise MetricInputError(f"{name} must be 1-D, got shape {s.shape}")
     if len(s) != n:
-        raise MetricInputError(f"{name} has {len(s)} values but y_true has {n}; expected equal lengths")
+        raise MetricInputError(
+            f"{name} has {len(s)} values but y_true has {n}; expected equal lengths"
+        )
     if not np.isfinite(s).all():
         i = int(np.flatnonzero(~np.isfinite(s))[0])
         raise MetricInputError(f"{name} contains {s[i]} at index {i}; expected finite scores")
@@ -94,8 +99,14 @@ def ranking_metrics(*, y_true, y_score) -> Dict[str, float]:
     n_neg = len(y) - n_pos
     nan = float("nan")
     if n_pos == 0:
-        return {"auc_roc": nan, "auc_pr": nan, "f1": 0.0, "precision": 0.0, "recall": 0.0,
-                "threshold": nan}
+        return {
+            "auc_roc": nan,
+            "auc_pr": nan,
+            "f1": 0.0,
+            "precision": 0.0,
+            "recall": 0.0,
+            "threshold": nan,
+        }
     tps, fps, thresholds = _pr_curve(y, s)
     precision = tps / (tps + fps)
     recall = tps / n_pos
@@ -109,8 +120,12 @@ def ranking_metrics(*, y_true, y_score) -> Dict[str, float]:
     f1 = np.where(denom > 0, 2 * precision * recall / np.where(denom > 0, denom, 1), 0.0)
     # Thresholds descend here; the last maximum is sklearn's first (lowest threshold).
     i = len(f1) - 1 - int(np.argmax(f1[::-1]))
-    out.update(precision=float(precision[i]), recall=float(recall[i]), f1=float(f1[i]),
-               threshold=float(thresholds[i]))
+    out.update(
+        precision=float(precision[i]),
+        recall=float(recall[i]),
+        f1=float(f1[i]),
+        threshold=float(thresholds[i]),
+    )
     return out
 
 

@@ -7,6 +7,7 @@ threshold grid and, for every point, the first threshold that predicts it (``kap
 points near anomalies (cores and their soft extensions) differ between windows, so each window
 costs O(segments x W + 250) instead of O(n x 250).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -76,8 +77,7 @@ def _segments(y: np.ndarray, grid: _Grid, half: int) -> _Segments:
     ok[ok] &= y[pos[ok]] == 0  # core points stay 1 whatever is added to them
     pos, dist = pos[ok], dist[ok]
     unique, inverse = np.unique(pos, return_inverse=True)
-    return _Segments(start, end, core_min, left_min, right_min, inverse, dist,
-                     grid.kappa[unique])
+    return _Segments(start, end, core_min, left_min, right_min, inverse, dist, grid.kappa[unique])
 
 
 def _soft_extension(seg: _Segments, w: int) -> np.ndarray:
@@ -86,8 +86,11 @@ def _soft_extension(seg: _Segments, w: int) -> np.ndarray:
     if h == 0:
         return np.zeros(len(seg.ext_kappa))
     sel = seg.ext_d <= h
-    summed = np.bincount(seg.ext_pos_index[sel], weights=np.sqrt(1.0 - seg.ext_d[sel] / w),
-                         minlength=len(seg.ext_kappa))
+    summed = np.bincount(
+        seg.ext_pos_index[sel],
+        weights=np.sqrt(1.0 - seg.ext_d[sel] / w),
+        minlength=len(seg.ext_kappa),
+    )
     return np.minimum(1.0, summed)
 
 
@@ -108,8 +111,9 @@ def _roc_auc(tpr: np.ndarray, fpr: np.ndarray) -> float:
     return float(np.dot(x[1:] - x[:-1], (y[1:] + y[:-1]) / 2))
 
 
-def range_and_volume(*, y_true: np.ndarray, y_score: np.ndarray, window: int,
-                     thre: int = THRESHOLDS) -> Dict[str, float]:
+def range_and_volume(
+    *, y_true: np.ndarray, y_score: np.ndarray, window: int, thre: int = THRESHOLDS
+) -> Dict[str, float]:
     """R_AUC_ROC, R_AUC_PR (window ``window``) and VUS_ROC, VUS_PR (windows 0..window).
 
     Inputs must already be validated (binary labels with at least one anomaly, finite scores).
@@ -128,8 +132,9 @@ def range_and_volume(*, y_true: np.ndarray, y_score: np.ndarray, window: int,
         return _curves(seg, grid, P, tp_core, n, window, half)
 
 
-def _curves(seg: _Segments, grid: _Grid, P: float, tp_core: np.ndarray, n: int, window: int,
-            half: int) -> Dict[str, float]:
+def _curves(
+    seg: _Segments, grid: _Grid, P: float, tp_core: np.ndarray, n: int, window: int, half: int
+) -> Dict[str, float]:
     N = grid.n_pred
     auc_sum = ap_sum = 0.0
     out: Dict[str, float] = {}
@@ -152,8 +157,9 @@ def _curves(seg: _Segments, grid: _Grid, P: float, tp_core: np.ndarray, n: int, 
             tpr_r = np.minimum(tp / p_r, 1.0) * exist_r / n_groups_r
             fpr_r = (N - tp) / (n - p_r)
             out["r_auc_roc"] = _roc_auc(tpr_r, fpr_r)
-            out["r_auc_pr"] = float(np.dot(np.diff(np.r_[0.0, tpr_r]),
-                                           (prec + np.r_[1.0, prec[:-1]]) / 2.0))
+            out["r_auc_pr"] = float(
+                np.dot(np.diff(np.r_[0.0, tpr_r]), (prec + np.r_[1.0, prec[:-1]]) / 2.0)
+            )
     out["vus_roc"] = auc_sum / (window + 1)
     out["vus_pr"] = ap_sum / (window + 1)
     return out

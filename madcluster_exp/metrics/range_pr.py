@@ -14,6 +14,7 @@ are "real" and the labelled points are "predicted". The packages count "P_r meet
 four inclusive-end conditions that together say exactly "the intervals intersect"; here that
 is two binary searches per range.
 """
+
 from __future__ import annotations
 
 from typing import Tuple
@@ -29,8 +30,12 @@ def runs(v: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return seg[:, 0], seg[:, 1]
 
 
-def range_recall(real: Tuple[np.ndarray, np.ndarray], pred: Tuple[np.ndarray, np.ndarray],
-                 hits: np.ndarray, alpha: float) -> Tuple[float, float, float]:
+def range_recall(
+    real: Tuple[np.ndarray, np.ndarray],
+    pred: Tuple[np.ndarray, np.ndarray],
+    hits: np.ndarray,
+    alpha: float,
+) -> Tuple[float, float, float]:
     """(recall, existence reward, overlap reward), each divided by the number of real ranges.
 
     ``real`` and ``pred`` are (starts, ends exclusive); ``hits`` counts the predicted points of

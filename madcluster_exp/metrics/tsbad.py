@@ -28,6 +28,7 @@ Per prediction:
 TSB-AD raises for labels without an anomaly or without a normal point (its VUS cannot segment
 them); here the keys it would not reach are reported missing (NaN) with a warning.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -37,13 +38,28 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 from madcluster_exp.metrics.affiliation import AffiliationCurve, affiliation_events
-from madcluster_exp.metrics.point import (MetricInputError, _pr_curve, _prf, check_labels,
-                                          check_scores, ranking_metrics)
+from madcluster_exp.metrics.point import (
+    MetricInputError,
+    _pr_curve,
+    _prf,
+    check_labels,
+    check_scores,
+    ranking_metrics,
+)
 from madcluster_exp.metrics.range_auc import range_and_volume
 from madcluster_exp.metrics.range_pr import range_recall, runs
 
-TSBAD_KEYS = ("AUC-PR", "AUC-ROC", "VUS-PR", "VUS-ROC", "Standard-F1", "PA-F1", "Event-based-F1",
-              "R-based-F1", "Affiliation-F")
+TSBAD_KEYS = (
+    "AUC-PR",
+    "AUC-ROC",
+    "VUS-PR",
+    "VUS-ROC",
+    "Standard-F1",
+    "PA-F1",
+    "Event-based-F1",
+    "R-based-F1",
+    "Affiliation-F",
+)
 THRESHOLD_KEYS = TSBAD_KEYS[4:]
 N_THRESHOLDS = 100  # TSB-AD's np.linspace(score.min(), score.max(), 100)
 EPS = 1e-15  # basic_metricor.eps
@@ -87,10 +103,15 @@ def _f1_keys(t: _Truth, pred: np.ndarray) -> Tuple[float, float, float, float]:
     # TSB-AD's range finder (np.diff based) sees no range in an all-ones prediction
     ranges = (ps, pe) if n_pred < n else (ps[:0], pe[:0])
     rf = _range_f1(t, ranges, p_cum[t.ends] - p_cum[t.starts])
-    aff = affiliation_events(t.starts.astype(float), t.ends.astype(float), ps.astype(float),
-                             pe.astype(float), n)
-    return pa_f1, event_f1, rf, _affiliation_f(aff["affiliation_precision"],
-                                               aff["affiliation_recall"])
+    aff = affiliation_events(
+        t.starts.astype(float), t.ends.astype(float), ps.astype(float), pe.astype(float), n
+    )
+    return (
+        pa_f1,
+        event_f1,
+        rf,
+        _affiliation_f(aff["affiliation_precision"], aff["affiliation_recall"]),
+    )
 
 
 def _range_f1(t: _Truth, ranges, hits) -> float:
@@ -135,8 +156,7 @@ def _prf_curve(tp, fp, fn):
     with np.errstate(invalid="ignore", divide="ignore"):
         precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
         recall = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
-        return np.where(precision + recall > 0,
-                        2 * precision * recall / (precision + recall), 0.0)
+        return np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
 
 
 def _oracle_keys(t: _Truth, s: np.ndarray, raw: np.ndarray) -> Dict[str, float]:
@@ -160,24 +180,33 @@ def _oracle_keys(t: _Truth, s: np.ndarray, raw: np.ndarray) -> Dict[str, float]:
     event_f1 = 2 * rec_e * prec_t / (rec_e + prec_t + EPS)
     segment = np.cumsum(np.diff(np.r_[0, t.y]) == 1)[t.y == 1] - 1  # true range of each point
     hits = _count_above(kappa[t.y == 1], segment, len(t.starts))
-    curve = AffiliationCurve(t.starts.astype(float), t.ends.astype(float), len(s), kappa,
-                             N_THRESHOLDS)
+    curve = AffiliationCurve(
+        t.starts.astype(float), t.ends.astype(float), len(s), kappa, N_THRESHOLDS
+    )
     rf, aff = [], []
     for i in range(N_THRESHOLDS):
         edges = np.flatnonzero(np.diff(np.concatenate(([False], kappa > i, [False]))))
         ps, pe = edges[::2], edges[1::2]
         rf.append(_range_f1(t, (ps, pe), hits[:, i]))
-        aff.append(_affiliation_f(curve.precision[i],
-                                  curve.recall(ps.astype(float), pe.astype(float))))
-    best = {"PA-F1": pa_f1.tolist(), "Event-based-F1": event_f1.tolist(), "R-based-F1": rf,
-            "Affiliation-F": aff}
+        aff.append(
+            _affiliation_f(curve.precision[i], curve.recall(ps.astype(float), pe.astype(float)))
+        )
+    best = {
+        "PA-F1": pa_f1.tolist(),
+        "Event-based-F1": event_f1.tolist(),
+        "R-based-F1": rf,
+        "Affiliation-F": aff,
+    }
     # Python's max over the list, as TSB-AD: a leading NaN (constant score) stays
-    return {"Standard-F1": _standard_f1_oracle(t.y, s),
-            **{key: float(max(values)) for key, values in best.items()}}
+    return {
+        "Standard-F1": _standard_f1_oracle(t.y, s),
+        **{key: float(max(values)) for key, values in best.items()},
+    }
 
 
-def tsbad_get_metrics(score, labels, sliding_window: int = 100,
-                      pred: Optional[np.ndarray] = None) -> Dict[str, float]:
+def tsbad_get_metrics(
+    score, labels, sliding_window: int = 100, pred: Optional[np.ndarray] = None
+) -> Dict[str, float]:
     """Every key of TSB-AD 1.5's ``get_metrics(score, labels, slidingWindow, pred)``, in its
     order. Without ``pred`` the threshold-dependent keys are oracles (best threshold on the
     labels, TSB-AD's convention); with a 0/1 ``pred`` they are that prediction's."""
@@ -192,8 +221,12 @@ def tsbad_get_metrics(score, labels, sliding_window: int = 100,
     n_pos = int(y.sum())
     if n_pos == 0 or n_pos == len(y):
         what = "no anomaly" if n_pos == 0 else "no normal point"
-        warnings.warn(f"labels contain {what}: TSB-AD's VUS and F1 keys are undefined there and "
-                      "reported as missing (NaN)", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"labels contain {what}: TSB-AD's VUS and F1 keys are undefined there and "
+            "reported as missing (NaN)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return {**out, **{k: float("nan") for k in TSBAD_KEYS[2:]}}
     volume = range_and_volume(y_true=y, y_score=s, window=int(sliding_window))
     out.update({"VUS-PR": volume["vus_pr"], "VUS-ROC": volume["vus_roc"]})

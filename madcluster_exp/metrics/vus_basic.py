@@ -12,6 +12,7 @@ Definitions, quirks included (they are the definition papers compare against):
   ``100 (1 - k/n)`` percentile, k = number of anomalous points: it is 1 when that percentile is
   negative, TP / k when it lies in [0, 1) and 0 otherwise (0 for binary scores).
 """
+
 from __future__ import annotations
 
 from typing import Dict
@@ -34,6 +35,12 @@ def basic_metric_new(y: np.ndarray, score) -> Dict[str, float]:
     k = int(np.sum(y))
     at_k = np.percentile(raw, 100 * (1 - k / len(y)))
     tp_at_k = float(np.sum(y[pred > at_k]))
-    return {"Precision": prf["precision"], "Recall": prf["recall"], "F": prf["f1"],
-            "Rrecall": float(r_recall), "Rprecision": float(r_precision), "RF": float(rf),
-            "Precision_at_k": tp_at_k / k}
+    return {
+        "Precision": prf["precision"],
+        "Recall": prf["recall"],
+        "F": prf["f1"],
+        "Rrecall": float(r_recall),
+        "Rprecision": float(r_precision),
+        "RF": float(rf),
+        "Precision_at_k": tp_at_k / k,
+    }

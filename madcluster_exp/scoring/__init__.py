@@ -1,4 +1,5 @@
 """Scoring: point scores from window scores, score combination, thresholds. No model code."""
+
 from madcluster_exp.scoring.combine import ScoreCombiner
 from madcluster_exp.scoring.score import score_split
 from madcluster_exp.scoring.thresholds import PercentileThreshold, Threshold, build_threshold

@@ -15,6 +15,7 @@ standardising it would divide noise by noise and add it to the score at full wei
 what DCdetector's window-mean score is under ``protocol=reference`` (a softmax over the window's
 steps averaged over those steps: exactly 1/T plus float32 rounding).
 """
+
 from __future__ import annotations
 
 from typing import Dict
@@ -52,7 +53,8 @@ class ScoreCombiner:
                     f"madcluster.combine=product cannot use the {name!r} score component: it "
                     f"takes negative values (validation minimum {float(np.min(s)):.4g}), and a "
                     "product with a signed score is not monotone in it. Use "
-                    "madcluster.combine=sum (standardised sum) or one component alone.")
+                    "madcluster.combine=sum (standardised sum) or one component alone."
+                )
             mean, std = float(np.mean(s)), float(np.std(s))
             if standardises and std <= NOISE_RTOL * abs(mean):
                 raise ValueError(
@@ -63,7 +65,8 @@ class ScoreCombiner:
                     "the score. (DCdetector's window-mean score is exactly 1/T under "
                     "protocol=reference.) Use madcluster.combine=product (the reference code's "
                     "rule and protocol=reference's default) or madcluster.combine="
-                    f"{'madcluster_only' if name == 'backbone' else 'backbone_only'}.")
+                    f"{'madcluster_only' if name == 'backbone' else 'backbone_only'}."
+                )
             self.stats[name] = (mean, std)
         return self
 
@@ -82,8 +85,10 @@ class ScoreCombiner:
         if rule.endswith("_only"):
             name = rule[: -len("_only")]
             if name not in components:
-                raise ValueError(f"madcluster.combine={self.rule!r} but there is no {name!r} "
-                                 f"score component (have {sorted(components)})")
+                raise ValueError(
+                    f"madcluster.combine={self.rule!r} but there is no {name!r} "
+                    f"score component (have {sorted(components)})"
+                )
             return components[name]
         if rule == "product":
             return components["backbone"] * components["madcluster"]

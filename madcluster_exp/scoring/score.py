@@ -1,4 +1,5 @@
 """Window scores -> one score per time point, per score component."""
+
 from __future__ import annotations
 
 from typing import Dict
@@ -9,8 +10,15 @@ import torch
 from madcluster_exp.data import PointScoreAccumulator, SeriesSplit, WindowSet
 
 
-def score_split(detector, split: SeriesSplit, stride: int, batch_size: int, aggregate: str,
-                device: torch.device, window_means: bool = False):
+def score_split(
+    detector,
+    split: SeriesSplit,
+    stride: int,
+    batch_size: int,
+    aggregate: str,
+    device: torch.device,
+    window_means: bool = False,
+):
     """Score every point of ``split``: {component name: float64 [N]}.
 
     Windows at ``stride`` plus an end-aligned window per entity cover every point; overlapping
@@ -24,8 +32,10 @@ def score_split(detector, split: SeriesSplit, stride: int, batch_size: int, aggr
     window = backbone.input_length
     rules = {"backbone": backbone.score_aggregate or aggregate}
     if rules["backbone"] == "sum" and stride != 1:
-        raise ValueError(f"{type(backbone).__name__}'s point score sums per-step terms over "
-                         f"stride-1 windows; got scoring.stride={stride}, expected 1")
+        raise ValueError(
+            f"{type(backbone).__name__}'s point score sums per-step terms over "
+            f"stride-1 windows; got scoring.stride={stride}, expected 1"
+        )
     windows = WindowSet(split, window, stride=stride, cover_tail=True)
     accumulators: Dict[str, PointScoreAccumulator] = {}
     per_window: Dict[str, list] = {}

@@ -8,6 +8,7 @@ Every threshold declares its ``family``, which decides what it may see and how r
 - ``transductive``: a percentile over validation + test scores together, as some papers did;
 - ``oracle``: the best-F1 threshold chosen on test labels (what the MADCluster paper reports).
 """
+
 from __future__ import annotations
 
 import math
@@ -139,8 +140,10 @@ class POTThreshold(Threshold):
     def __init__(self, level: float = 0.98, q: float = 1e-3):
         super().__init__()
         if not 0.0 < level < 1.0 or not 0.0 < q < 1.0 - level:
-            raise ValueError(f"threshold.level={level}, threshold.q={q}: expected 0 < level < 1 "
-                             "and 0 < q < 1 - level")
+            raise ValueError(
+                f"threshold.level={level}, threshold.q={q}: expected 0 < level < 1 "
+                "and 0 < q < 1 - level"
+            )
         self.level, self.q = level, q
         self.init_threshold = float("nan")
         self.gamma = self.sigma = float("nan")
@@ -152,21 +155,31 @@ class POTThreshold(Threshold):
         self.init_threshold = float(np.quantile(s, self.level))
         self._peaks = s[s > self.init_threshold] - self.init_threshold
         if self._peaks.size < 2:
-            raise ValueError(f"POT: only {self._peaks.size} scores above the {self.level} "
-                             "quantile; lower threshold.level or use more validation data")
+            raise ValueError(
+                f"POT: only {self._peaks.size} scores above the {self.level} "
+                "quantile; lower threshold.level or use more validation data"
+            )
         self._n = len(s)
         self._refit()
         return self
 
     def state(self) -> dict:
-        return {**super().state(), "level": self.level, "q": self.q,
-                "init_threshold": self.init_threshold, "gamma": self.gamma, "sigma": self.sigma,
-                "peaks": [float(p) for p in self._peaks], "n": self._n}
+        return {
+            **super().state(),
+            "level": self.level,
+            "q": self.q,
+            "init_threshold": self.init_threshold,
+            "gamma": self.gamma,
+            "sigma": self.sigma,
+            "peaks": [float(p) for p in self._peaks],
+            "n": self._n,
+        }
 
     def _refit(self) -> None:
         self.gamma, self.sigma = fit_gpd(self._peaks)
-        self.value = pot_quantile(self.init_threshold, self.gamma, self.sigma, self.q, self._n,
-                                  len(self._peaks))
+        self.value = pot_quantile(
+            self.init_threshold, self.gamma, self.sigma, self.q, self._n, len(self._peaks)
+        )
 
 
 class SPOTThreshold(POTThreshold):
@@ -193,8 +206,9 @@ class SPOTThreshold(POTThreshold):
                 self._peaks = np.append(self._peaks, x - self.init_threshold)
                 self._refit()
             else:
-                self.value = pot_quantile(self.init_threshold, self.gamma, self.sigma, self.q,
-                                          self._n, len(self._peaks))
+                self.value = pot_quantile(
+                    self.init_threshold, self.gamma, self.sigma, self.q, self._n, len(self._peaks)
+                )
         return alarms
 
 
@@ -239,8 +253,16 @@ def threshold_from_state(state: dict) -> Threshold:
     it had after fitting on validation, so ``predict`` is a pure function of its input when
     called on a fresh copy)."""
     kind = state.get("kind")
-    classes = {c.kind: c for c in (PercentileThreshold, TransductivePercentileThreshold,
-                                   POTThreshold, SPOTThreshold, OracleThreshold)}
+    classes = {
+        c.kind: c
+        for c in (
+            PercentileThreshold,
+            TransductivePercentileThreshold,
+            POTThreshold,
+            SPOTThreshold,
+            OracleThreshold,
+        )
+    }
     if kind not in classes:
         raise ValueError(f"threshold state of kind {kind!r}: expected one of {', '.join(KINDS)}")
     threshold = classes[kind].__new__(classes[kind])
@@ -257,8 +279,9 @@ def threshold_from_state(state: dict) -> Threshold:
     return threshold
 
 
-def fit_threshold(threshold: Threshold, val_scores: np.ndarray, test_scores: np.ndarray,
-                  test_labels: np.ndarray) -> Threshold:
+def fit_threshold(
+    threshold: Threshold, val_scores: np.ndarray, test_scores: np.ndarray, test_labels: np.ndarray
+) -> Threshold:
     """Fit with exactly what the threshold's family is allowed to see."""
     if threshold.family == "oracle":
         return threshold.fit(test_scores, test_labels)

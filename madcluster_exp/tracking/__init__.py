@@ -1,11 +1,17 @@
 """Experiment tracking: MLflow (default) or nothing."""
+
 import os
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-from madcluster_exp.tracking.mlflow_tracker import (MLflowTracker, NullTracker, Tracker,
-                                                    default_tracking_uri, resolve_tracking_uri)
+from madcluster_exp.tracking.mlflow_tracker import (
+    MLflowTracker,
+    NullTracker,
+    Tracker,
+    default_tracking_uri,
+    resolve_tracking_uri,
+)
 
 # Artifact downloads (report, evaluate, predict) print no progress bars between the results;
 # set MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=true to get them back.
@@ -20,5 +26,11 @@ def build_tracker(cfg: DictConfig, output_dir: Path) -> Tracker:
     return MLflowTracker(uri, cfg.experiment, artifact_root=output_dir / "mlartifacts")
 
 
-__all__ = ["MLflowTracker", "NullTracker", "Tracker", "build_tracker", "default_tracking_uri",
-           "resolve_tracking_uri"]
+__all__ = [
+    "MLflowTracker",
+    "NullTracker",
+    "Tracker",
+    "build_tracker",
+    "default_tracking_uri",
+    "resolve_tracking_uri",
+]

@@ -10,6 +10,7 @@ A sweep started again with the same sweep directory (``hydra.sweep.dir=<it>``) c
 parent run that directory names, so its children stay under one parent; jobs that finished the
 first time are skipped (madcluster_exp/run.py, ``finished_job``).
 """
+
 from __future__ import annotations
 
 import json
@@ -81,8 +82,12 @@ class MLflowSweepCallback(Callback):
         name = f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
         if config.tracking.run_name_suffix:
             name += f"-{config.tracking.run_name_suffix}"
-        tags = {"sweep": "parent", "sweep.dir": str(sweep_dir), "hydra.overrides": overrides,
-                "hydra.launcher": str(config.hydra.launcher._target_)}
+        tags = {
+            "sweep": "parent",
+            "sweep.dir": str(sweep_dir),
+            "hydra.overrides": overrides,
+            "hydra.launcher": str(config.hydra.launcher._target_),
+        }
         sweeper = config.hydra.sweeper
         if "study_name" in sweeper:  # an Optuna search: which study, what it optimises
             from madcluster_exp.config import SEARCH_OBJECTIVES
@@ -90,24 +95,41 @@ class MLflowSweepCallback(Callback):
 
             metric, direction = SEARCH_OBJECTIVES[config.search.objective]
             tags.update(search_tags(sweeper))
-            tags.update({"search.objective": config.search.objective,
-                         "search.metric": metric, "search.direction": direction})
+            tags.update(
+                {
+                    "search.objective": config.search.objective,
+                    "search.metric": metric,
+                    "search.direction": direction,
+                }
+            )
         self.tracker.start(name, {}, tags)
         os.environ[PARENT_RUN_ENV] = self.tracker.run_id
-        (sweep_dir / PARENT_FILE).write_text(json.dumps(
-            {"run_id": self.tracker.run_id, "tracking_uri": self.tracker.uri,
-             "experiment_id": self.tracker.experiment_id}, indent=2))
+        (sweep_dir / PARENT_FILE).write_text(
+            json.dumps(
+                {
+                    "run_id": self.tracker.run_id,
+                    "tracking_uri": self.tracker.uri,
+                    "experiment_id": self.tracker.experiment_id,
+                },
+                indent=2,
+            )
+        )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.tracker is None:
             return
         client, parent = self.tracker.client, self.tracker.run_id
-        children = client.search_runs([self.tracker.experiment_id],
-                                      filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+        children = client.search_runs(
+            [self.tracker.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'"
+        )
         statuses = [c.info.status for c in children]
-        self.tracker.set_tags({"children": str(len(children)),
-                               "children.failed": str(statuses.count("FAILED")),
-                               "children.killed": str(statuses.count("KILLED"))})
+        self.tracker.set_tags(
+            {
+                "children": str(len(children)),
+                "children.failed": str(statuses.count("FAILED")),
+                "children.killed": str(statuses.count("KILLED")),
+            }
+        )
         self.tracker.end("FINISHED")
         os.environ.pop(PARENT_RUN_ENV, None)
         print(sweep_summary(parent, statuses, _sweep_dir(config)), flush=True)
@@ -117,6 +139,8 @@ def sweep_summary(parent_id: str, statuses: list, sweep_dir: Path) -> str:
     """The lines a finished sweep ends with: parent run, children by status, report command."""
     counts = {s: statuses.count(s) for s in ("FINISHED", "FAILED", "KILLED", "RUNNING")}
     parts = [f"{n} {s.lower()}" for s, n in counts.items() if n]
-    return (f"\nSweep finished: MLflow parent run {parent_id}, {len(statuses)} children "
-            f"({', '.join(parts) or 'none'}).\n"
-            f"Report: python -m madcluster_exp.report {sweep_dir}")
+    return (
+        f"\nSweep finished: MLflow parent run {parent_id}, {len(statuses)} children "
+        f"({', '.join(parts) or 'none'}).\n"
+        f"Report: python -m madcluster_exp.report {sweep_dir}"
+    )

@@ -8,11 +8,11 @@ Per run: name, status, start and end times, params, tags, the full history of ev
 (steps and timestamps) and all artifacts. A run already copied (tag ``migrated_from`` equal to
 its source id, found in the destination) is skipped, so an interrupted copy can be re-run.
 """
+
 from __future__ import annotations
 
 import sys
 import tempfile
-from pathlib import Path
 from typing import Dict, List, Optional
 
 from madcluster_exp.cli import Option, parse
@@ -35,20 +35,21 @@ def _copy_run(src, dst, run, exp_id: str, id_map: Dict[str, str]) -> str:
     if PARENT_TAG in tags:
         tags[PARENT_TAG] = id_map.get(tags[PARENT_TAG], tags[PARENT_TAG])
     tags[MIGRATED_TAG] = run.info.run_id
-    new = dst.create_run(exp_id, start_time=run.info.start_time,
-                         run_name=run.info.run_name)
+    new = dst.create_run(exp_id, start_time=run.info.start_time, run_name=run.info.run_name)
     new_id = new.info.run_id
     params = [Param(k, v) for k, v in run.data.params.items()]
     for i in range(0, len(params), 100):
-        dst.log_batch(new_id, params=params[i:i + 100])
+        dst.log_batch(new_id, params=params[i : i + 100])
     run_tags = [RunTag(k, v) for k, v in tags.items() if k != "mlflow.runName"]
     dst.log_batch(new_id, tags=run_tags)
     metrics: List[Metric] = []
     for key in run.data.metrics:
-        metrics.extend(Metric(m.key, m.value, m.timestamp, m.step)
-                       for m in src.get_metric_history(run.info.run_id, key))
+        metrics.extend(
+            Metric(m.key, m.value, m.timestamp, m.step)
+            for m in src.get_metric_history(run.info.run_id, key)
+        )
     for i in range(0, len(metrics), BATCH):
-        dst.log_batch(new_id, metrics=metrics[i:i + BATCH])
+        dst.log_batch(new_id, metrics=metrics[i : i + BATCH])
     if src.list_artifacts(run.info.run_id):
         with tempfile.TemporaryDirectory() as tmp:
             local = src.download_artifacts(run.info.run_id, "", tmp)
@@ -57,8 +58,9 @@ def _copy_run(src, dst, run, exp_id: str, id_map: Dict[str, str]) -> str:
     return new_id
 
 
-def migrate(src_uri: str, dst_uri: str, experiments: Optional[List[str]] = None,
-            say=print) -> Dict[str, str]:
+def migrate(
+    src_uri: str, dst_uri: str, experiments: Optional[List[str]] = None, say=print
+) -> Dict[str, str]:
     """Copy the named experiments (all by default); returns source run id -> new run id."""
     from mlflow.tracking import MlflowClient
 

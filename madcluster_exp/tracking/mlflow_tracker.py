@@ -4,12 +4,13 @@ Uses ``MlflowClient`` with explicit run ids rather than the fluent API's global 
 so several runs (a parent and its children, or a run being resumed) never get mixed up.
 Metrics go in batches: one SQLite round-trip per epoch, not one per value.
 """
+
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
 import os
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
@@ -29,18 +30,20 @@ def resolve_tracking_uri(configured: Optional[str], output_dir: Path) -> str:
 
 def _chunks(items: List[Any], size: int) -> Iterable[List[Any]]:
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]
 
 
 def _timed(method):
     """Accumulate the wall time spent in tracking calls (``tracker.seconds``), so a run can
     report what tracking cost it."""
+
     def wrapper(self, *args, **kwargs):
         t0 = time.perf_counter()
         try:
             return method(self, *args, **kwargs)
         finally:
             self.seconds += time.perf_counter() - t0
+
     wrapper.__name__ = method.__name__
     wrapper.__doc__ = method.__doc__
     return wrapper
@@ -55,8 +58,13 @@ class Tracker(ABC):
     seconds: float = 0.0
 
     @abstractmethod
-    def start(self, run_name: str, params: Dict[str, Any], tags: Dict[str, str],
-              parent_run_id: Optional[str] = None) -> None: ...
+    def start(
+        self,
+        run_name: str,
+        params: Dict[str, Any],
+        tags: Dict[str, str],
+        parent_run_id: Optional[str] = None,
+    ) -> None: ...
 
     @abstractmethod
     def resume(self, run_id: str) -> None: ...
@@ -164,8 +172,13 @@ class MLflowTracker(Tracker):
             return exp.experiment_id
 
     @_timed
-    def start(self, run_name: str, params: Dict[str, Any], tags: Dict[str, str],
-              parent_run_id: Optional[str] = None) -> None:
+    def start(
+        self,
+        run_name: str,
+        params: Dict[str, Any],
+        tags: Dict[str, str],
+        parent_run_id: Optional[str] = None,
+    ) -> None:
         all_tags = {"mlflow.runName": run_name, **tags}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
@@ -203,8 +216,11 @@ class MLflowTracker(Tracker):
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()
-                 if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        items = [
+            Metric(k, float(v), now, step or 0)
+            for k, v in metrics.items()
+            if v is not None and not (isinstance(v, float) and math.isnan(v))
+        ]
         for chunk in _chunks(items, METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=chunk)
 

@@ -8,6 +8,7 @@ Before the server starts, the backend database is created if it does not exist (
 and MLflow's schema migrations are applied (``mlflow db upgrade``), so a store written by an
 older MLflow keeps working. Workers then log to it with ``MLFLOW_TRACKING_URI=http://<host>:<port>``.
 """
+
 from __future__ import annotations
 
 import os
@@ -56,14 +57,17 @@ def ensure_database(uri: str) -> bool:
     admin = urlunsplit(("postgresql", parts.netloc, "/postgres", parts.query, ""))
     try:
         with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
-            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
-                                  (name,)).fetchone()
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
+            ).fetchone()
             if not exists:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
             return not exists
     except psycopg.OperationalError as exc:
-        raise ServerError(f"cannot reach PostgreSQL for {BACKEND_ENV}={redact(uri)}: "
-                          f"{str(exc).strip()}. Start PostgreSQL, or set {BACKEND_ENV}.") from None
+        raise ServerError(
+            f"cannot reach PostgreSQL for {BACKEND_ENV}={redact(uri)}: "
+            f"{str(exc).strip()}. Start PostgreSQL, or set {BACKEND_ENV}."
+        ) from None
 
 
 def drop_database(uri: str) -> None:
@@ -74,8 +78,9 @@ def drop_database(uri: str) -> None:
 
     admin = urlunsplit(("postgresql", parts.netloc, "/postgres", parts.query, ""))
     with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-            sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 def redact(uri: str) -> str:
@@ -88,49 +93,73 @@ def redact(uri: str) -> str:
 
 def upgrade_schema(uri: str) -> None:
     """Apply MLflow's schema migrations (creates the tables in an empty database)."""
-    out = subprocess.run([sys.executable, "-m", "mlflow", "db", "upgrade", uri],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "mlflow", "db", "upgrade", uri], capture_output=True, text=True
+    )
     if out.returncode != 0:
         raise ServerError(f"mlflow db upgrade {redact(uri)} failed:\n{out.stderr[-2000:]}")
 
 
-def server_command(uri: str, port: int, artifacts: Path, host: str = "127.0.0.1",
-                   workers: int = 2) -> List[str]:
-    return [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port),
-            "--backend-store-uri", uri, "--serve-artifacts",
-            "--artifacts-destination", str(Path(artifacts).resolve()),
-            "--workers", str(workers)]
+def server_command(
+    uri: str, port: int, artifacts: Path, host: str = "127.0.0.1", workers: int = 2
+) -> List[str]:
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        uri,
+        "--serve-artifacts",
+        "--artifacts-destination",
+        str(Path(artifacts).resolve()),
+        "--workers",
+        str(workers),
+    ]
 
 
-def wait_until_ready(proc: subprocess.Popen, url: str, log_path: Optional[Path] = None,
-                     timeout: float = 600.0) -> None:
+def wait_until_ready(
+    proc: subprocess.Popen, url: str, log_path: Optional[Path] = None, timeout: float = 600.0
+) -> None:
     """Wait for ``<url>/health``; fail at once, with the server's own log, if the process
     exits. The timeout is generous: on a loaded machine the start can take minutes."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             log = log_path.read_text()[-3000:] if log_path and log_path.exists() else ""
-            raise ServerError(f"mlflow server exited with status {proc.returncode} before it "
-                              f"was ready:\n{log}")
+            raise ServerError(
+                f"mlflow server exited with status {proc.returncode} before it was ready:\n{log}"
+            )
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
                 if r.status == 200:
                     return
         except (urllib.error.URLError, OSError):
             time.sleep(0.5)
-    raise ServerError(f"mlflow server at {url} not ready after {timeout:.0f} s (still running; "
-                      f"its log: {log_path})")
+    raise ServerError(
+        f"mlflow server at {url} not ready after {timeout:.0f} s (still running; "
+        f"its log: {log_path})"
+    )
 
 
 @contextmanager
-def running_server(uri: str, port: int, artifacts: Path, log_path: Path,
-                   workers: int = 1) -> Iterator[str]:
+def running_server(
+    uri: str, port: int, artifacts: Path, log_path: Path, workers: int = 1
+) -> Iterator[str]:
     """Create and migrate the database, run the server until the block ends; yields its URL."""
     ensure_database(uri)
     upgrade_schema(uri)
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(server_command(uri, port, artifacts, workers=workers),
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            server_command(uri, port, artifacts, workers=workers),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         wait_until_ready(proc, f"http://127.0.0.1:{port}", log_path)
         yield f"http://127.0.0.1:{port}"
@@ -141,10 +170,13 @@ def running_server(uri: str, port: int, artifacts: Path, log_path: Path,
 
 OPTIONS = {
     "backend": Option(f"backend store URI (default: ${BACKEND_ENV}, else {DEFAULT_BACKEND})"),
-    "host": Option("interface to bind (a LAN address to serve other machines)",
-                   default="127.0.0.1"),
+    "host": Option(
+        "interface to bind (a LAN address to serve other machines)", default="127.0.0.1"
+    ),
     "port": Option("port to listen on", kind=int, default=5000),
-    "artifacts": Option("folder the server stores artifacts in", default="outputs/server-artifacts"),
+    "artifacts": Option(
+        "folder the server stores artifacts in", default="outputs/server-artifacts"
+    ),
     "workers": Option("server worker processes", kind=int, default=2),
 }
 
@@ -156,11 +188,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     if ensure_database(uri):
         print(f"created database {redact(uri)}")
     upgrade_schema(uri)
-    cmd = server_command(uri, args["port"], Path(args["artifacts"]), host=args["host"],
-                         workers=args["workers"])
-    print(f"MLflow server on http://{args['host']}:{args['port']} (backend {redact(uri)}, artifacts "
-          f"{Path(args['artifacts']).resolve()}); workers log with "
-          f"MLFLOW_TRACKING_URI=http://<this host>:{args['port']}", flush=True)
+    cmd = server_command(
+        uri, args["port"], Path(args["artifacts"]), host=args["host"], workers=args["workers"]
+    )
+    print(
+        f"MLflow server on http://{args['host']}:{args['port']} (backend {redact(uri)}, artifacts "
+        f"{Path(args['artifacts']).resolve()}); workers log with "
+        f"MLFLOW_TRACKING_URI=http://<this host>:{args['port']}",
+        flush=True,
+    )
     return subprocess.call(cmd)
 
 

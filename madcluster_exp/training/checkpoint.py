@@ -8,6 +8,7 @@ renamed over the previous one, so a kill at any moment leaves either the old or 
 checkpoint, never half of one. Loading uses ``torch.load(weights_only=True)``: a checkpoint can
 hold tensors and plain containers only, never arbitrary pickled objects.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,10 @@ def check_resume(info_path: Path, flat: Dict[str, Any], tracking_uri: Optional[s
     info = json.loads(info_path.read_text())
     recorded = info.get("config")
     if recorded is None:
-        conflicts = [f"{info_path.name} records no config (written by an older version), so "
-                     "the checkpoints cannot be matched to this one"]
+        conflicts = [
+            f"{info_path.name} records no config (written by an older version), so "
+            "the checkpoints cannot be matched to this one"
+        ]
     else:
         conflicts = resume_conflicts(recorded, flat)
     old_uri = info.get("tracking_uri")
@@ -49,25 +52,38 @@ def check_resume(info_path: Path, flat: Dict[str, Any], tracking_uri: Optional[s
             "(recorded -> now):\n  " + "\n  ".join(conflicts) + "\nEither start over in this "
             "directory with train.resume=false (a new MLflow run; its checkpoints are "
             "replaced), or keep both runs: give this one a new directory, "
-            "hydra.run.dir=<new dir>.")
-    return [f"{k}: {recorded[k]} -> {flat[k]}" for k in sorted(MAY_GROW)
-            if recorded.get(k) != flat.get(k)]
+            "hydra.run.dir=<new dir>."
+        )
+    return [
+        f"{k}: {recorded[k]} -> {flat[k]}"
+        for k in sorted(MAY_GROW)
+        if recorded.get(k) != flat.get(k)
+    ]
 
 
 def rng_state(order: torch.Generator) -> Dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
-    return {"torch": torch.get_rng_state(), "order": order.get_state(),
-            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
-                      "has_gauss": has_gauss, "cached": cached},
-            "python": random.getstate()}
+    return {
+        "torch": torch.get_rng_state(),
+        "order": order.get_state(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": pos,
+            "has_gauss": has_gauss,
+            "cached": cached,
+        },
+        "python": random.getstate(),
+    }
 
 
 def set_rng_state(state: Dict[str, Any], order: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
     order.set_state(state["order"])
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
-                         n["has_gauss"], n["cached"]))
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"])
+    )
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
 

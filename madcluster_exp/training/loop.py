@@ -13,6 +13,7 @@ being restored to its first epoch.
 Epochs are numbered from 1 wherever they leave the loop: the per-epoch metrics are logged at
 step = epoch number, and ``FitResult.best_epoch`` is the same number.
 """
+
 from __future__ import annotations
 
 import copy
@@ -79,11 +80,13 @@ def _check_finite(logs: Dict[str, float], epoch: int, batch: int) -> None:
         if not math.isfinite(value):
             raise TrainingDivergedError(
                 f"training diverged at epoch {epoch + 1}, batch {batch + 1}: {key} = {value}. "
-                "Lower backbone.lr, set train.grad_clip, or check the input scaling.")
+                "Lower backbone.lr, set train.grad_clip, or check the input scaling."
+            )
 
 
-def validation_loss(detector: Detector, windows: WindowSet, batch_size: int,
-                    device: torch.device) -> Dict[str, float]:
+def validation_loss(
+    detector: Detector, windows: WindowSet, batch_size: int, device: torch.device
+) -> Dict[str, float]:
     detector.eval()
     sums, n = defaultdict(float), 0
     for _, x in windows.batches(batch_size):
@@ -93,9 +96,14 @@ def validation_loss(detector: Detector, windows: WindowSet, batch_size: int,
     return _mean(sums, n)
 
 
-def fit(detector: Detector, data: PreparedData, cfg: DictConfig, device: torch.device,
-        log_metrics: Optional[MetricsSink] = None,
-        checkpointer: Optional[Checkpointer] = None) -> FitResult:
+def fit(
+    detector: Detector,
+    data: PreparedData,
+    cfg: DictConfig,
+    device: torch.device,
+    log_metrics: Optional[MetricsSink] = None,
+    checkpointer: Optional[Checkpointer] = None,
+) -> FitResult:
     """Train ``detector`` on ``data.train``, early-stop on ``data.val``; never reads test.
 
     With a ``checkpointer``, state is saved atomically after every epoch, and an existing
@@ -116,8 +124,9 @@ def fit(detector: Detector, data: PreparedData, cfg: DictConfig, device: torch.d
 
     use_amp = bool(tcfg.amp) and device.type == "cuda"
     if tcfg.amp and not use_amp:
-        warnings.warn("train.amp=true needs a CUDA device; training in float32",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            "train.amp=true needs a CUDA device; training in float32", RuntimeWarning, stacklevel=2
+        )
     progress = Progress(tcfg.progress, int(tcfg.epochs))
     n_batches = train_ws.n_batches(batch_size, tcfg.max_batches_per_epoch)
     best_loss, best_epoch, best_state, bad_epochs = math.inf, -1, None, 0
@@ -130,7 +139,11 @@ def fit(detector: Detector, data: PreparedData, cfg: DictConfig, device: torch.d
         detector.load_state_dict(saved["model"])
         for name, opt in detector.optimizers.items():
             opt.load_state_dict(saved["optimizers"][name])
-        best_loss, best_epoch, bad_epochs = saved["best_loss"], saved["best_epoch"], saved["bad_epochs"]
+        best_loss, best_epoch, bad_epochs = (
+            saved["best_loss"],
+            saved["best_epoch"],
+            saved["bad_epochs"],
+        )
         best_state, history = saved["best_state"], list(saved["history"])
         stopped_early, epoch = saved["stopped_early"], saved["epoch"]
         first_epoch = epoch + 1
@@ -146,8 +159,9 @@ def fit(detector: Detector, data: PreparedData, cfg: DictConfig, device: torch.d
         detector.train()
         sums, n = defaultdict(float), 0
         t_epoch = time.perf_counter()
-        batches = train_ws.batches(batch_size, shuffle=True, generator=order,
-                                   max_batches=tcfg.max_batches_per_epoch)
+        batches = train_ws.batches(
+            batch_size, shuffle=True, generator=order, max_batches=tcfg.max_batches_per_epoch
+        )
         for b, (_, x) in enumerate(progress.batches(batches, epoch, n_batches)):
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
                 logs = detector.training_step(x.to(device), epoch)
@@ -169,8 +183,9 @@ def fit(detector: Detector, data: PreparedData, cfg: DictConfig, device: torch.d
         flat = no_signal([h["val/loss"] for h in history])
         if flat and len(history) == 2:
             _say_no_signal(detector, val["loss"], int(tcfg.epochs))
-        improved = flat or improves(val["loss"], best_loss, float(tcfg.min_delta),
-                                    detector.backbone.keep_latest_on_tie)
+        improved = flat or improves(
+            val["loss"], best_loss, float(tcfg.min_delta), detector.backbone.keep_latest_on_tie
+        )
         if improved:
             best_loss, best_epoch, bad_epochs = val["loss"], epoch, 0
             if tcfg.restore_best:
@@ -180,14 +195,25 @@ def fit(detector: Detector, data: PreparedData, cfg: DictConfig, device: torch.d
         if tcfg.patience is not None and bad_epochs >= int(tcfg.patience):
             stopped_early = True
         if checkpointer is not None:
-            checkpointer.save({
-                "model": detector.state_dict(), "epoch": epoch,
-                "optimizers": {n: o.state_dict() for n, o in detector.optimizers.items()},
-                "best_loss": best_loss, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                "best_state": best_state, "history": history, "stopped_early": stopped_early,
-                "rng": rng_state(order)})
-        shown = {k: v for k, v in epoch_logs.items() if k in ("train/loss", "val/loss",
-                                                               "madcluster/threshold")}
+            checkpointer.save(
+                {
+                    "model": detector.state_dict(),
+                    "epoch": epoch,
+                    "optimizers": {n: o.state_dict() for n, o in detector.optimizers.items()},
+                    "best_loss": best_loss,
+                    "best_epoch": best_epoch,
+                    "bad_epochs": bad_epochs,
+                    "best_state": best_state,
+                    "history": history,
+                    "stopped_early": stopped_early,
+                    "rng": rng_state(order),
+                }
+            )
+        shown = {
+            k: v
+            for k, v in epoch_logs.items()
+            if k in ("train/loss", "val/loss", "madcluster/threshold")
+        }
         progress.epoch_end(epoch, shown, " *" if improved else "")
         if stopped_early:
             break
@@ -195,13 +221,21 @@ def fit(detector: Detector, data: PreparedData, cfg: DictConfig, device: torch.d
     if tcfg.restore_best and best_state is not None:
         detector.load_state_dict(best_state)
     losses = [h["val/loss"] for h in history]
-    return FitResult(epochs_run=epoch + 1, best_epoch=best_epoch + 1, best_val_loss=best_loss,
-                     history=history, fit_seconds=time.perf_counter() - t_start,
-                     stopped_early=stopped_early,
-                     val_loss_signal=None if len(losses) < 2 else not no_signal(losses))
+    return FitResult(
+        epochs_run=epoch + 1,
+        best_epoch=best_epoch + 1,
+        best_val_loss=best_loss,
+        history=history,
+        fit_seconds=time.perf_counter() - t_start,
+        stopped_early=stopped_early,
+        val_loss_signal=None if len(losses) < 2 else not no_signal(losses),
+    )
 
 
 def _say_no_signal(detector: Detector, loss: float, epochs: int) -> None:
-    print(f"{type(detector.backbone).__name__}: the validation loss is {loss:.6g} in every "
-          "epoch so far; it carries no signal, so early stopping is off for this run: training "
-          f"all {epochs} epochs and keeping the latest weights", flush=True)
+    print(
+        f"{type(detector.backbone).__name__}: the validation loss is {loss:.6g} in every "
+        "epoch so far; it carries no signal, so early stopping is off for this run: training "
+        f"all {epochs} epochs and keeping the latest weights",
+        flush=True,
+    )

@@ -1,4 +1,5 @@
 """Progress display: a bar on a terminal, one line per epoch in logs and CI."""
+
 from __future__ import annotations
 
 import sys
@@ -33,8 +34,14 @@ class Progress:
         if self.mode != "bar":
             yield from it
             return
-        self._bar = tqdm(it, total=total, desc=f"epoch {epoch + 1}/{self.epochs}", leave=False,
-                         file=self.stream, dynamic_ncols=True)
+        self._bar = tqdm(
+            it,
+            total=total,
+            desc=f"epoch {epoch + 1}/{self.epochs}",
+            leave=False,
+            file=self.stream,
+            dynamic_ncols=True,
+        )
         for item in self._bar:
             yield item
 

@@ -6,6 +6,7 @@ values and gradients (tests/test_fused.py) and exists only for speed. Whether a 
 fast path is decided by :func:`use_fast_path` alone, which every plug-in path asks (training
 loss, per-step terms for validation, score).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,8 +18,14 @@ from madcluster_exp.madcluster.fast import fused
 from madcluster_exp.madcluster.fast.fused import paper_loss, paper_terms
 from madcluster_exp.madcluster.fast.memory_order import distinct_steps, dot_and_squared_norm
 
-__all__ = ["use_fast_path", "composition_only", "paper_loss", "paper_terms", "distinct_steps",
-           "dot_and_squared_norm"]
+__all__ = [
+    "use_fast_path",
+    "composition_only",
+    "paper_loss",
+    "paper_terms",
+    "distinct_steps",
+    "dot_and_squared_norm",
+]
 
 # Set inside composition_only(); a context variable, so it holds per thread and per asyncio task.
 _COMPOSITION_ONLY = contextvars.ContextVar("madcluster_composition_only", default=False)
@@ -51,6 +58,13 @@ def use_fast_path(z: torch.Tensor, variant: str, k: int = 1) -> bool:
     composition from then on). Everywhere else, e.g. on GPUs, in bfloat16, for the reference
     variant or k > 1, the plug-in composes :mod:`~madcluster_exp.madcluster.losses`.
     """
-    return (variant == "paper" and k == 1 and type(z) is torch.Tensor
-            and z.device.type == "cpu" and z.dtype in (torch.float32, torch.float64)
-            and z.dim() == 3 and not _COMPOSITION_ONLY.get() and fused.kernels() is not None)
+    return (
+        variant == "paper"
+        and k == 1
+        and type(z) is torch.Tensor
+        and z.device.type == "cpu"
+        and z.dtype in (torch.float32, torch.float64)
+        and z.dim() == 3
+        and not _COMPOSITION_ONLY.get()
+        and fused.kernels() is not None
+    )

@@ -7,6 +7,7 @@ values and gradients as the readable composition in :mod:`madcluster_exp.madclus
 Why it exists: on a small backbone the composition's ~120 small-tensor dispatches per step cost
 more than its arithmetic, and they run cold inside a training step (see :mod:`.kernels`).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -32,9 +33,12 @@ def kernels():
         try:
             _KERNELS = importlib.import_module("madcluster_exp.madcluster.fast.kernels")
         except ImportError as err:  # numba is a declared dependency; say what it costs
-            warnings.warn(f"numba is not importable ({err}); MADCluster falls back to its "
-                          "composed loss, several times slower per step on small backbones",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"numba is not importable ({err}); MADCluster falls back to its "
+                "composed loss, several times slower per step on small backbones",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             _KERNELS = False
     return _KERNELS or None
 
@@ -46,8 +50,10 @@ def _host(t: torch.Tensor) -> np.ndarray:
 
 # Placeholders for outputs a call does not ask for: one dtype and rank per argument keep the
 # kernels' compiled signatures few.
-_NONE = {dt: {rank: np.empty((0,) * rank, dtype=dt) for rank in (0, 1, 2, 3)}
-         for dt in (np.float32, np.float64)}
+_NONE = {
+    dt: {rank: np.empty((0,) * rank, dtype=dt) for rank in (0, 1, 2, 3)}
+    for dt in (np.float32, np.float64)
+}
 
 
 def _none(t: torch.Tensor, rank: int) -> np.ndarray:
@@ -70,8 +76,19 @@ class _PaperLoss(torch.autograd.Function):
     USAD's) is computed once per window."""
 
     @staticmethod
-    def forward(ctx, z, c, theta, r2, tau: float, margin: float, nu_r: float,
-                use_mapping: bool, use_cluster: bool, distances: bool):
+    def forward(
+        ctx,
+        z,
+        c,
+        theta,
+        r2,
+        tau: float,
+        margin: float,
+        nu_r: float,
+        use_mapping: bool,
+        use_cluster: bool,
+        distances: bool,
+    ):
         u, reps = distinct_steps(z)
         un, swap = step_axes_in_memory_order(_host(u))
         cn, th = _host(c), theta.item()
@@ -80,8 +97,20 @@ class _PaperLoss(torch.autograd.Function):
         out = torch.empty(3, dtype=z.dtype)
         dist = torch.empty(un.shape[:2], dtype=z.dtype) if distances else None
         denom, work = kernels().loss_forward(
-            un, cn, th, margin, tau, soft, r2, nu_r, use_mapping, use_cluster,
-            reps / z.shape[0], out.numpy(), _none(z, 2) if dist is None else dist.numpy())
+            un,
+            cn,
+            th,
+            margin,
+            tau,
+            soft,
+            r2,
+            nu_r,
+            use_mapping,
+            use_cluster,
+            reps / z.shape[0],
+            out.numpy(),
+            _none(z, 2) if dist is None else dist.numpy(),
+        )
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(z, c, theta)  # for autograd's check that none changed since
         ctx.un, ctx.cn, ctx.work, ctx.swap, ctx.z_shape = un, cn, work, swap, z.shape
@@ -101,10 +130,12 @@ class _PaperLoss(torch.autograd.Function):
         inv_b = 1.0 / ctx.z_shape[0]
         scale = None if g_total is None else g_total.item() / ctx.denom  # d log(used)/d used
         use_mapping, use_cluster = ctx.use
-        a_d = _term_weight(scale if use_mapping else None,
-                           None if g_mapping is None else g_mapping.item(), inv_b)
-        a_l = _term_weight(scale if use_cluster else None,
-                           None if g_cluster is None else g_cluster.item(), inv_b)
+        a_d = _term_weight(
+            scale if use_mapping else None, None if g_mapping is None else g_mapping.item(), inv_b
+        )
+        a_l = _term_weight(
+            scale if use_cluster else None, None if g_cluster is None else g_cluster.item(), inv_b
+        )
         need_theta = need_theta and a_l is not None  # only the OD loss depends on theta
         if a_d is None and a_l is None:
             return (None,) * 10
@@ -113,11 +144,22 @@ class _PaperLoss(torch.autograd.Function):
         grad_c = torch.empty(c.shape, dtype=c.dtype) if need_c else None
         grad_theta = torch.empty((), dtype=theta.dtype) if need_theta else None
         kernels().loss_backward(
-            ctx.un, ctx.cn, ctx.work, *ctx.args, a_d is not None, a_d or 0.0,
-            a_l is not None, a_l or 0.0, float(ctx.reps), need_z, need_c, need_theta,
+            ctx.un,
+            ctx.cn,
+            ctx.work,
+            *ctx.args,
+            a_d is not None,
+            a_d or 0.0,
+            a_l is not None,
+            a_l or 0.0,
+            float(ctx.reps),
+            need_z,
+            need_c,
+            need_theta,
             _none(z, 3) if grad_u is None else grad_u.numpy(),
             _none(c, 1) if grad_c is None else grad_c.numpy(),
-            _none(theta, 0) if grad_theta is None else grad_theta.numpy())
+            _none(theta, 0) if grad_theta is None else grad_theta.numpy(),
+        )
         if grad_u is not None:
             grad_u = step_axes_in_index_order(grad_u, ctx.swap)
             if ctx.reps > 1:
@@ -125,19 +167,26 @@ class _PaperLoss(torch.autograd.Function):
         return grad_u, grad_c, grad_theta, None, None, None, None, None, None, None
 
 
-def paper_loss(z: torch.Tensor, c: torch.Tensor, theta: torch.Tensor, tau: float, margin: float,
-               r2=None, nu_r: float = 1.0, use_mapping: bool = True, use_cluster: bool = True,
-               distances: bool = False):
+def paper_loss(
+    z: torch.Tensor,
+    c: torch.Tensor,
+    theta: torch.Tensor,
+    tau: float,
+    margin: float,
+    r2=None,
+    nu_r: float = 1.0,
+    use_mapping: bool = True,
+    use_cluster: bool = True,
+    distances: bool = False,
+):
     """(total, batch mean of the mapping sums, batch mean of the cluster sums, per-step squared
     distances [B, T] or None without ``distances``) for the k = 1 paper variant; see
     :class:`_PaperLoss`. Only where :func:`~madcluster_exp.madcluster.fast.use_fast_path` holds."""
-    return _PaperLoss.apply(z, c, theta, r2, tau, margin, nu_r, use_mapping, use_cluster,
-                            distances)
+    return _PaperLoss.apply(z, c, theta, r2, tau, margin, nu_r, use_mapping, use_cluster, distances)
 
 
 @torch.no_grad()
-def paper_terms(z: torch.Tensor, c: torch.Tensor, theta: torch.Tensor, tau: float,
-                margin: float):
+def paper_terms(z: torch.Tensor, c: torch.Tensor, theta: torch.Tensor, tau: float, margin: float):
     """(|z - c|^2, OD loss) per step [B, T] for the paper variant, without gradients (scoring,
     validation). Only where :func:`~madcluster_exp.madcluster.fast.use_fast_path` holds."""
     u, reps = distinct_steps(z)

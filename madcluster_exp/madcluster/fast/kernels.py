@@ -19,6 +19,7 @@ float64, gradcheck, every layout, objective and component set).
 products (4x faster at f = 256); nothing assumes away NaN or infinity, so a NaN embedding still
 gives a NaN loss, which the training loop's guard reports.
 """
+
 from __future__ import annotations
 
 import math
@@ -148,8 +149,9 @@ def _prepare(u, c, theta, margin):
 
 
 @numba.njit(**_JIT)
-def loss_forward(u, c, theta, margin, tau, soft, r2, nu_r, use_mapping, use_cluster, weight,
-                 out, dist):
+def loss_forward(
+    u, c, theta, margin, tau, soft, r2, nu_r, use_mapping, use_cluster, weight, out, dist
+):
     """u [R0, R1, f]: the distinct steps of z, in memory order. Writes out[0] =
     log(used + 1e-8), out[1] the mapping and out[2] the cluster term, each a sum over u's steps
     times ``weight`` (copies per step / B, so a batch mean of per-window sums); fills dist
@@ -182,8 +184,28 @@ def loss_forward(u, c, theta, margin, tau, soft, r2, nu_r, use_mapping, use_clus
 
 
 @numba.njit(**_JIT)
-def loss_backward(u, c, work, theta, margin, tau, soft, r2, nu_r, use_d, a_d, use_l, a_l,
-                  reps, need_z, need_c, need_theta, grad_u, grad_c, grad_theta):
+def loss_backward(
+    u,
+    c,
+    work,
+    theta,
+    margin,
+    tau,
+    soft,
+    r2,
+    nu_r,
+    use_d,
+    a_d,
+    use_l,
+    a_l,
+    reps,
+    need_z,
+    need_c,
+    need_theta,
+    grad_u,
+    grad_c,
+    grad_theta,
+):
     """Gradients of the loss whose steps' mapping terms carry weight ``a_d`` and OD losses
     ``a_l`` (``use_d``/``use_l`` False: no gradient flows there), from the forward's ``work``
     rows. Writes, as asked, grad_u [R0, R1, f] (dz = g_zc c + 2 g_zz z per step), grad_c [f]

@@ -6,6 +6,7 @@ time-major in memory, a Conv1d's features are not innermost, a per-window code (
 broadcast over time with stride 0. Each helper here gives the same numbers as the plain form on
 any such layout (tests/test_madcluster.py, tests/test_fused.py) and only changes the walk.
 """
+
 from __future__ import annotations
 
 import numpy as np

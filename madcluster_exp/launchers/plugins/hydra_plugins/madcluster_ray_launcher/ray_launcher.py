@@ -24,8 +24,9 @@ class RayLauncherConf:
     max_retries: int = 0
 
 
-ConfigStore.instance().store(group="hydra/launcher", name="ray", node=RayLauncherConf,
-                             provider="madcluster_exp")
+ConfigStore.instance().store(
+    group="hydra/launcher", name="ray", node=RayLauncherConf, provider="madcluster_exp"
+)
 
 
 class RayLauncher(Launcher):
@@ -35,14 +36,16 @@ class RayLauncher(Launcher):
         self.task_function: Optional[TaskFunction] = None
         self.hydra_context: Optional[HydraContext] = None
 
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
-              config: DictConfig) -> None:
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
         self.config = config
         self.task_function = task_function
         self.hydra_context = hydra_context
 
-    def launch(self, job_overrides: Sequence[Sequence[str]],
-               initial_job_idx: int) -> Sequence[JobReturn]:
+    def launch(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> Sequence[JobReturn]:
         from madcluster_exp.launchers.ray_sweep import launch
 
         return launch(self, job_overrides, initial_job_idx)
