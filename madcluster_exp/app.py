@@ -87,7 +87,8 @@ def job(cfg: DictConfig) -> float:
             raise
         log.error("job failed (%s: %s); marked FAILED, sweep continues", type(exc).__name__, exc)
         return math.nan
-    if result.fit.val_loss_signal is False and cfg.search.objective == "val_loss":
+    fitted = result.fit is not None  # None: finished in an earlier start of the sweep
+    if fitted and result.fit.val_loss_signal is False and cfg.search.objective == "val_loss":
         log.warning(
             "the validation loss of %s was constant over every epoch: a sweeper "
             "minimising it learns nothing from this job",

@@ -462,7 +462,7 @@ def _execute(
         metrics.update(
             {
                 "val/best_loss": float(np.mean([u.fit.best_val_loss for u in units])),
-                "train/best_epoch": fit_result.best_epoch + 1,
+                "train/best_epoch": fit_result.best_epoch,
                 "train/epochs_run": fit_result.epochs_run,
             }
         )
@@ -701,7 +701,7 @@ def _fit_classical(cfg: DictConfig, tracker: Tracker, data, tag: str, say, log_p
         )
 
     return (
-        FitResult(epochs_run=0, best_epoch=-1, best_val_loss=float("nan"), fit_seconds=fit_s),
+        FitResult(epochs_run=0, best_epoch=0, best_val_loss=float("nan"), fit_seconds=fit_s),
         score,
         detector,
     )

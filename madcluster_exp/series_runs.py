@@ -170,7 +170,7 @@ def _series(
     metrics = {
         **unit.evaluation.metrics,
         "val/best_loss": unit.fit.best_val_loss,
-        "train/best_epoch": unit.fit.best_epoch + 1,
+        "train/best_epoch": unit.fit.best_epoch,
         "train/epochs_run": unit.fit.epochs_run,
         "time/fit_s": unit.fit.fit_seconds,
         "time/score_s": unit.score_s,

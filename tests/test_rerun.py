@@ -82,7 +82,7 @@ def test_rerun_resumes_only_the_same_config_and_the_mlflow_params_stay_true(tmp_
     assert run.data.metrics["train/epochs_run"] == 2
     assert run.data.params["seed"] == "0"
     steps = sorted(m.step for m in client.get_metric_history(run_id, "train/loss"))
-    assert steps == [0, 1]
+    assert steps == [1, 2]  # step = epoch number
 
     # Fewer epochs than recorded: refused.
     fewer = _cli(tmp_path, "train.epochs=1", "seed=0")

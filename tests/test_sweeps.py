@@ -199,10 +199,10 @@ def test_sweep_logged_to_a_real_mlflow_server_reads_back_over_rest(tmp_path):
         found = _rest(
             base, "/api/2.0/mlflow/runs/search", {"experiment_ids": [exp_id], "max_results": 100}
         )["runs"]
-        names = sorted(r["info"]["run_name"] for r in found)
+        names = sorted(re.sub(r"-[0-9a-f]{6}-s", "-s", r["info"]["run_name"]) for r in found)
         assert names[:2] == ["deepsvdd-synthetic-off-s0", "deepsvdd-synthetic-on-s0"]
         assert names[2].startswith("sweep-")
-        child = next(r for r in found if r["info"]["run_name"] == "deepsvdd-synthetic-on-s0")
+        child = next(r for r in found if r["info"]["run_name"].startswith("deepsvdd-synthetic-on-"))
         metrics = {m["key"]: m["value"] for m in child["data"]["metrics"]}
         params = {p["key"]: p["value"] for p in child["data"]["params"]}
         assert 0 <= metrics["test/auc_roc"] <= 1 and params["madcluster.enabled"] == "True"
@@ -243,7 +243,7 @@ def test_report_from_a_sweep_dir_writes_tables_plots_and_logs_them(tmp_path):
     assert onoff["pairs"].tolist() == [2]
     # Error bars: the std over seeds of each side; 2 pairs are too few for a paired test.
     assert onoff["test/f1 on std"].notna().all() and onoff["test/f1 p"].isna().all()
-    assert "Too few pairs for a test: 1 of 1 configurations have fewer than 5" in md
+    assert "too few pairs for a test: 1 of 1 rows have fewer than 5 seed pairs (n = 2)" in md
     assert "![MADCluster off vs on](onoff_bars.png)" in md
     client = MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
     logged = {a.path for a in client.list_artifacts(parent, "report")}
@@ -412,10 +412,11 @@ def test_onoff_table_pairs_every_arm_with_off_by_seed():
 
     from madcluster_exp.report_onoff import onoff_table
 
-    off, on_sum, on_bb = [0.60, 0.62, 0.65], [0.70, 0.69, 0.74], [0.61, 0.66, 0.64]
+    off = [0.60, 0.62, 0.65, 0.58, 0.61]
+    on_sum, on_bb = [0.70, 0.69, 0.74, 0.66, 0.72], [0.61, 0.66, 0.64, 0.60, 0.60]
     rows = []
     for backbone, shift in (("usad", 0.0), ("lstm_ae", 0.1)):
-        for seed in range(3):
+        for seed in range(5):
             common = {"backbone.name": backbone, "seed": seed}
             rows += [
                 {
@@ -437,7 +438,7 @@ def test_onoff_table_pairs_every_arm_with_off_by_seed():
                     "auc": on_bb[seed] + shift,
                 },
             ]
-    rows = rows[:-1]  # lstm_ae's control arm lost its seed-2 run
+    rows = rows[:-1]  # lstm_ae's control arm lost its seed-4 run
     table = onoff_table(
         _runs_frame(rows),
         ["backbone.name", "madcluster.enabled", "madcluster.combine"],
@@ -445,15 +446,16 @@ def test_onoff_table_pairs_every_arm_with_off_by_seed():
     )
     table = table.set_index(["backbone.name", "arm"])
     usad_sum = table.loc[("usad", "on(combine=sum)")]
-    assert usad_sum["pairs"] == 3 and usad_sum["madcluster.combine"] == "sum"
+    assert usad_sum["pairs"] == 5 and usad_sum["madcluster.combine"] == "sum"
     assert usad_sum["test/auc_roc diff"] == pytest.approx(np.mean(np.subtract(on_sum, off)))
     assert usad_sum["test/auc_roc p"] == pytest.approx(ttest_rel(on_sum, off).pvalue)
     usad_bb = table.loc[("usad", "on(combine=backbone_only)")]
     assert usad_bb["test/auc_roc diff"] == pytest.approx(np.mean(np.subtract(on_bb, off)))
     assert usad_bb["test/auc_roc p"] == pytest.approx(ttest_rel(on_bb, off).pvalue)
     lstm_bb = table.loc[("lstm_ae", "on(combine=backbone_only)")]
-    assert lstm_bb["pairs"] == 2  # only the seeds both arms have
-    assert lstm_bb["test/auc_roc diff"] == pytest.approx(np.mean(np.subtract(on_bb, off)[:2]))
+    assert lstm_bb["pairs"] == 4  # only the seeds both arms have
+    assert lstm_bb["test/auc_roc diff"] == pytest.approx(np.mean(np.subtract(on_bb, off)[:4]))
+    assert np.isnan(lstm_bb["test/auc_roc p"])  # fewer than 5 pairs: no p-value
 
 
 def test_onoff_table_pairs_with_off_runs_of_the_same_plugin_setting_where_off_varies():

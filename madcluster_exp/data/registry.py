@@ -58,7 +58,9 @@ def load_synthetic(cfg: DictConfig, data_dir: Path) -> RawDataset:
         cfg.noise,
         cfg.seed,
     )
-    keep = _select_entities([e.name for e in entities], cfg.entities, "synthetic", cfg.max_entities)
+    keep = _select_entities(
+        [e.name for e in entities], cfg.entities, "synthetic", cfg.get("max_entities")
+    )
     chosen = [e for e in entities if e.name in keep]
     train = SeriesSplit.concat([(e.name, e.train, None) for e in chosen], "synthetic/train")
 
@@ -96,7 +98,7 @@ def load_smd(cfg: DictConfig, data_dir: Path) -> RawDataset:
     names = smd_entities(root)
     if not names:
         raise _missing("SMD", root / "train" / "machine-*.txt")
-    keep = _select_entities(names, cfg.entities, f"SMD ({root})", cfg.max_entities)
+    keep = _select_entities(names, cfg.entities, f"SMD ({root})", cfg.get("max_entities"))
     policy = cfg.nan_policy
     train = SeriesSplit.concat(
         [(n, read_smd_entity(root, n, "train", policy), None) for n in keep], str(root / "train")
@@ -121,7 +123,7 @@ def _load_telemanom(cfg: DictConfig, data_dir: Path) -> RawDataset:
         raise DataError(f"{root / 'labeled_anomalies.csv'}: no channel of spacecraft {cfg.name}")
     table = table[~table["chan_id"].isin(list(cfg.exclude))]
     names = sorted(table["chan_id"].astype(str), key=natural_key)
-    keep = _select_entities(names, cfg.entities, f"{cfg.name} ({root})", cfg.max_entities)
+    keep = _select_entities(names, cfg.entities, f"{cfg.name} ({root})", cfg.get("max_entities"))
     rows = table.set_index("chan_id").loc[keep]
     train = SeriesSplit.concat(
         [(n, read_npy(root / "data" / "train" / f"{n}.npy"), None) for n in keep],
