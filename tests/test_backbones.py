@@ -174,7 +174,18 @@ def _quality_run(tmp_path, backbone, state, extra):
     return run(cfg, output_dir=tmp_path / "job", verbose=False).metrics["test/auc_roc"]
 
 
-@pytest.mark.parametrize("backbone,state", sorted(MIN_AUC))
+# Anomaly Transformer needs minutes of training before its association weighting helps (86 s
+# here on 2 cores): its quality check runs with `make test-all`.
+SLOW_QUALITY = {"anomaly_transformer"}
+
+
+@pytest.mark.parametrize(
+    "backbone,state",
+    [
+        pytest.param(b, s, marks=[pytest.mark.slow] if b in SLOW_QUALITY else [])
+        for b, s in sorted(MIN_AUC)
+    ],
+)
 def test_scores_are_higher_on_planted_anomalies(backbone, state, tmp_path):
     auc = _quality_run(tmp_path, backbone, state, LONGER.get(backbone, ["train.epochs=4"]))
     assert auc > MIN_AUC[(backbone, state)]
