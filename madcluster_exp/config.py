@@ -752,9 +752,80 @@ def validate(cfg: DictConfig) -> None:
             "series of a collection is its own entity with its own model and "
             "child run; expected per_entity"
         )
+    th = cfg.threshold
+    if th.kind in ("pot", "spot") and not th.q < 1 - th.level:
+        problems.append(
+            f"threshold.q={th.q} with threshold.level={th.level}: POT/SPOT's tail risk must be "
+            f"below the share of points above the initial threshold; expected q < 1 - level "
+            f"= {1 - th.level:.6g}"
+        )
     problems += _inject_problems(cfg)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def _schema_default(key: str, cfg: DictConfig):
+    """The schema's default of ``key`` for this configuration's options (None if unknown)."""
+    group, _, leaf = key.partition(".")
+    schemas = {"madcluster": MADClusterConfig, "threshold": ThresholdConfig}
+    if group in schemas:
+        return getattr(schemas[group](), leaf, None)
+    if group == "backbone":
+        node = ConfigStore.instance().load(f"schema/backbone/{cfg.backbone.name}.yaml").node
+        return OmegaConf.select(node, leaf)
+    return None
+
+
+def inert_settings(cfg: DictConfig) -> List[str]:
+    """Keys set away from their default that have no effect in this composed configuration,
+    with the reason; the run warns once, naming them (nothing is changed)."""
+    rules = []
+    mc = cfg.madcluster
+    if mc.enabled and cfg.backbone.name == "deepsvdd":
+        rules.append(
+            (
+                ("backbone.objective", "backbone.nu", "backbone.warmup_epochs"),
+                "MADCluster's center replaces Deep SVDD's own objective",
+            )
+        )
+    if mc.enabled and mc.k > 1:
+        rules.append(
+            (
+                ("madcluster.tau", "madcluster.nu_init", "madcluster.nu_lr", "madcluster.variant"),
+                f"madcluster.k={mc.k} uses the DEC target, not the OD loss and its nu",
+            )
+        )
+    if not mc.enabled:
+        rules.append(
+            (
+                (
+                    "madcluster.k",
+                    "madcluster.tau",
+                    "madcluster.nu_init",
+                    "madcluster.objective",
+                    "madcluster.combine",
+                ),
+                "MADCluster is off",
+            )
+        )
+    if cfg.protocol == "reference":
+        rules.append(
+            (
+                ("threshold.kind", "threshold.percentile", "threshold.level", "threshold.q"),
+                "protocol=reference thresholds at the best F1 on test",
+            )
+        )
+    found = []
+    for keys, why in rules:
+        for key in keys:
+            value = OmegaConf.select(cfg, key)
+            try:
+                default = _schema_default(key, cfg)
+            except Exception:  # noqa: BLE001 - a key the schema does not know has no default
+                continue
+            if value is not None and default is not None and value != default:
+                found.append(f"{key}={value} ({why})")
+    return found
 
 
 def _inject_problems(cfg: DictConfig) -> List[str]:

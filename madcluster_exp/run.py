@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import traceback
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -27,7 +28,13 @@ from omegaconf import DictConfig, OmegaConf
 from madcluster_exp.backbones import backbone_class
 from madcluster_exp.classical import build_classical, is_classical, score_split_classical
 from madcluster_exp.complexity import complexity
-from madcluster_exp.config import PROTOCOL_COMBINE, ConfigError, resolve_defaults, validate
+from madcluster_exp.config import (
+    PROTOCOL_COMBINE,
+    ConfigError,
+    inert_settings,
+    resolve_defaults,
+    validate,
+)
 from madcluster_exp.data import load_dataset, prepare
 from madcluster_exp.data.collection import Collection
 from madcluster_exp.data.inject import inject
@@ -305,6 +312,9 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None, verbose: bool = True
     """Run one configured job end to end. A crash marks the tracked run FAILED (KILLED on
     Ctrl-C), keeps everything already written and logs the traceback, then re-raises."""
     validate(cfg)
+    inert = inert_settings(cfg)  # as composed, before the by-protocol defaults fill in
+    if inert:
+        warnings.warn("these settings have no effect here: " + "; ".join(inert), stacklevel=2)
     cfg = resolve_defaults(cfg)
     check_backbone_score_exists(cfg)  # a configuration error: before any MLflow run exists
     check_components_apply(cfg)

@@ -145,3 +145,43 @@ def test_option_files_hold_only_what_differs_from_the_schema(path):
         if k not in ("defaults", "name") and k in defaults and defaults[k] == v
     ]
     assert not repeated, f"{path}: {repeated} repeat the schema defaults"
+
+
+@pytest.mark.parametrize(
+    "overrides,named",
+    [
+        (["madcluster.k=3", "madcluster.tau=0.2"], ["madcluster.tau=0.2"]),
+        (["backbone.objective=soft-boundary"], ["backbone.objective=soft-boundary"]),
+        (["protocol=reference", "threshold=pot"], ["threshold.kind=pot"]),
+        (["madcluster=off", "madcluster.k=4"], ["madcluster.k=4"]),
+    ],
+)
+def test_settings_without_effect_are_named(overrides, named):
+    from madcluster_exp.config import inert_settings
+
+    found = inert_settings(compose_config(overrides))
+    assert [f.split(" (")[0] for f in found] == named
+
+
+@pytest.mark.parametrize(
+    "overrides", [[], ["madcluster=off"], ["madcluster.k=3"], ["protocol=reference"]]
+)
+def test_defaults_and_effective_settings_raise_no_warning(overrides):
+    from madcluster_exp.config import inert_settings
+
+    assert inert_settings(compose_config(overrides)) == []
+
+
+def test_pot_tail_risk_must_be_below_the_share_above_the_initial_threshold():
+    cfg = compose_config(["threshold=pot", "threshold.level=0.999", "threshold.q=0.01"])
+    with pytest.raises(ConfigError, match=r"threshold.q=0.01 .* expected q < 1 - level"):
+        validate(cfg)
+    validate(compose_config(["threshold=pot", "threshold.level=0.98", "threshold.q=0.001"]))
+
+
+def test_a_run_warns_once_naming_the_settings_without_effect(make_cfg, tmp_path):
+    from madcluster_exp.run import run
+
+    cfg = make_cfg("madcluster.k=3", "madcluster.tau=0.2", "train.epochs=1", "tracking=none")
+    with pytest.warns(UserWarning, match=r"no effect here: madcluster.tau=0.2 \(madcluster.k=3"):
+        run(cfg, output_dir=tmp_path / "job", verbose=False)
