@@ -23,9 +23,9 @@ import numpy as np
 
 from madcluster_exp.cli import Option, parse
 from madcluster_exp.errors import ExpectedError, cli_errors
-from madcluster_exp.evaluation import reference_metrics
 from madcluster_exp.metrics import basic_suite
 from madcluster_exp.metrics.suite import definition_suite
+from madcluster_exp.protocols import reference_metrics
 from madcluster_exp.tracking import resolve_tracking_uri
 
 USAGE = __doc__.split("\n\n")[1]

@@ -39,13 +39,13 @@ from madcluster_exp.data import load_dataset, prepare
 from madcluster_exp.data.collection import Collection
 from madcluster_exp.data.inject import inject
 from madcluster_exp.detector import build_detector
-from madcluster_exp.evaluation import (
+from madcluster_exp.identity import config_id, fingerprint, identifying
+from madcluster_exp.protocols import (
     evaluate_point,
     evaluate_reference,
     injected_metrics,
     injected_score,
 )
-from madcluster_exp.identity import config_id, fingerprint, identifying
 from madcluster_exp.sanity import describe, run_flags, score_spread
 from madcluster_exp.scoring import score_split
 from madcluster_exp.scoring.score import window_labels
@@ -756,7 +756,7 @@ def _pool(cfg: DictConfig, units: List[_Unit]):
     ``test/<m>`` (``ref/<m>``), the mean over entities as ``<m>_entity_mean``, and the table."""
     import pandas as pd
 
-    from madcluster_exp.evaluation import Evaluation, point_metrics, reference_metrics
+    from madcluster_exp.protocols import Evaluation, point_metrics, reference_metrics
 
     evs = [u.evaluation for u in units]
     table = pd.DataFrame([{"entity": u.entity, **u.evaluation.metrics} for u in units])

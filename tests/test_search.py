@@ -17,8 +17,8 @@ import pytest
 from madcluster_exp.config import ConfigError, validate
 from madcluster_exp.data import DataError, SeriesSplit
 from madcluster_exp.data.inject import INJECTED_KINDS, MARGIN, inject
-from madcluster_exp.evaluation import injected_metrics, injected_score
 from madcluster_exp.launchers.optuna_study import check_search, sqlalchemy_url
+from madcluster_exp.protocols import injected_metrics, injected_score
 
 from .conftest import FAST
 

@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from scipy.stats import genpareto
 
-from madcluster_exp.evaluation import reference_metrics
+from madcluster_exp.protocols import reference_metrics
 from madcluster_exp.run import run
 from madcluster_exp.scoring.score import window_labels
 from madcluster_exp.scoring.thresholds import (
