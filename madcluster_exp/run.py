@@ -7,6 +7,7 @@ a score normalisation or a threshold comes from training or validation data only
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -15,6 +16,7 @@ import sys
 import time
 import traceback
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -53,6 +55,7 @@ from madcluster_exp.tracking import Tracker, build_tracker, resolve_tracking_uri
 from madcluster_exp.tracking.callbacks import read_parent
 from madcluster_exp.training import FitResult, fit
 from madcluster_exp.training.checkpoint import Checkpointer, check_resume
+from madcluster_exp.training.progress import RECORD
 
 # The checkout this code runs from: its git commit is the run's source version.
 CODE_ROOT = Path(__file__).resolve().parent.parent
@@ -372,7 +375,10 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None, verbose: bool = True
         )
     )
     try:
-        result = _execute(cfg, tracker, name, root, job_dir, verbose)
+        with job_record(job_dir / JOB_LOG):
+            result = _execute(cfg, tracker, name, root, job_dir, verbose)
+        if cfg.tracking.log_artifacts:
+            tracker.log_artifact(job_dir / JOB_LOG)
     except BaseException as exc:
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
         tb_path = job_dir / "traceback.txt"
@@ -387,6 +393,25 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None, verbose: bool = True
     info = json.loads(info_path.read_text())
     info_path.write_text(json.dumps({**info, "status": "FINISHED"}, indent=2))
     return result
+
+
+#: The job's log (Hydra's job log under the CLI, the same file): epoch lines, what the job
+#: said and the results table; logged as an MLflow artifact.
+JOB_LOG = "madcluster_exp.log"
+
+
+@contextmanager
+def job_record(path: Path):
+    """Append the job's own lines (progress.RECORD) to ``path`` while the job runs."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    RECORD.addHandler(handler)
+    RECORD.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        RECORD.removeHandler(handler)
+        handler.close()
 
 
 @dataclass
@@ -407,7 +432,11 @@ class _Unit:
 def _execute(
     cfg: DictConfig, tracker: Tracker, name: str, root: Path, job_dir: Path, verbose: bool
 ) -> RunResult:
-    say = print if verbose else (lambda *a, **k: None)
+    def say(*parts, **kwargs) -> None:
+        if verbose:
+            print(*parts, **kwargs)
+        RECORD.info(" ".join(str(p) for p in parts))
+
     t_start = time.perf_counter()
     threads = cfg.train.num_threads or sweep_threads()
     if threads:

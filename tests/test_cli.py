@@ -133,8 +133,10 @@ def test_job_is_named_after_the_project_and_its_log_holds_the_run(tmp_path):
         "madcluster_exp", "debug=fast", "tracking=none", f"hydra.run.dir={run_dir}", cwd=tmp_path
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    assert (run_dir / "madcluster_exp.log").exists()
+    log = (run_dir / "madcluster_exp.log").read_text()
     assert not (run_dir / "__main__.log").exists()
+    assert "epoch 1/1" in log and "Results: deepsvdd-synthetic-on-" in log
+    assert "test/f1_oracle" in log
 
 
 def test_sweep_summary_names_parent_counts_and_report_command():

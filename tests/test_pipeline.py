@@ -222,6 +222,8 @@ def test_cli_default_entry_point_runs_and_records_one_run(tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("madcluster_exp").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.tags["hydra.overrides"] == "debug=fast train.progress=line"
+    logged = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
+    assert "madcluster_exp.log" in logged  # the job's log: epoch lines and the results table
 
 
 def test_cli_bad_value_exits_non_zero_with_the_key_named(tmp_path):

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from typing import Dict, Iterable, Iterator, Optional
 
 from tqdm.auto import tqdm
+
+#: Lines for the job's log file only (no console handler; see run.job_record).
+RECORD = logging.getLogger("madcluster_exp.record")
+RECORD.propagate = False
 
 
 def resolve_mode(mode: str) -> str:
@@ -53,10 +58,11 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        if self.mode == "none":
-            return
         seconds = time.perf_counter() - self._t0
         line = f"epoch {epoch + 1}/{self.epochs} [{seconds:.1f}s] {_fmt(logs)}{note}"
+        RECORD.info(line)  # the job's log file (run.job_record), whatever the display mode
+        if self.mode == "none":
+            return
         if self.mode == "bar":
             tqdm.write(line, file=self.stream)
         else:
