@@ -46,8 +46,9 @@ def test_time_metrics_s_covers_the_metric_computation(make_cfg, tmp_path, monkey
         make_cfg("train.epochs=1", "tracking=none"), output_dir=tmp_path / "job", verbose=False
     )
     (measured,) = spent
-    assert measured > 0.01  # the full suite (VUS, affiliation, ...) on 1600 points
-    assert measured <= result.metrics["time/metrics_s"] <= result.metrics["time/total_s"]
+    # What the metric computation took is inside time/metrics_s, which is inside the total
+    # (orderings only: no test asserts wall-clock figures).
+    assert 0 < measured <= result.metrics["time/metrics_s"] <= result.metrics["time/total_s"]
 
 
 def _git(repo, *args):
