@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 from mlflow.tracking import MlflowClient
 
 # 3 detectors (knn, the sanity scorers random and constant) x 2 series (the entities of one
@@ -50,6 +51,8 @@ def _runs(tmp_path):
     return client.search_runs([exp.experiment_id], max_results=100)
 
 
+# ~25 s: with make test-all (the default suite keeps under 10 minutes on 2 cores).
+@pytest.mark.slow
 def test_benchmark_sweep_resumes_without_rerunning_and_reports_ranks_and_sanity(tmp_path):
     first = _run(SWEEP, tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]

@@ -157,6 +157,8 @@ def _rest(base, path, body):
         return json.loads(resp.read())
 
 
+# The team server over PostgreSQL (tests/test_server.py) covers this in the default suite.
+@pytest.mark.slow
 def test_sweep_logged_to_a_real_mlflow_server_reads_back_over_rest(tmp_path):
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
