@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from madcluster_exp.app import CONFIG_DIR
+from madcluster_exp.launchers.local_cluster import free_port  # noqa: F401 - tests use it
 
 # Small enough for seconds-long runs, large enough for real signal.
 FAST = [
@@ -87,14 +88,6 @@ def postgres_uri():
 
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,9 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+
+from madcluster_exp.tracking.server import server_command, wait_until_ready
+from tests.conftest import free_port
 
 FAST = [
     "dataset.n_entities=2",
@@ -140,12 +142,6 @@ def test_ctrl_c_marks_the_running_run_killed(tmp_path):
     assert "train/loss" in runs[0].data.metrics
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rest(base, path, body):
     req = urllib.request.Request(
         f"{base}{path}",
@@ -160,38 +156,17 @@ def _rest(base, path, body):
 # The team server over PostgreSQL (tests/test_server.py) covers this in the default suite.
 @pytest.mark.slow
 def test_sweep_logged_to_a_real_mlflow_server_reads_back_over_rest(tmp_path):
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination",
-            str(tmp_path / "server-artifacts"),
-        ],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    log_path = tmp_path / "server.log"
+    cmd = server_command(f"sqlite:///{tmp_path / 'server.db'}", port, tmp_path / "server-artifacts")
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(
+            cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
-        for _ in range(120):
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not come up on 127.0.0.1 within 60 s")
+        # Polls the process too: fails at once, with the server's log, if it died.
+        wait_until_ready(server, base, log_path)
         out = _cli(["-m", *FAST, "madcluster=off,on"], tmp_path, MLFLOW_TRACKING_URI=base)
         assert out.returncode == 0, out.stderr[-3000:]
         exps = _rest(base, "/api/2.0/mlflow/experiments/search", {"max_results": 10})

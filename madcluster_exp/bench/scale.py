@@ -69,7 +69,7 @@ def _postgres_ok() -> bool:
 
 
 def bench_tracking(epochs: int, tmp: Path) -> List[dict]:
-    from madcluster_exp.launchers.local_cluster import _free_port
+    from madcluster_exp.launchers.local_cluster import free_port
     from madcluster_exp.tracking.server import drop_database, running_server
 
     sqlite = tracking_cost(f"sqlite:///{tmp / 'bench.db'}", epochs, tmp / "art")
@@ -79,7 +79,7 @@ def bench_tracking(epochs: int, tmp: Path) -> List[dict]:
         return rows
     uri = f"postgresql://127.0.0.1:5432/madcluster_bench_{uuid.uuid4().hex[:8]}"
     try:
-        with running_server(uri, _free_port(), tmp / "server-art", tmp / "server.log") as url:
+        with running_server(uri, free_port(), tmp / "server-art", tmp / "server.log") as url:
             server = tracking_cost(url, epochs, tmp / "art")
     finally:
         drop_database(uri)

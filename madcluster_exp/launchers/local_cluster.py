@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -33,7 +33,7 @@ def _ray(*args: str, env: dict, timeout: float = 600) -> subprocess.CompletedPro
 def local_cluster(temp_dir: Path, cpus_per_node: int = 1, workers: int = 1) -> Iterator[str]:
     """Start a head and ``workers`` worker nodes; yield the address for ``RAY_ADDRESS``; stop
     every node on exit. ``ray stop`` ends all Ray processes of this machine."""
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
