@@ -1,6 +1,7 @@
 """The benchmark's statistics and its memory measurement (the timings themselves live in
 ``make bench``, not in tests)."""
 
+import os
 import subprocess
 import sys
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 from madcluster_exp.bench.common import PEAK_RSS_WRAPPER, child_peak_rss_mb, peak_rss_mb
+from madcluster_exp.bench.load import busy_processes
 from madcluster_exp.bench.train import _bootstrap_interval
 
 
@@ -78,3 +80,24 @@ def test_benchmark_builds_and_configures_detectors_as_a_run_does():
     assert bench_config("usad", "on", plugin_compile=True).madcluster.compile
     assert not bench_config("usad", "off", plugin_compile=True).madcluster.compile
     assert not bench_config("usad", "on").madcluster.compile
+
+
+def _wait_policy(env_extra: dict) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    code = "import os, madcluster_exp; print(os.environ['OMP_WAIT_POLICY'])"
+    return subprocess.run(
+        [sys.executable, "-c", code], env={**env, **env_extra}, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def test_openmp_threads_sleep_at_barriers_unless_the_environment_says_otherwise():
+    """Spinning OpenMP threads burn the CPU share of a run that shares its cores; the package
+    asks libgomp for the passive policy before torch loads it, and an explicit setting wins."""
+    assert _wait_policy({}) == "PASSIVE"
+    assert _wait_policy({"OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"
+
+
+def test_busy_processes_run_during_the_block_and_are_gone_after():
+    with busy_processes(2) as procs:
+        assert len(procs) == 2 and all(p.poll() is None for p in procs)
+    assert all(p.returncode is not None for p in procs)

@@ -1,4 +1,4 @@
-"""python -m madcluster_exp.bench [metrics|data|train|classical|scale ...] [<one> --options]
+"""python -m madcluster_exp.bench [metrics|data|train|classical|scale|load ...] [<one> --options]
 
 Runs the named benchmarks (all by default). For one benchmark, options after its name go to it:
 ``python -m madcluster_exp.bench train --steps 8``; ``python -m madcluster_exp.bench train --help``
@@ -8,7 +8,7 @@ lists them.
 import argparse
 import sys
 
-from madcluster_exp.bench import classical, data, metrics, scale, train
+from madcluster_exp.bench import classical, data, load, metrics, scale, train
 
 BENCHMARKS = {
     "metrics": metrics.main,
@@ -16,6 +16,7 @@ BENCHMARKS = {
     "train": train.main,
     "classical": classical.main,
     "scale": scale.main,
+    "load": load.main,
 }
 
 
