@@ -7,6 +7,7 @@ minutes; everything else as written); ``make test-all`` runs them verbatim. Plac
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shlex
@@ -102,3 +103,55 @@ def test_readme_quickstart_runs_as_written_with_debug_fast(tmp_path):
 @pytest.mark.slow
 def test_readme_quickstart_runs_verbatim(tmp_path):
     _run_all(tmp_path, fast=False)
+
+
+DOCUMENTS = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
+
+
+def _commands(document: str):
+    """Every shell line of a document's ```bash blocks, comments and env prefixes dropped."""
+    text = (ROOT / document).read_text()
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in re.sub(r"\\\s*\n\s*", " ", block).splitlines():
+            line = line.split("  #")[0].strip()
+            if line and not line.startswith("#"):
+                yield line
+
+
+def _first_of_sweep(value: str) -> str:
+    """``off,on`` -> ``off`` (a sweep's first job); commas inside brackets stay."""
+    depth = 0
+    for i, ch in enumerate(value):
+        depth += ch in "[(" and 1 or ch in "])" and -1 or 0
+        if ch == "," and depth == 0:
+            return value[:i]
+    return value
+
+
+def _job_overrides(argv):
+    overrides = []
+    for arg in argv:
+        if arg.startswith("-") or arg.startswith("hydra") or "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        overrides.append(f"{key}={_first_of_sweep(value)}".replace("<", "x").replace(">", "x"))
+    return overrides
+
+
+@pytest.mark.parametrize("document", DOCUMENTS)
+def test_every_documented_command_names_options_modules_and_targets_that_exist(document):
+    """A run command composes and validates (its sweep's first job), a tool is a module of the
+    package, a make target is in the Makefile: the README and docs/ follow the code."""
+    from madcluster_exp.config import validate
+    from tests.conftest import compose_config
+
+    targets = set(re.findall(r"^([a-z][a-z-]*):", (ROOT / "Makefile").read_text(), re.M))
+    for line in _commands(document):
+        argv = [a for a in shlex.split(line) if not re.match(r"^[A-Z_]+=", a)]
+        if argv[0] == "make":
+            assert argv[1] in targets, f"{document}: {line}"
+        elif argv[:3] == ["python", "-m", "madcluster_exp"]:
+            if not {"--help", "--cfg"} & set(argv):
+                validate(compose_config(_job_overrides(argv[3:])))
+        elif argv[:2] == ["python", "-m"] and argv[2].startswith("madcluster_exp."):
+            assert importlib.util.find_spec(argv[2]) is not None, f"{document}: {line}"
