@@ -10,9 +10,9 @@ row-normalised (it then equals tile / N). Loss = prior_loss - series_loss with s
 no reconstruction. Score per position: softmax over time of -(KL(S, P) + KL(P, S)) * temperature
 (the original per-position score, not the constant 1/T of the MADCluster copy).
 
-Cost. Two exact rewrites make training ~20x faster than the reference's way on 2 CPU cores
-(``make bench``), with the same loss values and gradients (tested; |delta| < 1e-6 at the
-reference configuration):
+Cost. Two exact rewrites make training many times faster than the reference's way and far
+smaller in memory (figures: docs/benchmarks.md, ``make bench``), with the same loss values and
+gradients (tested; |delta| < 1e-6 at the reference configuration):
 
 1. Scores without d-wide tokens. The reference's layers all read the same embeddings (no
    stacking), and an embedding is linear in its patch: X = u W + pos with u the circularly

@@ -16,7 +16,7 @@ z's dtype. Each function mirrors the readable composition in
 float64, gradcheck, every layout, objective and component set).
 
 ``fastmath`` allows re-association and contraction only, so LLVM can vectorise the dot
-products (4x faster at f = 256); nothing assumes away NaN or infinity, so a NaN embedding still
+products (docs/performance-notes.md); nothing assumes away NaN or infinity, so a NaN embedding still
 gives a NaN loss, which the training loop's guard reports.
 """
 
@@ -221,9 +221,9 @@ def loss_backward(
     g_zz = np.zeros(n_steps)  # d/d|z|^2 per step
     gcc_sum = 0.0
     theta_sum = 0.0
-    # One loop per term, branch-free (selects, not ifs). The mapping's runs ~4x faster with
-    # g_zc and g_zz as arrays of their own than as rows of one (measured); the OD loss's, with
-    # its divisions and square root, stays at ~9 ns per step either way.
+    # One loop per term, branch-free (selects, not ifs). The mapping's runs faster with g_zc and
+    # g_zz as arrays of their own than as rows of one; the OD loss's, with its divisions and
+    # square root, does not (measured: docs/performance-notes.md).
     if use_d:
         for n in range(n_steps):
             d_raw = zz[n] - 2.0 * zc[n] + cc
