@@ -12,7 +12,6 @@ The recomputed metrics are logged to the same MLflow run (``log=false`` only pri
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ from madcluster_exp.errors import ExpectedError, cli_errors
 from madcluster_exp.metrics import basic_suite
 from madcluster_exp.metrics.suite import definition_suite
 from madcluster_exp.protocols import reference_metrics
-from madcluster_exp.tracking import resolve_tracking_uri
+from madcluster_exp.tracking.lookup import find_run
 
 USAGE = __doc__.split("\n\n")[1]
 
@@ -56,27 +55,19 @@ def parse_args(argv: List[str]) -> Dict[str, object]:
 
 def locate(run: str, uri: Optional[str]) -> Tuple[Path, Optional[str], Optional[str]]:
     """(path of scores.npz, run id, tracking uri) for a run directory or a run id."""
-    path = Path(run)
-    if path.is_dir():
-        scores = path / "scores.npz"
+    ref = find_run(run, uri, EvaluateError)
+    if ref.directory is not None:
+        scores = ref.directory / "scores.npz"
         if not scores.exists():
-            raise EvaluateError(f"{path}: no scores.npz (was metrics.save_scores=false?)")
-        info_path = path / "run_info.json"
-        info = json.loads(info_path.read_text()) if info_path.exists() else {}
-        return scores, info.get("run_id"), uri or info.get("tracking_uri")
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    tracking_uri = resolve_tracking_uri(uri, Path.cwd() / "outputs")
-    client = MlflowClient(tracking_uri)
-    try:
-        client.get_run(run)
-    except MlflowException as exc:
+            raise EvaluateError(f"{ref.directory}: no scores.npz (was metrics.save_scores=false?)")
+        return scores, ref.run_id, ref.uri
+    local = ref.download("scores.npz", tempfile.mkdtemp())
+    if local is None:
         raise EvaluateError(
-            f"{run!r} is neither a run directory nor a run id in {tracking_uri}: {exc.message}"
-        ) from None
-    local = client.download_artifacts(run, "scores.npz", tempfile.mkdtemp())
-    return Path(local), run, tracking_uri
+            f"MLflow run {run} in {ref.uri} has no scores.npz artifact "
+            "(was metrics.save_scores=false?)"
+        )
+    return local, ref.run_id, ref.uri
 
 
 def recompute(

@@ -27,6 +27,7 @@ import numpy as np
 from madcluster_exp.cli import Option, parse
 from madcluster_exp.errors import cli_errors
 from madcluster_exp.model import ARTIFACT, ModelError, TrainedDetector, choose_model, read_bundle
+from madcluster_exp.tracking.lookup import find_run
 
 USAGE = __doc__.split("\n\n")[1]
 
@@ -67,37 +68,24 @@ def _no_model(run_dir: Path) -> ModelError:
 
 def open_run(run: str, uri: Optional[str] = None):
     """(config, model entries, weights, description) of a run directory or run id."""
-    path = Path(run)
-    if path.is_dir():
+    ref = find_run(run, uri, ModelError)
+    if ref.directory is not None:
+        path = ref.directory
         for bundle in (path / "model" / "artifacts" / ARTIFACT, path / "artifacts" / ARTIFACT):
             if bundle.is_dir():
                 return (*read_bundle(bundle), f"run directory {path}")
         raise _no_model(path)
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    from madcluster_exp.tracking import resolve_tracking_uri
-
-    tracking_uri = resolve_tracking_uri(uri, Path.cwd() / "outputs")
-    client = MlflowClient(tracking_uri)
-    try:
-        client.get_run(run)
-    except MlflowException as exc:
-        raise ModelError(
-            f"run={run!r} is neither a run directory nor a run id in {tracking_uri}: {exc.message}"
-        ) from None
     tmp = tempfile.mkdtemp(prefix="madcluster-model-")
     try:
-        try:
-            local = client.download_artifacts(run, f"model/artifacts/{ARTIFACT}", tmp)
-        except (MlflowException, OSError):
+        local = ref.download(f"model/artifacts/{ARTIFACT}", tmp)
+        if local is None:
             raise ModelError(
-                f"MLflow run {run} in {tracking_uri} has no model artifact "
+                f"MLflow run {run} in {ref.uri} has no model artifact "
                 f"(model/artifacts/{ARTIFACT}); it was made before runs saved "
                 "models, with tracking.log_model=false, or under "
                 "protocol=reference"
-            ) from None
-        return (*read_bundle(Path(local)), f"MLflow run {run}")
+            )
+        return (*read_bundle(local), f"MLflow run {run}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # everything is in memory now
 

@@ -9,9 +9,10 @@
 - ``onoff.md`` / ``onoff.csv`` (when MADCluster was swept off/on): per configuration the on - off
   difference, paired by seed, with a paired t-test (two-sided p-value; n = number of pairs;
   no p-value below report_onoff.FEW_PAIRS pairs, and the report says so);
-- plots (PNG, embedded in report.md): metric bars off vs on with std over seeds, k-sweep curves
-  (when madcluster.k varies), training curves (one line per configuration: mean over seeds,
-  bars = min..max), and one score timeline per configuration (its first seed), without a cap.
+- plots (PNG, embedded in report.md, drawn by madcluster_exp/plots/): metric bars off vs on
+  with std over seeds, k-sweep curves (when madcluster.k varies), training curves (one line per
+  configuration: mean over seeds, bars = min..max), and one score timeline per configuration
+  (its first seed), without a cap.
 - ``paper_vs_measured.csv`` (when runs measure a figure the paper published): the published
   value beside the measured mean ± std, per metric (:mod:`madcluster_exp.report_paper`);
 - for an Optuna search (``hparams_search=...``) instead of the tables: the objective of every
@@ -43,6 +44,8 @@ import pandas as pd
 from madcluster_exp import report_onoff, report_paper, report_search
 from madcluster_exp.cli import Option, parse
 from madcluster_exp.errors import ExpectedError, cli_errors
+from madcluster_exp.plots import plot_score_timeline
+from madcluster_exp.plots.sweep import KCurves, SweepCurves, plot_k_curves, plot_sweep_curves
 from madcluster_exp.report_rank import rank_section, summary_sanity
 from madcluster_exp.tracking import resolve_tracking_uri
 from madcluster_exp.tracking.callbacks import PARENT_FILE
@@ -57,6 +60,8 @@ DEFAULT_METRICS = [
     "test/affiliation_recall",
     "test/f1_oracle",
 ]
+# The losses whose per-epoch history the training curves show.
+CURVE_KEYS = ("train/loss", "val/loss")
 # Parameters that identify a run but never define a configuration to compare.
 NOT_A_FACTOR = {
     "seed",
@@ -242,80 +247,21 @@ def to_markdown(df: pd.DataFrame, factors: Sequence[str], metrics: Sequence[str]
     return "\n".join(lines)
 
 
-# ----------------------------------------------------------------------------------- plots
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_onoff_bars(
-    table: pd.DataFrame, factors: Sequence[str], metrics: Sequence[str], path: Path
-) -> Path:
-    """Mean off and on per configuration, error bars = std over seeds, n = seed pairs."""
-    plt = _pyplot()
-    labels = [
-        (" / ".join(str(r[f]) for f in factors) or "all") + f"\n(n={int(r['pairs'])})"
-        for _, r in table.iterrows()
-    ]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 4.2), squeeze=False)
-    x = np.arange(len(labels))
-    for ax, m in zip(axes[0], metrics):
-        if f"{m} off" not in table:
-            ax.set_visible(False)
-            continue
-        for shift, side, color in ((-0.2, "off", "tab:gray"), (0.2, "on", "tab:blue")):
-            err = table.get(f"{m} {side} std", pd.Series(np.nan, index=table.index))
-            ax.bar(
-                x + shift,
-                table[f"{m} {side}"],
-                0.4,
-                yerr=err.fillna(0).to_numpy(),
-                capsize=3,
-                label=side,
-                color=color,
-                error_kw={"lw": 0.8},
-            )
-        ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=7)
-        ax.set_title(m, fontsize=9)
-    axes[0, 0].legend(title="MADCluster", fontsize=7)
-    fig.suptitle("mean over seeds; error bars: std over seeds; n: seeds paired", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_k_curves(sweep: Sweep, metrics: Sequence[str], path: Path) -> Path:
-    plt = _pyplot()
+# ------------------------------------------------------------------------- what plots show
+def k_curves(sweep: Sweep, metrics: Sequence[str]) -> KCurves:
+    """Per metric, per group of the other factors (one unlabelled group when k is the only
+    one): mean and std over seeds at each k."""
     df = sweep.runs.copy()
     df["k"] = pd.to_numeric(df["param:madcluster.k"])
     others = [f"param:{f}" for f in sweep.factors if f != "madcluster.k"]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.5), squeeze=False)
-    for ax, m in zip(axes[0], metrics):
+    out: KCurves = {}
+    for m in metrics:
         groups = df.groupby(others, dropna=False) if others else [("", df)]
-        for key, g in groups:
-            stats = g.groupby("k")[m].agg(["mean", "std"]).sort_index()
-            ax.errorbar(
-                stats.index,
-                stats["mean"],
-                yerr=stats["std"].fillna(0),
-                marker="o",
-                ms=3,
-                capsize=2,
-                label=str(key) if others else None,
-            )
-        ax.set_xlabel("k (clusters)")
-        ax.set_title(m, fontsize=9)
-    if others:
-        axes[0, 0].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+        out[m] = [
+            (str(key) if others else None, g.groupby("k")[m].agg(["mean", "std"]).sort_index())
+            for key, g in groups
+        ]
+    return out
 
 
 def configurations(sweep: Sweep) -> List[tuple]:
@@ -336,67 +282,19 @@ def _history(client, run_id: str, key: str) -> pd.Series:
     return pd.Series([h.value for h in hist], index=[h.step + 1 for h in hist], dtype=float)
 
 
-def plot_training_curves(sweep: Sweep, path: Path) -> Path:
-    plt = _pyplot()
-    fig = training_curves_figure(sweep)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def training_curves_figure(sweep: Sweep):
-    """One line per configuration (mean over its seeds, a marker per epoch, so single-epoch
-    runs show), shaded min..max over seeds; the legend sits beside the axes, in columns."""
-    from matplotlib.ticker import MaxNLocator
+def training_curves(sweep: Sweep) -> SweepCurves:
+    """Per loss (train, val), per configuration: its runs' values, epochs (from 1) x runs."""
     from mlflow.tracking import MlflowClient
 
-    plt = _pyplot()
     client = MlflowClient(sweep.uri)
     groups = configurations(sweep)
-    cmap = plt.get_cmap(
-        "tab10" if len(groups) <= 10 else "tab20" if len(groups) <= 20 else "viridis"
-    )
-    ncol = 1 + len(groups) // 16
-    fig, axes = plt.subplots(1, 2, figsize=(11 + 3.5 * ncol, 3.8 + 0.04 * len(groups)))
-    for i, (label, g) in enumerate(groups):
-        color = cmap(i % 20 if len(groups) <= 20 else i / max(1, len(groups) - 1))
-        for ax, key in zip(axes, ("train/loss", "val/loss")):
-            curves = pd.concat([_history(client, rid, key) for rid in g["run_id"]], axis=1)
-            if curves.empty:
-                continue
-            mean = curves.mean(axis=1)
-            spread = [mean - curves.min(axis=1), curves.max(axis=1) - mean]
-            ax.plot(
-                curves.index,
-                mean,
-                marker="o",
-                ms=4,
-                lw=1,
-                color=color,
-                label=f"{label} (n={curves.shape[1]})",
-            )
-            if curves.shape[1] > 1:
-                ax.errorbar(
-                    curves.index,
-                    mean,
-                    yerr=spread,
-                    fmt="none",
-                    ecolor=color,
-                    alpha=0.5,
-                    capsize=2,
-                    lw=0.8,
-                )
-    for ax, key in zip(axes, ("train/loss", "val/loss")):
-        ax.set_xlabel("epoch")
-        ax.set_title(f"{key}: mean over seeds, bars min..max", fontsize=9)
-        last = max([int(max(line.get_xdata(), default=1)) for line in ax.get_lines()] or [1])
-        ax.set_xlim(0.5, last + 0.5)  # one epoch: a point at 1, not a blank axis around it
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
-    axes[1].legend(
-        fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), ncol=ncol, frameon=False
-    )
-    fig.tight_layout()
-    return fig
+    return {
+        key: [
+            (label, pd.concat([_history(client, rid, key) for rid in g["run_id"]], axis=1))
+            for label, g in groups
+        ]
+        for key in CURVE_KEYS
+    }
 
 
 def _file_label(text: str) -> str:
@@ -407,8 +305,6 @@ def score_timelines(sweep: Sweep, out_dir: Path) -> List[Path]:
     """One score timeline per configuration (its lowest seed), named after that run (the name
     carries the configuration id; the run id is added should two names still meet)."""
     from mlflow.tracking import MlflowClient
-
-    from madcluster_exp.plots import plot_score_timeline
 
     client = MlflowClient(sweep.uri)
     paths: List[Path] = []
@@ -464,7 +360,7 @@ def build_report(
         md, files = report_search.build_search_report(
             parent_id, tracking_uri, wanted, out_dir, storage
         )
-        files.append(plot_training_curves(sweep, out_dir / "training_curves.png"))
+        files.append(plot_sweep_curves(training_curves(sweep), out_dir / "training_curves.png"))
         return _finish(md, files, out_dir, parent_id, tracking_uri, log)
     files: List[Path] = []
 
@@ -498,12 +394,12 @@ def build_report(
     md += paper_md
     files += paper_files
     if "madcluster.k" in sweep.factors:
-        files.append(plot_k_curves(sweep, wanted[:4], out_dir / "k_sweep.png"))
+        files.append(plot_k_curves(k_curves(sweep, wanted[:4]), out_dir / "k_sweep.png"))
         md += ["", "## Number of clusters k", "", "![metrics against k](k_sweep.png)"]
     rank_md, rank_files = rank_section(sweep, out_dir)
     md += rank_md
     files += rank_files
-    files.append(plot_training_curves(sweep, out_dir / "training_curves.png"))
+    files.append(plot_sweep_curves(training_curves(sweep), out_dir / "training_curves.png"))
     md += ["", "## Training curves", "", "![training curves](training_curves.png)"]
     timelines = score_timelines(sweep, out_dir)
     files += timelines

@@ -21,6 +21,8 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
+from madcluster_exp.plots.sweep import plot_onoff_bars
+
 ENABLED, COMBINE = "madcluster.enabled", "madcluster.combine"
 # A paired test over fewer seeds than this is reported, but said to mean little.
 FEW_PAIRS = 5
@@ -124,7 +126,7 @@ def onoff_table(
 
 def section(sweep, metrics: Sequence[str], out_dir: Path) -> Tuple[List[str], List[Path]]:
     """The report's on/off section (markdown lines) and its files (``onoff.csv``, bars)."""
-    from madcluster_exp.report import plot_onoff_bars, to_markdown
+    from madcluster_exp.report import to_markdown
 
     table = onoff_table(sweep.runs, sweep.factors, metrics)
     if table is None or table.empty:

@@ -11,8 +11,8 @@ sanity column that says in words what cannot be trusted.
 - Ranks: within each series, 1 = highest VUS-PR (ties share the average rank), over the series
   where every detector has a result. Friedman's test over those series, Nemenyi's post-hoc
   test for the pairs (scikit-posthocs; a Wilcoxon signed-rank test when there are only two
-  detectors), drawn as scikit-posthocs' critical-difference diagram: detectors joined by a bar
-  are not told apart at alpha = 0.05.
+  detectors), drawn as scikit-posthocs' critical-difference diagram (madcluster_exp/plots/
+  rank.py): detectors joined by a bar are not told apart at alpha = 0.05.
 - Sanity: AUC-ROC below 0.5 and constant scores (madcluster_exp/sanity.py), and, where the
   sweep holds them, VUS-PR below the ``random`` detector's or below ``knn``'s on the same series.
 """
@@ -27,6 +27,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
+from madcluster_exp.plots.rank import plot_cd_diagram
 from madcluster_exp.sanity import baseline_flags, describe, run_flags
 
 HEADLINE = "test/vus_pr"
@@ -149,6 +150,12 @@ def rank_matrix(per_series: pd.DataFrame) -> Tuple[pd.DataFrame, List[str]]:
     return complete, sorted(set(pivot.index) - set(complete.index))
 
 
+def mean_ranks(complete: pd.DataFrame) -> pd.Series:
+    """Per detector, its rank within each series (1 = highest VUS-PR, ties share the average
+    rank) averaged over the complete series."""
+    return complete.rank(axis=1, ascending=False, method="average").mean(axis=0)
+
+
 def _sanity_summary(rows: pd.DataFrame) -> str:
     """A detector's flags over its series, counted: 'AUC-ROC < 0.5 on 1/4 series; ...'."""
     n = len(rows)
@@ -177,8 +184,7 @@ def _flag_kind(flag: str) -> str:
 def aggregate_table(per_series: pd.DataFrame) -> pd.DataFrame:
     """Per detector: mean of each metric over series, mean rank (over complete series), the
     number of series, and the sanity summary; sorted by mean rank."""
-    complete, _ = rank_matrix(per_series)
-    ranks = complete.rank(axis=1, ascending=False, method="average").mean(axis=0)
+    ranks = mean_ranks(rank_matrix(per_series)[0])
     rows = []
     for det, g in per_series.groupby("detector"):
         row = {"detector": det, "series": len(g)}
@@ -208,28 +214,6 @@ def significance(complete: pd.DataFrame):
     matrix = sp.posthoc_nemenyi_friedman(complete.to_numpy())
     matrix.index = matrix.columns = detectors
     return "Friedman + Nemenyi", omnibus, matrix
-
-
-def plot_cd_diagram(
-    complete: pd.DataFrame, matrix: pd.DataFrame, test: str, omnibus: Optional[float], path: Path
-) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import scikit_posthocs as sp
-
-    ranks = complete.rank(axis=1, ascending=False, method="average").mean(axis=0)
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.3 * len(ranks)))
-    sp.critical_difference_diagram(ranks, matrix.fillna(1.0), ax=ax, alpha=ALPHA)
-    title = f"Mean rank by VUS-PR over {len(complete)} series (1 = best); {test}"
-    if omnibus is not None:
-        title += f", Friedman p = {omnibus:.3g}"
-    ax.set_title(title + f"; bars: not different at alpha = {ALPHA}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 # ------------------------------------------------------------------------------ markdown
@@ -270,7 +254,8 @@ def rank_section(sweep, out_dir: Path) -> Tuple[List[str], List[Path]]:
         md += ["", f"Left out of the ranks (not every detector has a result): {', '.join(dropped)}"]
     if complete.shape[1] >= 2 and len(complete) >= 2:
         test, omnibus, matrix = significance(complete)
-        files.append(plot_cd_diagram(complete, matrix, test, omnibus, out_dir / "cd_diagram.png"))
+        ranks, cd_path = mean_ranks(complete), out_dir / "cd_diagram.png"
+        files.append(plot_cd_diagram(ranks, len(complete), matrix, test, omnibus, ALPHA, cd_path))
         matrix.to_csv(out_dir / "rank_pvalues.csv")
         files.append(out_dir / "rank_pvalues.csv")
         md += [

@@ -12,7 +12,8 @@ import sys
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from madcluster_exp.report import Sweep, load_sweep, sweep_factors, training_curves_figure
+from madcluster_exp.plots.sweep import sweep_curves_figure
+from madcluster_exp.report import Sweep, load_sweep, sweep_factors, training_curves
 
 FAST = [
     "dataset.n_entities=2",
@@ -95,7 +96,7 @@ def _store_with_configs(tmp_path, n_configs, seeds=2, epochs=1):
 
 def test_training_curves_show_single_epoch_runs_and_one_legend_entry_per_configuration(tmp_path):
     sweep = _store_with_configs(tmp_path, n_configs=12, seeds=2, epochs=1)
-    fig = training_curves_figure(sweep)
+    fig = sweep_curves_figure(training_curves(sweep))
     for ax in fig.axes[:2]:
         lines = [line for line in ax.get_lines() if not line.get_label().startswith("_")]
         assert len(lines) == 12  # one per configuration, seeds pooled (24 runs)

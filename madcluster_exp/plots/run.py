@@ -1,4 +1,5 @@
-"""Figures a researcher would rather look at than read: score timeline and training curves."""
+"""A job's figures, which a researcher would rather look at than read: the score timeline and
+the training curves."""
 
 from __future__ import annotations
 
@@ -7,14 +8,7 @@ from typing import Dict, List
 
 import numpy as np
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; never needs a display
-    import matplotlib.pyplot as plt
-
-    return plt
+from madcluster_exp.plots.backend import pyplot, save
 
 
 def plot_score_timeline(
@@ -28,7 +22,7 @@ def plot_score_timeline(
 ) -> Path:
     """Test scores over time, true anomalies shaded, the fitted threshold as a line (one per
     entity in per-entity mode, given ``bounds`` [[start, end], ...])."""
-    plt = _pyplot()
+    plt = pyplot()
     n = len(scores)
     step = max(1, n // max_points)
     t = np.arange(0, n, step)
@@ -58,14 +52,12 @@ def plot_score_timeline(
     ax.set_title(f"{title} — shaded: labelled anomalies")
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_training_curves(path: Path, history: List[Dict[str, float]], title: str) -> Path:
     """Loss components per epoch, and nu / R trajectories when the plug-in is on."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = np.arange(1, len(history) + 1)
     keys = sorted({k for h in history for k in h})
     loss_keys = [k for k in keys if "/loss" in k]
@@ -85,6 +77,4 @@ def plot_training_curves(path: Path, history: List[Dict[str, float]], title: str
         axes[0, 1].legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
