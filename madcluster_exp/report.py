@@ -253,15 +253,22 @@ def k_curves(sweep: Sweep, metrics: Sequence[str]) -> KCurves:
     one): mean and std over seeds at each k."""
     df = sweep.runs.copy()
     df["k"] = pd.to_numeric(df["param:madcluster.k"])
-    others = [f"param:{f}" for f in sweep.factors if f != "madcluster.k"]
+    factors = [f for f in sweep.factors if f != "madcluster.k"]
+    others = [f"param:{f}" for f in factors]
     out: KCurves = {}
     for m in metrics:
-        groups = df.groupby(others, dropna=False) if others else [("", df)]
+        groups = df.groupby(others, dropna=False) if others else [((), df)]
         out[m] = [
-            (str(key) if others else None, g.groupby("k")[m].agg(["mean", "std"]).sort_index())
+            (_group_label(factors, key), g.groupby("k")[m].agg(["mean", "std"]).sort_index())
             for key, g in groups
         ]
     return out
+
+
+def _group_label(factors: Sequence[str], key) -> Optional[str]:
+    """``backbone=knn, seed=0`` for a group's key; None for the one group of no factors."""
+    key = key if isinstance(key, tuple) else (key,)
+    return ", ".join(f"{f}={v}" for f, v in zip(factors, key)) or None
 
 
 def configurations(sweep: Sweep) -> List[tuple]:
@@ -272,8 +279,7 @@ def configurations(sweep: Sweep) -> List[tuple]:
         return [("all runs", sweep.runs)]
     out = []
     for key, g in sweep.runs.groupby(keys, dropna=False, sort=True):
-        key = key if isinstance(key, tuple) else (key,)
-        out.append((", ".join(f"{f}={v}" for f, v in zip(sweep.factors, key)), g))
+        out.append((_group_label(sweep.factors, key), g))
     return out
 
 

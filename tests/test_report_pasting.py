@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 from mlflow.tracking import MlflowClient
 
 from madcluster_exp.plots.sweep import sweep_curves_figure
@@ -136,3 +137,22 @@ def test_an_optuna_report_groups_by_every_swept_parameter():
     )
     assert sweep_factors(df) == ["backbone.lr", "madcluster.nu_init"]
     assert sweep_factors(df.drop(columns="overrides")) == ["backbone.lr"]
+
+
+def test_k_curves_are_labelled_by_the_other_factors_and_average_over_seeds():
+    from madcluster_exp.report import k_curves
+
+    runs = pd.DataFrame(
+        {
+            "param:madcluster.k": ["1", "1", "2", "2"] * 2,
+            "param:backbone.name": ["knn"] * 4 + ["usad"] * 4,
+            "test/f1": [0.2, 0.4, 0.5, 0.7, 0.1, 0.1, 0.3, 0.3],
+        }
+    )
+    sweep = Sweep("p", "sqlite://", runs, runs.iloc[:0], ["madcluster.k", "backbone.name"])
+    (knn, knn_stats), (usad, usad_stats) = k_curves(sweep, ["test/f1"])["test/f1"]
+    assert (knn, usad) == ("backbone.name=knn", "backbone.name=usad")
+    assert knn_stats["mean"].tolist() == pytest.approx([0.3, 0.6])
+    assert usad_stats["std"].tolist() == [0.0, 0.0]
+    alone = Sweep("p", "sqlite://", runs.iloc[:4], runs.iloc[:0], ["madcluster.k"])
+    assert [label for label, _ in k_curves(alone, ["test/f1"])["test/f1"]] == [None]
