@@ -6,11 +6,13 @@ import hydra
 from omegaconf import DictConfig
 
 from madcluster_exp.app import CONFIG_DIR, job, normalise_argv
+from madcluster_exp.job_context import JobContext
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float:
-    return job(cfg)
+    # Hydra's runtime config is read here, once; the job gets what it needs of it.
+    return job(cfg, JobContext.from_hydra())
 
 
 if __name__ == "__main__":

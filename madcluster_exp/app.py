@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from madcluster_exp.config import register_configs
 from madcluster_exp.errors import ExpectedError, full_error_requested, report
+from madcluster_exp.job_context import JobContext
 from madcluster_exp.launchers import register_plugins
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -62,26 +63,19 @@ if not OmegaConf.has_resolver("madcluster_user_groups"):
     OmegaConf.register_new_resolver("madcluster_user_groups", user_groups)
 
 
-def _is_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def job(cfg: DictConfig) -> float:
+def job(cfg: DictConfig, context: JobContext) -> float:
     """Run one job; return what a sweeper optimises (``search.objective``): the best validation
     loss (NaN for a classical detector, which has none), or VUS-PR on the validation
-    split with injected anomalies."""
+    split with injected anomalies. ``context``: the Hydra run the job is part of."""
     from madcluster_exp.config import SEARCH_OBJECTIVES
     from madcluster_exp.run import run
 
     try:
-        result = run(cfg)
+        result = run(cfg, context)
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # noqa: BLE001 - a sweep must survive any single job's failure
-        if not _is_multirun():
+        if not context.multirun:
             if isinstance(exc, ExpectedError) and not full_error_requested():
                 raise SystemExit(report(exc)) from None
             raise

@@ -15,20 +15,28 @@ affiliation computed on that 0/1 prediction. Keys ``ref/<metric>`` so the two ne
 of the score on a copy of the validation split with injected anomalies (data/inject.py), the
 score combined by the rule fitted on the clean validation split. A search's objective; no test
 data involved.
+
+The job asks a protocol object (:func:`protocol_for`) for everything that differs between the
+two: how the detector scores (window means or not), which threshold is effective, how scores
+become an :class:`Evaluation`, and how the evaluations of several entities pool into one. It
+never branches on ``cfg.protocol`` itself.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import ClassVar, Dict, Optional, Sequence, Tuple, Type, Union
 
 import numpy as np
 
-from madcluster_exp.config import combine_rule
+from madcluster_exp.config import ConfigError, combine_rule
 from madcluster_exp.metrics import affiliation_suite, range_suite
 from madcluster_exp.metrics.point import ranking_metrics
 from madcluster_exp.metrics.suite import definition_suite
+from madcluster_exp.sanity import score_spread
 from madcluster_exp.scoring import ScoreCombiner, build_threshold
+from madcluster_exp.scoring.score import window_labels
 from madcluster_exp.scoring.thresholds import fit_threshold
 
 
@@ -139,3 +147,153 @@ def injected_metrics(labels: np.ndarray, score: np.ndarray, range_window: int) -
     out = {"auc_roc": ranking["auc_roc"], "auc_pr": ranking["auc_pr"]}
     out.update(range_suite(y_true=labels, y_score=score, window=range_window))
     return {f"val_injected/{k}": float(v) for k, v in out.items()}
+
+
+#: What a detector's ``score(split)`` returns: {component: point scores}, or with window means
+#: (reference protocol) that, {component: window scores} and the window starts.
+Components = Dict[str, np.ndarray]
+ScoreOutput = Union[Components, Tuple[Components, Components, np.ndarray]]
+
+
+@dataclass(frozen=True, eq=False)
+class EvaluationProtocol(ABC):
+    """What differs between the protocols, asked by the job (which never branches on them)."""
+
+    cfg: object  # the run's resolved config
+
+    name: ClassVar[str]
+    #: Whether scoring also returns each window's mean score (``score_split(window_means=)``).
+    window_means: ClassVar[bool]
+    #: The scores.npz array holding the score the metrics (and ``score/*`` spread) are of.
+    score_array_key: ClassVar[str]
+    #: The score, label and prediction arrays pooled over entities, in that order.
+    pooled_keys: ClassVar[Tuple[str, str, str]]
+
+    @property
+    def threshold_kind(self) -> str:
+        """The threshold the metrics are taken at (``threshold.kind`` tag)."""
+        return self.cfg.threshold.kind
+
+    def point_scores(self, out: ScoreOutput) -> Dict[str, np.ndarray]:
+        """The per-point components of what ``score(split)`` returned."""
+        return out[0] if self.window_means else out
+
+    @abstractmethod
+    def evaluate(
+        self, val_out: ScoreOutput, test_out: ScoreOutput, test_labels: np.ndarray, window: int
+    ) -> Evaluation:
+        """The metrics and arrays of one model's scores: validation scores fit what they may,
+        test scores are measured; ``window`` is the data window (window labels)."""
+
+    @abstractmethod
+    def pooled_metrics(self, pooled: Dict[str, np.ndarray]) -> Dict[str, float]:
+        """The headline metrics of the scores, labels and predictions pooled over entities."""
+
+    def pool(self, evaluations: Sequence[Evaluation], entities: Sequence[Optional[str]]):
+        """(Evaluation, table): the concatenated scores and predictions of all entities give
+        the headline ``test/<m>`` (``ref/<m>``) and the score's spread (``sanity/*``), the mean
+        over entities ``<m>_entity_mean``; the table (a DataFrame) holds each entity's metrics
+        (per_entity.csv)."""
+        import pandas as pd
+
+        evs = list(evaluations)
+        table = pd.DataFrame([{"entity": e, **ev.metrics} for e, ev in zip(entities, evs)])
+        pooled = {k: np.concatenate([e.arrays[k] for e in evs]) for k in self.pooled_keys}
+        metrics = self.pooled_metrics(pooled)
+        if "val_injected_score" in evs[0].arrays:
+            for k in ("val_injected_score", "val_injected_label"):
+                pooled[k] = np.concatenate([e.arrays[k] for e in evs])
+            metrics.update(
+                injected_metrics(
+                    pooled["val_injected_label"],
+                    pooled["val_injected_score"],
+                    int(self.cfg.metrics.range_window),
+                )
+            )
+        metrics.update(entity_means(evs[0].metrics, table))
+        metrics.update(score_spread(pooled[self.score_array_key]))  # each entity's: the table
+        arrays = {
+            "protocol": evs[0].arrays["protocol"],
+            **pooled,
+            "threshold": np.array([float(e.arrays["threshold"]) for e in evs]),
+        }
+        rules = {e.score_rule for e in evs}
+        rule = rules.pop() if len(rules) == 1 else "mixed"
+        return Evaluation(metrics, arrays, rule, evs[0].threshold_family), table
+
+
+def entity_means(keys, table) -> Dict[str, float]:
+    """``<m>_entity_mean`` for each test, reference and injected metric ``m`` of ``keys``."""
+    return {
+        f"{key}_entity_mean": float(np.nanmean(table[key].to_numpy(dtype=float)))
+        for key in keys
+        if key.startswith(("test/", "ref/", "val_injected/"))
+    }
+
+
+@dataclass(frozen=True, eq=False)
+class PointProtocol(EvaluationProtocol):
+    """One score per time point; combiner and threshold fitted on validation scores."""
+
+    name: ClassVar[str] = "point"
+    window_means: ClassVar[bool] = False
+    score_array_key: ClassVar[str] = "test_score"
+    pooled_keys: ClassVar[Tuple[str, str, str]] = ("test_score", "test_label", "test_pred")
+
+    def evaluate(self, val_out, test_out, test_labels, window):
+        return evaluate_point(self.cfg, val_out, test_out, test_labels)
+
+    def pooled_metrics(self, pooled):
+        m = point_metrics(
+            pooled["test_label"],
+            pooled["test_score"],
+            pooled["test_pred"],
+            self.cfg.metrics,
+            int(self.cfg.seed),
+        )
+        return {f"test/{k}": v for k, v in m.items()}
+
+
+@dataclass(frozen=True, eq=False)
+class ReferenceProtocol(EvaluationProtocol):
+    """One score per stride-1 window, thresholded at the test-label best F1 (an oracle)."""
+
+    name: ClassVar[str] = "reference"
+    window_means: ClassVar[bool] = True
+    score_array_key: ClassVar[str] = "window_score"
+    pooled_keys: ClassVar[Tuple[str, str, str]] = ("window_score", "window_label", "window_pred")
+
+    @property
+    def threshold_kind(self) -> str:
+        return "oracle"
+
+    def evaluate(self, val_out, test_out, test_labels, window):
+        labels = window_labels(test_labels, test_out[2], window)
+        return evaluate_reference(self.cfg, val_out[1], test_out[1], labels)
+
+    def pooled_metrics(self, pooled):
+        m, _, _ = reference_metrics(
+            pooled["window_label"], pooled["window_score"], int(self.cfg.metrics.range_window)
+        )
+        return {f"ref/{k}": v for k, v in m.items()}
+
+
+PROTOCOLS: Dict[str, Type[EvaluationProtocol]] = {
+    p.name: p for p in (PointProtocol, ReferenceProtocol)
+}
+
+
+def protocol_for(cfg) -> EvaluationProtocol:
+    """The protocol object of a config (``protocol``): the one place that decides it."""
+    try:
+        return PROTOCOLS[cfg.protocol](cfg)
+    except KeyError:
+        raise ConfigError(
+            f"protocol={cfg.protocol}: expected one of {', '.join(PROTOCOLS)}"
+        ) from None
+
+
+def effective_threshold_kind(cfg) -> str:
+    """The threshold a run's metrics are taken at: ``threshold.kind``, except the reference
+    protocol's, which always thresholds at the test-label best F1 (an oracle)."""
+    return protocol_for(cfg).threshold_kind

@@ -2,6 +2,13 @@
 
 The test split is sealed until ``fit`` has returned; every number that selects a model, a radius,
 a score normalisation or a threshold comes from training or validation data only.
+
+This module orchestrates; the job's steps read in :func:`run` and :func:`_execute`. What the
+Hydra command says comes in as a :class:`~madcluster_exp.job_context.JobContext`; what differs
+between the point and reference protocols is asked of the protocol object
+(:func:`madcluster_exp.protocols.protocol_for`); the files a job writes and its results table
+are :mod:`madcluster_exp.artifacts`'; training gets its settings
+(:class:`~madcluster_exp.training.TrainSettings`), not the config.
 """
 
 from __future__ import annotations
@@ -12,7 +19,6 @@ import os
 import random
 import shutil
 import subprocess
-import sys
 import time
 import traceback
 import warnings
@@ -20,13 +26,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from madcluster_exp.artifacts import (
+    entity_layout,
+    format_results,
+    model_note,
+    save_model,
+    write_artifacts,
+    write_per_entity,
+)
 from madcluster_exp.backbones import backbone_class
 from madcluster_exp.classical import build_classical, is_classical, score_split_classical
 from madcluster_exp.complexity import complexity
@@ -42,18 +55,19 @@ from madcluster_exp.data.collection import Collection
 from madcluster_exp.data.inject import inject
 from madcluster_exp.detector import build_detector
 from madcluster_exp.identity import config_id, fingerprint, identifying
+from madcluster_exp.job_context import JobContext, search_tags
 from madcluster_exp.protocols import (
-    evaluate_point,
-    evaluate_reference,
+    Evaluation,
+    EvaluationProtocol,
+    effective_threshold_kind,
     injected_metrics,
     injected_score,
+    protocol_for,
 )
 from madcluster_exp.sanity import describe, run_flags, score_spread
 from madcluster_exp.scoring import score_split
-from madcluster_exp.scoring.score import window_labels
 from madcluster_exp.tracking import Tracker, build_tracker, resolve_tracking_uri
-from madcluster_exp.tracking.callbacks import read_parent
-from madcluster_exp.training import FitResult, fit
+from madcluster_exp.training import FitResult, TrainSettings, fit
 from madcluster_exp.training.checkpoint import Checkpointer, check_resume
 from madcluster_exp.training.progress import RECORD
 
@@ -72,17 +86,10 @@ class RunResult:
 
 
 # ------------------------------------------------------------------------------- environment
-def _hydra_runtime():
-    from hydra.core.hydra_config import HydraConfig
-
-    return HydraConfig.get() if HydraConfig.initialized() else None
-
-
-def project_root(cfg: DictConfig) -> Path:
+def project_root(cfg: DictConfig, context: JobContext) -> Path:
     if cfg.paths.root_dir:
         return Path(cfg.paths.root_dir).expanduser().resolve()
-    hc = _hydra_runtime()
-    return Path(hc.runtime.cwd if hc is not None else os.getcwd()).resolve()
+    return context.cwd.resolve()
 
 
 def resolve_path(root: Path, p: str) -> Path:
@@ -90,57 +97,28 @@ def resolve_path(root: Path, p: str) -> Path:
     return path if path.is_absolute() else (root / path).resolve()
 
 
-def job_output_dir(cfg: DictConfig, root: Path) -> Path:
-    hc = _hydra_runtime()
-    if hc is not None:
-        return Path(hc.runtime.output_dir)
+def job_output_dir(cfg: DictConfig, root: Path, context: JobContext) -> Path:
+    if context.output_dir is not None:
+        return context.output_dir
     stamp = datetime.now().strftime("%Y-%m-%d/%H-%M-%S-%f")
     return resolve_path(root, cfg.paths.output_dir) / "runs" / stamp
 
 
-def parent_run_id() -> Optional[str]:
-    """The sweep's parent run (multirun: written by the sweep callback), else None."""
-    hc = _hydra_runtime()
-    if hc is not None and hc.mode == RunMode.MULTIRUN:
-        return read_parent(
-            Path(hc.sweep.dir)
-            if Path(hc.sweep.dir).is_absolute()
-            else Path(hc.runtime.cwd) / hc.sweep.dir
-        )
-    return None
-
-
-def finished_job(job_dir: Path) -> Optional[Dict[str, Any]]:
+def finished_job(job_dir: Path, context: JobContext) -> Optional[Dict[str, Any]]:
     """The record of a sweep job that already finished in ``job_dir`` with the same overrides
     (run_info.json marked FINISHED, metrics.json written), else None: a sweep started again
     with the same sweep directory skips what it has, and runs what failed or never ran."""
-    hc = _hydra_runtime()
-    if hc is None or hc.mode != RunMode.MULTIRUN:
+    if not context.multirun:
         return None
-    info_path, metrics_path = job_dir / "run_info.json", job_dir / "metrics.json"
+    info_path, metrics_path = job_dir / RUN_INFO, job_dir / "metrics.json"
     overrides_path = job_dir / "overrides.json"
     if not (info_path.exists() and metrics_path.exists() and overrides_path.exists()):
         return None
     info = json.loads(info_path.read_text())
-    same = json.loads(overrides_path.read_text())["overrides"] == list(hc.overrides.task)
+    same = json.loads(overrides_path.read_text())["overrides"] == list(context.overrides)
     if info.get("status") != "FINISHED" or not same:
         return None
     return {**info, "metrics": json.loads(metrics_path.read_text())}
-
-
-def sweep_threads() -> Optional[int]:
-    """Threads per job when a parallel launcher runs several jobs at once: PyTorch's OpenMP
-    threads spin at barriers, so jobs that share cores must split them (a 2-thread step became
-    15-20x slower with another process on one of 2 cores)."""
-    hc = _hydra_runtime()
-    if hc is None or hc.mode != RunMode.MULTIRUN:
-        return None
-    n_jobs = hc.launcher.get("n_jobs")
-    if n_jobs is None:
-        return None
-    cores = os.cpu_count() or 1
-    parallel = cores if int(n_jobs) < 0 else int(n_jobs)
-    return max(1, cores // max(1, parallel))
 
 
 def seed_everything(seed: int) -> None:
@@ -213,11 +191,6 @@ def flatten(cfg: DictConfig) -> Dict[str, Any]:
     return out
 
 
-def effective_threshold_kind(cfg: DictConfig) -> str:
-    """The reference protocol always thresholds at the test-label best F1 (an oracle)."""
-    return "oracle" if cfg.protocol == "reference" else cfg.threshold.kind
-
-
 def check_backbone_score_exists(cfg: DictConfig) -> None:
     """madcluster.combine=backbone_only with MADCluster on needs a backbone score; a backbone
     that hands its objective and score to the plug-in (Deep SVDD) has none, and the combiner
@@ -262,7 +235,7 @@ def early_stopping_tag(cfg: DictConfig, fits: List[FitResult]) -> str:
     return "off" if cfg.train.patience is None else "val_loss"
 
 
-def identity_tags(cfg: DictConfig, root: Path) -> Dict[str, str]:
+def identity_tags(cfg: DictConfig, context: JobContext) -> Dict[str, str]:
     tags = {
         "backbone": cfg.backbone.name,
         "family": cfg.backbone.family,
@@ -284,50 +257,42 @@ def identity_tags(cfg: DictConfig, root: Path) -> Dict[str, str]:
                 "madcluster.combine": str(cfg.madcluster.combine),
             }
         )
-    hc = _hydra_runtime()
-    if hc is not None:
-        tags["hydra.overrides"] = " ".join(hc.overrides.task)
-        if hc.job.get("num") is not None:
-            tags["hydra.job.num"] = str(hc.job.num)
+    tags.update(context.tags())  # the Hydra command's overrides and job number
     if cfg.search.trial is not None:  # a trial of an Optuna search (its sweeper sets it)
-        tags.update(search_tags(hc.sweeper if hc is not None else {}))
+        tags.update(search_tags(context.sweeper))
         tags["optuna.trial"] = str(cfg.search.trial)
     if cfg.notes:
         tags["mlflow.note.content"] = cfg.notes
     return tags
 
 
-def search_tags(sweeper) -> Dict[str, str]:
-    """The study a run belongs to: ``optuna.study`` and ``optuna.storage`` (password hidden;
-    ``in-memory`` for a one-process study), on the parent run and on every trial's run."""
-    from madcluster_exp.launchers.optuna_study import sqlalchemy_url
-    from madcluster_exp.tracking.server import redact
-
-    storage = sweeper.get("storage")
-    return {
-        "optuna.study": str(sweeper.get("study_name")),
-        "optuna.storage": redact(sqlalchemy_url(storage)) if storage else "in-memory",
-    }
-
-
 # ---------------------------------------------------------------------------------- the job
-def run(cfg: DictConfig, output_dir: Optional[Path] = None, verbose: bool = True) -> RunResult:
-    """Run one configured job end to end. A crash marks the tracked run FAILED (KILLED on
-    Ctrl-C), keeps everything already written and logs the traceback, then re-raises."""
-    validate(cfg)
-    inert = inert_settings(cfg)  # as composed, before the by-protocol defaults fill in
-    if inert:
-        warnings.warn("these settings have no effect here: " + "; ".join(inert), stacklevel=2)
-    cfg = resolve_defaults(cfg)
-    check_backbone_score_exists(cfg)  # a configuration error: before any MLflow run exists
-    check_components_apply(cfg)
-    root = project_root(cfg)
-    out_root = resolve_path(root, cfg.paths.output_dir)
-    job_dir = Path(output_dir) if output_dir is not None else job_output_dir(cfg, root)
+#: Written first, so a killed run can be found, matched to its config and continued.
+RUN_INFO = "run_info.json"
+
+#: The job's log (Hydra's job log under the CLI, the same file): epoch lines, what the job
+#: said and the results table; logged as an MLflow artifact.
+JOB_LOG = "madcluster_exp.log"
+
+
+def run(
+    cfg: DictConfig,
+    context: Optional[JobContext] = None,
+    output_dir: Optional[Path] = None,
+    verbose: bool = True,
+) -> RunResult:
+    """Run one configured job end to end. ``context``: what the Hydra command running it says
+    (the entry point reads it); None for a job started from Python. A crash marks the tracked
+    run FAILED (KILLED on Ctrl-C), keeps everything already written and logs the traceback,
+    then re-raises."""
+    context = context if context is not None else JobContext.outside_hydra()
+    cfg = _checked(cfg)
+    root = project_root(cfg, context)
+    job_dir = Path(output_dir) if output_dir is not None else job_output_dir(cfg, root, context)
     job_dir.mkdir(parents=True, exist_ok=True)
     flat = flatten(cfg)
     name = run_name(cfg, flat)
-    done = finished_job(job_dir)
+    done = finished_job(job_dir, context)
     if done is not None:
         if verbose:
             print(
@@ -335,7 +300,42 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None, verbose: bool = True
                 f"{done['run_id']}, {job_dir}); not run again"
             )
         return RunResult(name, done["run_id"], done["tracking_uri"], job_dir, done["metrics"], None)
-    info_path = job_dir / "run_info.json"
+    tracker, name = _open_run(cfg, context, root, job_dir, flat, name)
+    try:
+        with job_record(job_dir / JOB_LOG):
+            result = _execute(cfg, tracker, name, context, root, job_dir, verbose)
+        if cfg.tracking.log_artifacts:
+            tracker.log_artifact(job_dir / JOB_LOG)
+    except BaseException as exc:
+        _end_failed(tracker, job_dir, exc)
+        raise
+    tracker.end("FINISHED")
+    info_path = job_dir / RUN_INFO
+    info = json.loads(info_path.read_text())
+    info_path.write_text(json.dumps({**info, "status": "FINISHED"}, indent=2))
+    return result
+
+
+def _checked(cfg: DictConfig) -> DictConfig:
+    """The config validated, its inert settings warned about and the by-protocol defaults
+    filled in; configuration errors raise here, before any MLflow run exists."""
+    validate(cfg)
+    inert = inert_settings(cfg)  # as composed, before the by-protocol defaults fill in
+    if inert:
+        warnings.warn("these settings have no effect here: " + "; ".join(inert), stacklevel=3)
+    cfg = resolve_defaults(cfg)
+    check_backbone_score_exists(cfg)
+    check_components_apply(cfg)
+    return cfg
+
+
+def _open_run(
+    cfg: DictConfig, context: JobContext, root: Path, job_dir: Path, flat: Dict[str, Any], name: str
+) -> Tuple[Tracker, str]:
+    """Start the job's tracked run, or continue the one recorded in ``job_dir`` when its
+    checkpoints are resumed; write run_info.json. Returns the tracker and the run's name."""
+    out_root = resolve_path(root, cfg.paths.output_dir)
+    info_path = job_dir / RUN_INFO
     checkpoints = job_dir / "checkpoints"
     resumable = (
         cfg.train.checkpoint
@@ -360,8 +360,8 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None, verbose: bool = True
                 {"resume.changed": "; ".join(grown), "train.epochs": str(cfg.train.epochs)}
             )
     else:
-        tracker.start(name, flat, identity_tags(cfg, root), parent_run_id=parent_run_id())
-    # Written first, so a killed run can be found, matched to its config and continued.
+        tags = identity_tags(cfg, context)
+        tracker.start(name, flat, tags, parent_run_id=context.parent_run_id())
     info_path.write_text(
         json.dumps(
             {
@@ -374,30 +374,19 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None, verbose: bool = True
             indent=2,
         )
     )
+    return tracker, name
+
+
+def _end_failed(tracker: Tracker, job_dir: Path, exc: BaseException) -> None:
+    """End the tracked run FAILED (KILLED on Ctrl-C) with the error tag and traceback.txt."""
+    status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+    tb_path = job_dir / "traceback.txt"
+    tb_path.write_text("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
     try:
-        with job_record(job_dir / JOB_LOG):
-            result = _execute(cfg, tracker, name, root, job_dir, verbose)
-        if cfg.tracking.log_artifacts:
-            tracker.log_artifact(job_dir / JOB_LOG)
-    except BaseException as exc:
-        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-        tb_path = job_dir / "traceback.txt"
-        tb_path.write_text("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
-        try:
-            tracker.set_tags({"error": f"{type(exc).__name__}: {exc}"[:5000]})
-            tracker.log_artifact(tb_path)
-        finally:
-            tracker.end(status)
-        raise
-    tracker.end("FINISHED")
-    info = json.loads(info_path.read_text())
-    info_path.write_text(json.dumps({**info, "status": "FINISHED"}, indent=2))
-    return result
-
-
-#: The job's log (Hydra's job log under the CLI, the same file): epoch lines, what the job
-#: said and the results table; logged as an MLflow artifact.
-JOB_LOG = "madcluster_exp.log"
+        tracker.set_tags({"error": f"{type(exc).__name__}: {exc}"[:5000]})
+        tracker.log_artifact(tb_path)
+    finally:
+        tracker.end(status)
 
 
 @contextmanager
@@ -420,25 +409,59 @@ class _Unit:
 
     entity: Optional[str]
     fit: FitResult
-    evaluation: object
+    evaluation: Evaluation
     test: object  # SeriesSplit
     score_s: float
     #: What the saved model needs of this unit (madcluster_exp.model.model_entry); None under
     #: protocol=reference, whose test-label threshold does not score new data.
     model: Optional[dict] = None
-    metrics_s: float = 0.0  # computing the metrics (evaluate_point / evaluate_reference)
+    metrics_s: float = 0.0  # computing the metrics (the protocol's evaluate)
 
 
 def _execute(
-    cfg: DictConfig, tracker: Tracker, name: str, root: Path, job_dir: Path, verbose: bool
+    cfg: DictConfig,
+    tracker: Tracker,
+    name: str,
+    context: JobContext,
+    root: Path,
+    job_dir: Path,
+    verbose: bool,
 ) -> RunResult:
+    """The job's steps: set up the compute, fit and score every unit, pool, log, write."""
+    say = _sayer(verbose)
+    t_start = time.perf_counter()
+    device = _set_up_compute(cfg, context)
+    units = _fit_units(cfg, tracker, name, context, root, job_dir, device, say)
+    t_pool = time.perf_counter()
+    ev, extra_artifacts = _job_evaluation(cfg, units, job_dir)
+    metrics = _job_metrics(cfg, ev, units, t_pool)
+    metrics["time/total_s"] = time.perf_counter() - t_start
+    metrics["time/tracking_s"] = tracker.seconds  # everything logged up to here
+    _log_results(cfg, tracker, ev, units, metrics)
+    model_dir = _write_outputs(
+        cfg, tracker, context, name, job_dir, ev, units, metrics, extra_artifacts, say
+    )
+    result = RunResult(name, tracker.run_id, tracker.uri, job_dir, metrics, units[0].fit)
+    say(format_results(result, cfg))
+    if model_dir is not None:
+        say(model_note(model_dir, tracker.run_id, cfg.tracking.log_artifacts, job_dir))
+    return result
+
+
+def _sayer(verbose: bool):
+    """What the job says: printed when ``verbose``, always in the job's log (RECORD)."""
+
     def say(*parts, **kwargs) -> None:
         if verbose:
             print(*parts, **kwargs)
         RECORD.info(" ".join(str(p) for p in parts))
 
-    t_start = time.perf_counter()
-    threads = cfg.train.num_threads or sweep_threads()
+    return say
+
+
+def _set_up_compute(cfg: DictConfig, context: JobContext) -> torch.device:
+    """Torch threads (split between a sweep's parallel jobs), determinism; the device."""
+    threads = cfg.train.num_threads or context.sweep_threads()
     if threads:
         torch.set_num_threads(int(threads))
     device = resolve_device(cfg.device)
@@ -446,16 +469,31 @@ def _execute(
         # Required by cuBLAS for deterministic matmuls; harmless on CPU.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
-    # The data window may differ from backbone.window (SLMR adds its forecast target).
-    classical = is_classical(cfg.backbone)
-    window = (
-        int(cfg.backbone.window)
-        if classical
-        else backbone_class(cfg.backbone.name).data_window(int(cfg.backbone.window))
-    )
+    return device
 
+
+def data_window(backbone: DictConfig) -> int:
+    """The window the data is cut into: ``backbone.window``, or more where the backbone needs
+    it (SLMR adds its forecast target)."""
+    if is_classical(backbone):
+        return int(backbone.window)
+    return backbone_class(backbone.name).data_window(int(backbone.window))
+
+
+def _fit_units(
+    cfg: DictConfig,
+    tracker: Tracker,
+    name: str,
+    context: JobContext,
+    root: Path,
+    job_dir: Path,
+    device: torch.device,
+    say,
+) -> List[_Unit]:
+    """Load the dataset; fit and score one model on it, one per entity (per_entity), or one
+    per series of a collection (each in a child run of its own)."""
+    window = data_window(cfg.backbone)
     raw = load_dataset(cfg.dataset, resolve_path(root, cfg.paths.data_dir))
-    per_entity = cfg.dataset.mode == "per_entity"
     if isinstance(raw, Collection):
         # One child run per series, read one at a time; bad files are skipped (series_runs.py).
         from madcluster_exp.series_runs import run_collection
@@ -464,50 +502,54 @@ def _execute(
             f"[{name}] collection {raw.root}: {len(raw.entities)} series, one model and one "
             "child run each"
         )
-        units, _ = run_collection(cfg, tracker, name, raw, window, device, say, root, job_dir)
-    else:
-        parts = [(e, raw.subset(e)) for e in raw.entities] if per_entity else [(None, raw)]
-        if per_entity:
-            say(f"[{name}] per-entity mode: {len(parts)} models, one per entity")
-        units = [
-            _fit_and_score(
-                cfg,
-                tracker,
-                name,
-                part,
-                entity,
-                window,
-                device,
-                say,
-                log_params=(i == 0),
-                job_dir=job_dir,
-            )
-            for i, (entity, part) in enumerate(parts)
-        ]
-
-    # ---- metrics (each unit's were computed after its scoring; pooling adds its own) -------
-    t_pool = time.perf_counter()
-    artifacts_extra: List[Path] = []
+        units, _ = run_collection(cfg, tracker, name, raw, window, device, say, context, job_dir)
+        return units
+    per_entity = cfg.dataset.mode == "per_entity"
+    parts = [(e, raw.subset(e)) for e in raw.entities] if per_entity else [(None, raw)]
     if per_entity:
-        ev, table = _pool(cfg, units)
-        csv_path = job_dir / "per_entity.csv"
-        table.to_csv(csv_path, index=False)
-        artifacts_extra.append(csv_path)
-    else:
-        ev = units[0].evaluation
+        say(f"[{name}] per-entity mode: {len(parts)} models, one per entity")
+    return [
+        _fit_and_score(
+            cfg,
+            tracker,
+            name,
+            part,
+            entity,
+            window,
+            device,
+            say,
+            log_params=(i == 0),
+            job_dir=job_dir,
+        )
+        for i, (entity, part) in enumerate(parts)
+    ]
+
+
+def _job_evaluation(
+    cfg: DictConfig, units: List[_Unit], job_dir: Path
+) -> Tuple[Evaluation, List[Path]]:
+    """The job's evaluation: its one unit's, or (per_entity) all entities' pooled by the
+    protocol, each entity's metrics written to per_entity.csv (returned with it)."""
+    if cfg.dataset.mode != "per_entity":
+        return units[0].evaluation, []
+    ev, table = protocol_for(cfg).pool([u.evaluation for u in units], [u.entity for u in units])
+    return ev, [write_per_entity(table, job_dir)]
+
+
+def _job_metrics(
+    cfg: DictConfig, ev: Evaluation, units: List[_Unit], t_pool: float
+) -> Dict[str, float]:
+    """The run's metrics: the evaluation's, the training summary (deep detectors; the first
+    unit's epochs, the mean best validation loss) and the time spent per stage."""
     metrics = dict(ev.metrics)
     fit_result = units[0].fit
-    if not classical:  # a classical detector has no loss and no epochs
+    if not is_classical(cfg.backbone):  # a classical detector has no loss and no epochs
         metrics.update(
             {
                 "val/best_loss": float(np.mean([u.fit.best_val_loss for u in units])),
                 "train/best_epoch": fit_result.best_epoch,
                 "train/epochs_run": fit_result.epochs_run,
             }
-        )
-    if per_entity:  # the pooled scores' spread (each entity's is in per_entity.csv)
-        metrics.update(
-            score_spread(ev.arrays["test_score" if "test_score" in ev.arrays else "window_score"])
         )
     metrics.update(
         {
@@ -516,8 +558,14 @@ def _execute(
             "time/metrics_s": sum(u.metrics_s for u in units) + time.perf_counter() - t_pool,
         }
     )
-    metrics["time/total_s"] = time.perf_counter() - t_start
-    metrics["time/tracking_s"] = tracker.seconds  # everything logged up to here
+    return metrics
+
+
+def _log_results(
+    cfg: DictConfig, tracker: Tracker, ev: Evaluation, units: List[_Unit], metrics: Dict
+) -> None:
+    """Log the score rule (param), threshold family, early stopping and sanity (tags) and
+    the metrics to the job's run."""
     tracker.log_params({"score_rule": ev.score_rule})
     tracker.set_tags(
         {
@@ -528,36 +576,33 @@ def _execute(
     )
     tracker.log_metrics(metrics)
 
-    # ---- artifacts -------------------------------------------------------------------------
-    tests = [u.test for u in units]
-    bounds, start = [], 0
-    for t in tests:
-        for seg in t.segments:
-            bounds.append([start + seg.start, start + seg.end])
-        start += len(t)
-    ev.arrays["entity_names"] = np.array([seg.name for t in tests for seg in t.segments])
-    ev.arrays["entity_bounds"] = np.array(bounds, dtype=np.int64)
-    labels = np.concatenate([t.labels for t in tests])
-    artifacts = _write_artifacts(cfg, job_dir, name, fit_result, ev, labels, metrics)
+
+def _write_outputs(
+    cfg: DictConfig,
+    tracker: Tracker,
+    context: JobContext,
+    name: str,
+    job_dir: Path,
+    ev: Evaluation,
+    units: List[_Unit],
+    metrics: Dict[str, float],
+    extra_artifacts: List[Path],
+    say,
+) -> Optional[Path]:
+    """Write the job's artifacts and saved model (artifacts.py), log them to MLflow; return
+    the model's directory (None: no model saved)."""
+    layout, labels = entity_layout([u.test for u in units])
+    ev.arrays.update(layout)
+    paths = write_artifacts(
+        cfg, job_dir, name, units[0].fit, ev, labels, metrics, context.overrides
+    )
     if cfg.tracking.log_artifacts:
-        for path in artifacts + artifacts_extra:
+        for path in paths + extra_artifacts:
             tracker.log_artifact(path)
-    model_dir = _save_model(cfg, job_dir, units, say)
+    model_dir = save_model(cfg, job_dir, [u.model for u in units if u.model is not None], say)
     if model_dir is not None and cfg.tracking.log_artifacts:
         tracker.log_artifacts(model_dir, "model")
-    result = RunResult(name, tracker.run_id, tracker.uri, job_dir, metrics, fit_result)
-    say(format_results(result, cfg))
-    if model_dir is not None:
-        logged = (
-            f" (MLflow: runs:/{tracker.run_id}/model)"
-            if tracker.run_id and cfg.tracking.log_artifacts
-            else ""
-        )
-        say(
-            f"Model in {model_dir}{logged}; score new data with: python -m "
-            f"madcluster_exp.predict run={tracker.run_id or job_dir} data=<file.csv>"
-        )
-    return result
+    return model_dir
 
 
 def _fit_and_score(
@@ -573,7 +618,10 @@ def _fit_and_score(
     job_dir: Path,
     metric_prefix: Optional[str] = None,
 ) -> _Unit:
+    """One model: prepare the data, fit, score validation then test, evaluate as the protocol
+    says. Also a collection's series (series_runs.py), each with its own child run."""
     tag = f"[{name}{'/' + entity if entity else ''}]"
+    protocol = protocol_for(cfg)
     # ---- data: training part only; the test split stays sealed -------------------------
     data = prepare(raw, window, float(cfg.dataset.val_fraction), cfg.dataset.normalize)
     say(
@@ -585,33 +633,40 @@ def _fit_and_score(
     # ---- fit on train (and validation): the one place where the two kinds part ----------
     classical = is_classical(cfg.backbone)
     if classical:
-        fit_result, score, detector = _fit_classical(cfg, tracker, data, tag, say, log_params)
+        fit_result, score, detector = _fit_classical(
+            cfg, tracker, data, tag, say, log_params, protocol.window_means
+        )
     else:
         # Training curves of one entity in a shared run go under "<entity>/"; a child run of
         # its own (a collection's series) passes metric_prefix="".
         prefix = metric_prefix if metric_prefix is not None else (f"{entity}/" if entity else "")
         fit_result, score, detector = _fit_deep(
-            cfg, tracker, data, entity, window, device, say, log_params, job_dir, tag, prefix
+            cfg,
+            tracker,
+            data,
+            entity,
+            window,
+            device,
+            say,
+            log_params,
+            job_dir,
+            tag,
+            prefix,
+            protocol.window_means,
         )
 
     # ---- score: validation first (fits the combiner and threshold), then test ----------
     t_score = time.perf_counter()
-    reference = cfg.protocol == "reference"
     val_out = score(data.val)
-    injected = _score_injected(cfg, data.val, val_out[0] if reference else val_out, score)
+    injected = _score_injected(cfg, data.val, protocol.point_scores(val_out), score, protocol)
     data.test.unseal()
     test = data.test.get()
     test_out = score(test)
     score_s = time.perf_counter() - t_score
     t_metrics = time.perf_counter()
-    if reference:
-        ev = evaluate_reference(
-            cfg, val_out[1], test_out[1], window_labels(test.labels, test_out[2], window)
-        )
-    else:
-        ev = evaluate_point(cfg, val_out, test_out, test.labels)
+    ev = protocol.evaluate(val_out, test_out, test.labels, window)
     metrics_s = time.perf_counter() - t_metrics
-    ev.metrics.update(score_spread(ev.arrays["window_score" if reference else "test_score"]))
+    ev.metrics.update(score_spread(ev.arrays[protocol.score_array_key]))
     if injected is not None:
         ev.arrays.update(injected)
         ev.metrics.update(
@@ -655,9 +710,10 @@ def _fit_deep(
     job_dir: Path,
     tag: str,
     prefix: str,
+    window_means: bool,
 ):
-    """Train backbone (+ plug-in) with the loop; return the fit, a split -> scores function
-    and the detector."""
+    """Train backbone (+ plug-in) with the loop (the config's training settings); return the
+    fit, a split -> scores function (with window means: the protocol's) and the detector."""
     # The backbone's init depends on the seed alone, on and off alike.
     seed_everything(int(cfg.seed))
     detector = build_detector(cfg, data.n_channels)
@@ -690,7 +746,7 @@ def _fit_deep(
     fit_result = fit(
         detector,
         data,
-        cfg,
+        TrainSettings.from_config(cfg),
         device,
         log_metrics=lambda m, step: tracker.log_metrics(
             {prefix + k: v for k, v in m.items()}, step
@@ -707,15 +763,18 @@ def _fit_deep(
             int(sc.batch_size),
             sc.aggregate,
             device,
-            window_means=cfg.protocol == "reference",
+            window_means=window_means,
         )
 
     return fit_result, score, detector
 
 
-def _fit_classical(cfg: DictConfig, tracker: Tracker, data, tag: str, say, log_params: bool):
+def _fit_classical(
+    cfg: DictConfig, tracker: Tracker, data, tag: str, say, log_params: bool, window_means: bool
+):
     """Fit a classical detector once on the training windows (no epochs, no validation loss);
-    return the fit and a split -> scores function."""
+    return the fit, a split -> scores function (with window means: the protocol's) and the
+    detector."""
     detector = build_classical(cfg.backbone, int(cfg.seed))
     t0 = time.perf_counter()
     detector.fit(data.train, stride=int(cfg.dataset.train_stride))
@@ -736,7 +795,7 @@ def _fit_classical(cfg: DictConfig, tracker: Tracker, data, tag: str, say, log_p
             int(sc.batch_size),
             cfg.backbone.spread,
             sc.aggregate,
-            window_means=cfg.protocol == "reference",
+            window_means=window_means,
         )
 
     return (
@@ -746,186 +805,21 @@ def _fit_classical(cfg: DictConfig, tracker: Tracker, data, tag: str, say, log_p
     )
 
 
-def _save_model(cfg: DictConfig, job_dir: Path, units: List[_Unit], say) -> Optional[Path]:
-    """``<job dir>/model``: the pyfunc model of every unit (madcluster_exp.model), or None when
-    there is none to save (tracking.log_model=false, protocol=reference)."""
-    entries = [u.model for u in units if u.model is not None]
-    if not cfg.tracking.log_model:
-        return None
-    if not entries:
-        say(
-            "no model saved: classical detectors are refitted, not saved"
-            if is_classical(cfg.backbone)
-            else "no model saved: protocol=reference thresholds window scores on test labels, "
-            "which does not score new data (predict serves protocol=point runs)"
-        )
-        return None
-    from madcluster_exp.model import save_model
-
-    return save_model(job_dir / "model", cfg, entries)
-
-
-def _score_injected(cfg: DictConfig, val, val_points: Dict[str, np.ndarray], score):
+def _score_injected(
+    cfg: DictConfig,
+    val,
+    val_points: Dict[str, np.ndarray],
+    score,
+    protocol: EvaluationProtocol,
+):
     """With ``search.objective=val_injected_vus_pr``: score a copy of the validation split with
     injected anomalies (before the test split is unsealed); {array name: array} or None."""
     if cfg.search.objective != "val_injected_vus_pr":
         return None
     inj = cfg.search.inject
     injected = inject(val, float(inj.ratio), list(inj.kinds), int(inj.seed))
-    comps = score(injected.split)
-    comps = comps[0] if isinstance(comps, tuple) else comps
+    comps = protocol.point_scores(score(injected.split))
     return {
         "val_injected_score": injected_score(cfg, val_points, comps),
         "val_injected_label": injected.split.labels,
     }
-
-
-def _pool(cfg: DictConfig, units: List[_Unit]):
-    """Pooled metrics (concatenated scores and predictions of all entities) as the headline
-    ``test/<m>`` (``ref/<m>``), the mean over entities as ``<m>_entity_mean``, and the table."""
-    import pandas as pd
-
-    from madcluster_exp.protocols import Evaluation, point_metrics, reference_metrics
-
-    evs = [u.evaluation for u in units]
-    table = pd.DataFrame([{"entity": u.entity, **u.evaluation.metrics} for u in units])
-    reference = cfg.protocol == "reference"
-    keys = (
-        ("window_score", "window_label", "window_pred")
-        if reference
-        else ("test_score", "test_label", "test_pred")
-    )
-    pooled = {k: np.concatenate([e.arrays[k] for e in evs]) for k in keys}
-    if reference:
-        m, _, _ = reference_metrics(
-            pooled["window_label"], pooled["window_score"], int(cfg.metrics.range_window)
-        )
-        metrics = {f"ref/{k}": v for k, v in m.items()}
-    else:
-        m = point_metrics(
-            pooled["test_label"],
-            pooled["test_score"],
-            pooled["test_pred"],
-            cfg.metrics,
-            int(cfg.seed),
-        )
-        metrics = {f"test/{k}": v for k, v in m.items()}
-    if "val_injected_score" in evs[0].arrays:
-        for k in ("val_injected_score", "val_injected_label"):
-            pooled[k] = np.concatenate([e.arrays[k] for e in evs])
-        metrics.update(
-            injected_metrics(
-                pooled["val_injected_label"],
-                pooled["val_injected_score"],
-                int(cfg.metrics.range_window),
-            )
-        )
-    for key in evs[0].metrics:
-        if key.startswith(("test/", "ref/", "val_injected/")):
-            metrics[f"{key}_entity_mean"] = float(np.nanmean(table[key].to_numpy(dtype=float)))
-    arrays = {
-        "protocol": evs[0].arrays["protocol"],
-        **pooled,
-        "threshold": np.array([float(e.arrays["threshold"]) for e in evs]),
-    }
-    rules = {e.score_rule for e in evs}
-    return Evaluation(
-        metrics, arrays, rules.pop() if len(rules) == 1 else "mixed", evs[0].threshold_family
-    ), table
-
-
-def _write_artifacts(
-    cfg: DictConfig,
-    job_dir: Path,
-    name: str,
-    fit_result: FitResult,
-    ev,
-    test_labels: np.ndarray,
-    metrics: Dict[str, float],
-) -> List[Path]:
-    paths = []
-    cfg_path = job_dir / "config_resolved.yaml"
-    cfg_path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    paths.append(cfg_path)
-    hc = _hydra_runtime()
-    overrides = list(hc.overrides.task) if hc is not None else []
-    ov_path = job_dir / "overrides.json"
-    ov_path.write_text(json.dumps({"overrides": overrides, "argv": sys.argv}, indent=2))
-    paths.append(ov_path)
-    metrics_path = job_dir / "metrics.json"
-    metrics_path.write_text(json.dumps(metrics, indent=2, sort_keys=True))
-    paths.append(metrics_path)
-    if cfg.metrics.save_scores:
-        scores_path = job_dir / "scores.npz"
-        np.savez_compressed(
-            scores_path,
-            range_window=np.int64(cfg.metrics.range_window),
-            metrics_definition=np.array(cfg.metrics.definition),
-            **ev.arrays,
-        )
-        paths.append(scores_path)
-    if cfg.tracking.plots:
-        from madcluster_exp.plots import plot_score_timeline, plot_training_curves
-
-        if "test_score" in ev.arrays:
-            paths.append(
-                plot_score_timeline(
-                    job_dir / "score_timeline.png",
-                    ev.arrays["test_score"],
-                    test_labels,
-                    ev.arrays["threshold"],
-                    name,
-                    bounds=ev.arrays.get("entity_bounds"),
-                )
-            )
-        if fit_result.history:  # a classical detector has no training curve
-            paths.append(
-                plot_training_curves(job_dir / "training_curves.png", fit_result.history, name)
-            )
-    return paths
-
-
-# ------------------------------------------------------------------------------- reporting
-_LABELS = {
-    "test/precision": "point-wise, at the fitted threshold",
-    "test/recall": "point-wise, at the fitted threshold",
-    "test/f1": "point-wise, at the fitted threshold (headline)",
-    "test/false_alarm_rate": "share of normal points flagged, at the fitted threshold",
-    "test/auc_roc": "threshold-free",
-    "test/auc_pr": "threshold-free (average precision)",
-    "test/r_auc_roc": "threshold-free, range-based",
-    "test/r_auc_pr": "threshold-free, range-based",
-    "test/vus_roc": "threshold-free, volume under the surface",
-    "test/vus_pr": "threshold-free, volume under the surface",
-    "test/affiliation_precision": "at the fitted threshold",
-    "test/affiliation_recall": "at the fitted threshold",
-    "test/f1_oracle": "ORACLE: best threshold chosen on test labels",
-    "test/f1_pa": "POINT-ADJUSTED (inflated)",
-    "test/f1_pa_random": "POINT-ADJUSTED random prediction, same #positives",
-    "ref/f1_oracle": "REFERENCE PROTOCOL: windows, ORACLE threshold",
-    "ref/auc_roc": "reference protocol, window scores",
-    "ref/auc_pr": "reference protocol, window scores",
-    "ref/r_auc_roc": "reference protocol, on the oracle-binarised prediction",
-    "ref/r_auc_pr": "reference protocol, on the oracle-binarised prediction",
-    "ref/vus_roc": "reference protocol, on the oracle-binarised prediction",
-    "ref/vus_pr": "reference protocol, on the oracle-binarised prediction",
-    "ref/affiliation_precision": "reference protocol, on the oracle-binarised prediction",
-    "ref/affiliation_recall": "reference protocol, on the oracle-binarised prediction",
-}
-
-
-def format_results(result: RunResult, cfg: DictConfig) -> str:
-    lines = [
-        f"\nResults: {result.run_name}  (threshold.kind={effective_threshold_kind(cfg)}, "
-        f"protocol={cfg.protocol})"
-    ]
-    width = max(len(k) for k in _LABELS)
-    for key, note in _LABELS.items():
-        if key in result.metrics:
-            lines.append(f"  {key:<{width}}  {result.metrics[key]:>8.4f}   {note}")
-    lines.append(f"  {'time/total_s':<{width}}  {result.metrics['time/total_s']:>8.1f}")
-    lines.append(f"  {'sanity':<{width}}  {describe(run_flags(result.metrics))}")
-    if result.run_id:
-        lines.append(f"MLflow run {result.run_id} in {result.tracking_uri}")
-    lines.append(f"Artifacts in {result.output_dir}")
-    return "\n".join(lines)

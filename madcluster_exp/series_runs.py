@@ -25,8 +25,10 @@ from typing import Callable, List, Optional, Tuple
 import torch
 from omegaconf import DictConfig
 
+from madcluster_exp.artifacts import write_artifacts
 from madcluster_exp.data import DataError
 from madcluster_exp.data.collection import Collection, Skipped
+from madcluster_exp.job_context import JobContext
 from madcluster_exp.tracking import Tracker
 
 RUNS_FILE = "series_runs.json"
@@ -41,7 +43,7 @@ def run_collection(
     window: int,
     device: torch.device,
     say: Callable,
-    root: Path,
+    context: JobContext,
     job_dir: Path,
 ) -> Tuple[list, List[Skipped]]:
     """Fit, score and track every series; returns the finished units and every skipped file."""
@@ -62,7 +64,7 @@ def run_collection(
             window,
             device,
             say,
-            root,
+            context,
             job_dir,
             child_ids,
             skipped,
@@ -123,9 +125,20 @@ def series_table(name: str, collection: Collection, units: list, skipped: List[S
 
 
 def _series(
-    cfg, tracker, name, collection, entity, window, device, say, root, job_dir, child_ids, skipped
+    cfg,
+    tracker,
+    name,
+    collection,
+    entity,
+    window,
+    device,
+    say,
+    context,
+    job_dir,
+    child_ids,
+    skipped,
 ) -> Optional[object]:
-    from madcluster_exp.run import _fit_and_score, _write_artifacts, flatten, identity_tags
+    from madcluster_exp.run import _fit_and_score, flatten, identity_tags
 
     info = collection.describe(entity)
     try:
@@ -140,7 +153,7 @@ def _series(
         child.start(
             child_name,
             flatten(cfg),
-            {**identity_tags(cfg, root), **info},
+            {**identity_tags(cfg, context), **info},
             parent_run_id=tracker.run_id,
         )
     child_ids[entity] = child.run_id
@@ -181,8 +194,15 @@ def _series(
     child.log_metrics(metrics)
     series_dir = job_dir / "series" / entity
     series_dir.mkdir(parents=True, exist_ok=True)
-    artifacts = _write_artifacts(
-        cfg, series_dir, child_name, unit.fit, unit.evaluation, unit.test.labels, metrics
+    artifacts = write_artifacts(
+        cfg,
+        series_dir,
+        child_name,
+        unit.fit,
+        unit.evaluation,
+        unit.test.labels,
+        metrics,
+        context.overrides,
     )
     if cfg.tracking.log_artifacts:
         for path in artifacts:

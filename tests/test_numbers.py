@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import time
 
-import madcluster_exp.run as run_module
+import madcluster_exp.protocols as protocols_module
 from madcluster_exp.complexity import complexity
 from madcluster_exp.detector import build_detector
 from madcluster_exp.run import git_tags, run
@@ -32,7 +32,7 @@ def test_k_above_1_counts_distances_and_assignment(make_cfg):
 
 def test_time_metrics_s_covers_the_metric_computation(make_cfg, tmp_path, monkeypatch):
     spent = []
-    real = run_module.evaluate_point
+    real = protocols_module.evaluate_point
 
     def timed(*args, **kwargs):
         t0 = time.perf_counter()
@@ -41,7 +41,7 @@ def test_time_metrics_s_covers_the_metric_computation(make_cfg, tmp_path, monkey
         finally:
             spent.append(time.perf_counter() - t0)
 
-    monkeypatch.setattr(run_module, "evaluate_point", timed)
+    monkeypatch.setattr(protocols_module, "evaluate_point", timed)
     result = run(
         make_cfg("train.epochs=1", "tracking=none"), output_dir=tmp_path / "job", verbose=False
     )

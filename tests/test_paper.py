@@ -156,7 +156,7 @@ def _fit_spy(monkeypatch):
     seen = {"detector": None, "step_lr": []}
     real_fit = run_module.fit
 
-    def spying_fit(detector, data, cfg, device, **kwargs):
+    def spying_fit(detector, data, settings, device, **kwargs):
         seen["detector"] = detector
         real_step = detector.training_step
 
@@ -166,7 +166,7 @@ def _fit_spy(monkeypatch):
             return real_step(x, epoch)
 
         detector.training_step = step
-        return real_fit(detector, data, cfg, device, **kwargs)
+        return real_fit(detector, data, settings, device, **kwargs)
 
     monkeypatch.setattr(run_module, "fit", spying_fit)
     return seen
@@ -255,22 +255,22 @@ def test_he_init_gives_kaiming_std_and_zero_biases():
 def test_train_init_he_reaches_the_backbone_of_a_run(make_cfg, tmp_path, monkeypatch):
     import madcluster_exp.run as run_module
 
-    inits = {}
+    inits = []
     real_fit = run_module.fit
 
-    def first_weights(detector, data, cfg, device, **kwargs):
-        inits[cfg.train.init] = detector.backbone.encoder[0].weight.detach().clone()
-        return real_fit(detector, data, cfg, device, **kwargs)
+    def first_weights(detector, data, settings, device, **kwargs):
+        inits.append(detector.backbone.encoder[0].weight.detach().clone())
+        return real_fit(detector, data, settings, device, **kwargs)
 
     monkeypatch.setattr(run_module, "fit", first_weights)
     for kind in ("default", "he"):
         _run(
             make_cfg, tmp_path / kind, "train.epochs=1", f"train.init={kind}", "backbone.hidden=256"
         )
-    w = inits["he"]
-    fan_in = w.shape[1] * w.shape[2]
-    assert w.std().item() == pytest.approx(math.sqrt(2.0 / fan_in), rel=0.05)
-    assert inits["default"].std().item() == pytest.approx(1 / math.sqrt(3 * fan_in), rel=0.05)
+    default, he = inits  # the training settings do not carry train.init: in run order
+    fan_in = he.shape[1] * he.shape[2]
+    assert he.std().item() == pytest.approx(math.sqrt(2.0 / fan_in), rel=0.05)
+    assert default.std().item() == pytest.approx(1 / math.sqrt(3 * fan_in), rel=0.05)
 
 
 def test_mapping_only_is_refused_where_the_plugin_replaces_the_objective():

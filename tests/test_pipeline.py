@@ -79,9 +79,9 @@ def test_test_split_stays_sealed_until_fit_returns(make_cfg, tmp_path, monkeypat
     states = []
     real_fit = run_module.fit
 
-    def spying_fit(detector, data, cfg, device, **kwargs):
+    def spying_fit(detector, data, settings, device, **kwargs):
         states.append(("before", data.test.sealed))
-        out = real_fit(detector, data, cfg, device, **kwargs)  # any test read would raise
+        out = real_fit(detector, data, settings, device, **kwargs)  # any test read would raise
         states.append(("after", data.test.sealed))
         return out
 
@@ -98,9 +98,9 @@ def _record_run(make_cfg, tmp_path, monkeypatch, state):
     seen = {"batches": [], "init": None}
     real_fit, real_step = _REAL_FIT, _REAL_STEP
 
-    def spying_fit(detector, data, cfg, device, **kwargs):
+    def spying_fit(detector, data, settings, device, **kwargs):
         seen["init"] = {k: v.clone() for k, v in detector.backbone.state_dict().items()}
-        return real_fit(detector, data, cfg, device, **kwargs)
+        return real_fit(detector, data, settings, device, **kwargs)
 
     def spying_step(self, x, epoch):
         seen["batches"].append(x.clone())

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
 import math
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 from scipy.stats import genpareto
 
-from madcluster_exp.protocols import reference_metrics
+from madcluster_exp.config import ConfigError
+from madcluster_exp.protocols import (
+    PointProtocol,
+    ReferenceProtocol,
+    effective_threshold_kind,
+    protocol_for,
+    reference_metrics,
+)
 from madcluster_exp.run import run
 from madcluster_exp.scoring.score import window_labels
 from madcluster_exp.scoring.thresholds import (
@@ -24,6 +34,7 @@ from madcluster_exp.scoring.thresholds import (
     fit_threshold,
     pot_quantile,
 )
+from tests.conftest import compose_config
 
 
 @pytest.mark.parametrize("gamma,sigma", [(0.3, 1.5), (-0.2, 1.0), (0.0, 2.0)])
@@ -330,3 +341,81 @@ def test_control_arm_refuses_a_backbone_without_its_own_score_before_training(ma
         run(make_cfg("madcluster=on_backbone_only"), output_dir=tmp_path / "j", verbose=False)
     # A configuration error found before any work leaves no (FAILED) run behind.
     assert not (tmp_path / "outputs" / "mlflow.db").exists()
+
+
+# ------------------------------------------------------------ the protocol objects the job asks
+def _score_output(window_means: bool, n: int, window: int, seed: int):
+    """What a detector's ``score(split)`` returns: point scores, and with window means also
+    window scores and starts."""
+    rng = np.random.default_rng(seed)
+    points = {"backbone": rng.random(n)}
+    if not window_means:
+        return points
+    starts = np.arange(n - window + 1)
+    return points, {"backbone": rng.random(len(starts))}, starts
+
+
+@pytest.mark.parametrize(
+    "overrides, cls, kind, key, prefix",
+    [
+        (["threshold.kind=pot"], PointProtocol, "pot", "test_score", "test/"),
+        (["protocol=reference"], ReferenceProtocol, "oracle", "window_score", "ref/"),
+    ],
+)
+def test_each_protocol_answers_the_jobs_questions_with_its_own_values(
+    overrides, cls, kind, key, prefix
+):
+    cfg = compose_config(["madcluster=off", *overrides])
+    protocol = protocol_for(cfg)
+    assert type(protocol) is cls
+    assert protocol.threshold_kind == effective_threshold_kind(cfg) == kind
+    assert protocol.window_means is (cls is ReferenceProtocol)
+    assert protocol.score_array_key == key
+    n, window = 300, 10
+    labels = np.zeros(n, dtype=np.int8)
+    labels[100:120] = 1
+    evs = []
+    for seed in (0, 1):
+        val_out = _score_output(protocol.window_means, n, window, seed)
+        test_out = _score_output(protocol.window_means, n, window, seed + 10)
+        np.testing.assert_array_equal(
+            protocol.point_scores(test_out)["backbone"],
+            np.random.default_rng(seed + 10).random(n),
+        )
+        evs.append(protocol.evaluate(val_out, test_out, labels, window))
+    scored = n if cls is PointProtocol else n - window + 1
+    assert all(ev.arrays[key].shape == (scored,) for ev in evs)
+    assert all(k.startswith((prefix, "threshold/")) for ev in evs for k in ev.metrics)
+
+    pooled, table = protocol.pool(evs, ["a", "b"])
+    assert list(table["entity"]) == ["a", "b"]
+    np.testing.assert_array_equal(pooled.arrays[key], np.concatenate([e.arrays[key] for e in evs]))
+    assert pooled.arrays["threshold"].shape == (2,)
+    mean = (evs[0].metrics[f"{prefix}auc_roc"] + evs[1].metrics[f"{prefix}auc_roc"]) / 2
+    assert pooled.metrics[f"{prefix}auc_roc_entity_mean"] == pytest.approx(mean)
+    assert 0.0 <= pooled.metrics[f"{prefix}auc_roc"] <= 1.0
+    assert pooled.metrics["sanity/score_mode_fraction"] == pytest.approx(1 / (2 * scored))
+
+
+def test_an_unknown_protocol_is_refused_naming_the_choices():
+    with pytest.raises(ConfigError, match="protocol=bogus: expected one of point, reference"):
+        protocol_for(SimpleNamespace(protocol="bogus"))
+
+
+def test_the_job_never_compares_the_protocol_itself():
+    """run.py, series_runs.py and artifacts.py ask the protocol object; no comparison in them
+    reads ``.protocol`` (the one place that does is protocols.protocol_for)."""
+    import madcluster_exp.artifacts as artifacts_module
+    import madcluster_exp.run as run_module
+    import madcluster_exp.series_runs as series_module
+
+    for module in (run_module, series_module, artifacts_module):
+        tree = ast.parse(inspect.getsource(module))
+        compared = [
+            node.lineno
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Compare)
+            for operand in (node.left, *node.comparators)
+            if isinstance(operand, ast.Attribute) and operand.attr == "protocol"
+        ]
+        assert compared == [], module.__name__

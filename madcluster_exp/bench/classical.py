@@ -105,7 +105,7 @@ def time_deep(name: str, raw) -> Dict[str, object]:
     from madcluster_exp.data import prepare
     from madcluster_exp.detector import Detector
     from madcluster_exp.scoring import score_split
-    from madcluster_exp.training import fit
+    from madcluster_exp.training import TrainSettings, fit
 
     cfg = _compose(
         [
@@ -122,7 +122,7 @@ def time_deep(name: str, raw) -> Dict[str, object]:
     det = Detector(build_backbone(data.n_channels, cfg.backbone), None)
     cpu = torch.device("cpu")
     t0 = time.perf_counter()
-    result = fit(det, data, cfg, cpu)
+    result = fit(det, data, TrainSettings.from_config(cfg), cpu)
     fit_s = time.perf_counter() - t0
     data.test.unseal()
     t0 = time.perf_counter()

@@ -1,5 +1,11 @@
 """Training: the loop, early stopping and progress display."""
 
-from madcluster_exp.training.loop import FitResult, TrainingDivergedError, fit, validation_loss
+from madcluster_exp.training.loop import (
+    FitResult,
+    TrainingDivergedError,
+    TrainSettings,
+    fit,
+    validation_loss,
+)
 
-__all__ = ["FitResult", "TrainingDivergedError", "fit", "validation_loss"]
+__all__ = ["FitResult", "TrainSettings", "TrainingDivergedError", "fit", "validation_loss"]

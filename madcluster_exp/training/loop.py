@@ -22,7 +22,7 @@ import time
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Mapping, Optional
 
 import torch
 from omegaconf import DictConfig
@@ -55,6 +55,48 @@ class FitResult:
     #: False when the validation loss was constant over all epochs run (>= 2): early stopping
     #: had nothing to go on; None after a single epoch (nothing to compare).
     val_loss_signal: Optional[bool] = None
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What the loop reads of a run's config (:meth:`from_config`): the ``train`` group's
+    schedule and early stopping, the backbone's batch size and learning-rate decay, the stride
+    of the training windows, the seed that orders the batches and the optimizer's arguments.
+    No defaults here: they live in the config schema."""
+
+    epochs: int
+    patience: Optional[int]
+    min_delta: float
+    restore_best: bool
+    max_batches_per_epoch: Optional[int]
+    progress: str
+    amp: bool
+    batch_size: int
+    lr_decay: Optional[float]
+    lr_decay_delay: int
+    train_stride: int
+    seed: int
+    #: :meth:`Detector.configure_optimizers`' arguments (``detector.optimizer_options``).
+    optimizer: Mapping[str, object]
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> "TrainSettings":
+        t, b = cfg.train, cfg.backbone
+        return cls(
+            epochs=int(t.epochs),
+            patience=None if t.patience is None else int(t.patience),
+            min_delta=float(t.min_delta),
+            restore_best=bool(t.restore_best),
+            max_batches_per_epoch=t.max_batches_per_epoch,
+            progress=t.progress,
+            amp=bool(t.amp),
+            batch_size=int(b.batch_size),
+            lr_decay=None if b.lr_decay is None else float(b.lr_decay),
+            lr_decay_delay=int(b.lr_decay_delay),
+            train_stride=int(cfg.dataset.train_stride),
+            seed=int(cfg.seed),
+            optimizer=optimizer_options(cfg),
+        )
 
 
 def no_signal(val_losses: List[float]) -> bool:
@@ -99,36 +141,36 @@ def validation_loss(
 def fit(
     detector: Detector,
     data: PreparedData,
-    cfg: DictConfig,
+    settings: TrainSettings,
     device: torch.device,
     log_metrics: Optional[MetricsSink] = None,
     checkpointer: Optional[Checkpointer] = None,
 ) -> FitResult:
-    """Train ``detector`` on ``data.train``, early-stop on ``data.val``; never reads test.
+    """Train ``detector`` on ``data.train``, early-stop on ``data.val``, as ``settings`` say
+    (:meth:`TrainSettings.from_config`); never reads test.
 
     With a ``checkpointer``, state is saved atomically after every epoch, and an existing
     checkpoint is continued from (same data order, RNG states, optimizers, early stopping), so a
     resumed run ends exactly where an uninterrupted one would. A NaN/inf loss stops training
     with the epoch, batch and component named; the last good checkpoint stays on disk.
     """
-    tcfg, bcfg = cfg.train, cfg.backbone
-    window, batch_size = detector.backbone.input_length, int(bcfg.batch_size)
-    train_ws = WindowSet(data.train, window, stride=int(cfg.dataset.train_stride))
-    val_ws = WindowSet(data.val, window, stride=int(cfg.dataset.train_stride))
-    order = torch.Generator().manual_seed(int(cfg.seed))
-    detector.configure_optimizers(**optimizer_options(cfg))
+    window, batch_size = detector.backbone.input_length, settings.batch_size
+    train_ws = WindowSet(data.train, window, stride=settings.train_stride)
+    val_ws = WindowSet(data.val, window, stride=settings.train_stride)
+    order = torch.Generator().manual_seed(settings.seed)
+    detector.configure_optimizers(**settings.optimizer)
     detector.to(device)
 
     def initial_batches():
         return (x.to(device) for _, x in train_ws.batches(batch_size))
 
-    use_amp = bool(tcfg.amp) and device.type == "cuda"
-    if tcfg.amp and not use_amp:
+    use_amp = settings.amp and device.type == "cuda"
+    if settings.amp and not use_amp:
         warnings.warn(
             "train.amp=true needs a CUDA device; training in float32", RuntimeWarning, stacklevel=2
         )
-    progress = Progress(tcfg.progress, int(tcfg.epochs))
-    n_batches = train_ws.n_batches(batch_size, tcfg.max_batches_per_epoch)
+    progress = Progress(settings.progress, settings.epochs)
+    n_batches = train_ws.n_batches(batch_size, settings.max_batches_per_epoch)
     best_loss, best_epoch, best_state, bad_epochs = math.inf, -1, None, 0
     history: List[Dict[str, float]] = []
     stopped_early = False
@@ -153,14 +195,14 @@ def fit(
         detector.backbone.on_fit_start(initial_batches, detector.uses_own_objective)
 
     # A checkpoint written after early stopping (or the last epoch) has nothing left to run.
-    remaining = range(first_epoch, int(tcfg.epochs)) if not stopped_early else range(0)
+    remaining = range(first_epoch, settings.epochs) if not stopped_early else range(0)
     for epoch in remaining:
-        lr = detector.set_epoch_lr(epoch, bcfg.lr_decay, int(bcfg.lr_decay_delay))
+        lr = detector.set_epoch_lr(epoch, settings.lr_decay, settings.lr_decay_delay)
         detector.train()
         sums, n = defaultdict(float), 0
         t_epoch = time.perf_counter()
         batches = train_ws.batches(
-            batch_size, shuffle=True, generator=order, max_batches=tcfg.max_batches_per_epoch
+            batch_size, shuffle=True, generator=order, max_batches=settings.max_batches_per_epoch
         )
         for b, (_, x) in enumerate(progress.batches(batches, epoch, n_batches)):
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -182,17 +224,17 @@ def fit(
 
         flat = no_signal([h["val/loss"] for h in history])
         if flat and len(history) == 2:
-            _say_no_signal(detector, val["loss"], int(tcfg.epochs))
+            _say_no_signal(detector, val["loss"], settings.epochs)
         improved = flat or improves(
-            val["loss"], best_loss, float(tcfg.min_delta), detector.backbone.keep_latest_on_tie
+            val["loss"], best_loss, settings.min_delta, detector.backbone.keep_latest_on_tie
         )
         if improved:
             best_loss, best_epoch, bad_epochs = val["loss"], epoch, 0
-            if tcfg.restore_best:
+            if settings.restore_best:
                 best_state = copy.deepcopy(detector.state_dict())
         else:
             bad_epochs += 1
-        if tcfg.patience is not None and bad_epochs >= int(tcfg.patience):
+        if settings.patience is not None and bad_epochs >= settings.patience:
             stopped_early = True
         if checkpointer is not None:
             checkpointer.save(
@@ -218,7 +260,7 @@ def fit(
         if stopped_early:
             break
 
-    if tcfg.restore_best and best_state is not None:
+    if settings.restore_best and best_state is not None:
         detector.load_state_dict(best_state)
     losses = [h["val/loss"] for h in history]
     return FitResult(

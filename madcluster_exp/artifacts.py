@@ -1,0 +1,178 @@
+"""What a job leaves in its directory, and the results table it prints.
+
+``config_resolved.yaml``, ``overrides.json``, ``metrics.json``, ``scores.npz``, the plots,
+``per_entity.csv`` and the saved model (``model/``); the job (run.py) decides which are logged
+to MLflow. ``format_results`` is the console's results table.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from madcluster_exp.classical import is_classical
+from madcluster_exp.protocols import protocol_for
+from madcluster_exp.sanity import describe, run_flags
+
+PER_ENTITY_FILE = "per_entity.csv"
+
+
+def write_artifacts(
+    cfg: DictConfig,
+    job_dir: Path,
+    name: str,
+    fit_result,
+    ev,
+    test_labels: np.ndarray,
+    metrics: Dict[str, float],
+    overrides: Sequence[str],
+) -> List[Path]:
+    """Write the config, the command line (``overrides``), the metrics, the scores and the
+    plots of one run into ``job_dir``; return their paths."""
+    paths = []
+    cfg_path = job_dir / "config_resolved.yaml"
+    cfg_path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    paths.append(cfg_path)
+    ov_path = job_dir / "overrides.json"
+    ov_path.write_text(json.dumps({"overrides": list(overrides), "argv": sys.argv}, indent=2))
+    paths.append(ov_path)
+    metrics_path = job_dir / "metrics.json"
+    metrics_path.write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    paths.append(metrics_path)
+    if cfg.metrics.save_scores:
+        scores_path = job_dir / "scores.npz"
+        np.savez_compressed(
+            scores_path,
+            range_window=np.int64(cfg.metrics.range_window),
+            metrics_definition=np.array(cfg.metrics.definition),
+            **ev.arrays,
+        )
+        paths.append(scores_path)
+    if cfg.tracking.plots:
+        paths += _plots(job_dir, name, fit_result, ev, test_labels)
+    return paths
+
+
+def _plots(job_dir: Path, name: str, fit_result, ev, test_labels: np.ndarray) -> List[Path]:
+    """The score timeline (point scores only) and the training curves (deep detectors only)."""
+    from madcluster_exp.plots import plot_score_timeline, plot_training_curves
+
+    paths = []
+    if "test_score" in ev.arrays:
+        paths.append(
+            plot_score_timeline(
+                job_dir / "score_timeline.png",
+                ev.arrays["test_score"],
+                test_labels,
+                ev.arrays["threshold"],
+                name,
+                bounds=ev.arrays.get("entity_bounds"),
+            )
+        )
+    if fit_result.history:  # a classical detector has no training curve
+        paths.append(
+            plot_training_curves(job_dir / "training_curves.png", fit_result.history, name)
+        )
+    return paths
+
+
+def write_per_entity(table, job_dir: Path) -> Path:
+    """``per_entity.csv``: each entity's metrics (a pooled per-entity run)."""
+    path = job_dir / PER_ENTITY_FILE
+    table.to_csv(path, index=False)
+    return path
+
+
+def entity_layout(tests: Sequence) -> Tuple[Dict[str, np.ndarray], np.ndarray]:
+    """The test splits of a job's units laid end to end: ({``entity_names``, ``entity_bounds``
+    (start, end) of every entity}, the concatenated test labels)."""
+    bounds, start = [], 0
+    for t in tests:
+        for seg in t.segments:
+            bounds.append([start + seg.start, start + seg.end])
+        start += len(t)
+    arrays = {
+        "entity_names": np.array([seg.name for t in tests for seg in t.segments]),
+        "entity_bounds": np.array(bounds, dtype=np.int64),
+    }
+    return arrays, np.concatenate([t.labels for t in tests])
+
+
+def save_model(cfg: DictConfig, job_dir: Path, entries: List[dict], say) -> Optional[Path]:
+    """``<job dir>/model``: the pyfunc model of every unit's entry (madcluster_exp.model), or
+    None when there is none to save (tracking.log_model=false, protocol=reference)."""
+    if not cfg.tracking.log_model:
+        return None
+    if not entries:
+        say(
+            "no model saved: classical detectors are refitted, not saved"
+            if is_classical(cfg.backbone)
+            else "no model saved: protocol=reference thresholds window scores on test labels, "
+            "which does not score new data (predict serves protocol=point runs)"
+        )
+        return None
+    from madcluster_exp.model import save_model as save_pyfunc
+
+    return save_pyfunc(job_dir / "model", cfg, entries)
+
+
+def model_note(model_dir: Path, run_id: Optional[str], logged: bool, job_dir: Path) -> str:
+    """Where the saved model is and the command that scores new data with it."""
+    where = f" (MLflow: runs:/{run_id}/model)" if run_id and logged else ""
+    return (
+        f"Model in {model_dir}{where}; score new data with: python -m "
+        f"madcluster_exp.predict run={run_id or job_dir} data=<file.csv>"
+    )
+
+
+# ------------------------------------------------------------------------------- reporting
+_LABELS = {
+    "test/precision": "point-wise, at the fitted threshold",
+    "test/recall": "point-wise, at the fitted threshold",
+    "test/f1": "point-wise, at the fitted threshold (headline)",
+    "test/false_alarm_rate": "share of normal points flagged, at the fitted threshold",
+    "test/auc_roc": "threshold-free",
+    "test/auc_pr": "threshold-free (average precision)",
+    "test/r_auc_roc": "threshold-free, range-based",
+    "test/r_auc_pr": "threshold-free, range-based",
+    "test/vus_roc": "threshold-free, volume under the surface",
+    "test/vus_pr": "threshold-free, volume under the surface",
+    "test/affiliation_precision": "at the fitted threshold",
+    "test/affiliation_recall": "at the fitted threshold",
+    "test/f1_oracle": "ORACLE: best threshold chosen on test labels",
+    "test/f1_pa": "POINT-ADJUSTED (inflated)",
+    "test/f1_pa_random": "POINT-ADJUSTED random prediction, same #positives",
+    "ref/f1_oracle": "REFERENCE PROTOCOL: windows, ORACLE threshold",
+    "ref/auc_roc": "reference protocol, window scores",
+    "ref/auc_pr": "reference protocol, window scores",
+    "ref/r_auc_roc": "reference protocol, on the oracle-binarised prediction",
+    "ref/r_auc_pr": "reference protocol, on the oracle-binarised prediction",
+    "ref/vus_roc": "reference protocol, on the oracle-binarised prediction",
+    "ref/vus_pr": "reference protocol, on the oracle-binarised prediction",
+    "ref/affiliation_precision": "reference protocol, on the oracle-binarised prediction",
+    "ref/affiliation_recall": "reference protocol, on the oracle-binarised prediction",
+}
+
+
+def format_results(result, cfg: DictConfig) -> str:
+    """The console's results table of a finished run (a :class:`madcluster_exp.run.RunResult`)."""
+    protocol = protocol_for(cfg)
+    lines = [
+        f"\nResults: {result.run_name}  (threshold.kind={protocol.threshold_kind}, "
+        f"protocol={protocol.name})"
+    ]
+    width = max(len(k) for k in _LABELS)
+    for key, note in _LABELS.items():
+        if key in result.metrics:
+            lines.append(f"  {key:<{width}}  {result.metrics[key]:>8.4f}   {note}")
+    lines.append(f"  {'time/total_s':<{width}}  {result.metrics['time/total_s']:>8.1f}")
+    lines.append(f"  {'sanity':<{width}}  {describe(run_flags(result.metrics))}")
+    if result.run_id:
+        lines.append(f"MLflow run {result.run_id} in {result.tracking_uri}")
+    lines.append(f"Artifacts in {result.output_dir}")
+    return "\n".join(lines)
