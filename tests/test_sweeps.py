@@ -236,6 +236,7 @@ def test_report_from_a_sweep_dir_writes_tables_plots_and_logs_them(tmp_path):
     assert bad.returncode == 2 and "test/nope" in bad.stderr
 
 
+@pytest.mark.slow  # the k sweep + report of test_report_pasting's default k-sweep test
 def test_k_sweep_report_has_curves(tmp_path):
     out = _cli(["-m", *FAST, "madcluster.k=1,2,3"], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
