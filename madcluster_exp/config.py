@@ -2,14 +2,16 @@
 
 Each YAML option under ``conf/<group>/`` starts from one of these schemas
 (``defaults: [<schema>]``), so a misspelt key fails at composition with Hydra's own message
-instead of being silently ignored. Values that a type cannot express (choices, ranges,
-cross-field rules) are checked by :func:`validate` before any work starts, with a message
-naming the key and the expected values.
+instead of being silently ignored. A closed choice is an Enum-typed field (a :class:`Choice`),
+so a value outside it fails at composition too, with a message naming the key and the allowed
+values. What a type cannot express (ranges, cross-field rules) is checked by :func:`validate`
+before any work starts, with a message naming the key and the expected values.
 """
 
 from __future__ import annotations
 
 import copy
+import enum
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -17,6 +19,48 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from madcluster_exp.errors import ExpectedError
+
+
+# ------------------------------------------------------------------------------ closed choices
+class Choice(enum.StrEnum):
+    """A closed set of values for one config key.
+
+    OmegaConf checks a value against the members when the config is composed, converting a
+    string by member *name*, so every member is named by its value. A member is its plain
+    string everywhere else (``==``, hashing, ``str()``, JSON, MLflow params, run names), and
+    its repr is the string's, so messages read ``'point'`` rather than ``<Protocol.point>``.
+    """
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+def _choice(name: str, *values: str) -> type[Choice]:
+    """A :class:`Choice` whose members are ``values`` (dashes allowed), named by their value."""
+    return Choice(name, [(v, v) for v in values], module=__name__, qualname=name)
+
+
+Device = _choice("Device", "cpu", "cuda", "auto")
+Protocol = _choice("Protocol", "point", "reference")
+Normalize = _choice("Normalize", "standard", "minmax", "none")
+DatasetMode = _choice("DatasetMode", "concat", "per_entity")
+NanPolicy = _choice("NanPolicy", "error", "zero")
+TestPart = _choice("TestPart", "rest", "whole")
+# Deep SVDD's objective and the plug-in's distance mapping: one-class | soft-boundary
+Objective = _choice("Objective", "one-class", "soft-boundary")
+Variant = _choice("Variant", "paper", "reference")
+Components = _choice("Components", "both", "mapping", "clustering")
+Combine = _choice("Combine", "sum", "product", "madcluster_only", "backbone_only")
+ProgressMode = _choice("ProgressMode", "auto", "bar", "line", "none")
+Init = _choice("Init", "default", "he")
+Aggregate = _choice("Aggregate", "mean", "max")
+ThresholdKind = _choice("ThresholdKind", "val_percentile", "pot", "spot", "transductive", "oracle")
+TrackingBackend = _choice("TrackingBackend", "mlflow", "none")
+MetricsDefinition = _choice("MetricsDefinition", "vus006", "tsbad")
+Spread = _choice("Spread", "center", "last", "all")
+KNNMethod = _choice("KNNMethod", "largest", "mean")
+KNNAlgorithm = _choice("KNNAlgorithm", "auto", "brute", "kd_tree", "ball_tree")
+ChannelReduce = _choice("ChannelReduce", "mean", "max")
 
 
 # --------------------------------------------------------------------------------------- paths
@@ -34,7 +78,7 @@ class PathsConfig:
 class DatasetConfig:
     name: str = MISSING
     # standard (z-score) | minmax | none; statistics come from the training part only.
-    normalize: str = "standard"
+    normalize: Normalize = Normalize.standard
     # Validation = this fraction at the tail of the training series, after a one-window gap.
     val_fraction: float = 0.2
     # Stride between training windows (1 = every window).
@@ -43,11 +87,11 @@ class DatasetConfig:
     entities: Optional[List[str]] = None
     # concat: one model over all entities (windows never cross entities);
     # per_entity: one model per entity in one run, metrics per entity + mean + pooled.
-    mode: str = "concat"
+    mode: DatasetMode = DatasetMode.concat
     # Folder of the dataset (None = <paths.data_dir>/<name>); relative to the launch directory.
     path: Optional[str] = None
     # Missing or infinite cells: error (name file, row, column) | zero (fill with 0, counted).
-    nan_policy: str = "error"
+    nan_policy: NanPolicy = NanPolicy.error
     # Debugging caps for any dataset (debug=fast): the first N entities (after `entities`), and
     # the first N training and N test rows of each. None = no cap.
     max_entities: Optional[int] = None
@@ -85,7 +129,7 @@ class TelemanomConfig(DatasetConfig):
 class PSMConfig(DatasetConfig):
     name: str = "PSM"
     # The published train.csv has missing cells; the reference code fills them with 0.
-    nan_policy: str = "zero"
+    nan_policy: NanPolicy = NanPolicy.zero
 
 
 @dataclass
@@ -106,10 +150,10 @@ class CollectionDatasetConfig(DatasetConfig):
     # A folder of series files (TSB-AD CSV, UCR .txt, TimeEval CSV [+ <name>.train.csv]); each
     # file is one entity with its own model and its own MLflow child run (data/collection.py).
     path: Optional[str] = MISSING
-    mode: str = "per_entity"
+    mode: DatasetMode = DatasetMode.per_entity
     # Test part: rest (rows after the training prefix; never overlaps training) | whole (the
     # whole series, TSB-AD's published protocol, which also scores the training prefix).
-    test_part: str = "rest"
+    test_part: TestPart = TestPart.rest
     # TimeEval files without a <name>.train.csv beside them: the leading fraction trains.
     train_fraction: float = 0.5
 
@@ -144,12 +188,12 @@ class DeepSVDDConfig(BackboneConfig):
     embed_dim: int = 32
     kernel_size: int = 5
     layers: int = 2
-    # one-class | soft-boundary
-    objective: str = "one-class"
+    objective: Objective = Objective["one-class"]
     # Soft-boundary nu (fraction of training embeddings allowed outside the radius).
     nu: float = 0.1
-    # Epochs before the soft-boundary radius is first fitted (Deep SVDD's warm-up).
-    warmup_epochs: int = 1
+    # Soft-boundary: complete epochs trained before the radius is first fitted (Deep SVDD's
+    # warm-up; the rule is radius_due in madcluster_exp/nn_utils.py, shared with the plug-in).
+    radius_warmup_epochs: int = 0
     weight_decay: float = 1e-6
 
 
@@ -342,7 +386,7 @@ class ClassicalConfig:
     # How one score per window reaches the points: center (the window's middle point, edges
     # padded with the nearest score, as TSB-AD) | last (its last point) | all (every point of
     # the window, overlaps folded by scoring.aggregate).
-    spread: str = "center"
+    spread: Spread = Spread.center
 
 
 @dataclass
@@ -351,9 +395,9 @@ class KNNConfig(ClassicalConfig):
     # pyod's KNN defaults: the distance to the 5th nearest training window.
     n_neighbors: int = 5
     # largest (k-th distance) | mean (of the k distances)
-    method: str = "largest"
+    method: KNNMethod = KNNMethod.largest
     # scikit-learn's index, every choice exact: auto | brute | kd_tree | ball_tree
-    algorithm: str = "auto"
+    algorithm: KNNAlgorithm = KNNAlgorithm.auto
 
 
 @dataclass
@@ -377,7 +421,7 @@ class MatrixProfileConfig(ClassicalConfig):
     # z-normalised subsequence distances (stumpy's default) or plain Euclidean ones.
     normalize: bool = True
     # How per-channel discord distances become one: mean | max
-    channels: str = "mean"
+    channels: ChannelReduce = ChannelReduce.mean
 
 
 @dataclass
@@ -398,28 +442,23 @@ class MADClusterConfig:
     # 1 = cosine assignment + OD loss with learnable nu; >1 = Student-t assignment + DEC target.
     k: int = 1
     # paper (default) | reference (the official code's loss and per-window score, k = 1 only)
-    variant: str = "paper"
+    variant: Variant = Variant.paper
     # Distance mapping: one-class | soft-boundary
-    objective: str = "one-class"
+    objective: Objective = Objective["one-class"]
     nu_init: float = 0.5
     # Label smoothing of the hard target p = 1[q >= nu].
     tau: float = 0.01
     # Soft-boundary: R is the (1 - nu_r)-quantile of ||h - c|| over training embeddings.
     nu_r: float = 0.01
+    # Soft-boundary: complete epochs trained before R is first fitted (the same rule as Deep
+    # SVDD's backbone.radius_warmup_epochs: radius_due in madcluster_exp/nn_utils.py).
     radius_warmup_epochs: int = 0
     # Learning rate of nu's own parameter group (None = the backbone's lr, as in the reference).
     nu_lr: Optional[float] = None
     # Ablation of the plug-in's parts (loss and score): both | mapping | clustering. The
     # paper's "distance only" row is the backbone alone (madcluster=off), not mapping: see
     # docs/method.md; mapping is refused where the plug-in replaces the objective (Deep SVDD).
-    components: str = "both"
-    # How the plug-in score meets the backbone score:
-    # sum (of validation-standardised scores) | product | madcluster_only | backbone_only.
-    # None = by protocol: sum under protocol=point, product (the reference code's rule) under
-    # protocol=reference; resolved by combine_rule, and runs log the resolved rule.
-    # backbone_only with MADCluster on is the control arm of an on/off comparison: the plug-in
-    # trains the embedding, the backbone's own score is used (no second score to ensemble).
-    combine: Optional[str] = None
+    components: Components = Components.both
     # torch.compile the plug-in's training loss (one fused kernel per direction instead of ~100
     # small ops): worth it on a GPU, where small ops are launch-bound; costs seconds of
     # compilation at start and needs a C++ compiler on CPU (Triton on CUDA).
@@ -447,13 +486,13 @@ class TrainConfig:
     # Conv1d/2d/3d weight, zero biases, as the MADCluster reference's he_init_normal (which lists
     # Linear, Conv2d and Conv3d; its DCdetector's only Conv1d has its own Kaiming init). RNNs,
     # norms, transposed convs and the plug-in's center (He-normal anyway) keep their init.
-    init: str = "default"
+    init: Init = Init.default
     # Cap on batches per epoch (debugging); None = all.
     max_batches_per_epoch: Optional[int] = None
     # torch threads; None = leave torch's default.
     num_threads: Optional[int] = None
     # auto (bar on a terminal, a line per epoch otherwise) | bar | line | none
-    progress: str = "auto"
+    progress: ProgressMode = ProgressMode.auto
     # Mixed precision (bf16 autocast) for training steps; CUDA only, ignored with a warning on CPU.
     amp: bool = False
     # Write an atomic checkpoint after every epoch (<run dir>/checkpoints/).
@@ -469,8 +508,16 @@ class ScoringConfig:
     # Stride between scored windows; every point is covered, the tail by an end-aligned window.
     stride: int = 1
     # How overlapping window scores become one score per point: mean | max
-    aggregate: str = "mean"
+    aggregate: Aggregate = Aggregate.mean
     batch_size: int = 512
+    # How the plug-in score meets the backbone score:
+    # sum (of validation-standardised scores) | product | madcluster_only | backbone_only.
+    # None = by protocol: sum under protocol=point, product (the reference code's rule) under
+    # protocol=reference; resolved by combine_rule, and runs log the resolved rule.
+    # backbone_only with MADCluster on is the control arm of an on/off comparison
+    # (madcluster=on_backbone_only): the plug-in trains the embedding, the backbone's own score
+    # is used (no second score to ensemble).
+    combine: Optional[Combine] = None
 
 
 # ----------------------------------------------------------------------------------- threshold
@@ -479,7 +526,7 @@ class ThresholdConfig:
     # val_percentile | pot (label-free, fitted on validation scores) | spot (streaming: validation
     # init, causal updates on the test stream) | transductive (percentile of val + test scores)
     # | oracle (best F1 on test labels)
-    kind: str = "val_percentile"
+    kind: ThresholdKind = ThresholdKind.val_percentile
     percentile: float = 99.0
     # POT/SPOT: initial threshold at this quantile; tail risk q.
     level: float = 0.98
@@ -493,7 +540,7 @@ class MetricsConfig:
     # paper's set with vus 0.0.6's definitions (test/<name>); tsbad = also TSB-AD 1.5's
     # get_metrics set as test/tsbad/<key> at the run's threshold and test/tsbad/<key>_oracle at
     # TSB-AD's own best-threshold search (see madcluster_exp/metrics/tsbad.py).
-    definition: str = "vus006"
+    definition: MetricsDefinition = MetricsDefinition.vus006
     # Sliding window of R_AUC (and the largest window of VUS), as vus's slidingWindow.
     range_window: int = 100
     # Point-adjusted F1 (labelled *_pa, never the headline).
@@ -508,7 +555,7 @@ class MetricsConfig:
 @dataclass
 class TrackingConfig:
     # mlflow | none
-    backend: str = "mlflow"
+    backend: TrackingBackend = TrackingBackend.mlflow
     # None -> $MLFLOW_TRACKING_URI if set, else sqlite:///<output_dir>/mlflow.db
     uri: Optional[str] = None
     experiment: str = "madcluster_exp"
@@ -528,6 +575,7 @@ SEARCH_OBJECTIVES = {
     "val_loss": ("val/best_loss", "minimize"),
     "val_injected_vus_pr": ("val_injected/vus_pr", "maximize"),
 }
+SearchObjective = _choice("SearchObjective", *SEARCH_OBJECTIVES)
 
 
 @dataclass
@@ -549,7 +597,7 @@ class SearchConfig:
     # What a job returns to a sweeper: val_loss (the best validation loss; minimise) |
     # val_injected_vus_pr (VUS-PR of the detector on the validation split with injected
     # anomalies; maximise). Test data never enters either.
-    objective: str = "val_loss"
+    objective: SearchObjective = SearchObjective.val_loss
     inject: InjectConfig = field(default_factory=InjectConfig)
     # The Optuna trial this job is; set by the project's Optuna sweeper, None outside a search.
     trial: Optional[int] = None
@@ -560,7 +608,7 @@ class SearchConfig:
 class Config:
     seed: int = 0
     # cpu | cuda | auto
-    device: str = "cpu"
+    device: Device = Device.cpu
     # Deterministic kernels (torch.use_deterministic_algorithms): CPU runs are reproducible
     # anyway; on CUDA this makes them so at some speed cost.
     deterministic: bool = False
@@ -568,7 +616,7 @@ class Config:
     # reference: the MADCluster code's evaluation (stride-1 window scores, window label = any
     # anomaly inside, best-F1 threshold on test, range metrics on the binarised prediction);
     # its metrics are logged under ref/ so they never mix with test/.
-    protocol: str = "point"
+    protocol: Protocol = Protocol.point
     # Printed and logged as the run's description.
     notes: Optional[str] = None
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -622,19 +670,19 @@ def register_configs() -> None:
 
 
 # ------------------------------------------------------------------------ by-protocol defaults
-#: madcluster.combine when unset: the rule each protocol implies.
-PROTOCOL_COMBINE = {"point": "sum", "reference": "product"}
+#: scoring.combine when unset: the rule each protocol implies.
+PROTOCOL_COMBINE = {Protocol.point: Combine.sum, Protocol.reference: Combine.product}
 
 
 def combine_rule(cfg: DictConfig) -> str:
-    """madcluster.combine, or the protocol's rule when unset: the one place this is decided."""
-    return cfg.madcluster.combine or PROTOCOL_COMBINE[cfg.protocol]
+    """scoring.combine, or the protocol's rule when unset: the one place this is decided."""
+    return cfg.scoring.combine or PROTOCOL_COMBINE[cfg.protocol]
 
 
 def resolve_defaults(cfg: DictConfig) -> DictConfig:
     """A copy of ``cfg`` with the by-protocol defaults filled in: what a run uses and logs."""
     out = copy.deepcopy(cfg)
-    out.madcluster.combine = combine_rule(cfg)
+    out.scoring.combine = combine_rule(cfg)
     return out
 
 
@@ -642,30 +690,6 @@ def resolve_defaults(cfg: DictConfig) -> DictConfig:
 class ConfigError(ExpectedError, ValueError):
     """A config value that composes but cannot be run; the message names key and expectation."""
 
-
-_CHOICES = {
-    "device": ("cpu", "cuda", "auto"),
-    "protocol": ("point", "reference"),
-    "dataset.normalize": ("standard", "minmax", "none"),
-    "dataset.mode": ("concat", "per_entity"),
-    "dataset.nan_policy": ("error", "zero"),
-    "dataset.test_part": ("rest", "whole"),
-    "madcluster.variant": ("paper", "reference"),
-    "madcluster.objective": ("one-class", "soft-boundary"),
-    "madcluster.combine": ("sum", "product", "madcluster_only", "backbone_only"),
-    "madcluster.components": ("both", "mapping", "clustering"),
-    "train.progress": ("auto", "bar", "line", "none"),
-    "train.init": ("default", "he"),
-    "scoring.aggregate": ("mean", "max"),
-    "threshold.kind": ("val_percentile", "pot", "spot", "transductive", "oracle"),
-    "tracking.backend": ("mlflow", "none"),
-    "metrics.definition": ("vus006", "tsbad"),
-    "search.objective": tuple(SEARCH_OBJECTIVES),
-    "backbone.spread": ("center", "last", "all"),
-    "backbone.method": ("largest", "mean"),
-    "backbone.algorithm": ("auto", "brute", "kd_tree", "ball_tree"),
-    "backbone.channels": ("mean", "max"),
-}
 
 # key -> (low, high, low_inclusive, high_inclusive)
 _RANGES = {
@@ -685,6 +709,8 @@ _RANGES = {
     "madcluster.nu_init": (0.0, 1.0, False, False),
     "madcluster.tau": (0.0, 0.5, True, False),
     "madcluster.nu_r": (0.0, 1.0, False, False),
+    "madcluster.radius_warmup_epochs": (0, None, True, None),
+    "backbone.radius_warmup_epochs": (0, None, True, None),
     "train.epochs": (1, None, True, None),
     "scoring.stride": (1, None, True, None),
     "scoring.batch_size": (1, None, True, None),
@@ -716,12 +742,9 @@ def _describe_range(low, high, low_inc, high_inc) -> str:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check choices, ranges and cross-field rules; raise ConfigError naming the key."""
+    """Check ranges and cross-field rules; raise ConfigError naming the key. (Choices are
+    checked at composition: their fields are :class:`Choice` Enums.)"""
     problems = []
-    for key, choices in _CHOICES.items():
-        value = OmegaConf.select(cfg, key)
-        if value is not None and value not in choices:
-            problems.append(f"{key}={value!r}: expected one of {', '.join(choices)}")
     for key, (low, high, low_inc, high_inc) in _RANGES.items():
         value = OmegaConf.select(cfg, key)
         if value is not None and not _in_range(value, low, high, low_inc, high_inc):
@@ -767,7 +790,11 @@ def validate(cfg: DictConfig) -> None:
 def _schema_default(key: str, cfg: DictConfig):
     """The schema's default of ``key`` for this configuration's options (None if unknown)."""
     group, _, leaf = key.partition(".")
-    schemas = {"madcluster": MADClusterConfig, "threshold": ThresholdConfig}
+    schemas = {
+        "madcluster": MADClusterConfig,
+        "scoring": ScoringConfig,
+        "threshold": ThresholdConfig,
+    }
     if group in schemas:
         return getattr(schemas[group](), leaf, None)
     if group == "backbone":
@@ -784,7 +811,7 @@ def inert_settings(cfg: DictConfig) -> List[str]:
     if mc.enabled and cfg.backbone.name == "deepsvdd":
         rules.append(
             (
-                ("backbone.objective", "backbone.nu", "backbone.warmup_epochs"),
+                ("backbone.objective", "backbone.nu", "backbone.radius_warmup_epochs"),
                 "MADCluster's center replaces Deep SVDD's own objective",
             )
         )
@@ -803,7 +830,7 @@ def inert_settings(cfg: DictConfig) -> List[str]:
                     "madcluster.tau",
                     "madcluster.nu_init",
                     "madcluster.objective",
-                    "madcluster.combine",
+                    "scoring.combine",
                 ),
                 "MADCluster is off",
             )

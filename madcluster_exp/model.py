@@ -131,7 +131,7 @@ def save_model(path: Path, cfg: DictConfig, entries: List[dict]) -> Path:
         torch.save({str(i): e["state_dict"] for i, e in enumerate(entries)}, bundle / WEIGHTS)
         meta = {
             "format": FORMAT,
-            "config": OmegaConf.to_container(cfg, resolve=True),
+            "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
             "models": [{k: v for k, v in e.items() if k != "state_dict"} for e in entries],
         }
         (bundle / META).write_text(json.dumps(meta, indent=1))
@@ -276,7 +276,20 @@ def read_bundle(directory: Path) -> tuple:
             f"{meta_path}: bundle format {meta.get('format')!r}; this version reads format {FORMAT}"
         )
     weights = torch.load(Path(directory) / WEIGHTS, map_location="cpu", weights_only=True)
-    return OmegaConf.create(meta["config"]), meta["models"], weights
+    return OmegaConf.create(current_keys(meta["config"])), meta["models"], weights
+
+
+def current_keys(config: dict) -> dict:
+    """A bundle's config with the keys of this version, so older bundles still load: Deep
+    SVDD's ``backbone.warmup_epochs`` became ``radius_warmup_epochs`` (one less: the old rule
+    fitted the radius one epoch sooner than its value said), ``madcluster.combine`` became
+    ``scoring.combine``. Neither changes a score of a trained model."""
+    backbone, mc = config.get("backbone", {}), config.get("madcluster", {})
+    if "warmup_epochs" in backbone:
+        backbone["radius_warmup_epochs"] = max(0, int(backbone.pop("warmup_epochs")) - 1)
+    if "combine" in mc:
+        config.setdefault("scoring", {}).setdefault("combine", mc.pop("combine"))
+    return config
 
 
 def load_bundle(

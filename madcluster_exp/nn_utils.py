@@ -12,6 +12,15 @@ from torch import nn
 HE_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
+def radius_due(epoch: int, warmup_epochs: int) -> bool:
+    """Whether a soft-boundary radius is fitted at the end of (0-based) ``epoch``: from epoch
+    index ``warmup_epochs`` on, i.e. after ``warmup_epochs`` complete epochs trained without
+    it, as Deep SVDD's reference code (``epoch >= warm_up_n_epochs``). The one warm-up rule of
+    Deep SVDD's radius (``backbone.radius_warmup_epochs``) and the plug-in's
+    (``madcluster.radius_warmup_epochs``)."""
+    return epoch >= warmup_epochs
+
+
 def init_weights(module: nn.Module, kind: str) -> int:
     """Re-initialise ``module``'s layers as ``train.init`` says; returns how many were touched.
 

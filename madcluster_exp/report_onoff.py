@@ -1,7 +1,7 @@
 """MADCluster on − off, per arm, paired by seed: the report's on/off section.
 
-An *arm* is MADCluster on with one setting of the plug-in keys the sweep varies. With
-``experiment=onoff`` there are two:
+An *arm* is MADCluster on with one setting of the plug-in keys the sweep varies (``madcluster.*``
+and the score rule ``scoring.combine``). With ``experiment=onoff`` there are two:
 
 - ``on(combine=sum)``: the plug-in trains the embedding *and* adds its own standardised score to
   the backbone's, so a gain over off may be ensembling two scores, not a better representation;
@@ -16,14 +16,16 @@ t-test (scipy's ``ttest_rel``, two-sided; n = number of pairs).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 
 from madcluster_exp.plots.sweep import plot_onoff_bars
 
-ENABLED, COMBINE = "madcluster.enabled", "madcluster.combine"
+ENABLED, COMBINE = "madcluster.enabled", "scoring.combine"
+#: Where runs logged before the rule moved to the scoring group recorded it.
+LEGACY_COMBINE = "madcluster.combine"
 # A paired test over fewer seeds than this is reported, but said to mean little.
 FEW_PAIRS = 5
 
@@ -35,14 +37,29 @@ _MEANING = {
 }
 
 
+def logged_combine(params: Mapping) -> Optional[str]:
+    """The score rule a run logged (``param:scoring.combine``), or for a run logged before the
+    rule moved to the scoring group, ``param:madcluster.combine``; None if neither."""
+    for key in (COMBINE, LEGACY_COMBINE):
+        value = params.get(f"param:{key}")
+        if isinstance(value, str):
+            return value
+    return None
+
+
+def _is_plugin_key(key: str) -> bool:
+    """A key that sets the plug-in arm: ``madcluster.*`` and the score rule."""
+    return key.startswith("madcluster.") or key == COMBINE
+
+
 def arm_factors(factors: Sequence[str]) -> List[str]:
     """The swept plug-in keys that tell arms apart (``madcluster.enabled`` aside)."""
-    return [f for f in factors if f.startswith("madcluster.") and f != ENABLED]
+    return [f for f in factors if _is_plugin_key(f) and f != ENABLED]
 
 
 def arm_label(values: dict) -> str:
     """``on`` or ``on(combine=backbone_only, k=3)`` from {config key: value}."""
-    inner = ", ".join(f"{k[len('madcluster.') :]}={v}" for k, v in values.items())
+    inner = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in values.items())
     return f"on({inner})" if inner else "on"
 
 
@@ -88,7 +105,7 @@ def onoff_table(
     """
     if ENABLED not in factors:
         return None
-    pair_keys = [f for f in factors if not f.startswith("madcluster.")]
+    pair_keys = [f for f in factors if not _is_plugin_key(f)]
     arms = arm_factors(factors)
     grouped = (
         runs.groupby([f"param:{f}" for f in pair_keys], dropna=False, sort=True)
@@ -115,8 +132,8 @@ def onoff_table(
             row = dict(zip(pair_keys, key))
             row["arm"] = arm_label(values)
             row["pairs"] = len(set(on["param:seed"]) & set(off["param:seed"]))
-            rules = on[f"param:{COMBINE}"].unique() if f"param:{COMBINE}" in on else []
-            row[COMBINE] = rules[0] if len(rules) == 1 else None
+            rules = {logged_combine(r) for _, r in on.iterrows()}
+            row[COMBINE] = rules.pop() if len(rules) == 1 else None
             for m in metrics:
                 stats = _paired(_by_seed(on, m), _by_seed(off, m))
                 row.update({f"{m} {k}": v for k, v in stats.items()})
@@ -131,7 +148,7 @@ def section(sweep, metrics: Sequence[str], out_dir: Path) -> Tuple[List[str], Li
     table = onoff_table(sweep.runs, sweep.factors, metrics)
     if table is None or table.empty:
         return [], []
-    keys = [f for f in sweep.factors if not f.startswith("madcluster.")] + ["arm"]
+    keys = [f for f in sweep.factors if not _is_plugin_key(f)] + ["arm"]
     table.to_csv(out_dir / "onoff.csv", index=False)
     md = ["", "## MADCluster on − off, per arm (paired by seed; p: paired t-test)", ""]
     meanings = table.drop_duplicates("arm")

@@ -34,6 +34,8 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
+from madcluster_exp.report_onoff import logged_combine
+
 PUBLISHED = Path(__file__).with_name("data") / "published.csv"
 COLUMNS = ["table", "row", "dataset", "backbone", "madcluster", "k", "metric", "value"]
 #: Published metric name -> the measured metric's name (without the ``test/``/``ref/`` prefix).
@@ -89,7 +91,7 @@ def run_arm(params: pd.Series) -> str:
         return "clustering_only"
     if components == "mapping":
         return "mapping_only"
-    if params.get("param:madcluster.combine") == "backbone_only":
+    if logged_combine(params) == "backbone_only":
         return "on_backbone_only"
     return "on"
 

@@ -168,7 +168,7 @@ def run_name(cfg: DictConfig, flat: Optional[Dict[str, Any]] = None) -> str:
     or "on+<rule>" when MADCluster's score meets the backbone's by another rule than the
     protocol's (e.g. the backbone_only control arm)."""
     state = "on" if cfg.madcluster.enabled else "off"
-    combine = cfg.madcluster.combine
+    combine = cfg.scoring.combine
     if cfg.madcluster.enabled and combine and combine != PROTOCOL_COMBINE[cfg.protocol]:
         state = f"on+{combine}"
     cid = config_id(flat if flat is not None else flatten(cfg))
@@ -177,7 +177,8 @@ def run_name(cfg: DictConfig, flat: Optional[Dict[str, Any]] = None) -> str:
 
 
 def flatten(cfg: DictConfig) -> Dict[str, Any]:
-    """Every leaf of the resolved config as ``group.key`` -> value (MLflow params)."""
+    """Every leaf of the resolved config as ``group.key`` -> value (MLflow params); a closed
+    choice as its plain string (config.Choice members are named by their values)."""
     out: Dict[str, Any] = {}
 
     def walk(node: Any, prefix: str) -> None:
@@ -187,21 +188,21 @@ def flatten(cfg: DictConfig) -> Dict[str, Any]:
         else:
             out[prefix] = node
 
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    walk(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), "")
     return out
 
 
 def check_backbone_score_exists(cfg: DictConfig) -> None:
-    """madcluster.combine=backbone_only with MADCluster on needs a backbone score; a backbone
+    """scoring.combine=backbone_only with MADCluster on needs a backbone score; a backbone
     that hands its objective and score to the plug-in (Deep SVDD) has none, and the combiner
     would silently use the plug-in's. Fails before any training."""
     if (
         cfg.madcluster.enabled
-        and cfg.madcluster.combine == "backbone_only"
+        and cfg.scoring.combine == "backbone_only"
         and not backbone_class(cfg.backbone.name).keeps_objective_with_plugin
     ):
         raise ConfigError(
-            f"madcluster.combine=backbone_only with backbone={cfg.backbone.name}: this backbone "
+            f"scoring.combine=backbone_only with backbone={cfg.backbone.name}: this backbone "
             "hands its objective and score to MADCluster's center, so there is no backbone "
             "score to keep; the control arm does not apply to it (use madcluster=off for the "
             "backbone alone)"
@@ -254,7 +255,7 @@ def identity_tags(cfg: DictConfig, context: JobContext) -> Dict[str, str]:
             {
                 "madcluster.k": str(cfg.madcluster.k),
                 "madcluster.variant": cfg.madcluster.variant,
-                "madcluster.combine": str(cfg.madcluster.combine),
+                "scoring.combine": str(cfg.scoring.combine),
             }
         )
     tags.update(context.tags())  # the Hydra command's overrides and job number

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from hydra.errors import ConfigCompositionException
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
@@ -131,8 +132,9 @@ def test_madcluster_on_with_a_classical_detector_is_a_configuration_error(make_c
         r"classical\).*expected madcluster=off",
     ):
         validate(cfg)
-    with pytest.raises(ConfigError, match=r"backbone.spread='middle': expected one of center"):
-        validate(make_cfg("backbone=knn", "madcluster=off", "backbone.spread=middle"))
+    with pytest.raises(ConfigCompositionException, match=r"backbone\.spread=middle") as err:
+        make_cfg("backbone=knn", "madcluster=off", "backbone.spread=middle")
+    assert "expected one of [center, last, all]" in str(err.value.__cause__)
 
 
 @pytest.mark.parametrize("protocol", ["point", "reference"])

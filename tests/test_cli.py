@@ -44,6 +44,14 @@ def test_config_error_prints_the_message_alone_and_leaves_no_mlflow_run(tmp_path
         assert exp is None or not client.search_runs([exp.experiment_id])
 
 
+def test_a_bad_choice_stops_at_composition_naming_key_and_choices(tmp_path):
+    out = _run("madcluster_exp", "protocol=bogus", cwd=tmp_path)
+    assert out.returncode != 0
+    assert "Invalid value 'bogus', expected one of [point, reference]" in out.stderr
+    assert "full_key: protocol" in out.stderr
+    assert not (tmp_path / "outputs").exists()  # nothing ran, nothing was written
+
+
 def test_full_error_env_var_shows_the_traceback(tmp_path):
     out = _run(
         "madcluster_exp",

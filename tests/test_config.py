@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from enum import Enum
 from pathlib import Path
 
 import pytest
@@ -75,12 +76,90 @@ def test_wrong_type_fails_at_composition():
         compose_config(["backbone.window=wide"])
 
 
+#: Every closed choice: (options that bring the key, the key, its allowed values).
+CHOICE_KEYS = [
+    ([], "device", "cpu, cuda, auto"),
+    ([], "protocol", "point, reference"),
+    ([], "dataset.normalize", "standard, minmax, none"),
+    ([], "dataset.mode", "concat, per_entity"),
+    ([], "dataset.nan_policy", "error, zero"),
+    (["dataset=collection"], "dataset.test_part", "rest, whole"),
+    ([], "madcluster.variant", "paper, reference"),
+    ([], "madcluster.objective", "one-class, soft-boundary"),
+    ([], "madcluster.components", "both, mapping, clustering"),
+    ([], "scoring.combine", "sum, product, madcluster_only, backbone_only"),
+    ([], "scoring.aggregate", "mean, max"),
+    ([], "train.progress", "auto, bar, line, none"),
+    ([], "train.init", "default, he"),
+    ([], "threshold.kind", "val_percentile, pot, spot, transductive, oracle"),
+    ([], "tracking.backend", "mlflow, none"),
+    ([], "metrics.definition", "vus006, tsbad"),
+    ([], "search.objective", "val_loss, val_injected_vus_pr"),
+    ([], "backbone.objective", "one-class, soft-boundary"),
+    (["backbone=knn"], "backbone.spread", "center, last, all"),
+    (["backbone=knn"], "backbone.method", "largest, mean"),
+    (["backbone=knn"], "backbone.algorithm", "auto, brute, kd_tree, ball_tree"),
+    (["backbone=matrix_profile"], "backbone.channels", "mean, max"),
+]
+
+
+@pytest.mark.parametrize("options,key,allowed", CHOICE_KEYS, ids=[k for _, k, _ in CHOICE_KEYS])
+def test_a_value_outside_a_closed_choice_fails_at_composition_naming_key_and_choices(
+    options, key, allowed
+):
+    with pytest.raises(ConfigCompositionException, match=f"{key}=one_class") as err:
+        compose_config([*options, f"{key}=one_class"])
+    cause = str(err.value.__cause__)
+    assert f"expected one of [{allowed}]" in cause and f"full_key: {key}" in cause
+
+
+def test_a_bad_choice_in_an_option_file_fails_at_composition(tmp_path):
+    """A YAML file is checked as the command line is: the value and the allowed ones named."""
+    (tmp_path / "threshold").mkdir()
+    (tmp_path / "threshold" / "typo.yaml").write_text(
+        "defaults:\n  - /schema/threshold@_here_: default\n  - _self_\nkind: pots\n"
+    )
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_config([f"hydra.searchpath=[file://{tmp_path}]", "threshold=typo"])
+    text = f"{err.value}\n{err.value.__cause__}"
+    assert "'pots'" in text and "val_percentile, pot, spot, transductive, oracle" in text
+
+
+def test_a_choice_is_its_plain_string_in_run_name_and_mlflow_params(tmp_path):
+    """A Choice member equals, hashes and prints as its value; the run name, flatten (MLflow
+    params, fingerprint, config id) and the params MLflow stores hold the plain string."""
+    from mlflow.tracking import MlflowClient
+
+    from madcluster_exp.config import Objective, Protocol
+    from madcluster_exp.run import flatten, run_name
+    from madcluster_exp.tracking import build_tracker
+
+    cfg = compose_config(["madcluster.objective=soft-boundary", "scoring.combine=product"])
+    assert cfg.protocol is Protocol.point and cfg.madcluster.objective == "soft-boundary"
+    assert {"point": 1}[cfg.protocol] == 1
+    assert (str(Objective["one-class"]), repr(Objective["one-class"])) == (
+        "one-class",
+        "'one-class'",
+    )
+    flat = flatten(cfg)
+    assert not [k for k, v in flat.items() if isinstance(v, Enum)]
+    name = run_name(cfg, flat)
+    assert name.startswith("deepsvdd-synthetic-on+product-")
+    tracker = build_tracker(cfg.tracking, tmp_path)
+    tracker.start(name, flat, {})
+    tracker.end("FINISHED")
+    params = MlflowClient(tracker.uri).get_run(tracker.run_id).data.params
+    assert (params["protocol"], params["madcluster.objective"], params["scoring.combine"]) == (
+        "point",
+        "soft-boundary",
+        "product",
+    )
+
+
 @pytest.mark.parametrize(
     "override,fragment",
     [
-        ("madcluster.objective=one_class", "madcluster.objective='one_class'"),
         ("madcluster.nu_init=1.0", "madcluster.nu_init=1.0"),
-        ("madcluster.combine=mean", "madcluster.combine='mean'"),
         ("dataset.val_fraction=0", "dataset.val_fraction=0"),
     ],
 )
@@ -152,6 +231,7 @@ def test_option_files_hold_only_what_differs_from_the_schema(path):
     [
         (["madcluster.k=3", "madcluster.tau=0.2"], ["madcluster.tau=0.2"]),
         (["backbone.objective=soft-boundary"], ["backbone.objective=soft-boundary"]),
+        (["backbone.radius_warmup_epochs=2"], ["backbone.radius_warmup_epochs=2"]),
         (["protocol=reference", "threshold=pot"], ["threshold.kind=pot"]),
         (["madcluster=off", "madcluster.k=4"], ["madcluster.k=4"]),
     ],

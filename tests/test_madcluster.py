@@ -352,3 +352,37 @@ def test_compiled_loss_equals_the_eager_loss_with_gradients(objective):
         torch.testing.assert_close(t_a, t_b)
         torch.testing.assert_close(gz_a, gz_b)
         torch.testing.assert_close(gc_a, gc_b)
+
+
+@pytest.mark.parametrize("warmup,first_fit", [(0, 0), (2, 2)])
+def test_deepsvdd_and_the_plugin_fit_their_radius_by_one_warmup_rule(warmup, first_fit):
+    """radius_due is the one rule: epochs are 0-based and the radius is fitted at the end of
+    epoch index ``warmup`` and after (warm-up 0: after epoch 0; warm-up 2: first at epoch 2)."""
+    from madcluster_exp.backbones.deepsvdd import DeepSVDD
+    from madcluster_exp.nn_utils import radius_due
+    from tests.conftest import compose_config
+
+    assert [radius_due(e, warmup) for e in range(4)] == [e >= first_fit for e in range(4)]
+    cfg = compose_config(
+        [
+            "backbone.objective=soft-boundary",
+            f"backbone.radius_warmup_epochs={warmup}",
+            "madcluster.objective=soft-boundary",
+            f"madcluster.radius_warmup_epochs={warmup}",
+        ]
+    )
+    torch.manual_seed(0)
+    backbone = DeepSVDD(3, cfg.backbone).train()
+    plugin = build_plugin(backbone.embed_dim, cfg.madcluster, seed=0).train()
+    x = torch.randn(4, 16, 3)
+    fitted = {"deepsvdd": [], "plugin": []}
+    for epoch in range(4):
+        out = backbone(x)
+        backbone.loss(x, out)  # each samples its training distances
+        plugin.loss(out.z)
+        backbone.on_epoch_end(epoch)
+        plugin.on_epoch_end(epoch)
+        fitted["deepsvdd"].append(float(backbone.radius) > 0)
+        fitted["plugin"].append(float(plugin.radius) > 0)
+    expected = [e >= first_fit for e in range(4)]
+    assert fitted == {"deepsvdd": expected, "plugin": expected}

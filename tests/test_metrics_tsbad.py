@@ -233,13 +233,12 @@ def test_evaluate_rejects_an_unknown_definition():
         parse_args(["run=x", "definition=tsb"])
 
 
-def test_metrics_definition_is_validated(make_cfg):
-    from madcluster_exp.config import ConfigError, validate
+def test_metrics_definition_is_checked_at_composition(make_cfg):
+    from hydra.errors import ConfigCompositionException
 
-    with pytest.raises(
-        ConfigError, match="metrics.definition='tsb': expected one of vus006, tsbad"
-    ):
-        validate(make_cfg("metrics.definition=tsb"))
+    with pytest.raises(ConfigCompositionException, match=r"metrics\.definition=tsb") as err:
+        make_cfg("metrics.definition=tsb")
+    assert "expected one of [vus006, tsbad]" in str(err.value.__cause__)
 
 
 @live

@@ -69,7 +69,7 @@ def _arm(cfg: DictConfig) -> str:
     mc = cfg.madcluster
     if not mc.enabled:
         return "off"
-    if mc.combine == "backbone_only":
+    if cfg.scoring.combine == "backbone_only":
         return "on_backbone_only"
     return "clustering_only" if mc.components == "clustering" else "on"
 
@@ -455,7 +455,7 @@ def test_report_puts_published_beside_measured_for_a_real_sweep(tmp_path):
             "off"
             if p["madcluster.enabled"] == "False"
             else "on_backbone_only"
-            if p["madcluster.combine"] == "backbone_only"
+            if p["scoring.combine"] == "backbone_only"
             else "on"
         )
         f1.setdefault(arm, []).append(r.data.metrics["test/f1_oracle_entity_mean"])
@@ -484,6 +484,29 @@ def test_report_puts_published_beside_measured_for_a_real_sweep(tmp_path):
         ln for ln in md.splitlines() if ln.startswith("| MSL | usad | 1 | point | 0.71 | 0.72 | ")
     )
     assert line.endswith(f"| +0.01 | {vus['on'] - vus['off']:+.3f} | {agrees} |")
+
+
+@pytest.mark.parametrize(
+    "params,arm",
+    [
+        ({"madcluster.enabled": "False", "scoring.combine": "sum"}, "off"),
+        ({"madcluster.enabled": "True", "scoring.combine": "sum"}, "on"),
+        ({"madcluster.enabled": "True", "scoring.combine": "backbone_only"}, "on_backbone_only"),
+        # logged before the rule moved to the scoring group
+        ({"madcluster.enabled": "True", "madcluster.combine": "backbone_only"}, "on_backbone_only"),
+        ({"madcluster.enabled": "True", "madcluster.components": "clustering"}, "clustering_only"),
+    ],
+)
+def test_run_arm_reads_the_score_rule_from_either_param(params, arm):
+    import pandas as pd
+
+    from madcluster_exp.report_paper import run_arm
+
+    # One frame for old and new runs: each lacks the other's column (NaN).
+    frame = pd.DataFrame(
+        [{f"param:{k}": v for k, v in params.items()}, {"param:scoring.combine": "sum"}]
+    )
+    assert run_arm(frame.iloc[0]) == arm
 
 
 def test_published_file_is_checked_row_by_row(tmp_path):

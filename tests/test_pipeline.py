@@ -165,7 +165,7 @@ def test_deepsvdd_with_madcluster_beats_a_random_scorer(make_cfg, tmp_path):
         ["madcluster=off"],
         ["madcluster.k=3"],
         ["madcluster.variant=reference"],
-        ["madcluster.combine=product", "backbone.objective=soft-boundary"],
+        ["scoring.combine=product", "backbone.objective=soft-boundary"],
         ["backbone.objective=soft-boundary", "madcluster=off"],
         ["scoring.stride=8", "scoring.aggregate=max"],
     ],

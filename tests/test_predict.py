@@ -100,6 +100,32 @@ def test_the_saved_model_is_an_mlflow_pyfunc_model_scoring_as_the_api(finished):
     np.testing.assert_array_equal(out["prediction"].to_numpy(), saved["test_pred"][a:b])
 
 
+def test_a_bundle_with_the_keys_before_their_rename_loads_and_scores_the_same(finished, tmp_path):
+    """Bundles written before backbone.warmup_epochs (Deep SVDD) became radius_warmup_epochs
+    and madcluster.combine became scoring.combine still load, into today's keys."""
+    import json
+    import shutil
+
+    from madcluster_exp.model import ARTIFACT, META, load_bundle
+
+    result, test, saved = finished
+    bundle = shutil.copytree(result.output_dir / "model" / "artifacts" / ARTIFACT, tmp_path / "b")
+    meta = json.loads((bundle / META).read_text())
+    config = meta["config"]
+    assert config["backbone"]["name"] == "deepsvdd"
+    config["backbone"]["warmup_epochs"] = 1  # the old default: fitted from epoch index 0
+    del config["backbone"]["radius_warmup_epochs"]
+    config["madcluster"]["combine"] = config["scoring"].pop("combine")
+    (bundle / META).write_text(json.dumps(meta))
+    det = load_bundle(bundle)
+    assert det.cfg.backbone.radius_warmup_epochs == 0 and "warmup_epochs" not in det.cfg.backbone
+    assert det.cfg.scoring.combine == "sum" and "combine" not in det.cfg.madcluster
+    a, b = saved["entity_bounds"][0]
+    np.testing.assert_allclose(
+        det.score(test.values[a:b]), saved["test_score"][a:b], rtol=1e-6, atol=1e-9
+    )
+
+
 def test_cli_writes_csv_and_npz_of_a_file_and_of_a_dataset(finished, tmp_path):
     result, test, saved = finished
     a, b = saved["entity_bounds"][0]

@@ -221,8 +221,8 @@ def test_evaluate_names_what_it_could_not_find(tmp_path):
     [
         ([], "sum"),
         (["protocol=reference"], "product"),  # the reference code multiplies the two scores
-        (["protocol=reference", "madcluster.combine=sum"], "sum"),  # an explicit choice stays
-        (["madcluster.combine=product"], "product"),
+        (["protocol=reference", "scoring.combine=sum"], "sum"),  # an explicit choice stays
+        (["scoring.combine=product"], "product"),
     ],
 )
 def test_the_score_combination_defaults_by_protocol_unless_set(overrides, rule):
@@ -231,7 +231,7 @@ def test_the_score_combination_defaults_by_protocol_unless_set(overrides, rule):
 
     cfg = compose_config(overrides)
     assert combine_rule(cfg) == rule
-    assert resolve_defaults(cfg).madcluster.combine == rule
+    assert resolve_defaults(cfg).scoring.combine == rule
 
 
 def _window_mean_softmax(n: int, seed: int) -> np.ndarray:
@@ -272,7 +272,7 @@ def test_sum_refuses_to_standardise_a_component_that_is_rounding_noise():
     with pytest.raises(
         ValueError,
         match=r"'backbone' score component.*constant up to rounding"
-        r".*madcluster\.combine=product",
+        r".*scoring\.combine=product",
     ):
         ScoreCombiner("sum").fit(comps)
     # The reference's rule keeps it (a product with a constant only rescales), and a component
@@ -299,7 +299,7 @@ DCDETECTOR_TINY = [
 def test_reference_protocol_multiplies_dcdetectors_scores_by_default(make_cfg, tmp_path):
     result = run(make_cfg(*DCDETECTOR_TINY), output_dir=tmp_path / "j", verbose=False)
     r = MlflowClient(result.tracking_uri).get_run(result.run_id)
-    assert r.data.params["madcluster.combine"] == "product"  # logged resolved
+    assert r.data.params["scoring.combine"] == "product"  # logged resolved
     assert r.data.params["score_rule"] == "product"
     saved = np.load(result.output_dir / "scores.npz")
     np.testing.assert_allclose(
@@ -312,7 +312,7 @@ def test_reference_protocol_multiplies_dcdetectors_scores_by_default(make_cfg, t
 def test_reference_protocol_with_sum_names_dcdetectors_noise_component(make_cfg, tmp_path):
     with pytest.raises(ValueError, match=r"cannot standardise the 'backbone' score component"):
         run(
-            make_cfg(*DCDETECTOR_TINY, "madcluster.combine=sum", "tracking=none"),
+            make_cfg(*DCDETECTOR_TINY, "scoring.combine=sum", "tracking=none"),
             output_dir=tmp_path / "j",
             verbose=False,
         )

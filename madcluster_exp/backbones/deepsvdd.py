@@ -6,8 +6,9 @@ the trivial all-zero solution is not the center). Bias terms and a learnable cen
 the network collapse every input onto the center, which is why neither exists here.
 
 Objectives: ``one-class`` mean ||phi - c||^2; ``soft-boundary`` R^2 + 1/nu * mean(max(0,
-||phi - c||^2 - R^2)) with R the (1 - nu)-quantile of training distances, refitted each epoch
-after ``warmup_epochs``. With MADCluster on, its learnable center replaces this one (never both).
+||phi - c||^2 - R^2)) with R the (1 - nu)-quantile of training distances, refitted at the end of
+each epoch once ``radius_warmup_epochs`` epochs have passed (``nn_utils.radius_due``). With
+MADCluster on, its learnable center replaces this one (never both).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from madcluster_exp.backbones.base import Backbone, BackboneOutput
-from madcluster_exp.nn_utils import QuantileSample
+from madcluster_exp.nn_utils import QuantileSample, radius_due
 
 CENTER_EPS = 0.1
 
@@ -57,7 +58,7 @@ class DeepSVDD(Backbone):
         self.embed_dim = int(cfg.embed_dim)
         self.objective = cfg.objective
         self.nu = float(cfg.nu)
-        self.warmup_epochs = int(cfg.warmup_epochs)
+        self.radius_warmup_epochs = int(cfg.radius_warmup_epochs)
         self.register_buffer("center", torch.zeros(self.embed_dim))
         self.register_buffer("radius", torch.zeros(()))
         self._dist_sample = QuantileSample()
@@ -105,7 +106,7 @@ class DeepSVDD(Backbone):
 
     def on_epoch_end(self, epoch: int) -> Dict[str, float]:
         logs = {}
-        if self.objective == "soft-boundary" and epoch + 1 >= self.warmup_epochs:
+        if self.objective == "soft-boundary" and radius_due(epoch, self.radius_warmup_epochs):
             r = self._dist_sample.quantile(1.0 - self.nu)
             if r is not None:
                 self.radius.fill_(r)

@@ -16,9 +16,10 @@ from typing import Dict, Iterator
 
 import numpy as np
 
+from madcluster_exp.config import Spread
 from madcluster_exp.data import PointScoreAccumulator, SeriesSplit, WindowSet
 
-SPREADS = ("center", "last", "all")
+SPREADS = tuple(Spread)
 # The score component's name: one part, as a backbone without the plug-in.
 COMPONENT = "backbone"
 

@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from madcluster_exp.madcluster import fast, losses
-from madcluster_exp.nn_utils import QuantileSample
+from madcluster_exp.nn_utils import QuantileSample, radius_due
 
 # nu lives in [NU_MARGIN, 1 - NU_MARGIN] whatever its raw parameter does: at nu = 1 the slope of
 # f1 is 0/0, and a plain sigmoid rounds to exactly 1.0 in float32 once its input passes ~17.
@@ -128,7 +128,7 @@ class _PluginBase(nn.Module):
 
     def on_epoch_end(self, epoch: int) -> Dict[str, float]:
         """Refit R from this epoch's training distances (soft-boundary); report the state."""
-        if self.objective == "soft-boundary" and epoch + 1 > self.radius_warmup_epochs:
+        if self.objective == "soft-boundary" and radius_due(epoch, self.radius_warmup_epochs):
             r = self._dist_sample.quantile(1.0 - self.nu_r)
             if r is not None:
                 self.radius.fill_(r)

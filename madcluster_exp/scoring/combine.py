@@ -1,4 +1,4 @@
-"""How the MADCluster score meets the backbone score (``madcluster.combine``).
+"""How the MADCluster score meets the backbone score (``scoring.combine``).
 
 - ``sum``: sum of the two scores, each standardised with mean/std of its *validation* scores
   (honest: no test statistics), so neither dominates by scale alone;
@@ -22,7 +22,9 @@ from typing import Dict
 
 import numpy as np
 
-RULES = ("sum", "product", "madcluster_only", "backbone_only")
+from madcluster_exp.config import Combine
+
+RULES = tuple(Combine)
 
 # A spread below this fraction of |mean| is rounding, not signal: ~8 float32 rounding units
 # (eps = 1.19e-7); real scores spread by far more, DCdetector's window means by ~3e-8.
@@ -32,7 +34,7 @@ NOISE_RTOL = 1e-6
 class ScoreCombiner:
     def __init__(self, rule: str):
         if rule not in RULES:
-            raise ValueError(f"madcluster.combine={rule!r}: expected one of {', '.join(RULES)}")
+            raise ValueError(f"scoring.combine={rule!r}: expected one of {', '.join(RULES)}")
         self.rule = rule
         self.stats: Dict[str, tuple] = {}
 
@@ -50,21 +52,21 @@ class ScoreCombiner:
         for name, s in val_components.items():
             if rule == "product" and float(np.min(s)) < 0:
                 raise ValueError(
-                    f"madcluster.combine=product cannot use the {name!r} score component: it "
+                    f"scoring.combine=product cannot use the {name!r} score component: it "
                     f"takes negative values (validation minimum {float(np.min(s)):.4g}), and a "
                     "product with a signed score is not monotone in it. Use "
-                    "madcluster.combine=sum (standardised sum) or one component alone."
+                    "scoring.combine=sum (standardised sum) or one component alone."
                 )
             mean, std = float(np.mean(s)), float(np.std(s))
             if standardises and std <= NOISE_RTOL * abs(mean):
                 raise ValueError(
-                    f"madcluster.combine=sum cannot standardise the {name!r} score component: "
+                    f"scoring.combine=sum cannot standardise the {name!r} score component: "
                     f"its validation scores are constant up to rounding (mean {mean:.9g}, std "
                     f"{std:.3g}, {std / abs(mean) if mean else 0.0:.2g} of the mean, limit "
                     f"{NOISE_RTOL:g}), so standardising would turn rounding noise into half of "
                     "the score. (DCdetector's window-mean score is exactly 1/T under "
-                    "protocol=reference.) Use madcluster.combine=product (the reference code's "
-                    "rule and protocol=reference's default) or madcluster.combine="
+                    "protocol=reference.) Use scoring.combine=product (the reference code's "
+                    "rule and protocol=reference's default) or scoring.combine="
                     f"{'madcluster_only' if name == 'backbone' else 'backbone_only'}."
                 )
             self.stats[name] = (mean, std)
@@ -86,7 +88,7 @@ class ScoreCombiner:
             name = rule[: -len("_only")]
             if name not in components:
                 raise ValueError(
-                    f"madcluster.combine={self.rule!r} but there is no {name!r} "
+                    f"scoring.combine={self.rule!r} but there is no {name!r} "
                     f"score component (have {sorted(components)})"
                 )
             return components[name]

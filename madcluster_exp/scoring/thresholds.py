@@ -16,6 +16,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from madcluster_exp.config import ThresholdKind
 from madcluster_exp.metrics.point import best_f1
 
 
@@ -231,7 +232,7 @@ class OracleThreshold(Threshold):
         return (np.asarray(scores) >= self.value).astype(np.int8)
 
 
-KINDS = ("val_percentile", "pot", "spot", "transductive", "oracle")
+KINDS = tuple(ThresholdKind)
 
 
 def build_threshold(cfg) -> Threshold:
