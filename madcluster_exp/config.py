@@ -850,7 +850,7 @@ def inert_settings(cfg: DictConfig) -> List[str]:
                 default = _schema_default(key, cfg)
             except Exception:  # noqa: BLE001 - a key the schema does not know has no default
                 continue
-            if value is not None and default is not None and value != default:
+            if value is not None and value != default:  # a None default set is named too
                 found.append(f"{key}={value} ({why})")
     return found
 

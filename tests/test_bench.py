@@ -82,19 +82,25 @@ def test_benchmark_builds_and_configures_detectors_as_a_run_does():
     assert not bench_config("usad", "on").madcluster.compile
 
 
-def _wait_policy(env_extra: dict) -> str:
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    code = "import os, madcluster_exp; print(os.environ['OMP_WAIT_POLICY'])"
-    return subprocess.run(
-        [sys.executable, "-c", code], env={**env, **env_extra}, capture_output=True, text=True
-    ).stdout.strip()
+def _openmp_environment(**given: str) -> tuple:
+    drop = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    code = (
+        "import os, madcluster_exp; "
+        "print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={**env, **given}, capture_output=True, text=True
+    )
+    return tuple(out.stdout.split())
 
 
-def test_openmp_threads_sleep_at_barriers_unless_the_environment_says_otherwise():
-    """Spinning OpenMP threads burn the CPU share of a run that shares its cores; the package
-    asks libgomp for the passive policy before torch loads it, and an explicit setting wins."""
-    assert _wait_policy({}) == "PASSIVE"
-    assert _wait_policy({"OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"
+def test_openmp_threads_spin_briefly_unless_the_environment_sets_a_policy():
+    """libgomp's long default spin burns the CPU share of a run that shares its cores; the
+    package shortens it before torch loads libgomp, and a policy or spin count given wins."""
+    assert _openmp_environment() == ("None", "10000")
+    assert _openmp_environment(OMP_WAIT_POLICY="PASSIVE") == ("PASSIVE", "None")
+    assert _openmp_environment(GOMP_SPINCOUNT="300000") == ("None", "300000")
 
 
 def test_busy_processes_run_during_the_block_and_are_gone_after():

@@ -234,6 +234,8 @@ def test_option_files_hold_only_what_differs_from_the_schema(path):
         (["backbone.radius_warmup_epochs=2"], ["backbone.radius_warmup_epochs=2"]),
         (["protocol=reference", "threshold=pot"], ["threshold.kind=pot"]),
         (["madcluster=off", "madcluster.k=4"], ["madcluster.k=4"]),
+        (["madcluster=off", "scoring.combine=sum"], ["scoring.combine=sum"]),
+        (["madcluster.k=2", "madcluster.nu_lr=0.01"], ["madcluster.nu_lr=0.01"]),
     ],
 )
 def test_settings_without_effect_are_named(overrides, named):
