@@ -261,6 +261,7 @@ def test_submitit_local_launcher_runs_children_of_one_parent(tmp_path):
     assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
 
 
+@pytest.mark.slow  # the sweeper plug-in and its report run by default in test_search
 def test_optuna_search_minimises_the_validation_loss(tmp_path):
     out = _cli(["-m", *FAST, "hparams_search=optuna_val", "hydra.sweeper.n_trials=2"], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
