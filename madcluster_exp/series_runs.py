@@ -138,7 +138,8 @@ def _series(
     child_ids,
     skipped,
 ) -> Optional[object]:
-    from madcluster_exp.run import _fit_and_score, flatten, identity_tags
+    from madcluster_exp.fitting import fit_and_score
+    from madcluster_exp.run import flatten, identity_tags
 
     info = collection.describe(entity)
     try:
@@ -159,7 +160,7 @@ def _series(
     child_ids[entity] = child.run_id
     t0 = time.perf_counter()
     try:
-        unit = _fit_and_score(
+        unit = fit_and_score(
             cfg,
             child,
             name,

@@ -151,10 +151,10 @@ def test_command_line_restricts_the_paper_sweep():
 # ------------------------------------------------------------- reference-only training options
 def _fit_spy(monkeypatch):
     """Record the detector each run trains and the learning rate its optimizer steps with."""
-    import madcluster_exp.run as run_module
+    import madcluster_exp.fitting as fitting_module
 
     seen = {"detector": None, "step_lr": []}
-    real_fit = run_module.fit
+    real_fit = fitting_module.fit
 
     def spying_fit(detector, data, settings, device, **kwargs):
         seen["detector"] = detector
@@ -168,7 +168,7 @@ def _fit_spy(monkeypatch):
         detector.training_step = step
         return real_fit(detector, data, settings, device, **kwargs)
 
-    monkeypatch.setattr(run_module, "fit", spying_fit)
+    monkeypatch.setattr(fitting_module, "fit", spying_fit)
     return seen
 
 
@@ -253,16 +253,16 @@ def test_he_init_gives_kaiming_std_and_zero_biases():
 
 
 def test_train_init_he_reaches_the_backbone_of_a_run(make_cfg, tmp_path, monkeypatch):
-    import madcluster_exp.run as run_module
+    import madcluster_exp.fitting as fitting_module
 
     inits = []
-    real_fit = run_module.fit
+    real_fit = fitting_module.fit
 
     def first_weights(detector, data, settings, device, **kwargs):
         inits.append(detector.backbone.encoder[0].weight.detach().clone())
         return real_fit(detector, data, settings, device, **kwargs)
 
-    monkeypatch.setattr(run_module, "fit", first_weights)
+    monkeypatch.setattr(fitting_module, "fit", first_weights)
     for kind in ("default", "he"):
         _run(
             make_cfg, tmp_path / kind, "train.epochs=1", f"train.init={kind}", "backbone.hidden=256"

@@ -11,7 +11,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-import madcluster_exp.run as run_module
+import madcluster_exp.fitting as fitting_module
 from madcluster_exp.detector import Detector
 from madcluster_exp.run import run
 
@@ -77,7 +77,7 @@ def test_end_to_end_run_writes_an_mlflow_run_with_expected_keys(make_cfg, tmp_pa
 
 def test_test_split_stays_sealed_until_fit_returns(make_cfg, tmp_path, monkeypatch):
     states = []
-    real_fit = run_module.fit
+    real_fit = fitting_module.fit
 
     def spying_fit(detector, data, settings, device, **kwargs):
         states.append(("before", data.test.sealed))
@@ -85,12 +85,12 @@ def test_test_split_stays_sealed_until_fit_returns(make_cfg, tmp_path, monkeypat
         states.append(("after", data.test.sealed))
         return out
 
-    monkeypatch.setattr(run_module, "fit", spying_fit)
+    monkeypatch.setattr(fitting_module, "fit", spying_fit)
     run(make_cfg("tracking=none"), output_dir=tmp_path / "job", verbose=False)
     assert states == [("before", True), ("after", True)]
 
 
-_REAL_FIT = run_module.fit
+_REAL_FIT = fitting_module.fit
 _REAL_STEP = Detector.training_step
 
 
@@ -106,7 +106,7 @@ def _record_run(make_cfg, tmp_path, monkeypatch, state):
         seen["batches"].append(x.clone())
         return real_step(self, x, epoch)
 
-    monkeypatch.setattr(run_module, "fit", spying_fit)
+    monkeypatch.setattr(fitting_module, "fit", spying_fit)
     monkeypatch.setattr(Detector, "training_step", spying_step)
     run(
         make_cfg(
@@ -184,7 +184,7 @@ def test_a_crash_marks_the_run_failed_and_keeps_what_was_written(make_cfg, tmp_p
     def broken_scoring(*args, **kwargs):
         raise RuntimeError("scoring exploded")
 
-    monkeypatch.setattr(run_module, "score_split", broken_scoring)
+    monkeypatch.setattr(fitting_module, "score_split", broken_scoring)
     cfg = make_cfg()
     with pytest.raises(RuntimeError, match="scoring exploded"):
         run(cfg, output_dir=tmp_path / "job", verbose=False)

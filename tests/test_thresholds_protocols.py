@@ -403,13 +403,14 @@ def test_an_unknown_protocol_is_refused_naming_the_choices():
 
 
 def test_the_job_never_compares_the_protocol_itself():
-    """run.py, series_runs.py and artifacts.py ask the protocol object; no comparison in them
-    reads ``.protocol`` (the one place that does is protocols.protocol_for)."""
+    """run.py, fitting.py, series_runs.py and artifacts.py ask the protocol object; no
+    comparison in them reads ``.protocol`` (the one place that does is protocols.protocol_for)."""
     import madcluster_exp.artifacts as artifacts_module
+    import madcluster_exp.fitting as fitting_module
     import madcluster_exp.run as run_module
     import madcluster_exp.series_runs as series_module
 
-    for module in (run_module, series_module, artifacts_module):
+    for module in (run_module, fitting_module, series_module, artifacts_module):
         tree = ast.parse(inspect.getsource(module))
         compared = [
             node.lineno
