@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import FAST
@@ -59,6 +60,8 @@ def _sweep_dir(cwd: Path, name: str) -> Path:
     return cwd / "outputs" / "multiruns" / name
 
 
+# A Ray cluster, a PostgreSQL-backed server and a sweep: over a minute on 2 cores.
+@pytest.mark.slow
 def test_sweep_on_a_ray_cluster_into_the_postgres_server_and_a_killed_job(
     tmp_path, ray_cluster, server
 ):

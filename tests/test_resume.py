@@ -42,6 +42,8 @@ def _env():
     return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
 
 
+# Two full runs and a killed one; test_rerun continues a run's checkpoints by default.
+@pytest.mark.slow
 def test_kill_9_then_rerun_continues_to_the_same_metrics_in_the_same_mlflow_run(tmp_path):
     # Uninterrupted reference run.
     ref = subprocess.run(

@@ -50,6 +50,8 @@ def _tags(run):
     return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
 
 
+# Eight jobs through the server; the server itself is tested by default by the migration test.
+@pytest.mark.slow
 def test_parallel_sweep_of_8_jobs_reads_back_over_rest_none_lost_none_duplicated(tmp_path, server):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["MLFLOW_TRACKING_URI"] = server
