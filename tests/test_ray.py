@@ -108,3 +108,30 @@ def test_sweep_on_a_ray_cluster_into_the_postgres_server_and_a_killed_job(
         "WorkerCrashedError" in killed.data.tags["error"]
         or "died" in killed.data.tags["error"].lower()
     )
+
+
+def test_the_ray_launcher_is_found_and_configured_from_the_command_line(tmp_path):
+    """Hydra discovers the plug-in and composes its settings (the sweep itself: make test-all)."""
+    import importlib
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "madcluster_exp",
+            "hydra/launcher=ray",
+            "hydra.launcher.cpus_per_job=2",
+            "--cfg",
+            "hydra",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    launcher = out.stdout.split("  launcher:\n", 1)[1].split("  sweeper:", 1)[0]
+    target = "hydra_plugins.madcluster_ray_launcher.ray_launcher.RayLauncher"
+    assert f"_target_: {target}" in launcher and "cpus_per_job: 2" in launcher
+    module, name = target.rsplit(".", 1)
+    assert callable(getattr(importlib.import_module(module), name))
