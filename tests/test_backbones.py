@@ -175,8 +175,9 @@ def _quality_run(tmp_path, backbone, state, extra):
 
 
 # Anomaly Transformer needs minutes of training before its association weighting helps (86 s
-# here on 2 cores): its quality check runs with `make test-all`.
-SLOW_QUALITY = {"anomaly_transformer"}
+# here on 2 cores) and THOC's dilated RNN takes ~10 s per state: their quality checks run with
+# `make test-all` (THOC's own unit tests run by default).
+SLOW_QUALITY = {"anomaly_transformer", "thoc"}
 
 
 @pytest.mark.parametrize(

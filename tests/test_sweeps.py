@@ -253,6 +253,7 @@ def test_k_sweep_report_has_curves(tmp_path):
     assert list((tmp_path / "outputs" / "reports").glob("*/k_sweep.png"))
 
 
+@pytest.mark.slow  # a process per job through submitit; joblib's parallel sweep runs by default
 def test_submitit_local_launcher_runs_children_of_one_parent(tmp_path):
     out = _cli(["-m", *FAST, "hydra/launcher=submitit_local", "seed=0,1"], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -296,6 +297,7 @@ def test_optuna_search_minimises_the_validation_loss(tmp_path):
     )
 
 
+@pytest.mark.slow  # composed by default in test_config; sweeps run by default elsewhere
 def test_experiment_smoke_is_a_sweep_of_off_on_and_seeds(tmp_path):
     out = _cli(["-m", "experiment=smoke", "train.epochs=1"], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
