@@ -188,6 +188,7 @@ def test_sweep_logged_to_a_real_mlflow_server_reads_back_over_rest(tmp_path):
         server.wait(timeout=30)
 
 
+@pytest.mark.slow  # a sweep + report, as test_report_pasting's default k-sweep report test
 def test_report_from_a_sweep_dir_writes_tables_plots_and_logs_them(tmp_path):
     out = _cli(["-m", *FAST, "madcluster=off,on", "seed=0,1", "madcluster.k=1"], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
