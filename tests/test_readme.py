@@ -122,7 +122,7 @@ def _first_of_sweep(value: str) -> str:
     """``off,on`` -> ``off`` (a sweep's first job); commas inside brackets stay."""
     depth = 0
     for i, ch in enumerate(value):
-        depth += ch in "[(" and 1 or ch in "])" and -1 or 0
+        depth += (ch in "[(") - (ch in "])")
         if ch == "," and depth == 0:
             return value[:i]
     return value
