@@ -6,7 +6,7 @@ import hydra
 from omegaconf import DictConfig
 
 from madcluster_exp.app import CONFIG_DIR, job, normalise_argv
-from madcluster_exp.job_context import JobContext
+from madcluster_exp.pipeline.context import JobContext
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")

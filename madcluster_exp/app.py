@@ -18,8 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from madcluster_exp.config import register_configs
 from madcluster_exp.errors import ExpectedError, full_error_requested, report
-from madcluster_exp.job_context import JobContext
 from madcluster_exp.launchers import register_plugins
+from madcluster_exp.pipeline.context import JobContext
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("madcluster_exp")
@@ -68,7 +68,7 @@ def job(cfg: DictConfig, context: JobContext) -> float:
     loss (NaN for a classical detector, which has none), or VUS-PR on the validation
     split with injected anomalies. ``context``: the Hydra run the job is part of."""
     from madcluster_exp.config import SEARCH_OBJECTIVES
-    from madcluster_exp.run import run
+    from madcluster_exp.pipeline.job import run
 
     try:
         result = run(cfg, context)

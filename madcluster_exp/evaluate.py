@@ -20,12 +20,12 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from madcluster_exp.cli import Option, parse
 from madcluster_exp.errors import ExpectedError, cli_errors
+from madcluster_exp.evaluation.protocols import reference_metrics
 from madcluster_exp.metrics import basic_suite
 from madcluster_exp.metrics.suite import definition_suite
-from madcluster_exp.protocols import reference_metrics
 from madcluster_exp.tracking.lookup import find_run
+from madcluster_exp.utils.cli_args import Option, parse
 
 USAGE = __doc__.split("\n\n")[1]
 

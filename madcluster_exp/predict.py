@@ -24,10 +24,16 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from madcluster_exp.cli import Option, parse
 from madcluster_exp.errors import cli_errors
-from madcluster_exp.model import ARTIFACT, ModelError, TrainedDetector, choose_model, read_bundle
+from madcluster_exp.serving.bundle import (
+    ARTIFACT,
+    ModelError,
+    TrainedDetector,
+    choose_model,
+    read_bundle,
+)
 from madcluster_exp.tracking.lookup import find_run
+from madcluster_exp.utils.cli_args import Option, parse
 
 USAGE = __doc__.split("\n\n")[1]
 

@@ -22,7 +22,7 @@ from madcluster_exp.backbones.slmr import Res2NetBlock, geometric_mask, interlea
 from madcluster_exp.bench.dcdetector_baseline import MaterialisedDCdetector, materialised_kl
 from madcluster_exp.data import SeriesSplit
 from madcluster_exp.detector import Detector, build_detector
-from madcluster_exp.run import run
+from madcluster_exp.pipeline.job import run
 from madcluster_exp.scoring import score_split
 from tests.conftest import compose_config
 
@@ -562,7 +562,7 @@ def test_complexity_is_logged_and_madcluster_adds_few_parameters_and_macs(make_c
 def test_macs_count_recurrent_layers_by_formula():
     from torch import nn
 
-    from madcluster_exp.complexity import count_macs
+    from madcluster_exp.detector.complexity import count_macs
 
     x = torch.randn(3, 5, 4)
     lstm = nn.LSTM(4, 8, 2, batch_first=True)

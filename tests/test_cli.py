@@ -12,8 +12,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from madcluster_exp.app import normalise_argv
-from madcluster_exp.cli import Option, UsageError, parse
 from madcluster_exp.tracking.callbacks import sweep_summary
+from madcluster_exp.utils.cli_args import Option, UsageError, parse
 
 
 def _run(module, *args, cwd, **env):

@@ -131,7 +131,7 @@ def test_a_choice_is_its_plain_string_in_run_name_and_mlflow_params(tmp_path):
     from mlflow.tracking import MlflowClient
 
     from madcluster_exp.config import Objective, Protocol
-    from madcluster_exp.run import flatten, run_name
+    from madcluster_exp.pipeline.job import flatten, run_name
     from madcluster_exp.tracking import build_tracker
 
     cfg = compose_config(["madcluster.objective=soft-boundary", "scoring.combine=product"])
@@ -262,7 +262,7 @@ def test_pot_tail_risk_must_be_below_the_share_above_the_initial_threshold():
 
 
 def test_a_run_warns_once_naming_the_settings_without_effect(make_cfg, tmp_path):
-    from madcluster_exp.run import run
+    from madcluster_exp.pipeline.job import run
 
     cfg = make_cfg("madcluster.k=3", "madcluster.tau=0.2", "train.epochs=1", "tracking=none")
     with pytest.warns(UserWarning, match=r"no effect here: madcluster.tau=0.2 \(madcluster.k=3"):

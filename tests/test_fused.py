@@ -235,7 +235,7 @@ def test_the_op_applies_to_cpu_float_embeddings_only():
 
 def test_the_mac_count_sees_the_plugins_matmuls_on_a_fast_path_embedding():
     """count_macs switches the plug-in to the composition: z . c over B x T steps and c . c."""
-    from madcluster_exp.complexity import count_macs
+    from madcluster_exp.detector.complexity import count_macs
 
     plugin = _plugin().float().eval()
     z = torch.randn(B, T, F)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from madcluster_exp.job_context import JobContext, search_tags
-from madcluster_exp.run import finished_job, identity_tags, job_output_dir, project_root
+from madcluster_exp.pipeline.context import JobContext, search_tags
+from madcluster_exp.pipeline.job import finished_job, identity_tags, job_output_dir, project_root
 from madcluster_exp.tracking.callbacks import PARENT_FILE
 from tests.conftest import compose_config
 

@@ -359,7 +359,7 @@ def test_deepsvdd_and_the_plugin_fit_their_radius_by_one_warmup_rule(warmup, fir
     """radius_due is the one rule: epochs are 0-based and the radius is fitted at the end of
     epoch index ``warmup`` and after (warm-up 0: after epoch 0; warm-up 2: first at epoch 2)."""
     from madcluster_exp.backbones.deepsvdd import DeepSVDD
-    from madcluster_exp.nn_utils import radius_due
+    from madcluster_exp.utils.nn import radius_due
     from tests.conftest import compose_config
 
     assert [radius_due(e, warmup) for e in range(4)] == [e >= first_fit for e in range(4)]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import subprocess
 import time
 
-import madcluster_exp.protocols as protocols_module
-from madcluster_exp.complexity import complexity
+import madcluster_exp.evaluation.protocols as protocols_module
 from madcluster_exp.detector import build_detector
-from madcluster_exp.run import git_tags, run
+from madcluster_exp.detector.complexity import complexity
+from madcluster_exp.pipeline.job import git_tags, run
 
 
 def _macs(make_cfg, *overrides):

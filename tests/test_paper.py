@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from madcluster_exp.app import CONFIG_DIR
 from madcluster_exp.config import ConfigError, validate
-from madcluster_exp.run import check_backbone_score_exists
+from madcluster_exp.pipeline.job import check_backbone_score_exists
 
 PAPER_BACKBONES = {
     "deepsvdd",
@@ -151,7 +151,7 @@ def test_command_line_restricts_the_paper_sweep():
 # ------------------------------------------------------------- reference-only training options
 def _fit_spy(monkeypatch):
     """Record the detector each run trains and the learning rate its optimizer steps with."""
-    import madcluster_exp.fitting as fitting_module
+    import madcluster_exp.pipeline.unit as fitting_module
 
     seen = {"detector": None, "step_lr": []}
     real_fit = fitting_module.fit
@@ -173,7 +173,7 @@ def _fit_spy(monkeypatch):
 
 
 def _run(make_cfg, tmp_path, *overrides):
-    from madcluster_exp.run import run
+    from madcluster_exp.pipeline.job import run
 
     cfg = make_cfg(
         "tracking=none", "train.checkpoint=false", "train.max_batches_per_epoch=2", *overrides
@@ -234,7 +234,7 @@ def test_amsgrad_is_set_on_the_backbone_optimizer(make_cfg, tmp_path, monkeypatc
 
 
 def test_he_init_gives_kaiming_std_and_zero_biases():
-    from madcluster_exp.nn_utils import init_weights
+    from madcluster_exp.utils.nn import init_weights
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(
@@ -253,7 +253,7 @@ def test_he_init_gives_kaiming_std_and_zero_biases():
 
 
 def test_train_init_he_reaches_the_backbone_of_a_run(make_cfg, tmp_path, monkeypatch):
-    import madcluster_exp.fitting as fitting_module
+    import madcluster_exp.pipeline.unit as fitting_module
 
     inits = []
     real_fit = fitting_module.fit
@@ -275,7 +275,7 @@ def test_train_init_he_reaches_the_backbone_of_a_run(make_cfg, tmp_path, monkeyp
 
 def test_mapping_only_is_refused_where_the_plugin_replaces_the_objective():
     from madcluster_exp.config import ConfigError
-    from madcluster_exp.run import check_components_apply
+    from madcluster_exp.pipeline.job import check_components_apply
     from tests.conftest import compose_config
 
     with pytest.raises(ConfigError, match="'distance only' row .* use madcluster=off"):
@@ -500,7 +500,7 @@ def test_report_puts_published_beside_measured_for_a_real_sweep(tmp_path):
 def test_run_arm_reads_the_score_rule_from_either_param(params, arm):
     import pandas as pd
 
-    from madcluster_exp.report_paper import run_arm
+    from madcluster_exp.report.paper import run_arm
 
     # One frame for old and new runs: each lacks the other's column (NaN).
     frame = pd.DataFrame(
@@ -510,7 +510,7 @@ def test_run_arm_reads_the_score_rule_from_either_param(params, arm):
 
 
 def test_published_file_is_checked_row_by_row(tmp_path):
-    from madcluster_exp.report_paper import PUBLISHED, PublishedDataError, load_published
+    from madcluster_exp.report.paper import PUBLISHED, PublishedDataError, load_published
 
     table = load_published()
     assert len(table) == 7 * 2 * 3 + 4 * 3 * 3 + 10 * 4 * 3

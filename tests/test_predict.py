@@ -13,15 +13,15 @@ import pandas as pd
 import pytest
 
 from madcluster_exp.data import load_dataset
-from madcluster_exp.model import ModelError
+from madcluster_exp.pipeline.job import run
 from madcluster_exp.predict import load_detector
-from madcluster_exp.run import run
 from madcluster_exp.scoring.thresholds import (
     SPOTThreshold,
     build_threshold,
     fit_threshold,
     threshold_from_state,
 )
+from madcluster_exp.serving.bundle import ModelError
 from tests.conftest import FAST, ROOT, compose_config
 
 
@@ -106,7 +106,7 @@ def test_a_bundle_with_the_keys_before_their_rename_loads_and_scores_the_same(fi
     import json
     import shutil
 
-    from madcluster_exp.model import ARTIFACT, META, load_bundle
+    from madcluster_exp.serving.bundle import ARTIFACT, META, load_bundle
 
     result, test, saved = finished
     bundle = shutil.copytree(result.output_dir / "model" / "artifacts" / ARTIFACT, tmp_path / "b")

@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from madcluster_exp.plots.sweep import sweep_curves_figure
-from madcluster_exp.report import Sweep, load_sweep, sweep_factors, training_curves
+from madcluster_exp.report.build import Sweep, load_sweep, sweep_factors, training_curves
 
 FAST = [
     "dataset.n_entities=2",
@@ -140,7 +140,7 @@ def test_an_optuna_report_groups_by_every_swept_parameter():
 
 
 def test_k_curves_are_labelled_by_the_other_factors_and_average_over_seeds():
-    from madcluster_exp.report import k_curves
+    from madcluster_exp.report.build import k_curves
 
     runs = pd.DataFrame(
         {

@@ -10,7 +10,7 @@ import sys
 
 from mlflow.tracking import MlflowClient
 
-from madcluster_exp.identity import config_id, resume_conflicts
+from madcluster_exp.config.identity import config_id, resume_conflicts
 
 TINY = [
     "dataset.n_entities=1",
@@ -130,7 +130,7 @@ def test_config_id_is_shared_by_seeds_and_differs_between_configurations():
 
 
 def test_run_names_tell_configurations_apart_and_seeds_share_the_config_id():
-    from madcluster_exp.run import run_name
+    from madcluster_exp.pipeline.job import run_name
     from tests.conftest import compose_config
 
     variants = [

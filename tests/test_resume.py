@@ -14,7 +14,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from madcluster_exp.detector import Detector
-from madcluster_exp.run import run
+from madcluster_exp.pipeline.job import run
 from madcluster_exp.training import TrainingDivergedError
 
 ARGS = [

@@ -10,8 +10,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from madcluster_exp.evaluate import EvaluateError, locate
-from madcluster_exp.model import ModelError
 from madcluster_exp.predict import open_run
+from madcluster_exp.serving.bundle import ModelError
 from madcluster_exp.tracking.lookup import RunNotFound, RunRef, find_run
 
 

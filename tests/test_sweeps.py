@@ -409,7 +409,7 @@ def test_onoff_table_pairs_every_arm_with_off_by_seed(combine_key):
     import numpy as np
     from scipy.stats import ttest_rel
 
-    from madcluster_exp.report_onoff import onoff_table
+    from madcluster_exp.report.onoff import onoff_table
 
     off = [0.60, 0.62, 0.65, 0.58, 0.61]
     on_sum, on_bb = [0.70, 0.69, 0.74, 0.66, 0.72], [0.61, 0.66, 0.64, 0.60, 0.60]
@@ -458,7 +458,7 @@ def test_onoff_table_pairs_every_arm_with_off_by_seed(combine_key):
 
 
 def test_onoff_table_pairs_with_off_runs_of_the_same_plugin_setting_where_off_varies():
-    from madcluster_exp.report_onoff import onoff_table
+    from madcluster_exp.report.onoff import onoff_table
 
     # A sweep of madcluster=off,on x madcluster.k=1,3: off runs exist for both k.
     rows = [

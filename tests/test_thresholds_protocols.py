@@ -15,14 +15,14 @@ from mlflow.tracking import MlflowClient
 from scipy.stats import genpareto
 
 from madcluster_exp.config import ConfigError
-from madcluster_exp.protocols import (
+from madcluster_exp.evaluation.protocols import (
     PointProtocol,
     ReferenceProtocol,
     effective_threshold_kind,
     protocol_for,
     reference_metrics,
 )
-from madcluster_exp.run import run
+from madcluster_exp.pipeline.job import run
 from madcluster_exp.scoring.score import window_labels
 from madcluster_exp.scoring.thresholds import (
     OracleThreshold,
@@ -405,10 +405,10 @@ def test_an_unknown_protocol_is_refused_naming_the_choices():
 def test_the_job_never_compares_the_protocol_itself():
     """run.py, fitting.py, series_runs.py and artifacts.py ask the protocol object; no
     comparison in them reads ``.protocol`` (the one place that does is protocols.protocol_for)."""
-    import madcluster_exp.artifacts as artifacts_module
-    import madcluster_exp.fitting as fitting_module
-    import madcluster_exp.run as run_module
-    import madcluster_exp.series_runs as series_module
+    import madcluster_exp.pipeline.collection as series_module
+    import madcluster_exp.pipeline.job as run_module
+    import madcluster_exp.pipeline.outputs as artifacts_module
+    import madcluster_exp.pipeline.unit as fitting_module
 
     for module in (run_module, fitting_module, series_module, artifacts_module):
         tree = ast.parse(inspect.getsource(module))

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from madcluster_exp.backbones.base import Backbone, BackboneOutput
-from madcluster_exp.nn_utils import QuantileSample, radius_due
+from madcluster_exp.utils.nn import QuantileSample, radius_due
 
 CENTER_EPS = 0.1
 

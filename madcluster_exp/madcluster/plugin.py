@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from madcluster_exp.madcluster import fast, losses
-from madcluster_exp.nn_utils import QuantileSample, radius_due
+from madcluster_exp.utils.nn import QuantileSample, radius_due
 
 # nu lives in [NU_MARGIN, 1 - NU_MARGIN] whatever its raw parameter does: at nu = 1 the slope of
 # f1 is 0/0, and a plain sigmoid rounds to exactly 1.0 in float32 once its input passes ~17.

@@ -91,7 +91,7 @@ class MLflowSweepCallback(Callback):
         sweeper = config.hydra.sweeper
         if "study_name" in sweeper:  # an Optuna search: which study, what it optimises
             from madcluster_exp.config import SEARCH_OBJECTIVES
-            from madcluster_exp.job_context import search_tags
+            from madcluster_exp.pipeline.context import search_tags
 
             metric, direction = SEARCH_OBJECTIVES[config.search.objective]
             tags.update(search_tags(sweeper))

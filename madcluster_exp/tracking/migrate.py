@@ -15,8 +15,8 @@ import sys
 import tempfile
 from typing import Dict, List, Optional
 
-from madcluster_exp.cli import Option, parse
 from madcluster_exp.errors import cli_errors
+from madcluster_exp.utils.cli_args import Option, parse
 
 MIGRATED_TAG = "migrated_from"
 PARENT_TAG = "mlflow.parentRunId"

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Iterator, List, Optional
 from urllib.parse import urlsplit, urlunsplit
 
-from madcluster_exp.cli import Option, parse
 from madcluster_exp.errors import ExpectedError, cli_errors
+from madcluster_exp.utils.cli_args import Option, parse
 
 #: The local PostgreSQL server's `mlflow` database (trust authentication on 127.0.0.1).
 DEFAULT_BACKEND = "postgresql://127.0.0.1:5432/mlflow"

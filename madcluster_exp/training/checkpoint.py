@@ -20,8 +20,8 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
+from madcluster_exp.config.identity import MAY_GROW, resume_conflicts
 from madcluster_exp.errors import ExpectedError
-from madcluster_exp.identity import MAY_GROW, resume_conflicts
 
 
 class ResumeError(ExpectedError):

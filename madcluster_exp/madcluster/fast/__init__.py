@@ -36,7 +36,8 @@ def composition_only():
     """Within this block every plug-in path takes the composition of torch ops.
 
     For code that observes the plug-in through torch's dispatcher: the MAC counter
-    (:func:`madcluster_exp.complexity.count_macs`, a ``FlopCounterMode``) sees torch ops only,
+    (:func:`~madcluster_exp.detector.complexity.count_macs`, a ``FlopCounterMode``) sees torch
+    ops only,
     and the compiled loops are not torch ops, so it counts inside this block. (torch offers no
     public way to ask whether a dispatch mode is active; a flag of our own, set where such a
     mode is entered, says it without one.)

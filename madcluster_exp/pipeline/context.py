@@ -1,7 +1,8 @@
 """What a job knows of the Hydra run it is part of, read once at the entry point.
 
 ``python -m madcluster_exp`` reads Hydra's runtime config into a :class:`JobContext` and hands
-it to :func:`madcluster_exp.run.run`; nothing below the entry point reads ``HydraConfig``. A job
+it to :func:`madcluster_exp.pipeline.job.run`; nothing below the entry point reads
+``HydraConfig``. A job
 started from Python (tests, notebooks) gets :meth:`JobContext.outside_hydra`: the current
 directory, no sweep, no overrides.
 """

@@ -91,7 +91,7 @@ def study_trials(storage: str, study_name: str) -> Tuple[pd.DataFrame, Optional[
 
 def memory_trials(runs: pd.DataFrame, direction: str) -> Tuple[pd.DataFrame, Optional[int]]:
     """A one-process study from its runs: the searched parameters are those that vary."""
-    from madcluster_exp.report import NOT_A_FACTOR, _is_derived
+    from madcluster_exp.report.build import NOT_A_FACTOR, _is_derived
 
     finished = runs["run_status"] == "FINISHED"
     factors = [

@@ -143,7 +143,7 @@ def onoff_table(
 
 def section(sweep, metrics: Sequence[str], out_dir: Path) -> Tuple[List[str], List[Path]]:
     """The report's on/off section (markdown lines) and its files (``onoff.csv``, bars)."""
-    from madcluster_exp.report import to_markdown
+    from madcluster_exp.report.build import to_markdown
 
     table = onoff_table(sweep.runs, sweep.factors, metrics)
     if table is None or table.empty:

@@ -15,7 +15,7 @@ from torch import nn
 from madcluster_exp.backbones import backbone_class
 from madcluster_exp.backbones.base import Backbone, StepContext, combine_losses, loss_logs
 from madcluster_exp.madcluster import build_plugin
-from madcluster_exp.nn_utils import init_weights
+from madcluster_exp.utils.nn import init_weights
 
 NU_GROUP = "madcluster_nu"
 

@@ -8,16 +8,16 @@
   seeds pooled) with mean ± std over seeds of each chosen metric;
 - ``onoff.md`` / ``onoff.csv`` (when MADCluster was swept off/on): per configuration the on - off
   difference, paired by seed, with a paired t-test (two-sided p-value; n = number of pairs;
-  no p-value below report_onoff.FEW_PAIRS pairs, and the report says so);
+  no p-value below onoff.FEW_PAIRS pairs, and the report says so);
 - plots (PNG, embedded in report.md, drawn by madcluster_exp/plots/): metric bars off vs on
   with std over seeds, k-sweep curves (when madcluster.k varies), training curves (one line per
   configuration: mean over seeds, bars = min..max), and one score timeline per configuration
   (its first seed), without a cap.
 - ``paper_vs_measured.csv`` (when runs measure a figure the paper published): the published
-  value beside the measured mean ± std, per metric (:mod:`madcluster_exp.report_paper`);
+  value beside the measured mean ± std, per metric (:mod:`madcluster_exp.report.paper`);
 - for an Optuna search (``hparams_search=...``) instead of the tables: the objective of every
   trial, the chosen trial's parameters and its test metrics only
-  (:mod:`madcluster_exp.report_search`).
+  (:mod:`madcluster_exp.report.search`).
 - where each detector stands (madcluster_exp/report_rank.py): per series and aggregate VUS-PR,
   AUC-PR, AUC-ROC, mean rank, ``cd_diagram.png``; a sanity column here and in the summary.
 
@@ -41,14 +41,14 @@ from typing import List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from madcluster_exp import report_onoff, report_paper, report_search
-from madcluster_exp.cli import Option, parse
 from madcluster_exp.errors import ExpectedError, cli_errors
 from madcluster_exp.plots import plot_score_timeline
 from madcluster_exp.plots.sweep import KCurves, SweepCurves, plot_k_curves, plot_sweep_curves
-from madcluster_exp.report_rank import rank_section, summary_sanity
+from madcluster_exp.report import onoff, paper, search
+from madcluster_exp.report.rank import rank_section, summary_sanity
 from madcluster_exp.tracking import resolve_tracking_uri
 from madcluster_exp.tracking.callbacks import PARENT_FILE
+from madcluster_exp.utils.cli_args import Option, parse
 
 DEFAULT_METRICS = [
     "test/f1",
@@ -361,11 +361,9 @@ def build_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     from mlflow.tracking import MlflowClient
 
-    if report_search.search_tags(MlflowClient(tracking_uri), parent_id) is not None:
+    if search.search_tags(MlflowClient(tracking_uri), parent_id) is not None:
         # An Optuna search: objective per trial, test metrics of the chosen trial only.
-        md, files = report_search.build_search_report(
-            parent_id, tracking_uri, wanted, out_dir, storage
-        )
+        md, files = search.build_search_report(parent_id, tracking_uri, wanted, out_dir, storage)
         files.append(plot_sweep_curves(training_curves(sweep), out_dir / "training_curves.png"))
         return _finish(md, files, out_dir, parent_id, tracking_uri, log)
     files: List[Path] = []
@@ -393,10 +391,10 @@ def build_report(
     ]
     files += [out_dir / "summary.csv"]
 
-    onoff_md, onoff_files = report_onoff.section(sweep, wanted, out_dir)
+    onoff_md, onoff_files = onoff.section(sweep, wanted, out_dir)
     md += onoff_md
     files += onoff_files
-    paper_md, paper_files = report_paper.section(sweep.runs, out_dir)
+    paper_md, paper_files = paper.section(sweep.runs, out_dir)
     md += paper_md
     files += paper_files
     if "madcluster.k" in sweep.factors:
@@ -446,7 +444,7 @@ OPTIONS = {
     "log": Option("log the report as artifacts of the parent run", kind=bool, default=True),
     "storage": Option(
         "Optuna storage of a search's shared study (default: "
-        f"${report_search.STORAGE_ENV}, else the sweep's optuna.storage tag)"
+        f"${search.STORAGE_ENV}, else the sweep's optuna.storage tag)"
     ),
 }
 

@@ -4,11 +4,12 @@ The test split is sealed until ``fit`` has returned; every number that selects a
 a score normalisation or a threshold comes from training or validation data only.
 
 This module orchestrates; the job's steps read in :func:`run` and :func:`_execute`. What the
-Hydra command says comes in as a :class:`~madcluster_exp.job_context.JobContext`; what differs
+Hydra command says comes in as a :class:`~madcluster_exp.pipeline.context.JobContext`; what differs
 between the point and reference protocols is asked of the protocol object
-(:func:`madcluster_exp.protocols.protocol_for`); the files a job writes and its results table
-are :mod:`madcluster_exp.artifacts`'; fitting and scoring one model is
-:mod:`madcluster_exp.fitting`'s, and training gets its settings
+(:func:`madcluster_exp.evaluation.protocols.protocol_for`); the files a job writes and its
+results table
+are :mod:`madcluster_exp.pipeline.outputs`'; fitting and scoring one model is
+:mod:`madcluster_exp.pipeline.unit`'s, and training gets its settings
 (:class:`~madcluster_exp.training.TrainSettings`), not the config.
 """
 
@@ -32,14 +33,6 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from madcluster_exp.artifacts import (
-    entity_layout,
-    format_results,
-    model_note,
-    save_model,
-    write_artifacts,
-    write_per_entity,
-)
 from madcluster_exp.backbones import backbone_class
 from madcluster_exp.classical import is_classical
 from madcluster_exp.config import (
@@ -49,24 +42,32 @@ from madcluster_exp.config import (
     resolve_defaults,
     validate,
 )
+from madcluster_exp.config.identity import config_id, fingerprint, identifying
 from madcluster_exp.data import load_dataset
 from madcluster_exp.data.collection import Collection
-from madcluster_exp.fitting import Unit, fit_and_score
-from madcluster_exp.identity import config_id, fingerprint, identifying
-from madcluster_exp.job_context import JobContext, search_tags
-from madcluster_exp.protocols import (
+from madcluster_exp.evaluation.protocols import (
     Evaluation,
     effective_threshold_kind,
     protocol_for,
 )
-from madcluster_exp.sanity import describe, run_flags
+from madcluster_exp.evaluation.sanity import describe, run_flags
+from madcluster_exp.pipeline.context import JobContext, search_tags
+from madcluster_exp.pipeline.outputs import (
+    entity_layout,
+    format_results,
+    model_note,
+    save_model,
+    write_artifacts,
+    write_per_entity,
+)
+from madcluster_exp.pipeline.unit import Unit, fit_and_score
 from madcluster_exp.tracking import Tracker, build_tracker, resolve_tracking_uri
 from madcluster_exp.training import FitResult
 from madcluster_exp.training.checkpoint import check_resume
 from madcluster_exp.training.progress import RECORD
 
 # The checkout this code runs from: its git commit is the run's source version.
-CODE_ROOT = Path(__file__).resolve().parent.parent
+CODE_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -470,7 +471,7 @@ def _fit_units(
     raw = load_dataset(cfg.dataset, resolve_path(root, cfg.paths.data_dir))
     if isinstance(raw, Collection):
         # One child run per series, read one at a time; bad files are skipped (series_runs.py).
-        from madcluster_exp.series_runs import run_collection
+        from madcluster_exp.pipeline.collection import run_collection
 
         say(
             f"[{name}] collection {raw.root}: {len(raw.entities)} series, one model and one "

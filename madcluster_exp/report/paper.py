@@ -34,9 +34,9 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from madcluster_exp.report_onoff import logged_combine
+from madcluster_exp.report.onoff import logged_combine
 
-PUBLISHED = Path(__file__).with_name("data") / "published.csv"
+PUBLISHED = Path(__file__).resolve().parents[1] / "data" / "published.csv"
 COLUMNS = ["table", "row", "dataset", "backbone", "madcluster", "k", "metric", "value"]
 #: Published metric name -> the measured metric's name (without the ``test/``/``ref/`` prefix).
 MEASURED = {

@@ -31,10 +31,10 @@ from typing import ClassVar, Dict, Optional, Sequence, Tuple, Type, Union
 import numpy as np
 
 from madcluster_exp.config import ConfigError, combine_rule
+from madcluster_exp.evaluation.sanity import score_spread
 from madcluster_exp.metrics import affiliation_suite, range_suite
 from madcluster_exp.metrics.point import ranking_metrics
 from madcluster_exp.metrics.suite import definition_suite
-from madcluster_exp.sanity import score_spread
 from madcluster_exp.scoring import ScoreCombiner, build_threshold
 from madcluster_exp.scoring.score import window_labels
 from madcluster_exp.scoring.thresholds import fit_threshold

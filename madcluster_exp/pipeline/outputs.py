@@ -16,8 +16,8 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from madcluster_exp.classical import is_classical
-from madcluster_exp.protocols import protocol_for
-from madcluster_exp.sanity import describe, run_flags
+from madcluster_exp.evaluation.protocols import protocol_for
+from madcluster_exp.evaluation.sanity import describe, run_flags
 
 PER_ENTITY_FILE = "per_entity.csv"
 
@@ -104,8 +104,9 @@ def entity_layout(tests: Sequence) -> Tuple[Dict[str, np.ndarray], np.ndarray]:
 
 
 def save_model(cfg: DictConfig, job_dir: Path, entries: List[dict], say) -> Optional[Path]:
-    """``<job dir>/model``: the pyfunc model of every unit's entry (madcluster_exp.model), or
-    None when there is none to save (tracking.log_model=false, protocol=reference)."""
+    """``<job dir>/model``: the pyfunc model of every unit's entry
+    (madcluster_exp.serving.bundle), or None when there is none to save (tracking.log_model=false,
+    protocol=reference)."""
     if not cfg.tracking.log_model:
         return None
     if not entries:
@@ -116,7 +117,7 @@ def save_model(cfg: DictConfig, job_dir: Path, entries: List[dict], say) -> Opti
             "which does not score new data (predict serves protocol=point runs)"
         )
         return None
-    from madcluster_exp.model import save_model as save_pyfunc
+    from madcluster_exp.serving.bundle import save_model as save_pyfunc
 
     return save_pyfunc(job_dir / "model", cfg, entries)
 
@@ -160,7 +161,8 @@ _LABELS = {
 
 
 def format_results(result, cfg: DictConfig) -> str:
-    """The console's results table of a finished run (a :class:`madcluster_exp.run.RunResult`)."""
+    """The console's results table of a finished run (a
+    :class:`madcluster_exp.pipeline.job.RunResult`)."""
     protocol = protocol_for(cfg)
     lines = [
         f"\nResults: {result.run_name}  (threshold.kind={protocol.threshold_kind}, "

@@ -19,18 +19,18 @@ import torch
 from omegaconf import DictConfig
 
 from madcluster_exp.classical import build_classical, is_classical, score_split_classical
-from madcluster_exp.complexity import complexity
 from madcluster_exp.data import prepare
 from madcluster_exp.data.inject import inject
 from madcluster_exp.detector import build_detector
-from madcluster_exp.protocols import (
+from madcluster_exp.detector.complexity import complexity
+from madcluster_exp.evaluation.protocols import (
     Evaluation,
     EvaluationProtocol,
     injected_metrics,
     injected_score,
     protocol_for,
 )
-from madcluster_exp.sanity import score_spread
+from madcluster_exp.evaluation.sanity import score_spread
 from madcluster_exp.scoring import score_split
 from madcluster_exp.tracking import Tracker
 from madcluster_exp.training import FitResult, TrainSettings, fit
@@ -46,8 +46,8 @@ class Unit:
     evaluation: Evaluation
     test: object  # SeriesSplit
     score_s: float
-    #: What the saved model needs of this unit (madcluster_exp.model.model_entry); None under
-    #: protocol=reference, whose test-label threshold does not score new data.
+    #: What the saved model needs of this unit (madcluster_exp.serving.bundle.model_entry);
+    #: None under protocol=reference, whose test-label threshold does not score new data.
     model: Optional[dict] = None
     metrics_s: float = 0.0  # computing the metrics (the protocol's evaluate)
 
@@ -131,7 +131,7 @@ def fit_and_score(
         )
     model = None
     if cfg.tracking.log_model and ev.scorer is not None and not classical:
-        from madcluster_exp.model import model_entry
+        from madcluster_exp.serving.bundle import model_entry
 
         model = model_entry(entity, data.entities, detector, data.scaler, ev.scorer)
     return Unit(entity, fit_result, ev, test, score_s, model=model, metrics_s=metrics_s)

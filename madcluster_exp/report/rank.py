@@ -27,8 +27,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
+from madcluster_exp.evaluation.sanity import baseline_flags, describe, run_flags
 from madcluster_exp.plots.rank import plot_cd_diagram
-from madcluster_exp.sanity import baseline_flags, describe, run_flags
 
 HEADLINE = "test/vus_pr"
 RANK_METRICS = ["test/vus_pr", "test/auc_pr", "test/auc_roc"]

@@ -25,10 +25,10 @@ from typing import Callable, List, Optional, Tuple
 import torch
 from omegaconf import DictConfig
 
-from madcluster_exp.artifacts import write_artifacts
 from madcluster_exp.data import DataError
 from madcluster_exp.data.collection import Collection, Skipped
-from madcluster_exp.job_context import JobContext
+from madcluster_exp.pipeline.context import JobContext
+from madcluster_exp.pipeline.outputs import write_artifacts
 from madcluster_exp.tracking import Tracker
 
 RUNS_FILE = "series_runs.json"
@@ -138,8 +138,8 @@ def _series(
     child_ids,
     skipped,
 ) -> Optional[object]:
-    from madcluster_exp.fitting import fit_and_score
-    from madcluster_exp.run import flatten, identity_tags
+    from madcluster_exp.pipeline.job import flatten, identity_tags
+    from madcluster_exp.pipeline.unit import fit_and_score
 
     info = collection.describe(entity)
     try:

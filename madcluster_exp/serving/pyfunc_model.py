@@ -1,6 +1,7 @@
 """The MLflow pyfunc wrapper of a saved detector, as MLflow's "models from code": this file is
 copied into each saved model and run when the model is loaded, so nothing is unpickled.
-It imports this package (madcluster_exp.model), which must be installed where it is loaded."""
+It imports ``madcluster_exp.model`` (the name saved models keep across versions), which must be
+installed where it is loaded."""
 
 from __future__ import annotations
 

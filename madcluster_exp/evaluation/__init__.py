@@ -1,0 +1,1 @@
+"""What a protocol computes from scores: evaluation objects, pooling, sanity flags."""

@@ -1,0 +1,1 @@
+"""One job, planned once and run: units, collections, outputs."""

@@ -1,0 +1,1 @@
+"""Sweep reports: ``python -m madcluster_exp.report <sweep>``."""

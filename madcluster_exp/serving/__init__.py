@@ -1,0 +1,1 @@
+"""Trained detectors outside training: saved bundles, the MLflow pyfunc model."""

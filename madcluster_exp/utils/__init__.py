@@ -1,0 +1,1 @@
+"""Small helpers every layer may use: torch utilities, command-line key=value parsing."""
