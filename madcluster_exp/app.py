@@ -1,45 +1,33 @@
-"""The Hydra task wrapper: runs one job and decides what a failure means for a sweep.
+"""The entry: the composed config becomes typed settings once, Hydra's runtime becomes a
+:class:`~madcluster_exp.pipeline.context.JobContext` once, and a failure is given its meaning.
 
 Single run: an expected error (bad config value, missing dataset, bad data file) prints its
 message alone and exits with status 2 (``MADCLUSTER_FULL_ERROR=1`` shows the traceback); any
 other failure propagates with its traceback. Multirun: the failing job is already marked FAILED
 in MLflow with its traceback; it returns NaN so the sweep goes on.
+
+Importing this module registers the config schemas and the project's Hydra plug-ins; the
+pipeline (and torch) load only when a job runs, so ``--help`` and ``--cfg job`` stay fast.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import re
 from pathlib import Path
-from typing import List
+from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from madcluster_exp.config import register_configs
+from madcluster_exp.config import CONFIG_DIR, SEARCH_OBJECTIVES, load, register_configs
 from madcluster_exp.errors import ExpectedError, full_error_requested, report
 from madcluster_exp.launchers import register_plugins
-from madcluster_exp.pipeline.context import JobContext
+from madcluster_exp.pipeline.context import SWEEPER_KEYS, JobContext
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("madcluster_exp")
 
 register_configs()
 register_plugins()  # hydra/launcher=ray
-
-# `madcluster=true|false` (and yes/no) mean on/off: Hydra would reject a boolean group option.
-_ONOFF = re.compile(r"^(\+{0,2}madcluster)=(true|false|yes|no)$", re.IGNORECASE)
-
-
-def normalise_argv(args: List[str]) -> List[str]:
-    """Command-line overrides with boolean spellings of the madcluster group mapped to on/off."""
-    out = []
-    for arg in args:
-        m = _ONOFF.match(arg)
-        out.append(
-            f"{m.group(1)}={'on' if m.group(2).lower() in ('true', 'yes') else 'off'}" if m else arg
-        )
-    return out
 
 
 def user_groups() -> str:
@@ -63,13 +51,49 @@ if not OmegaConf.has_resolver("madcluster_user_groups"):
     OmegaConf.register_new_resolver("madcluster_user_groups", user_groups)
 
 
+def context_from_hydra() -> JobContext:
+    """Hydra's runtime config as the job needs it (outside a Hydra run: outside_hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return JobContext.outside_hydra()
+    hc = HydraConfig.get()
+    cwd = Path(hc.runtime.cwd)
+    multirun = hc.mode == RunMode.MULTIRUN
+    sweep_dir = Path(hc.sweep.dir) if multirun else None
+    n_jobs = hc.launcher.get("n_jobs") if multirun else None
+    return JobContext(
+        cwd=cwd,
+        under_hydra=True,
+        output_dir=Path(hc.runtime.output_dir),
+        multirun=multirun,
+        overrides=tuple(hc.overrides.task),
+        job_num=hc.job.get("num"),
+        sweep_dir=None if sweep_dir is None else cwd / sweep_dir,
+        launcher_jobs=None if n_jobs is None else int(n_jobs),
+        sweeper={k: hc.sweeper.get(k) for k in SWEEPER_KEYS if hc.sweeper.get(k) is not None},
+    )
+
+
+def run(
+    cfg: DictConfig,
+    context: Optional[JobContext] = None,
+    output_dir: Optional[Path] = None,
+    verbose: bool = True,
+):
+    """One job of a composed config (a :class:`~madcluster_exp.pipeline.job.RunResult`): the
+    config is checked and made typed settings here, then the pipeline runs them. For Python
+    callers (tests, notebooks); the command line goes through :func:`job`."""
+    from madcluster_exp.pipeline.job import run as run_settings
+
+    return run_settings(load(cfg), context, output_dir, verbose)
+
+
 def job(cfg: DictConfig, context: JobContext) -> float:
     """Run one job; return what a sweeper optimises (``search.objective``): the best validation
     loss (NaN for a classical detector, which has none), or VUS-PR on the validation
     split with injected anomalies. ``context``: the Hydra run the job is part of."""
-    from madcluster_exp.config import SEARCH_OBJECTIVES
-    from madcluster_exp.pipeline.job import run
-
     try:
         result = run(cfg, context)
     except KeyboardInterrupt:

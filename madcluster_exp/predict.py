@@ -149,14 +149,12 @@ def read_dataset(name: str, cfg):
     if name == cfg.dataset.name:
         dcfg = cfg.dataset
     else:
-        from hydra import compose, initialize_config_dir
         from hydra.errors import HydraException
 
-        from madcluster_exp.app import CONFIG_DIR
+        from madcluster_exp.config import CONFIG_DIR, compose
 
         try:
-            with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
-                dcfg = compose(config_name="config", overrides=[f"dataset={name}"]).dataset
+            dcfg = compose([f"dataset={name}"]).dataset
         except HydraException:
             options = sorted(p.stem for p in (Path(CONFIG_DIR) / "dataset").glob("*.yaml"))
             raise ModelError(

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from madcluster_exp.app import run
 from madcluster_exp.backbones import BACKBONES, build_backbone
 from madcluster_exp.backbones.anomaly_transformer import EncoderLayer
 from madcluster_exp.backbones.dcdetector import (
@@ -22,7 +23,6 @@ from madcluster_exp.backbones.slmr import Res2NetBlock, geometric_mask, interlea
 from madcluster_exp.bench.dcdetector_baseline import MaterialisedDCdetector, materialised_kl
 from madcluster_exp.data import SeriesSplit
 from madcluster_exp.detector import Detector, build_detector
-from madcluster_exp.pipeline.job import run
 from madcluster_exp.scoring import score_split
 from tests.conftest import compose_config
 

@@ -10,11 +10,11 @@ import pytest
 
 from madcluster_exp.bench.common import PEAK_RSS_WRAPPER, child_peak_rss_mb, peak_rss_mb
 from madcluster_exp.bench.load import busy_processes
-from madcluster_exp.bench.train import _bootstrap_interval
+from madcluster_exp.bench.train import bootstrap_interval
 
 
 def test_bootstrap_interval_of_identical_ratios_is_that_ratio():
-    low, high = _bootstrap_interval(np.full(15, 1.03), np.full(15, 1.03))
+    low, high = bootstrap_interval(np.full(15, 1.03), np.full(15, 1.03))
     assert low == high == 1.03
 
 
@@ -22,12 +22,12 @@ def test_bootstrap_interval_brackets_the_estimate_and_narrows_with_more_pairs():
     rng = np.random.default_rng(1)
     first, second = (1.04 + 0.03 * rng.standard_normal(200) for _ in range(2))
     estimate = np.sqrt(np.median(first) * np.median(second))
-    low, high = _bootstrap_interval(first, second)
+    low, high = bootstrap_interval(first, second)
     assert low < estimate < high
     assert 1.03 < low and high < 1.05
-    few_low, few_high = _bootstrap_interval(first[:10], second[:10])
+    few_low, few_high = bootstrap_interval(first[:10], second[:10])
     assert few_high - few_low > 2 * (high - low)
-    assert _bootstrap_interval(first, second) == (low, high)  # seeded: reproducible
+    assert bootstrap_interval(first, second) == (low, high)  # seeded: reproducible
 
 
 def test_peak_rss_is_the_processs_own_not_its_parents():

@@ -11,12 +11,12 @@ from hydra.errors import ConfigCompositionException
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
+from madcluster_exp.app import run
 from madcluster_exp.classical import build_classical, score_split_classical, spread_to_points
 from madcluster_exp.config import ConfigError, validate
 from madcluster_exp.data.series import Segment, SeriesSplit, TestAccessError
 from madcluster_exp.evaluation.sanity import run_flags, score_spread
 from madcluster_exp.metrics.point import auc_roc
-from madcluster_exp.pipeline.job import run
 from tests.conftest import compose_config
 from tests.dataset_fixtures import make_timeeval
 

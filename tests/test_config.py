@@ -130,8 +130,8 @@ def test_a_choice_is_its_plain_string_in_run_name_and_mlflow_params(tmp_path):
     params, fingerprint, config id) and the params MLflow stores hold the plain string."""
     from mlflow.tracking import MlflowClient
 
-    from madcluster_exp.config import Objective, Protocol
-    from madcluster_exp.pipeline.job import flatten, run_name
+    from madcluster_exp.config import Objective, Protocol, load
+    from madcluster_exp.pipeline.plan import make_plan
     from madcluster_exp.tracking import build_tracker
 
     cfg = compose_config(["madcluster.objective=soft-boundary", "scoring.combine=product"])
@@ -141,9 +141,10 @@ def test_a_choice_is_its_plain_string_in_run_name_and_mlflow_params(tmp_path):
         "one-class",
         "'one-class'",
     )
-    flat = flatten(cfg)
+    plan = make_plan(load(cfg))
+    flat = plan.params
     assert not [k for k, v in flat.items() if isinstance(v, Enum)]
-    name = run_name(cfg, flat)
+    name = plan.run_name
     assert name.startswith("deepsvdd-synthetic-on+product-")
     tracker = build_tracker(cfg.tracking, tmp_path)
     tracker.start(name, flat, {})
@@ -262,7 +263,7 @@ def test_pot_tail_risk_must_be_below_the_share_above_the_initial_threshold():
 
 
 def test_a_run_warns_once_naming_the_settings_without_effect(make_cfg, tmp_path):
-    from madcluster_exp.pipeline.job import run
+    from madcluster_exp.app import run
 
     cfg = make_cfg("madcluster.k=3", "madcluster.tau=0.2", "train.epochs=1", "tracking=none")
     with pytest.warns(UserWarning, match=r"no effect here: madcluster.tau=0.2 \(madcluster.k=3"):

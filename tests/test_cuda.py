@@ -15,10 +15,10 @@ import sys
 import pytest
 import torch
 
+from madcluster_exp.app import run
 from madcluster_exp.backbones import BACKBONES
 from madcluster_exp.detector import build_detector
 from madcluster_exp.madcluster import build_plugin
-from madcluster_exp.pipeline.job import run
 from tests.conftest import compose_config
 from tests.test_backbones import SMALL, assert_dcdetector_fast_path_equals_baseline
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+from madcluster_exp.app import run
 from madcluster_exp.data import DataError, load_dataset, prepare
 from madcluster_exp.data.download import DatasetSource, SourceFile, download, prepare_from
 from madcluster_exp.data.registry import DatasetMissingError
-from madcluster_exp.pipeline.job import run
 from tests.conftest import compose_config
 from tests.dataset_fixtures import (
     FixtureServer,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from madcluster_exp.pipeline.job import run
+from madcluster_exp.app import run
 from tests.conftest import compose_config
 from tests.dataset_fixtures import make_smd, make_timeeval
 

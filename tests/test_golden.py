@@ -68,6 +68,6 @@ def test_a_run_saved_before_the_move_is_matched_for_resume(tmp_path):
 
 
 def _flat(cfg):
-    from madcluster_exp.pipeline.job import _checked, flatten
+    from madcluster_exp.config import load
 
-    return flatten(_checked(cfg))
+    return load(cfg).params

@@ -8,15 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from madcluster_exp.pipeline.context import JobContext, search_tags
-from madcluster_exp.pipeline.job import finished_job, identity_tags, job_output_dir, project_root
-from madcluster_exp.tracking.callbacks import PARENT_FILE
+from madcluster_exp.app import context_from_hydra
+from madcluster_exp.config import load
+from madcluster_exp.pipeline.context import JobContext
+from madcluster_exp.pipeline.job import finished_job, job_output_dir, project_root
+from madcluster_exp.pipeline.plan import make_plan
+from madcluster_exp.tracking.sweep import PARENT_FILE, search_tags
 from tests.conftest import compose_config
 
 
 def test_a_job_started_from_python_has_the_current_directory_and_no_sweep(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    context = JobContext.from_hydra()  # no Hydra run here
+    context = context_from_hydra()  # no Hydra run here
     assert context == JobContext.outside_hydra() == JobContext(cwd=tmp_path)
     assert (context.multirun, context.overrides, context.output_dir) == (False, (), None)
     assert context.tags() == {}
@@ -48,7 +51,7 @@ def test_the_sweep_parent_is_read_from_the_sweep_directory(tmp_path):
 
 
 def test_identity_tags_carry_the_hydra_command_and_the_optuna_study():
-    cfg = compose_config(["search.trial=7"])
+    plan = make_plan(load(compose_config(["search.trial=7"])))
     context = JobContext(
         cwd=Path("."),
         under_hydra=True,
@@ -57,14 +60,14 @@ def test_identity_tags_carry_the_hydra_command_and_the_optuna_study():
         job_num=3,
         sweeper={"study_name": "s1", "storage": "postgresql://u:secret@db:5432/x"},
     )
-    tags = identity_tags(cfg, context)
+    tags = plan.identity_tags(context)
     assert tags["hydra.overrides"] == "seed=1 backbone=usad"
     assert tags["hydra.job.num"] == "3"
     assert tags["optuna.trial"] == "7"
     assert tags["optuna.study"] == "s1"
     assert "secret" not in tags["optuna.storage"]
     assert tags["optuna.storage"].startswith("postgresql+psycopg://")
-    plain = identity_tags(cfg, JobContext(cwd=Path(".")))
+    plain = plan.identity_tags(JobContext(cwd=Path(".")))
     assert "hydra.overrides" not in plain and plain["optuna.storage"] == "in-memory"
     assert search_tags({}) == {"optuna.study": "None", "optuna.storage": "in-memory"}
 

@@ -194,7 +194,7 @@ def test_tsbad_inputs_are_validated(kwargs, match):
 def test_a_tsbad_run_logs_tsbad_keys_beside_the_default_ones_and_evaluate_recomputes_them(
     make_cfg, tmp_path
 ):
-    from madcluster_exp.pipeline.job import run
+    from madcluster_exp.app import run
 
     result = run(
         make_cfg("train.epochs=1", "metrics.definition=tsbad"),

@@ -6,9 +6,10 @@ import subprocess
 import time
 
 import madcluster_exp.evaluation.protocols as protocols_module
+from madcluster_exp.app import run
 from madcluster_exp.detector import build_detector
 from madcluster_exp.detector.complexity import complexity
-from madcluster_exp.pipeline.job import git_tags, run
+from madcluster_exp.pipeline.plan import git_tags
 
 
 def _macs(make_cfg, *overrides):

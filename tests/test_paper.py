@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from madcluster_exp.app import CONFIG_DIR
 from madcluster_exp.config import ConfigError, validate
-from madcluster_exp.pipeline.job import check_backbone_score_exists
+from madcluster_exp.pipeline.plan import check_backbone_score_exists
 
 PAPER_BACKBONES = {
     "deepsvdd",
@@ -151,7 +151,7 @@ def test_command_line_restricts_the_paper_sweep():
 # ------------------------------------------------------------- reference-only training options
 def _fit_spy(monkeypatch):
     """Record the detector each run trains and the learning rate its optimizer steps with."""
-    import madcluster_exp.pipeline.unit as fitting_module
+    import madcluster_exp.pipeline.kinds as fitting_module
 
     seen = {"detector": None, "step_lr": []}
     real_fit = fitting_module.fit
@@ -173,7 +173,7 @@ def _fit_spy(monkeypatch):
 
 
 def _run(make_cfg, tmp_path, *overrides):
-    from madcluster_exp.pipeline.job import run
+    from madcluster_exp.app import run
 
     cfg = make_cfg(
         "tracking=none", "train.checkpoint=false", "train.max_batches_per_epoch=2", *overrides
@@ -253,7 +253,7 @@ def test_he_init_gives_kaiming_std_and_zero_biases():
 
 
 def test_train_init_he_reaches_the_backbone_of_a_run(make_cfg, tmp_path, monkeypatch):
-    import madcluster_exp.pipeline.unit as fitting_module
+    import madcluster_exp.pipeline.kinds as fitting_module
 
     inits = []
     real_fit = fitting_module.fit
@@ -275,7 +275,7 @@ def test_train_init_he_reaches_the_backbone_of_a_run(make_cfg, tmp_path, monkeyp
 
 def test_mapping_only_is_refused_where_the_plugin_replaces_the_objective():
     from madcluster_exp.config import ConfigError
-    from madcluster_exp.pipeline.job import check_components_apply
+    from madcluster_exp.pipeline.plan import check_components_apply
     from tests.conftest import compose_config
 
     with pytest.raises(ConfigError, match="'distance only' row .* use madcluster=off"):

@@ -11,9 +11,9 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-import madcluster_exp.pipeline.unit as fitting_module
+import madcluster_exp.pipeline.kinds as fitting_module
+from madcluster_exp.app import run
 from madcluster_exp.detector import Detector
-from madcluster_exp.pipeline.job import run
 
 EXPECTED_FINAL = [
     "test/precision",

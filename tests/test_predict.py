@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from madcluster_exp.app import run
 from madcluster_exp.data import load_dataset
-from madcluster_exp.pipeline.job import run
 from madcluster_exp.predict import load_detector
 from madcluster_exp.scoring.thresholds import (
     SPOTThreshold,
@@ -118,8 +118,9 @@ def test_a_bundle_with_the_keys_before_their_rename_loads_and_scores_the_same(fi
     config["madcluster"]["combine"] = config["scoring"].pop("combine")
     (bundle / META).write_text(json.dumps(meta))
     det = load_bundle(bundle)
-    assert det.cfg.backbone.radius_warmup_epochs == 0 and "warmup_epochs" not in det.cfg.backbone
-    assert det.cfg.scoring.combine == "sum" and "combine" not in det.cfg.madcluster
+    assert det.cfg.backbone.radius_warmup_epochs == 0
+    assert not hasattr(det.cfg.backbone, "warmup_epochs")
+    assert det.cfg.scoring.combine == "sum" and not hasattr(det.cfg.madcluster, "combine")
     a, b = saved["entity_bounds"][0]
     np.testing.assert_allclose(
         det.score(test.values[a:b]), saved["test_score"][a:b], rtol=1e-6, atol=1e-9

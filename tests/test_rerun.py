@@ -130,8 +130,12 @@ def test_config_id_is_shared_by_seeds_and_differs_between_configurations():
 
 
 def test_run_names_tell_configurations_apart_and_seeds_share_the_config_id():
-    from madcluster_exp.pipeline.job import run_name
+    from madcluster_exp.config import load
+    from madcluster_exp.pipeline.plan import make_plan
     from tests.conftest import compose_config
+
+    def run_name(cfg):
+        return make_plan(load(cfg, warn=False)).run_name
 
     variants = [
         [],

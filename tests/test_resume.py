@@ -13,8 +13,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from madcluster_exp.app import run
 from madcluster_exp.detector import Detector
-from madcluster_exp.pipeline.job import run
 from madcluster_exp.training import TrainingDivergedError
 
 ARGS = [

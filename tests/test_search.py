@@ -19,7 +19,8 @@ from madcluster_exp.config import ConfigError, validate
 from madcluster_exp.data import DataError, SeriesSplit
 from madcluster_exp.data.inject import INJECTED_KINDS, MARGIN, inject
 from madcluster_exp.evaluation.protocols import injected_metrics, injected_score
-from madcluster_exp.launchers.optuna_study import check_search, sqlalchemy_url
+from madcluster_exp.launchers.optuna_study import check_search
+from madcluster_exp.tracking.sweep import sqlalchemy_url
 
 from .conftest import FAST
 
@@ -151,7 +152,7 @@ def test_the_injected_objective_does_not_move_when_the_score_scale_does(make_cfg
 
 
 def test_a_job_scores_injected_validation_anomalies_and_logs_the_objective(make_cfg):
-    from madcluster_exp.pipeline.job import run
+    from madcluster_exp.app import run
 
     cfg = make_cfg(
         "search.objective=val_injected_vus_pr", "train.epochs=1", "tracking.backend=none"

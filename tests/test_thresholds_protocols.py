@@ -14,6 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from scipy.stats import genpareto
 
+from madcluster_exp.app import run
 from madcluster_exp.config import ConfigError
 from madcluster_exp.evaluation.protocols import (
     PointProtocol,
@@ -22,7 +23,6 @@ from madcluster_exp.evaluation.protocols import (
     protocol_for,
     reference_metrics,
 )
-from madcluster_exp.pipeline.job import run
 from madcluster_exp.scoring.score import window_labels
 from madcluster_exp.scoring.thresholds import (
     OracleThreshold,
@@ -403,14 +403,11 @@ def test_an_unknown_protocol_is_refused_naming_the_choices():
 
 
 def test_the_job_never_compares_the_protocol_itself():
-    """run.py, fitting.py, series_runs.py and artifacts.py ask the protocol object; no
-    comparison in them reads ``.protocol`` (the one place that does is protocols.protocol_for)."""
-    import madcluster_exp.pipeline.collection as series_module
-    import madcluster_exp.pipeline.job as run_module
-    import madcluster_exp.pipeline.outputs as artifacts_module
-    import madcluster_exp.pipeline.unit as fitting_module
+    """The pipeline asks the protocol object its plan holds; no comparison in it reads
+    ``.protocol`` (the one place that does is protocols.protocol_for)."""
+    from madcluster_exp.pipeline import collection, job, kinds, outputs, plan, unit
 
-    for module in (run_module, fitting_module, series_module, artifacts_module):
+    for module in (job, plan, kinds, unit, collection, outputs):
         tree = ast.parse(inspect.getsource(module))
         compared = [
             node.lineno

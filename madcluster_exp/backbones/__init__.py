@@ -1,31 +1,14 @@
-"""Backbones behind one contract; ``BACKBONES`` maps the config name to the class."""
+"""Backbones behind one contract; ``BACKBONES`` maps the config name to the class (found by
+the ``name`` each class declares: a new backbone is a new module here)."""
 
 from typing import Dict, Type
 
-from omegaconf import DictConfig
-
-from madcluster_exp.backbones.anomaly_transformer import AnomalyTransformer
 from madcluster_exp.backbones.base import Backbone, BackboneOutput, StepContext
-from madcluster_exp.backbones.beatgan import BeatGAN
-from madcluster_exp.backbones.dcdetector import DCdetector
-from madcluster_exp.backbones.deepsvdd import DeepSVDD
-from madcluster_exp.backbones.lstm_ae import LSTMAE
-from madcluster_exp.backbones.omnianomaly import OmniAnomaly
-from madcluster_exp.backbones.slmr import SLMR
-from madcluster_exp.backbones.thoc import THOC
-from madcluster_exp.backbones.usad import USAD
+from madcluster_exp.config.schema import BackboneConfig
+from madcluster_exp.utils.registry import named_subclasses
 
-BACKBONES: Dict[str, Type[Backbone]] = {
-    "deepsvdd": DeepSVDD,
-    "lstm_ae": LSTMAE,
-    "usad": USAD,
-    "anomaly_transformer": AnomalyTransformer,
-    "dcdetector": DCdetector,
-    "slmr": SLMR,
-    "thoc": THOC,
-    "omnianomaly": OmniAnomaly,
-    "beatgan": BeatGAN,
-}
+#: Every backbone of this package, by the ``name`` its class declares.
+BACKBONES: Dict[str, Type[Backbone]] = named_subclasses(__name__, Backbone)
 
 
 def backbone_class(name: str) -> Type[Backbone]:
@@ -35,7 +18,7 @@ def backbone_class(name: str) -> Type[Backbone]:
         raise ValueError(f"backbone.name={name!r}: unknown; known: {sorted(BACKBONES)}") from None
 
 
-def build_backbone(n_channels: int, cfg: DictConfig) -> Backbone:
+def build_backbone(n_channels: int, cfg: BackboneConfig) -> Backbone:
     return backbone_class(cfg.name)(n_channels, cfg)
 
 

@@ -22,11 +22,11 @@ from typing import List, Tuple
 
 import torch
 from einops import rearrange
-from omegaconf import DictConfig
 from torch import nn
 
 from madcluster_exp.backbones.base import Backbone, BackboneOutput
 from madcluster_exp.backbones.layers import DataEmbedding, association_kl
+from madcluster_exp.config.schema import BackboneConfig
 
 
 class AnomalyAttention(nn.Module):
@@ -77,13 +77,14 @@ class EncoderLayer(nn.Module):
 
 
 class AnomalyTransformer(Backbone):
+    name = "anomaly_transformer"
     family = "transformer"
     embed_taps = ("encoder", "embedding")
     # The reference's EarlyStopping counts a tie with the best validation loss as an
     # improvement (saves the model, resets patience): solver.py, EarlyStopping.
     keep_latest_on_tie = True
 
-    def __init__(self, n_channels: int, cfg: DictConfig):
+    def __init__(self, n_channels: int, cfg: BackboneConfig):
         super().__init__(n_channels, cfg)
         if cfg.d_model % cfg.n_heads:
             raise ValueError(

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Dict, Iterable, List, Optional, Tuple
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
+
+from madcluster_exp.config.schema import BackboneConfig
 
 
 @dataclass
@@ -76,6 +77,8 @@ class StepContext:
 class Backbone(nn.Module):
     """Base class: subclasses set ``family``, ``embed_taps`` and implement forward/loss/score."""
 
+    #: The option that picks it (``backbone=<name>``); the registry finds backbones by it.
+    name: ClassVar[str]
     family: ClassVar[str] = "unknown"
     #: Per-step representations MADCluster can tap; ``cfg.embed_tap`` picks one.
     embed_taps: ClassVar[Tuple[str, ...]] = ()
@@ -91,7 +94,7 @@ class Backbone(nn.Module):
     #: DCdetector and Anomaly Transformer code); False = only a strictly lower loss does.
     keep_latest_on_tie: ClassVar[bool] = False
 
-    def __init__(self, n_channels: int, cfg: DictConfig):
+    def __init__(self, n_channels: int, cfg: BackboneConfig):
         super().__init__()
         if self.embed_taps and cfg.embed_tap not in self.embed_taps:
             raise ValueError(

@@ -72,10 +72,10 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from omegaconf import DictConfig
 from torch import nn
 
 from madcluster_exp.backbones.base import Backbone, BackboneOutput, StepContext, loss_logs
+from madcluster_exp.config.schema import BackboneConfig
 
 OUTPUT_ACTIVATIONS = ("tanh", "identity")
 
@@ -191,10 +191,11 @@ def frozen(module: nn.Module) -> Iterator[None]:
 
 
 class BeatGAN(Backbone):
+    name = "beatgan"
     family = "reconstruction"
     embed_taps = ("latent", "decoder")
 
-    def __init__(self, n_channels: int, cfg: DictConfig):
+    def __init__(self, n_channels: int, cfg: BackboneConfig):
         super().__init__(n_channels, cfg)
         layers = int(cfg.layers)
         if layers < 1:

@@ -40,11 +40,11 @@ from typing import Tuple
 
 import torch
 from einops import rearrange, reduce, repeat
-from omegaconf import DictConfig
 from torch import nn
 
 from madcluster_exp.backbones.base import Backbone, BackboneOutput
 from madcluster_exp.backbones.layers import KL_EPS, DataEmbedding, RevIN, circular_unfold
+from madcluster_exp.config.schema import BackboneConfig
 
 
 def factorised_kl(
@@ -198,13 +198,14 @@ class DualAttentionLayer(nn.Module):
 
 
 class DCdetector(Backbone):
+    name = "dcdetector"
     family = "transformer"
     embed_taps = ("patch_attention", "input_embedding")
     # The reference's EarlyStopping saves the model when the validation loss ties the best; its
     # loss is 0 in value every epoch, so it keeps the last epoch (solver.py, EarlyStopping).
     keep_latest_on_tie = True
 
-    def __init__(self, n_channels: int, cfg: DictConfig):
+    def __init__(self, n_channels: int, cfg: BackboneConfig):
         super().__init__(n_channels, cfg)
         self.patch_sizes = [int(p) for p in cfg.patch_sizes]
         bad = [p for p in self.patch_sizes if p < 1 or self.window % p]

@@ -17,21 +17,22 @@ from typing import Callable, Dict, Iterable
 
 import torch
 from einops import rearrange
-from omegaconf import DictConfig
 from torch import nn
 
 from madcluster_exp.backbones.base import Backbone, BackboneOutput
+from madcluster_exp.config.schema import BackboneConfig
 from madcluster_exp.utils.nn import QuantileSample, radius_due
 
 CENTER_EPS = 0.1
 
 
 class DeepSVDD(Backbone):
+    name = "deepsvdd"
     family = "one_class"
     embed_taps = ("encoder",)
     keeps_objective_with_plugin = False
 
-    def __init__(self, n_channels: int, cfg: DictConfig):
+    def __init__(self, n_channels: int, cfg: BackboneConfig):
         super().__init__(n_channels, cfg)
         if cfg.objective not in ("one-class", "soft-boundary"):
             raise ValueError(

@@ -8,17 +8,18 @@ head maps decoder states back to the channels. Score = per-step mean squared err
 from __future__ import annotations
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
 from madcluster_exp.backbones.base import Backbone, BackboneOutput
+from madcluster_exp.config.schema import BackboneConfig
 
 
 class LSTMAE(Backbone):
+    name = "lstm_ae"
     family = "reconstruction"
     embed_taps = ("encoder", "decoder")
 
-    def __init__(self, n_channels: int, cfg: DictConfig):
+    def __init__(self, n_channels: int, cfg: BackboneConfig):
         super().__init__(n_channels, cfg)
         self.encoder = nn.LSTM(n_channels, cfg.hidden, cfg.layers, batch_first=True)
         self.decoder = nn.LSTM(cfg.hidden, cfg.hidden, cfg.layers, batch_first=True)

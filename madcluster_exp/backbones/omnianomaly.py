@@ -67,10 +67,10 @@ from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from torch import nn
 
 from madcluster_exp.backbones.base import Backbone, BackboneOutput
+from madcluster_exp.config.schema import BackboneConfig
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -184,18 +184,19 @@ class StateSpacePrior(nn.Module):
 
 
 class OmniAnomaly(Backbone):
+    name = "omnianomaly"
     family = "reconstruction"
     embed_taps = ("encoder", "latent", "decoder")
     score_aggregate = "last"
 
-    def __init__(self, n_channels: int, cfg: DictConfig):
+    def __init__(self, n_channels: int, cfg: BackboneConfig):
         super().__init__(n_channels, cfg)
         for key in ("z_dim", "rnn_hidden", "dense_dim"):
-            if int(cfg[key]) < 1:
-                raise ValueError(f"backbone.{key}={cfg[key]}: expected a positive integer")
+            if int(getattr(cfg, key)) < 1:
+                raise ValueError(f"backbone.{key}={getattr(cfg, key)}: expected a positive integer")
         for key in ("dense_layers", "nf_layers"):
-            if int(cfg[key]) < 0:
-                raise ValueError(f"backbone.{key}={cfg[key]}: expected an integer >= 0")
+            if int(getattr(cfg, key)) < 0:
+                raise ValueError(f"backbone.{key}={getattr(cfg, key)}: expected an integer >= 0")
         if not cfg.std_epsilon > 0:
             raise ValueError(
                 f"backbone.std_epsilon={cfg.std_epsilon}: expected a value > 0 "

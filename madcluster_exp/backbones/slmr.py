@@ -42,10 +42,10 @@ from typing import List, Optional
 
 import torch
 from einops import rearrange
-from omegaconf import DictConfig
 from torch import nn
 
 from madcluster_exp.backbones.base import Backbone, BackboneOutput
+from madcluster_exp.config.schema import BackboneConfig
 
 
 def geometric_mask(
@@ -146,11 +146,12 @@ class SEAttention(nn.Module):
 
 
 class SLMR(Backbone):
+    name = "slmr"
     family = "hybrid"
     embed_taps = ("se", "gru")
     score_aggregate = "sum"
 
-    def __init__(self, n_channels: int, cfg: DictConfig):
+    def __init__(self, n_channels: int, cfg: BackboneConfig):
         super().__init__(n_channels, cfg)
         if self.window % 2:
             raise ValueError(

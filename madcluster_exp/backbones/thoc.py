@@ -84,10 +84,10 @@ from typing import Callable, Dict, Iterable, List, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from torch import nn
 
 from madcluster_exp.backbones.base import Backbone, BackboneOutput
+from madcluster_exp.config.schema import BackboneConfig
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 MVDD_LAYERS = ("last", "all")
@@ -212,10 +212,11 @@ class HierarchicalClustering(nn.Module):
 
 
 class THOC(Backbone):
+    name = "thoc"
     family = "one_class"
     embed_taps = ("drnn", "multiscale", "fused")
 
-    def __init__(self, n_channels: int, cfg: DictConfig):
+    def __init__(self, n_channels: int, cfg: BackboneConfig):
         super().__init__(n_channels, cfg)
         dilations, clusters = list(cfg.dilations), list(cfg.clusters)
         if cfg.cell not in CELLS:

@@ -23,10 +23,10 @@ from typing import Dict, List
 
 import torch
 from einops import rearrange
-from omegaconf import DictConfig
 from torch import nn
 
 from madcluster_exp.backbones.base import Backbone, BackboneOutput, StepContext, loss_logs
+from madcluster_exp.config.schema import BackboneConfig
 
 
 def _mlp(sizes: List[int], last: nn.Module) -> nn.Sequential:
@@ -38,10 +38,11 @@ def _mlp(sizes: List[int], last: nn.Module) -> nn.Sequential:
 
 
 class USAD(Backbone):
+    name = "usad"
     family = "reconstruction"
     embed_taps = ("latent",)
 
-    def __init__(self, n_channels: int, cfg: DictConfig):
+    def __init__(self, n_channels: int, cfg: BackboneConfig):
         super().__init__(n_channels, cfg)
         w = self.window * n_channels
         latent = self.window * int(cfg.hidden)  # the notebook's z_size = window_size * hidden_size

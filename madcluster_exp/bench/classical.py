@@ -17,7 +17,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from madcluster_exp.bench.common import table, write
+from madcluster_exp.bench.common import table, typed_config, write
 
 CLASSICAL = ["knn", "iforest", "pca", "matrix_profile", "random", "constant"]
 
@@ -46,20 +46,11 @@ def make_series(rows: int, channels: int, seed: int = 0):
     return RawDataset("smd_sized", tr, SealedTest(lambda: te, "smd_sized"))
 
 
-def _compose(overrides):
-    from hydra import compose, initialize_config_dir
-
-    from madcluster_exp.app import CONFIG_DIR
-
-    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
-        return compose(config_name="config", overrides=list(overrides))
-
-
 def time_classical(name: str, raw) -> Dict[str, object]:
     from madcluster_exp.classical import build_classical, score_split_classical
     from madcluster_exp.data import SeriesSplit, prepare
 
-    cfg = _compose([f"backbone={name}", "madcluster=off"])
+    cfg = typed_config([f"backbone={name}", "madcluster=off"])
     window = int(cfg.backbone.window)
     data = prepare(raw, window, float(cfg.dataset.val_fraction), cfg.dataset.normalize)
     # First call on a short series: imports, and stumpy's numba compilation (measured apart).
@@ -107,7 +98,7 @@ def time_deep(name: str, raw) -> Dict[str, object]:
     from madcluster_exp.scoring import score_split
     from madcluster_exp.training import TrainSettings, fit
 
-    cfg = _compose(
+    cfg = typed_config(
         [
             f"backbone={name}",
             "madcluster=off",

@@ -98,3 +98,10 @@ def table(rows: List[Dict[str, object]], columns: Sequence[str]) -> str:
     return "\n".join(
         [line, sep] + ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
     )
+
+
+def typed_config(overrides):
+    """The typed config of ``overrides`` (composed and checked as a run's)."""
+    from madcluster_exp.config import compose, load
+
+    return load(compose(overrides), warn=False).cfg

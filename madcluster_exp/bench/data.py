@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from omegaconf import OmegaConf
 
 from madcluster_exp.bench.common import PEAK_RSS_WRAPPER, child_peak_rss_mb, table, write
 
@@ -44,9 +43,10 @@ def main(argv=None) -> None:
     make_smd_sized(args.root)
     print(f"  SMD-sized files ready in {time.perf_counter() - t0:.1f}s", flush=True)
 
+    from madcluster_exp.config.schema import SMDConfig
     from madcluster_exp.data import load_dataset
 
-    cfg = OmegaConf.create({"name": "SMD", "path": None, "entities": None, "nan_policy": "error"})
+    cfg = SMDConfig()
     t0 = time.perf_counter()
     raw = load_dataset(cfg, args.root)
     raw.test.unseal()

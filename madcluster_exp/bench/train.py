@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from madcluster_exp.bench.common import environment, peak_rss_mb, table, write
+from madcluster_exp.bench.common import environment, peak_rss_mb, table, typed_config, write
 from madcluster_exp.bench.dcdetector_baseline import MaterialisedDCdetector
 
 CHANNELS = 38
@@ -39,15 +39,6 @@ CONFIGS = {
 BASELINES = {"dcdetector_materialised": MaterialisedDCdetector}
 
 
-def _compose(overrides):
-    from hydra import compose, initialize_config_dir
-
-    from madcluster_exp.app import CONFIG_DIR
-
-    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
-        return compose(config_name="config", overrides=list(overrides))
-
-
 def _sync(device: torch.device) -> None:
     """Wait for queued GPU work, so wall-clock timings cover it."""
     if device.type == "cuda":
@@ -58,7 +49,7 @@ def bench_config(name: str, state: str, plugin_compile: bool = False):
     """The composed config of a benchmark configuration with MADCluster ``state`` (on | off);
     ``plugin_compile`` adds madcluster.compile=true to the on state."""
     extra = ["madcluster.compile=true"] if plugin_compile and state == "on" else []
-    return _compose(CONFIGS[name] + [f"madcluster={state}", *extra])
+    return typed_config(CONFIGS[name] + [f"madcluster={state}", *extra])
 
 
 def build_bench_detector(name: str, state: str, device: str = "cpu", plugin_compile: bool = False):
@@ -183,7 +174,7 @@ def interleaved_overhead(
     # geometric mean, which cancels that advantage.
     ratios = np.asarray(times["on"]) / np.asarray(times["off"])
     by_order = [float(np.median(ratios[k::2])) for k in (0, 1)]
-    low, high = _bootstrap_interval(ratios[0::2], ratios[1::2])
+    low, high = bootstrap_interval(ratios[0::2], ratios[1::2])
     return {
         "config": name,
         "off_ms": 1e3 * off,
@@ -197,7 +188,7 @@ def interleaved_overhead(
     }
 
 
-def _bootstrap_interval(
+def bootstrap_interval(
     first: np.ndarray, second: np.ndarray, draws: int = 4000, seed: int = 0
 ) -> tuple:
     """95 % percentile-bootstrap interval of sqrt(median(first) * median(second)), the overhead

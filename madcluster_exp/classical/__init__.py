@@ -11,29 +11,12 @@ from madcluster_exp.classical.base import (
     score_split_classical,
     spread_to_points,
 )
-from madcluster_exp.classical.detectors import (
-    KNN,
-    ConstantScores,
-    IForest,
-    MatrixProfile,
-    PCAReconstruction,
-    RandomScores,
-)
+from madcluster_exp.utils.registry import named_subclasses
 
 FAMILY = "classical"
 
-DETECTORS: Dict[str, Type[ClassicalDetector]] = {
-    "knn": KNN,
-    "iforest": IForest,
-    "pca": PCAReconstruction,
-    "matrix_profile": MatrixProfile,
-    "random": RandomScores,
-    "constant": ConstantScores,
-}
-
-
-def is_classical(backbone_cfg) -> bool:
-    return backbone_cfg.get("family") == FAMILY
+#: Every classical detector of this package, by the ``name`` its class declares.
+DETECTORS: Dict[str, Type[ClassicalDetector]] = named_subclasses(__name__, ClassicalDetector)
 
 
 def build_classical(cfg, seed: int) -> ClassicalDetector:
@@ -53,7 +36,6 @@ __all__ = [
     "SPREADS",
     "ClassicalDetector",
     "build_classical",
-    "is_classical",
     "score_split_classical",
     "spread_to_points",
 ]

@@ -18,6 +18,7 @@ class KNN(WindowFeatureDetector):
     = distance to the k-th, ``mean`` = mean of the k distances. Every index scikit-learn
     offers (brute, kd_tree, ball_tree, auto) is exact."""
 
+    name = "knn"
     library = "sklearn.neighbors.NearestNeighbors"
 
     def _fit_features(self, x: np.ndarray) -> None:
@@ -43,6 +44,7 @@ class IForest(WindowFeatureDetector):
     """Isolation forest on windows; score = minus scikit-learn's ``score_samples`` (the
     average path length's anomaly score: higher = isolated sooner = more anomalous)."""
 
+    name = "iforest"
     library = "sklearn.ensemble.IsolationForest"
 
     def _fit_features(self, x: np.ndarray) -> None:
@@ -64,6 +66,7 @@ class PCAReconstruction(WindowFeatureDetector):
     """Squared reconstruction error of a window from its projection on the training windows'
     principal components (``n_components`` < 1: the fraction of variance kept)."""
 
+    name = "pca"
     library = "sklearn.decomposition.PCA"
 
     def _fit_features(self, x: np.ndarray) -> None:
@@ -96,6 +99,7 @@ class MatrixProfile(ClassicalDetector):
     channel finds its own nearest training subsequence, so a channel that goes wrong while the
     others look normal still raises the score (max makes that the whole score)."""
 
+    name = "matrix_profile"
     library = "stumpy.stump (AB-join)"
 
     def _fit(self, train: SeriesSplit, stride: int) -> int:
@@ -128,6 +132,7 @@ class RandomScores(ClassicalDetector):
     """Uniform random window scores from the run's seed: the ranking any detector must beat
     (AUC-ROC ~ 0.5)."""
 
+    name = "random"
     library = "numpy.random.default_rng"
 
     def _fit(self, train: SeriesSplit, stride: int) -> int:
@@ -141,6 +146,7 @@ class RandomScores(ClassicalDetector):
 class ConstantScores(ClassicalDetector):
     """The same score everywhere (``value``): no ranking at all; the sanity flags must say so."""
 
+    name = "constant"
     library = "numpy.full"
 
     def _fit(self, train: SeriesSplit, stride: int) -> int:

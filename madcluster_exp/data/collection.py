@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
-from omegaconf import DictConfig
 
+from madcluster_exp.config.schema import DatasetConfig
 from madcluster_exp.data.formats import (
     check_labels,
     natural_key,
@@ -230,7 +230,7 @@ class Collection:
     name = "collection"
 
     def __init__(
-        self, root: Path, series: List[SeriesFile], skipped: List[Skipped], cfg: DictConfig
+        self, root: Path, series: List[SeriesFile], skipped: List[Skipped], cfg: DatasetConfig
     ):
         self.root = root
         self.series = {s.name: s for s in series}
@@ -270,7 +270,7 @@ class Collection:
             lambda: SeriesSplit.concat([(name, test_x, test_y)], source), str(s.path)
         )
         return RawDataset(self.name, train, sealed, {"path": str(s.path), "format": s.format}).head(
-            self.cfg.get("max_length")
+            self.cfg.max_length
         )
 
     def _timeeval(self, s: SeriesFile):
@@ -295,7 +295,7 @@ class Collection:
         return x, y, cut, x[:cut]
 
 
-def load_collection(cfg: DictConfig, root: Path) -> Collection:
+def load_collection(cfg: DatasetConfig, root: Path) -> Collection:
     series, skipped = scan_collection(root)
     if cfg.entities is not None:
         unknown = [w for w in cfg.entities if w not in {s.name for s in series}]
@@ -305,7 +305,7 @@ def load_collection(cfg: DictConfig, root: Path) -> Collection:
                 f"not usable series there; available: {[s.name for s in series]}"
             )
         series = [s for s in series if s.name in set(cfg.entities)]
-    if cfg.get("max_entities") is not None:
+    if cfg.max_entities is not None:
         series = series[: int(cfg.max_entities)]
     if not series:
         reasons = "".join(f"\n  {s.file}: {s.reason}" for s in skipped)

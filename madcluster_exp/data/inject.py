@@ -31,9 +31,9 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
+from madcluster_exp.config.schema import INJECTED_KINDS
 from madcluster_exp.data.series import DataError, SeriesSplit
 
-INJECTED_KINDS = ("spike", "level_shift", "contextual", "collective")
 #: Normal rows kept on both sides of every event (and at the entity's ends).
 MARGIN = 10
 #: Length range of the segment kinds (rows).

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
-from omegaconf import DictConfig
-
+from madcluster_exp.config.schema import DatasetConfig
 from madcluster_exp.data.collection import Collection, load_collection
 from madcluster_exp.data.formats import (
     natural_key,
@@ -22,7 +21,7 @@ from madcluster_exp.data.formats import (
 from madcluster_exp.data.series import DataError, RawDataset, SealedTest, SeriesSplit
 from madcluster_exp.data.synthetic import make_synthetic
 
-Loader = Callable[[DictConfig, Path], RawDataset]
+Loader = Callable[[DatasetConfig, Path], RawDataset]
 LOADERS: Dict[str, Loader] = {}
 
 
@@ -48,7 +47,7 @@ def _select_entities(names, wanted, source: str, limit: Optional[int] = None):
 
 
 @register("synthetic")
-def load_synthetic(cfg: DictConfig, data_dir: Path) -> RawDataset:
+def load_synthetic(cfg: DatasetConfig, data_dir: Path) -> RawDataset:
     entities = make_synthetic(
         cfg.n_entities,
         cfg.n_channels,
@@ -58,9 +57,7 @@ def load_synthetic(cfg: DictConfig, data_dir: Path) -> RawDataset:
         cfg.noise,
         cfg.seed,
     )
-    keep = _select_entities(
-        [e.name for e in entities], cfg.entities, "synthetic", cfg.get("max_entities")
-    )
+    keep = _select_entities([e.name for e in entities], cfg.entities, "synthetic", cfg.max_entities)
     chosen = [e for e in entities if e.name in keep]
     train = SeriesSplit.concat([(e.name, e.train, None) for e in chosen], "synthetic/train")
 
@@ -77,8 +74,8 @@ class DatasetMissingError(DataError):
     """The dataset's files are not where the config says; the message says how to get them."""
 
 
-def _root(cfg: DictConfig, data_dir: Path) -> Path:
-    return Path(cfg.path) if cfg.get("path") else data_dir / cfg.name
+def _root(cfg: DatasetConfig, data_dir: Path) -> Path:
+    return Path(cfg.path) if cfg.path else data_dir / cfg.name
 
 
 def _missing(name: str, looked: Path) -> DatasetMissingError:
@@ -93,12 +90,12 @@ def _missing(name: str, looked: Path) -> DatasetMissingError:
 
 
 @register("SMD")
-def load_smd(cfg: DictConfig, data_dir: Path) -> RawDataset:
+def load_smd(cfg: DatasetConfig, data_dir: Path) -> RawDataset:
     root = _root(cfg, data_dir)
     names = smd_entities(root)
     if not names:
         raise _missing("SMD", root / "train" / "machine-*.txt")
-    keep = _select_entities(names, cfg.entities, f"SMD ({root})", cfg.get("max_entities"))
+    keep = _select_entities(names, cfg.entities, f"SMD ({root})", cfg.max_entities)
     policy = cfg.nan_policy
     train = SeriesSplit.concat(
         [(n, read_smd_entity(root, n, "train", policy), None) for n in keep], str(root / "train")
@@ -114,7 +111,7 @@ def load_smd(cfg: DictConfig, data_dir: Path) -> RawDataset:
     return RawDataset("SMD", train, SealedTest(load_test, "SMD"), {"root": str(root)})
 
 
-def _load_telemanom(cfg: DictConfig, data_dir: Path) -> RawDataset:
+def _load_telemanom(cfg: DatasetConfig, data_dir: Path) -> RawDataset:
     root = _root(cfg, data_dir)
     if not (root / "labeled_anomalies.csv").exists():
         raise _missing(cfg.name, root / "labeled_anomalies.csv")
@@ -123,7 +120,7 @@ def _load_telemanom(cfg: DictConfig, data_dir: Path) -> RawDataset:
         raise DataError(f"{root / 'labeled_anomalies.csv'}: no channel of spacecraft {cfg.name}")
     table = table[~table["chan_id"].isin(list(cfg.exclude))]
     names = sorted(table["chan_id"].astype(str), key=natural_key)
-    keep = _select_entities(names, cfg.entities, f"{cfg.name} ({root})", cfg.get("max_entities"))
+    keep = _select_entities(names, cfg.entities, f"{cfg.name} ({root})", cfg.max_entities)
     rows = table.set_index("chan_id").loc[keep]
     train = SeriesSplit.concat(
         [(n, read_npy(root / "data" / "train" / f"{n}.npy"), None) for n in keep],
@@ -148,7 +145,7 @@ register("SMAP")(_load_telemanom)
 
 
 @register("PSM")
-def load_psm(cfg: DictConfig, data_dir: Path) -> RawDataset:
+def load_psm(cfg: DatasetConfig, data_dir: Path) -> RawDataset:
     root = _root(cfg, data_dir)
     if not (root / "train.csv").exists():
         raise _missing("PSM", root / "train.csv")
@@ -169,7 +166,7 @@ def load_psm(cfg: DictConfig, data_dir: Path) -> RawDataset:
 
 
 @register("csv")
-def load_csv(cfg: DictConfig, data_dir: Path) -> RawDataset:
+def load_csv(cfg: DatasetConfig, data_dir: Path) -> RawDataset:
     path = Path(cfg.path)
     if not path.exists():
         raise DataError(f"dataset.path={cfg.path!r}: file not found (resolved to {path.resolve()})")
@@ -204,13 +201,13 @@ def load_csv(cfg: DictConfig, data_dir: Path) -> RawDataset:
 
 
 @register("collection")
-def load_series_collection(cfg: DictConfig, data_dir: Path) -> Collection:
+def load_series_collection(cfg: DatasetConfig, data_dir: Path) -> Collection:
     """Every series file in ``dataset.path`` as its own entity (formats: data/collection.py).
     Returns a :class:`Collection`, read one series at a time, not one RawDataset."""
     return load_collection(cfg, Path(cfg.path))
 
 
-def load_dataset(cfg: DictConfig, data_dir: Path) -> RawDataset:
+def load_dataset(cfg: DatasetConfig, data_dir: Path) -> RawDataset:
     """The dataset's loader, then ``dataset.max_length`` (first rows of every entity, train and
     test) whatever the dataset: ``debug=fast`` caps entities and length through these keys."""
     try:
@@ -218,4 +215,4 @@ def load_dataset(cfg: DictConfig, data_dir: Path) -> RawDataset:
     except KeyError:
         raise DataError(f"dataset.name={cfg.name!r}: no loader; known: {sorted(LOADERS)}") from None
     raw = loader(cfg, data_dir)
-    return raw if isinstance(raw, Collection) else raw.head(cfg.get("max_length"))
+    return raw if isinstance(raw, Collection) else raw.head(cfg.max_length)

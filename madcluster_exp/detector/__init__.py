@@ -9,11 +9,11 @@ from __future__ import annotations
 from typing import Dict, Optional, Type
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
 from madcluster_exp.backbones import backbone_class
 from madcluster_exp.backbones.base import Backbone, StepContext, combine_losses, loss_logs
+from madcluster_exp.config.schema import Config
 from madcluster_exp.madcluster import build_plugin
 from madcluster_exp.utils.nn import init_weights
 
@@ -163,7 +163,7 @@ class Detector(nn.Module):
 
 
 def build_detector(
-    cfg: DictConfig, n_channels: int, backbone_cls: Optional[Type[Backbone]] = None
+    cfg: Config, n_channels: int, backbone_cls: Optional[Type[Backbone]] = None
 ) -> Detector:
     """The detector for a composed config, as a run builds it: the backbone ``backbone.name``
     names (or ``backbone_cls``, a variant of it such as the benchmark's baseline) over
@@ -175,7 +175,7 @@ def build_detector(
     return Detector(backbone, build_plugin(backbone.embed_dim, cfg.madcluster, int(cfg.seed)))
 
 
-def optimizer_options(cfg: DictConfig) -> Dict[str, object]:
+def optimizer_options(cfg: Config) -> Dict[str, object]:
     """:meth:`Detector.configure_optimizers`' arguments from a composed config."""
     return {
         "lr": float(cfg.backbone.lr),

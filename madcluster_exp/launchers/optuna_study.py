@@ -34,17 +34,6 @@ CREATE_ATTEMPTS = 8
 LOCK_KEY = zlib.crc32(b"madcluster_exp.optuna_study")
 
 
-def sqlalchemy_url(storage: Optional[str]) -> Optional[str]:
-    """``postgresql://`` / ``postgres://`` with the psycopg 3 driver (the one installed);
-    other URLs (``postgresql+<driver>://``, SQLite, MySQL) unchanged."""
-    if storage is None:
-        return None
-    scheme = urlsplit(storage).scheme
-    if scheme in ("postgresql", "postgres"):
-        return "postgresql+psycopg" + storage[len(scheme) :]
-    return storage
-
-
 def direction_names(direction) -> List[str]:
     """The sweeper's ``direction`` (a name, an enum, or a list of them) as lower-case names."""
     single = isinstance(direction, str) or hasattr(direction, "name")

@@ -22,9 +22,9 @@ import math
 from typing import Dict, Iterable, Optional
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
+from madcluster_exp.config.schema import MADClusterConfig
 from madcluster_exp.madcluster import fast, losses
 from madcluster_exp.utils.nn import QuantileSample, radius_due
 
@@ -42,7 +42,7 @@ def he_normal(shape, fan_in: int, generator: torch.Generator) -> torch.Tensor:
 class _PluginBase(nn.Module):
     """Distance mapping, radius fitting and loss assembly shared by k = 1 and k > 1."""
 
-    def __init__(self, embed_dim: int, cfg: DictConfig):
+    def __init__(self, embed_dim: int, cfg: MADClusterConfig):
         super().__init__()
         self.embed_dim = embed_dim
         self.objective = cfg.objective
@@ -53,7 +53,7 @@ class _PluginBase(nn.Module):
         # The paper's component ablation: distance mapping only, clustering only, or both.
         self.use_mapping = cfg.components in ("both", "mapping")
         self.use_cluster = cfg.components in ("both", "clustering")
-        self.compile = bool(cfg.get("compile", False))
+        self.compile = bool(getattr(cfg, "compile", False))
         self._compiled_loss = None  # built on the first training step with compile=true
         self.variant, self.k = cfg.variant, int(cfg.k)
 
@@ -141,7 +141,7 @@ class _PluginBase(nn.Module):
 class MADCluster(_PluginBase):
     """k = 1: cosine assignment and the One-directed Adaptive loss with a learnable nu."""
 
-    def __init__(self, embed_dim: int, cfg: DictConfig, generator: torch.Generator):
+    def __init__(self, embed_dim: int, cfg: MADClusterConfig, generator: torch.Generator):
         super().__init__(embed_dim, cfg)
         self.tau = float(cfg.tau)
         self.center = nn.Parameter(he_normal((embed_dim,), embed_dim, generator))
@@ -233,7 +233,7 @@ class MADCluster(_PluginBase):
 class MultiMADCluster(_PluginBase):
     """k > 1 (appendix eqs. 25-28): Student-t assignment, DEC target, KL loss; nu unused."""
 
-    def __init__(self, embed_dim: int, cfg: DictConfig, generator: torch.Generator):
+    def __init__(self, embed_dim: int, cfg: MADClusterConfig, generator: torch.Generator):
         super().__init__(embed_dim, cfg)
         self.centers = nn.Parameter(he_normal((self.k, embed_dim), embed_dim, generator))
 
@@ -250,7 +250,7 @@ class MultiMADCluster(_PluginBase):
         return d.min(dim=-1).values, losses.kl_terms(losses.dec_target(q), q)
 
 
-def build_plugin(embed_dim: int, cfg: DictConfig, seed: int) -> Optional[_PluginBase]:
+def build_plugin(embed_dim: int, cfg: MADClusterConfig, seed: int) -> Optional[_PluginBase]:
     """The configured plug-in, or None with ``madcluster=off``."""
     if not cfg.enabled:
         return None

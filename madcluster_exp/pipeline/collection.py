@@ -19,59 +19,35 @@ from __future__ import annotations
 import csv
 import json
 import time
-from pathlib import Path
-from typing import Callable, List, Optional, Tuple
-
-import torch
-from omegaconf import DictConfig
+from typing import List, Optional
 
 from madcluster_exp.data import DataError
 from madcluster_exp.data.collection import Collection, Skipped
-from madcluster_exp.pipeline.context import JobContext
 from madcluster_exp.pipeline.outputs import write_artifacts
-from madcluster_exp.tracking import Tracker
+from madcluster_exp.pipeline.plan import JobEnv, JobPlan
+from madcluster_exp.pipeline.unit import Part, Unit, fit_unit, summary_metrics
 
 RUNS_FILE = "series_runs.json"
 SKIPPED_FILE = "skipped.csv"
 
 
-def run_collection(
-    cfg: DictConfig,
-    tracker: Tracker,
-    name: str,
-    collection: Collection,
-    window: int,
-    device: torch.device,
-    say: Callable,
-    context: JobContext,
-    job_dir: Path,
-) -> Tuple[list, List[Skipped]]:
-    """Fit, score and track every series; returns the finished units and every skipped file."""
+def run_collection(plan: JobPlan, env: JobEnv, collection: Collection) -> List[Unit]:
+    """Fit, score and track every series; returns the finished units."""
+    say, name = env.say, env.name
     skipped = list(collection.skipped)
     for s in skipped:
         say(f"[{name}] skipped {s.file}: {s.reason}")
-    runs_path = job_dir / RUNS_FILE
-    resumable = cfg.train.resume and cfg.train.checkpoint and runs_path.exists()
+    runs_path = env.job_dir / RUNS_FILE
+    train = plan.cfg.train
+    resumable = train.resume and train.checkpoint and runs_path.exists()
     child_ids = json.loads(runs_path.read_text()) if resumable else {}
     units = []
     for entity in collection.entities:
-        unit = _series(
-            cfg,
-            tracker,
-            name,
-            collection,
-            entity,
-            window,
-            device,
-            say,
-            context,
-            job_dir,
-            child_ids,
-            skipped,
-        )
+        unit = _series(plan, env, collection, entity, child_ids, skipped)
         runs_path.write_text(json.dumps(child_ids, indent=2))
         if unit is not None:
             units.append(unit)
+    tracker = env.tracker
     tracker.set_tags(
         {
             "collection.path": str(collection.root),
@@ -81,12 +57,12 @@ def run_collection(
     )
     if skipped:
         tracker.set_tags({"collection.skipped_files": " ".join(s.file for s in skipped)[:5000]})
-    path = job_dir / SKIPPED_FILE
+    path = env.job_dir / SKIPPED_FILE
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["file", "reason"])
         writer.writerows([s.file, s.reason] for s in skipped)
-    if cfg.tracking.log_artifacts:
+    if plan.cfg.tracking.log_artifacts:
         tracker.log_artifact(path)
     if not units:
         raise DataError(
@@ -94,7 +70,7 @@ def run_collection(
             + "".join(f"\n  {s.file}: {s.reason}" for s in skipped)
         )
     say(series_table(name, collection, units, skipped))
-    return units, skipped
+    return units
 
 
 _SHOWN = (("test/vus_pr", "VUS-PR"), ("test/auc_pr", "AUC-PR"), ("test/auc_roc", "AUC-ROC"))
@@ -125,54 +101,36 @@ def series_table(name: str, collection: Collection, units: list, skipped: List[S
 
 
 def _series(
-    cfg,
-    tracker,
-    name,
-    collection,
-    entity,
-    window,
-    device,
-    say,
-    context,
-    job_dir,
-    child_ids,
-    skipped,
-) -> Optional[object]:
-    from madcluster_exp.pipeline.job import flatten, identity_tags
-    from madcluster_exp.pipeline.unit import fit_and_score
-
+    plan: JobPlan,
+    env: JobEnv,
+    collection: Collection,
+    entity: str,
+    child_ids: dict,
+    skipped: List[Skipped],
+) -> Optional[Unit]:
+    """One series: its own child run under the job's, one model, its metrics and artifacts;
+    None when the series is skipped (its data cannot be used)."""
+    name, say = env.name, env.say
     info = collection.describe(entity)
     try:
         raw = collection.subset(entity)  # reads and checks the file before any run starts
     except DataError as exc:
         return _skip(say, name, skipped, info["series.file"], exc)
-    child = tracker.new_run()
+    child = env.tracker.new_run()
     child_name = f"{name}/{entity}"
     if child_ids.get(entity) and child.uri:
         child.resume(child_ids[entity])
     else:
         child.start(
             child_name,
-            flatten(cfg),
-            {**identity_tags(cfg, context), **info},
-            parent_run_id=tracker.run_id,
+            plan.params,
+            {**plan.identity_tags(env.context), **info},
+            parent_run_id=env.tracker.run_id,
         )
     child_ids[entity] = child.run_id
     t0 = time.perf_counter()
     try:
-        unit = fit_and_score(
-            cfg,
-            child,
-            name,
-            raw,
-            entity,
-            window,
-            device,
-            say,
-            log_params=True,
-            job_dir=job_dir,
-            metric_prefix="",
-        )
+        unit = fit_unit(plan, env.with_tracker(child), Part(entity, raw, log_params=True))
     except DataError as exc:
         child.set_tags({"error": f"DataError: {exc}"[:5000]})
         child.end("FAILED")
@@ -183,29 +141,24 @@ def _series(
         raise
     metrics = {
         **unit.evaluation.metrics,
-        "val/best_loss": unit.fit.best_val_loss,
-        "train/best_epoch": unit.fit.best_epoch,
-        "train/epochs_run": unit.fit.epochs_run,
-        "time/fit_s": unit.fit.fit_seconds,
-        "time/score_s": unit.score_s,
-        "time/metrics_s": unit.metrics_s,
+        **summary_metrics(plan, [unit]),
         "time/total_s": time.perf_counter() - t0,
     }
     child.log_params({"score_rule": unit.evaluation.score_rule})
     child.log_metrics(metrics)
-    series_dir = job_dir / "series" / entity
+    series_dir = env.job_dir / "series" / entity
     series_dir.mkdir(parents=True, exist_ok=True)
     artifacts = write_artifacts(
-        cfg,
+        plan,
         series_dir,
         child_name,
         unit.fit,
         unit.evaluation,
         unit.test.labels,
         metrics,
-        context.overrides,
+        env.context.overrides,
     )
-    if cfg.tracking.log_artifacts:
+    if plan.cfg.tracking.log_artifacts:
         for path in artifacts:
             child.log_artifact(path)
     child.end("FINISHED")

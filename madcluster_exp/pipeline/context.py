@@ -1,8 +1,8 @@
 """What a job knows of the Hydra run it is part of, read once at the entry point.
 
-``python -m madcluster_exp`` reads Hydra's runtime config into a :class:`JobContext` and hands
-it to :func:`madcluster_exp.pipeline.job.run`; nothing below the entry point reads
-``HydraConfig``. A job
+``python -m madcluster_exp`` reads Hydra's runtime config into a :class:`JobContext`
+(``app.context_from_hydra``) and hands it to :func:`madcluster_exp.pipeline.job.run`; nothing
+below the entry point reads ``HydraConfig``. A job
 started from Python (tests, notebooks) gets :meth:`JobContext.outside_hydra`: the current
 directory, no sweep, no overrides.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from madcluster_exp.tracking.callbacks import read_parent
+from madcluster_exp.tracking.sweep import read_parent
 
 #: The sweeper settings a trial's tags name (:func:`search_tags`).
 SWEEPER_KEYS = ("study_name", "storage")
@@ -43,31 +43,6 @@ class JobContext:
         """A job started from Python: the current directory, no sweep."""
         return cls(cwd=Path(os.getcwd()))
 
-    @classmethod
-    def from_hydra(cls) -> "JobContext":
-        """Hydra's runtime config as the job needs it (outside a Hydra run: outside_hydra)."""
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        if not HydraConfig.initialized():
-            return cls.outside_hydra()
-        hc = HydraConfig.get()
-        cwd = Path(hc.runtime.cwd)
-        multirun = hc.mode == RunMode.MULTIRUN
-        sweep_dir = Path(hc.sweep.dir) if multirun else None
-        n_jobs = hc.launcher.get("n_jobs") if multirun else None
-        return cls(
-            cwd=cwd,
-            under_hydra=True,
-            output_dir=Path(hc.runtime.output_dir),
-            multirun=multirun,
-            overrides=tuple(hc.overrides.task),
-            job_num=hc.job.get("num"),
-            sweep_dir=None if sweep_dir is None else cwd / sweep_dir,
-            launcher_jobs=None if n_jobs is None else int(n_jobs),
-            sweeper={k: hc.sweeper.get(k) for k in SWEEPER_KEYS if hc.sweeper.get(k) is not None},
-        )
-
     def parent_run_id(self) -> Optional[str]:
         """The sweep's parent run (multirun: written by the sweep callback), else None."""
         return read_parent(self.sweep_dir) if self.multirun else None
@@ -90,16 +65,3 @@ class JobContext:
         if self.job_num is not None:
             tags["hydra.job.num"] = str(self.job_num)
         return tags
-
-
-def search_tags(sweeper: Mapping[str, Any]) -> Dict[str, str]:
-    """The study a run belongs to: ``optuna.study`` and ``optuna.storage`` (password hidden;
-    ``in-memory`` for a one-process study), on the parent run and on every trial's run."""
-    from madcluster_exp.launchers.optuna_study import sqlalchemy_url
-    from madcluster_exp.tracking.server import redact
-
-    storage = sweeper.get("storage")
-    return {
-        "optuna.study": str(sweeper.get("study_name")),
-        "optuna.storage": redact(sqlalchemy_url(storage)) if storage else "in-memory",
-    }

@@ -1,7 +1,7 @@
 """What a job leaves in its directory, and the results table it prints.
 
 ``config_resolved.yaml``, ``overrides.json``, ``metrics.json``, ``scores.npz``, the plots,
-``per_entity.csv`` and the saved model (``model/``); the job (run.py) decides which are logged
+``per_entity.csv`` and the saved model (``model/``); the job (job.py) decides which are logged
 to MLflow. ``format_results`` is the console's results table.
 """
 
@@ -13,17 +13,14 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
 
-from madcluster_exp.classical import is_classical
-from madcluster_exp.evaluation.protocols import protocol_for
 from madcluster_exp.evaluation.sanity import describe, run_flags
 
 PER_ENTITY_FILE = "per_entity.csv"
 
 
 def write_artifacts(
-    cfg: DictConfig,
+    plan,
     job_dir: Path,
     name: str,
     fit_result,
@@ -33,10 +30,12 @@ def write_artifacts(
     overrides: Sequence[str],
 ) -> List[Path]:
     """Write the config, the command line (``overrides``), the metrics, the scores and the
-    plots of one run into ``job_dir``; return their paths."""
+    plots of one run (of a :class:`~madcluster_exp.pipeline.plan.JobPlan`) into ``job_dir``;
+    return their paths."""
+    cfg = plan.cfg
     paths = []
     cfg_path = job_dir / "config_resolved.yaml"
-    cfg_path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    cfg_path.write_text(plan.settings.yaml)
     paths.append(cfg_path)
     ov_path = job_dir / "overrides.json"
     ov_path.write_text(json.dumps({"overrides": list(overrides), "argv": sys.argv}, indent=2))
@@ -49,7 +48,7 @@ def write_artifacts(
         np.savez_compressed(
             scores_path,
             range_window=np.int64(cfg.metrics.range_window),
-            metrics_definition=np.array(cfg.metrics.definition),
+            metrics_definition=np.array(str(cfg.metrics.definition)),
             **ev.arrays,
         )
         paths.append(scores_path)
@@ -103,23 +102,18 @@ def entity_layout(tests: Sequence) -> Tuple[Dict[str, np.ndarray], np.ndarray]:
     return arrays, np.concatenate([t.labels for t in tests])
 
 
-def save_model(cfg: DictConfig, job_dir: Path, entries: List[dict], say) -> Optional[Path]:
+def save_model(plan, job_dir: Path, entries: List[dict], say) -> Optional[Path]:
     """``<job dir>/model``: the pyfunc model of every unit's entry
     (madcluster_exp.serving.bundle), or None when there is none to save (tracking.log_model=false,
-    protocol=reference)."""
-    if not cfg.tracking.log_model:
+    a classical detector, protocol=reference)."""
+    if not plan.cfg.tracking.log_model:
         return None
     if not entries:
-        say(
-            "no model saved: classical detectors are refitted, not saved"
-            if is_classical(cfg.backbone)
-            else "no model saved: protocol=reference thresholds window scores on test labels, "
-            "which does not score new data (predict serves protocol=point runs)"
-        )
+        say(plan.kind.no_model_reason)
         return None
     from madcluster_exp.serving.bundle import save_model as save_pyfunc
 
-    return save_pyfunc(job_dir / "model", cfg, entries)
+    return save_pyfunc(job_dir / "model", plan.settings.container, entries)
 
 
 def model_note(model_dir: Path, run_id: Optional[str], logged: bool, job_dir: Path) -> str:
@@ -160,10 +154,10 @@ _LABELS = {
 }
 
 
-def format_results(result, cfg: DictConfig) -> str:
+def format_results(result, plan) -> str:
     """The console's results table of a finished run (a
-    :class:`madcluster_exp.pipeline.job.RunResult`)."""
-    protocol = protocol_for(cfg)
+    :class:`madcluster_exp.pipeline.job.RunResult` of a plan)."""
+    protocol = plan.protocol
     lines = [
         f"\nResults: {result.run_name}  (threshold.kind={protocol.threshold_kind}, "
         f"protocol={protocol.name})"

@@ -47,7 +47,7 @@ from madcluster_exp.plots.sweep import KCurves, SweepCurves, plot_k_curves, plot
 from madcluster_exp.report import onoff, paper, search
 from madcluster_exp.report.rank import rank_section, summary_sanity
 from madcluster_exp.tracking import resolve_tracking_uri
-from madcluster_exp.tracking.callbacks import PARENT_FILE
+from madcluster_exp.tracking.sweep import PARENT_FILE
 from madcluster_exp.utils.cli_args import Option, parse
 
 DEFAULT_METRICS = [

@@ -33,8 +33,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 
+from madcluster_exp.config import Config, from_container
 from madcluster_exp.data import Scaler, SeriesSplit
 from madcluster_exp.data.series import check_finite
 from madcluster_exp.detector import build_detector
@@ -117,8 +117,9 @@ def signature(n_channels: Optional[int]):
     )
 
 
-def save_model(path: Path, cfg: DictConfig, entries: List[dict]) -> Path:
-    """Write the pyfunc model directory ``path`` (replacing an older one) from the entries of
+def save_model(path: Path, config: dict, entries: List[dict]) -> Path:
+    """Write the pyfunc model directory ``path`` (replacing an older one) from the run's
+    configuration (its plain nested form, ``Settings.container``) and the entries of
     :func:`model_entry`; returns ``path``."""
     import mlflow.pyfunc
 
@@ -131,7 +132,7 @@ def save_model(path: Path, cfg: DictConfig, entries: List[dict]) -> Path:
         torch.save({str(i): e["state_dict"] for i, e in enumerate(entries)}, bundle / WEIGHTS)
         meta = {
             "format": FORMAT,
-            "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+            "config": config,
             "models": [{k: v for k, v in e.items() if k != "state_dict"} for e in entries],
         }
         (bundle / META).write_text(json.dumps(meta, indent=1))
@@ -158,7 +159,7 @@ class TrainedDetector:
 
     def __init__(
         self,
-        cfg: DictConfig,
+        cfg: Config,
         entry: dict,
         state_dict: Dict[str, torch.Tensor],
         source: str,
@@ -276,7 +277,7 @@ def read_bundle(directory: Path) -> tuple:
             f"{meta_path}: bundle format {meta.get('format')!r}; this version reads format {FORMAT}"
         )
     weights = torch.load(Path(directory) / WEIGHTS, map_location="cpu", weights_only=True)
-    return OmegaConf.create(current_keys(meta["config"])), meta["models"], weights
+    return from_container(current_keys(meta["config"])), meta["models"], weights
 
 
 def current_keys(config: dict) -> dict:

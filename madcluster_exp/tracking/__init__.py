@@ -3,8 +3,7 @@
 import os
 from pathlib import Path
 
-from omegaconf import DictConfig
-
+from madcluster_exp.config.schema import TrackingConfig
 from madcluster_exp.tracking.mlflow_tracker import (
     MLflowTracker,
     NullTracker,
@@ -18,7 +17,7 @@ from madcluster_exp.tracking.mlflow_tracker import (
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
-def build_tracker(cfg: DictConfig, output_dir: Path) -> Tracker:
+def build_tracker(cfg: TrackingConfig, output_dir: Path) -> Tracker:
     if cfg.backend == "none":
         return NullTracker()
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ started by any launcher finds it). ``on_multirun_end`` closes the parent and cou
 
 A sweep started again with the same sweep directory (``hydra.sweep.dir=<it>``) continues the
 parent run that directory names, so its children stay under one parent; jobs that finished the
-first time are skipped (madcluster_exp/run.py, ``finished_job``).
+first time are skipped (madcluster_exp/pipeline/job.py, ``finished_job``).
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ from typing import Any, Optional
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-PARENT_RUN_ENV = "MADCLUSTER_PARENT_RUN_ID"
-PARENT_FILE = "mlflow_parent.json"
+from madcluster_exp.tracking.sweep import PARENT_FILE, PARENT_RUN_ENV, search_tags
 
 
 def _output_root(config: DictConfig) -> Path:
@@ -35,13 +34,6 @@ def _output_root(config: DictConfig) -> Path:
 def _sweep_dir(config: DictConfig) -> Path:
     d = Path(config.hydra.sweep.dir)
     return d if d.is_absolute() else Path(config.hydra.runtime.cwd) / d
-
-
-def read_parent(sweep_dir: Path) -> Optional[str]:
-    path = sweep_dir / PARENT_FILE
-    if path.exists():
-        return json.loads(path.read_text())["run_id"]
-    return os.environ.get(PARENT_RUN_ENV)
 
 
 def _previous_parent(sweep_dir: Path, tracker) -> Optional[str]:
@@ -91,7 +83,6 @@ class MLflowSweepCallback(Callback):
         sweeper = config.hydra.sweeper
         if "study_name" in sweeper:  # an Optuna search: which study, what it optimises
             from madcluster_exp.config import SEARCH_OBJECTIVES
-            from madcluster_exp.pipeline.context import search_tags
 
             metric, direction = SEARCH_OBJECTIVES[config.search.objective]
             tags.update(search_tags(sweeper))

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional
 
 import torch
-from omegaconf import DictConfig
 
+from madcluster_exp.config.schema import Config
 from madcluster_exp.data import PreparedData, WindowSet
 from madcluster_exp.detector import Detector, optimizer_options
 from madcluster_exp.training.checkpoint import Checkpointer, rng_state, set_rng_state
@@ -80,7 +80,7 @@ class TrainSettings:
     optimizer: Mapping[str, object]
 
     @classmethod
-    def from_config(cls, cfg: DictConfig) -> "TrainSettings":
+    def from_config(cls, cfg: Config) -> "TrainSettings":
         t, b = cfg.train, cfg.backbone
         return cls(
             epochs=int(t.epochs),

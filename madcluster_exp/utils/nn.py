@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import List, Optional
 
 import numpy as np
@@ -10,6 +11,13 @@ from torch import nn
 
 #: Layers ``init_weights(kind="he")`` re-initialises (see ``train.init`` in config.py).
 HE_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators (a model's init depends on it alone)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def radius_due(epoch: int, warmup_epochs: int) -> bool:

@@ -39,7 +39,7 @@ class SharedStudyOptunaSweeper(OptunaSweeper):
         custom_search_space: Optional[str],
         params: Any,
     ) -> None:
-        from madcluster_exp.launchers.optuna_study import sqlalchemy_url
+        from madcluster_exp.tracking.sweep import sqlalchemy_url
 
         impl = _numbered_trials_impl()
         self.sweeper = impl(
