@@ -1,6 +1,7 @@
 """Metrics computed by the project itself; inputs are validated. No model code here."""
 
 from madcluster_exp.metrics.affiliation import affiliation
+from madcluster_exp.metrics.period import find_length_rank, tsbad_vus_window
 from madcluster_exp.metrics.point import (
     MetricInputError,
     auc_pr,
@@ -27,11 +28,13 @@ __all__ = [
     "auc_roc",
     "basic_suite",
     "best_f1",
+    "find_length_rank",
     "full_suite",
     "point_adjust",
     "point_adjusted_f1",
     "precision_recall_f1",
     "range_suite",
     "tsbad_get_metrics",
+    "tsbad_vus_window",
     "vus_get_metrics",
 ]
