@@ -482,10 +482,10 @@ class TrainConfig:
     # The plug-in's nu is always trained with AMSGrad, as in the reference.
     amsgrad: bool = False
     # Weight initialisation of the backbone after it is built. default: each layer's own PyTorch
-    # init | he: He-normal (Kaiming, fan_in, ReLU gain: std sqrt(2 / fan_in)) on every Linear and
-    # Conv1d/2d/3d weight, zero biases, as the MADCluster reference's he_init_normal (which lists
-    # Linear, Conv2d and Conv3d; its DCdetector's only Conv1d has its own Kaiming init). RNNs,
-    # norms, transposed convs and the plug-in's center (He-normal anyway) keep their init.
+    # init | he: He-normal (Kaiming, fan_in, ReLU gain: std sqrt(2 / fan_in)) on every Linear,
+    # Conv2d and Conv3d weight, zero biases, as the MADCluster reference's he_init_normal. 1-D and
+    # transposed convs, RNNs, norms, layers a backbone initialises as its reference does
+    # (nn_utils.keep_own_init) and the plug-in's center (He-normal anyway) keep their init.
     init: Init = Init.default
     # Cap on batches per epoch (debugging); None = all.
     max_batches_per_epoch: Optional[int] = None

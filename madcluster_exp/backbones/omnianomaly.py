@@ -71,6 +71,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from madcluster_exp.backbones.base import Backbone, BackboneOutput
+from madcluster_exp.nn_utils import keep_own_init
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -83,12 +84,12 @@ def _glorot_(weight: torch.Tensor, fan_in: int, fan_out: int) -> None:
 
 def _dense(n_in: int, n_out: int, bias: bool = True, fans=None) -> nn.Linear:
     """TF's dense layer init; ``fans`` = (fan_in, fan_out) of the code's kernel when this layer
-    is a block of it."""
+    is a block of it. Marked as the backbone's own init, which ``train.init=he`` keeps."""
     layer = nn.Linear(n_in, n_out, bias=bias)
     _glorot_(layer.weight, *(fans or (n_in, n_out)))
     if bias:
         nn.init.zeros_(layer.bias)
-    return layer
+    return keep_own_init(layer)
 
 
 def _tf_gru(n_in: int, hidden: int) -> nn.GRU:
