@@ -511,7 +511,7 @@ def test_published_file_is_checked_row_by_row(tmp_path):
     from madcluster_exp.report_paper import PUBLISHED, PublishedDataError, load_published
 
     table = load_published()
-    assert len(table) == 7 * 2 * 3 + 4 * 3 * 3 + 10 * 4 * 3
+    assert len(table) == 7 * 2 * (3 + 2) + 4 * 3 * 3 + 10 * 4 * 3  # Table 2: + Params, MACs
     msl = table[(table["table"] == "Table 2") & (table["backbone"] == "dcdetector")]
     assert msl.set_index(["madcluster", "metric"])["value"].to_dict() == {
         ("off", "F1"): 0.28,
@@ -520,6 +520,10 @@ def test_published_file_is_checked_row_by_row(tmp_path):
         ("on", "F1"): 0.41,
         ("on", "VUS-ROC"): 0.64,
         ("on", "VUS-PR"): 0.32,
+        ("off", "Params"): 912_180,
+        ("off", "MACs"): 1_189_000_000,
+        ("on", "Params"): 912_300,
+        ("on", "MACs"): 1_189_000_000,
     }
     bad = tmp_path / "published.csv"
     bad.write_text(
