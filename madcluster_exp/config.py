@@ -441,7 +441,8 @@ class MADClusterConfig:
     enabled: bool = True
     # 1 = cosine assignment + OD loss with learnable nu; >1 = Student-t assignment + DEC target.
     k: int = 1
-    # paper (default) | reference (the official code's loss and per-window score, k = 1 only)
+    # paper (default) | reference (the official code's: k = 1 loss and per-window score; k > 1
+    # DEC target over the whole batch, attached to the graph)
     variant: Variant = Variant.paper
     # Distance mapping: one-class | soft-boundary
     objective: Objective = Objective["one-class"]
@@ -753,11 +754,6 @@ def validate(cfg: DictConfig) -> None:
                 f"{_describe_range(low, high, low_inc, high_inc)}"
             )
     mc = cfg.madcluster
-    if mc.enabled and mc.variant == "reference" and mc.k != 1:
-        problems.append(
-            f"madcluster.variant='reference' with madcluster.k={mc.k}: "
-            "the reference code's loss exists for k = 1 only"
-        )
     if cfg.backbone.get("family") == "classical" and mc.enabled:
         problems.append(
             f"madcluster=on with backbone={cfg.backbone.name} (family classical): "
@@ -818,7 +814,7 @@ def inert_settings(cfg: DictConfig) -> List[str]:
     if mc.enabled and mc.k > 1:
         rules.append(
             (
-                ("madcluster.tau", "madcluster.nu_init", "madcluster.nu_lr", "madcluster.variant"),
+                ("madcluster.tau", "madcluster.nu_init", "madcluster.nu_lr"),
                 f"madcluster.k={mc.k} uses the DEC target, not the OD loss and its nu",
             )
         )
