@@ -10,10 +10,13 @@ import pytest
 import torch
 import yaml
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from madcluster_exp.app import CONFIG_DIR
 from madcluster_exp.backbones import backbone_class
-from madcluster_exp.detector import build_detector, count_parameters
+from madcluster_exp.config import MADClusterConfig
+from madcluster_exp.detector import NU_GROUP, build_detector, count_parameters, optimizer_options
+from madcluster_exp.madcluster import build_plugin
 from madcluster_exp.nn_utils import init_weights
 from madcluster_exp.report_paper import load_published
 from tests.conftest import compose_config
@@ -150,3 +153,80 @@ def test_paper_sizes_are_set_by_the_setup_only():
         ):
             b = compose(config_name="config", overrides=overrides).backbone
             assert (b.ndf, b.ngf) == (ndf, ngf), overrides
+
+
+# ------------------------------------------------------------------------- nu, as trained
+def _plugin_k1(variant: str):
+    cfg = OmegaConf.structured(MADClusterConfig)
+    cfg.variant = variant
+    return build_plugin(8, cfg, seed=0).double()
+
+
+def _window(seed: int = 0) -> torch.Tensor:
+    return torch.randn(4, 20, 8, generator=torch.Generator().manual_seed(seed)).double()
+
+
+def test_bounded_nu_gradient_is_the_raw_one_times_the_sigmoid_slope():
+    """Same loss, two parametrisations: dL/dtheta = dL/dnu * (1 - 2m) sigma(theta)(1 -
+    sigma(theta)), which at nu = 0.5 (theta = 0) is dL/dnu * (1 - 2m) / 4."""
+    plugin, z = _plugin_k1("paper"), _window()
+    assert plugin.nu_raw.item() == 0.0 and plugin.nu.item() == pytest.approx(0.5, abs=1e-15)
+    plugin.loss(z)["total"].backward()
+    g_theta = plugin.nu_raw.grad.item()
+    # The paper's loss written out with nu a leaf of its own: q = (1 + cos)/2, OD terms,
+    # mapping ||h - c||^2, total log(mean_b sum_t (mapping + cluster) + 1e-8).
+    c = plugin.center.detach()
+    nu = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    q = (1 + torch.nn.functional.cosine_similarity(z, c.expand_as(z), dim=-1)) / 2
+    p = (q >= nu).double() * (1 - 0.01) + (q < nu).double() * 0.01
+    log_f1 = torch.log((1 - nu ** (1 - nu)) / (1 - nu) * (q - 1) + 1)
+    cluster = -(p * log_f1 + (1 - p) * (1 - nu) * torch.log(q))
+    mapping = ((z - c) ** 2).sum(-1)
+    torch.log((mapping + cluster).sum(1).mean() + 1e-8).backward()
+    g_nu = nu.grad.item()
+    assert g_nu < 0  # the paper's proof: training pushes nu upward
+    margin = 1e-4
+    assert g_theta == pytest.approx(g_nu * (1 - 2 * margin) / 4, rel=1e-9)
+
+
+def test_one_adam_step_moves_bounded_nu_a_quarter_of_raw_nu():
+    """nu's real optimizer (its group in the detector: Adam, AMSGrad, no weight decay) at the
+    official lr 1e-4. Adam's first step is lr * g / (|g| + eps) whatever the loss's scale, so
+    raw nu (reference) moves by lr and theta by lr, i.e. the bounded nu (paper) by
+    (1 - 2m) (sigma(lr) - 1/2) ~ lr / 4: at least 4x slower at any nu, sigma' <= 1/4."""
+    lr, margin = 1e-4, 1e-4
+    moved = {}
+    for variant in ("paper", "reference"):
+        cfg = compose_config(["backbone=deepsvdd", f"madcluster.variant={variant}"])
+        torch.manual_seed(0)
+        det = build_detector(cfg, 3).double()  # float64: nu's step is 1e-4 against 0.5
+        det.configure_optimizers(lr=1e-3, weight_decay=1e-6, nu_lr=lr, fused=False)
+        x = torch.randn(4, cfg.backbone.window, 3, generator=torch.Generator().manual_seed(1))
+        x = x.double()
+        nu0 = det.plugin.nu.item()
+        assert nu0 == pytest.approx(0.5, abs=1e-15)
+        det._optimize(det.plugin.loss(det.backbone(x).z)["total"])
+        g = abs(det.plugin.nu_raw.grad.item())
+        step = lr * g / (g + 1e-8)  # Adam (AMSGrad) step 1: m = (1 - b1) g, v = (1 - b2) g^2
+        expected = (
+            nu0 + step
+            if variant == "reference"
+            else (margin + (1 - 2 * margin) / (1 + math.exp(-step)))
+        )
+        assert det.plugin.nu.item() == pytest.approx(expected, abs=1e-15)
+        moved[variant] = det.plugin.nu.item() - nu0
+    assert moved["reference"] / moved["paper"] == pytest.approx(4 / (1 - 2 * margin), rel=1e-6)
+
+
+def test_paper_setup_trains_nu_at_the_official_rate_whatever_the_backbones():
+    cfg = compose_config(["setup=paper", "backbone=thoc", "dataset=MSL"])
+    opts = optimizer_options(cfg)
+    assert (opts["lr"], opts["nu_lr"]) == (1e-3, 1e-4)  # THOC's rate is 10x the official
+    torch.manual_seed(0)
+    det = build_detector(cfg, 5)
+    det.configure_optimizers(**opts)
+    det.set_epoch_lr(3, cfg.backbone.lr_decay, cfg.backbone.lr_decay_delay)
+    rates = {g.get("name"): g["lr"] for g in det.optimizers[det.host_group].param_groups}
+    assert rates[NU_GROUP] == 1e-4  # constant: no scheduler on nu, as the reference
+    assert rates[None] == pytest.approx(1e-3 * 0.9**3)
+    assert compose_config(["backbone=thoc"]).madcluster.nu_lr is None  # elsewhere: the backbone's
