@@ -182,8 +182,9 @@ def test_k_greater_than_one_loss_score_and_hand_values():
     kl = (p * (p / q).log()).sum(1)
     nearest = torch.tensor([0.0, 1.0], dtype=torch.float64)
     torch.testing.assert_close(plugin.score(z)[0], kl + nearest)
+    all_centers = torch.tensor([0.0 + 9.0, 1.0 + 4.0], dtype=torch.float64)  # eq. 27: every c_j
     out = plugin.loss(z)
-    assert out["total"].item() == pytest.approx(math.log(float((kl + nearest).sum()) + 1e-8))
+    assert out["total"].item() == pytest.approx(math.log(float((kl + all_centers).sum()) + 1e-8))
     out["total"].backward()
     assert plugin.centers.grad.abs().sum() > 0
 
@@ -213,7 +214,7 @@ def test_soft_boundary_score_is_the_squared_distance_not_the_flat_mapping(k):
     plugin.loss(torch.randn(8, 50, 4))
     plugin.on_epoch_end(0)  # fits R from those training distances
     plugin.eval()
-    r = float(plugin.radius)
+    r = float(plugin.radius.reshape(-1)[0])  # k > 1: one radius per center, center 0's here
     assert r > 0
     centers = plugin.center.detach()[None] if k == 1 else plugin.centers.detach()
     # Two steps inside the radius at different distances, one outside.

@@ -238,11 +238,11 @@ def test_he_init_gives_kaiming_std_and_zero_biases():
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(
-        torch.nn.Linear(400, 300), torch.nn.Conv1d(50, 200, 8), torch.nn.GRU(5, 7)
+        torch.nn.Linear(400, 300), torch.nn.Conv2d(50, 200, (2, 4)), torch.nn.GRU(5, 7)
     )
     gru_before = [p.detach().clone() for p in net[2].parameters()]
     assert init_weights(net, "he") == 2
-    for layer, fan_in in ((net[0], 400), (net[1], 50 * 8)):
+    for layer, fan_in in ((net[0], 400), (net[1], 50 * 2 * 4)):
         assert layer.weight.std().item() == pytest.approx(math.sqrt(2.0 / fan_in), rel=0.02)
         assert layer.weight.mean().item() == pytest.approx(0.0, abs=0.01 * math.sqrt(2 / fan_in))
         assert torch.count_nonzero(layer.bias) == 0
@@ -263,12 +263,10 @@ def test_train_init_he_reaches_the_backbone_of_a_run(make_cfg, tmp_path, monkeyp
         return real_fit(detector, data, settings, device, **kwargs)
 
     monkeypatch.setattr(fitting_module, "fit", first_weights)
-    for kind in ("default", "he"):
-        _run(
-            make_cfg, tmp_path / kind, "train.epochs=1", f"train.init={kind}", "backbone.hidden=256"
-        )
+    for kind in ("default", "he"):  # USAD: Linear layers (he leaves 1-D convs as they are)
+        _run(make_cfg, tmp_path / kind, "train.epochs=1", f"train.init={kind}", "backbone=usad")
     default, he = inits  # the training settings do not carry train.init: in run order
-    fan_in = he.shape[1] * he.shape[2]
+    fan_in = he.shape[1]
     assert he.std().item() == pytest.approx(math.sqrt(2.0 / fan_in), rel=0.05)
     assert default.std().item() == pytest.approx(1 / math.sqrt(3 * fan_in), rel=0.05)
 
@@ -513,7 +511,7 @@ def test_published_file_is_checked_row_by_row(tmp_path):
     from madcluster_exp.report.paper import PUBLISHED, PublishedDataError, load_published
 
     table = load_published()
-    assert len(table) == 7 * 2 * 3 + 4 * 3 * 3 + 10 * 4 * 3
+    assert len(table) == 7 * 2 * (3 + 2) + 4 * 3 * 3 + 10 * 4 * 3  # Table 2: + Params, MACs
     msl = table[(table["table"] == "Table 2") & (table["backbone"] == "dcdetector")]
     assert msl.set_index(["madcluster", "metric"])["value"].to_dict() == {
         ("off", "F1"): 0.28,
@@ -522,6 +520,10 @@ def test_published_file_is_checked_row_by_row(tmp_path):
         ("on", "F1"): 0.41,
         ("on", "VUS-ROC"): 0.64,
         ("on", "VUS-PR"): 0.32,
+        ("off", "Params"): 912_180,
+        ("off", "MACs"): 1_189_000_000,
+        ("on", "Params"): 912_300,
+        ("on", "MACs"): 1_189_000_000,
     }
     bad = tmp_path / "published.csv"
     bad.write_text(

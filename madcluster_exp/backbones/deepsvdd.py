@@ -7,7 +7,7 @@ the network collapse every input onto the center, which is why neither exists he
 
 Objectives: ``one-class`` mean ||phi - c||^2; ``soft-boundary`` R^2 + 1/nu * mean(max(0,
 ||phi - c||^2 - R^2)) with R the (1 - nu)-quantile of training distances, refitted at the end of
-each epoch once ``radius_warmup_epochs`` epochs have passed (``nn_utils.radius_due``). With
+each epoch once ``radius_warmup_epochs`` epochs have passed (``utils.nn.radius_due``). With
 MADCluster on, its learnable center replaces this one (never both).
 """
 

@@ -53,10 +53,12 @@ Deviations from the reference code (and why):
   steps, best weights kept). The code's learning-rate halving every 40 epochs never fires within
   its 10 epochs, and its ``l2_reg = 1e-4`` is attached to no layer (the regularisation loss is 0),
   so lr 1e-3 constant and weight decay 0 are the code's effective settings.
-- Width: the schema's GRU and dense widths are 64, not the code's (and paper's) 500, so that
-  the default synthetic run takes about two CPU minutes (GRU work grows with the width squared:
-  500 units cost ~40x more of it). Window 100, z_dim 3, 20 flows, batch 50, lr 1e-3 and the
-  clip are the code's; the paper set-up sets ``backbone.rnn_hidden=500 backbone.dense_dim=500``.
+- Width: the schema's GRU and dense widths are 64, not the code's 500, so that the default
+  synthetic run takes about two CPU minutes (GRU work grows with the width squared: 500 units
+  cost ~40x more of it). Window 100, z_dim 3, 20 flows, batch 50, lr 1e-3 and the clip are the
+  code's. The MADCluster paper's OmniAnomaly is not the code's width either: its appendix
+  Table 2 counts 350.72 K parameters on MSL, where 500 units give 2.65 M here. ``setup=paper``
+  sets both widths to 172 (conf/setup/backbone/paper_omnianomaly.yaml; docs/method.md).
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ from torch import nn
 
 from madcluster_exp.backbones.base import Backbone, BackboneOutput
 from madcluster_exp.config.schema import BackboneConfig
+from madcluster_exp.utils.nn import keep_own_init
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -83,12 +86,12 @@ def _glorot_(weight: torch.Tensor, fan_in: int, fan_out: int) -> None:
 
 def _dense(n_in: int, n_out: int, bias: bool = True, fans=None) -> nn.Linear:
     """TF's dense layer init; ``fans`` = (fan_in, fan_out) of the code's kernel when this layer
-    is a block of it."""
+    is a block of it. Marked as the backbone's own init, which ``train.init=he`` keeps."""
     layer = nn.Linear(n_in, n_out, bias=bias)
     _glorot_(layer.weight, *(fans or (n_in, n_out)))
     if bias:
         nn.init.zeros_(layer.bias)
-    return layer
+    return keep_own_init(layer)
 
 
 def _tf_gru(n_in: int, hidden: int) -> nn.GRU:

@@ -86,11 +86,6 @@ def validate(cfg: DictConfig) -> None:
                 f"{_describe_range(low, high, low_inc, high_inc)}"
             )
     mc = cfg.madcluster
-    if mc.enabled and mc.variant == "reference" and mc.k != 1:
-        problems.append(
-            f"madcluster.variant='reference' with madcluster.k={mc.k}: "
-            "the reference code's loss exists for k = 1 only"
-        )
     if cfg.backbone.get("family") == "classical" and mc.enabled:
         problems.append(
             f"madcluster=on with backbone={cfg.backbone.name} (family classical): "
@@ -151,7 +146,7 @@ def inert_settings(cfg: DictConfig) -> List[str]:
     if mc.enabled and mc.k > 1:
         rules.append(
             (
-                ("madcluster.tau", "madcluster.nu_init", "madcluster.nu_lr", "madcluster.variant"),
+                ("madcluster.tau", "madcluster.nu_init", "madcluster.nu_lr"),
                 f"madcluster.k={mc.k} uses the DEC target, not the OD loss and its nu",
             )
         )

@@ -199,7 +199,7 @@ class DeepSVDDConfig(BackboneConfig):
     # Soft-boundary nu (fraction of training embeddings allowed outside the radius).
     nu: float = 0.1
     # Soft-boundary: complete epochs trained before the radius is first fitted (Deep SVDD's
-    # warm-up; the rule is radius_due in madcluster_exp/nn_utils.py, shared with the plug-in).
+    # warm-up; the rule is radius_due in madcluster_exp/utils/nn.py, shared with the plug-in).
     radius_warmup_epochs: int = 0
     weight_decay: float = 1e-6
 
@@ -347,7 +347,7 @@ class OmniAnomalyConfig(BackboneConfig):
     window: int = 100
     z_dim: int = 3
     # GRU units of the q-net and the p-net, and the width of the linear layers after each GRU.
-    # The code's 500 (paper set-up) costs ~40x more GRU work; 64 keeps the default run short.
+    # The code's 500 costs ~40x more GRU work; 64 keeps the default run short (setup=paper: 172).
     rnn_hidden: int = 64
     dense_dim: int = 64
     dense_layers: int = 2
@@ -462,7 +462,8 @@ class MADClusterConfig:
     enabled: bool = True
     # 1 = cosine assignment + OD loss with learnable nu; >1 = Student-t assignment + DEC target.
     k: int = 1
-    # paper (default) | reference (the official code's loss and per-window score, k = 1 only)
+    # paper (default) | reference (the official code's: k = 1 loss and per-window score; k > 1
+    # DEC target over the whole batch, attached to the graph)
     variant: Variant = Variant.paper
     # Distance mapping: one-class | soft-boundary
     objective: Objective = Objective["one-class"]
@@ -472,7 +473,7 @@ class MADClusterConfig:
     # Soft-boundary: R is the (1 - nu_r)-quantile of ||h - c|| over training embeddings.
     nu_r: float = 0.01
     # Soft-boundary: complete epochs trained before R is first fitted (the same rule as Deep
-    # SVDD's backbone.radius_warmup_epochs: radius_due in madcluster_exp/nn_utils.py).
+    # SVDD's backbone.radius_warmup_epochs: radius_due in madcluster_exp/utils/nn.py).
     radius_warmup_epochs: int = 0
     # Learning rate of nu's own parameter group (None = the backbone's lr, as in the reference).
     nu_lr: Optional[float] = None
@@ -503,10 +504,10 @@ class TrainConfig:
     # The plug-in's nu is always trained with AMSGrad, as in the reference.
     amsgrad: bool = False
     # Weight initialisation of the backbone after it is built. default: each layer's own PyTorch
-    # init | he: He-normal (Kaiming, fan_in, ReLU gain: std sqrt(2 / fan_in)) on every Linear and
-    # Conv1d/2d/3d weight, zero biases, as the MADCluster reference's he_init_normal (which lists
-    # Linear, Conv2d and Conv3d; its DCdetector's only Conv1d has its own Kaiming init). RNNs,
-    # norms, transposed convs and the plug-in's center (He-normal anyway) keep their init.
+    # init | he: He-normal (Kaiming, fan_in, ReLU gain: std sqrt(2 / fan_in)) on every Linear,
+    # Conv2d and Conv3d weight, zero biases, as the MADCluster reference's he_init_normal. 1-D and
+    # transposed convs, RNNs, norms, layers a backbone initialises as its reference does
+    # (utils.nn.keep_own_init) and the plug-in's center (He-normal anyway) keep their init.
     init: Init = Init.default
     # Cap on batches per epoch (debugging); None = all.
     max_batches_per_epoch: Optional[int] = None

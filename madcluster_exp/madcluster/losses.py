@@ -82,13 +82,17 @@ def student_t_assignment(dist2: torch.Tensor) -> torch.Tensor:
     return inv / inv.sum(dim=-1, keepdim=True)
 
 
-def dec_target(q: torch.Tensor) -> torch.Tensor:
-    """DEC target p_tj = (q_tj^2 / f_j) / sum_j' (q_tj'^2 / f_j'), f_j = sum_t q_tj per window.
+def dec_target(q: torch.Tensor, over_batch: bool = False, detach: bool = True) -> torch.Tensor:
+    """DEC target p_tj = (q_tj^2 / f_j) / sum_j' (q_tj'^2 / f_j'); q [B, T, k].
 
-    Detached: the target is a fixed point to move toward, not something to optimise.
+    Cluster frequencies f_j = sum_t q_tj over each window's steps (appendix eq. 26), or, with
+    ``over_batch``, over every step of every window in the batch, as the official code
+    (``q.sum(dim=(0, 1))``). ``detach``: the target is a fixed point to move toward (DEC), not
+    something to optimise; the official code leaves it attached (``detach=False``).
     """
-    q = q.detach()
-    weight = q * q / q.sum(dim=1, keepdim=True)  # sum over time steps of each window
+    if detach:
+        q = q.detach()
+    weight = q * q / q.sum(dim=(0, 1) if over_batch else 1, keepdim=True)
     return weight / weight.sum(dim=-1, keepdim=True)
 
 
@@ -107,7 +111,8 @@ def bounded_nu(theta: torch.Tensor, margin: float):
 
 def distance_mapping(dist2, r2, nu_r: float):
     """Per-step distance mapping from squared distances: one-class (``r2`` None) |h - c|^2,
-    soft-boundary R^2 + max(0, |h - c|^2 - R^2) / nu_R."""
+    soft-boundary R^2 + max(0, |h - c|^2 - R^2) / nu_R. With k centers, ``dist2`` [B, T, k]
+    and ``r2`` [k] (one radius per center) broadcast."""
     if r2 is None:
         return dist2
     return r2 + (dist2 - r2).clip(0.0) / nu_r

@@ -6,6 +6,7 @@ The plug-in sees only per-step embeddings z [B, T, f]; it never knows which back
   learnable threshold nu kept inside (0, 1) by construction (a bounded sigmoid of a free
   parameter), trained by its own optimizer.
 - k > 1 (:class:`MultiMADCluster`): k centers, Student-t assignment, DEC target, KL loss;
+  the loss maps every step to all k centers (appendix eq. 27), the score to the nearest:
   score = KL_t + distance to the nearest center.
 
 Distance mapping: one-class ||h - c||^2, or soft-boundary R^2 + (1/nu_R) max(0, ||h - c||^2 - R^2)
@@ -108,8 +109,10 @@ class _PluginBase(nn.Module):
     def _composed_loss(self, z: torch.Tensor) -> Dict[str, torch.Tensor]:
         dist2, cluster_t = self.terms(z)
         self._record_distances(dist2)
-        mapping = self.mapping_terms(dist2).sum(dim=1)  # [B]
-        cluster = cluster_t.sum(dim=1)  # [B]
+        return self._assemble(self.mapping_terms(dist2).sum(dim=1), cluster_t.sum(dim=1))
+
+    def _assemble(self, mapping: torch.Tensor, cluster: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The loss dict from per-window mapping and cluster sums, each [B]."""
         used = mapping * self.use_mapping + cluster * self.use_cluster
         total = torch.log(used.mean() + 1e-8)
         return {"mapping": mapping.mean(), "cluster": cluster.mean(), "total": total}
@@ -231,23 +234,72 @@ class MADCluster(_PluginBase):
 
 
 class MultiMADCluster(_PluginBase):
-    """k > 1 (appendix eqs. 25-28): Student-t assignment, DEC target, KL loss; nu unused."""
+    """k > 1 (appendix eqs. 25-28): Student-t assignment, DEC target, KL loss; nu unused.
+
+    Loss: the mapping sums over all k centers, sum_t sum_j ||h_t - c_j||^2 (eq. 27; the
+    official code reduces its [B, T, k] distances the same way), in both variants; the score
+    uses the nearest center only (eq. 28). Soft-boundary: one radius per center, each the
+    (1 - nu_R)-quantile of every training embedding's distance to that center (the official
+    ``get_radius``, per cluster). The DEC target's cluster frequencies are per window (the
+    paper); ``variant=reference`` takes them over the batch's windows and steps and leaves the
+    target attached to the graph, as the official code.
+    """
 
     def __init__(self, embed_dim: int, cfg: MADClusterConfig, generator: torch.Generator):
         super().__init__(embed_dim, cfg)
         self.centers = nn.Parameter(he_normal((self.k, embed_dim), embed_dim, generator))
+        self.register_buffer("radius", torch.zeros(self.k))
+        self._dist_samples = [QuantileSample() for _ in range(self.k)]
 
     def center_parameters(self):
         return [self.centers]
 
+    def _target(self, q: torch.Tensor) -> torch.Tensor:
+        reference = self.variant == "reference"
+        return losses.dec_target(q, over_batch=reference, detach=not reference)
+
     def assignment_and_target(self, z: torch.Tensor):
         q = losses.student_t_assignment(losses.squared_distance(z, self.centers))
-        return q, losses.dec_target(q)
+        return q, self._target(q)
 
-    def terms(self, z: torch.Tensor):
+    def distances_and_cluster(self, z: torch.Tensor):
+        """(squared distance of every step to every center [B, T, k], KL term [B, T])."""
         d = losses.squared_distance(z, self.centers)  # once, for both terms
         q = losses.student_t_assignment(d)
-        return d.min(dim=-1).values, losses.kl_terms(losses.dec_target(q), q)
+        return d, losses.kl_terms(self._target(q), q)
+
+    def terms(self, z: torch.Tensor):
+        d, cluster = self.distances_and_cluster(z)
+        return d.min(dim=-1).values, cluster
+
+    def _composed_loss(self, z: torch.Tensor) -> Dict[str, torch.Tensor]:
+        d, cluster_t = self.distances_and_cluster(z)
+        if self._samples_distances():
+            for j, sample in enumerate(self._dist_samples):
+                sample.add(d[..., j].sqrt())
+        mapping = losses.distance_mapping(d, self._radius2(), self.nu_r).sum(dim=(1, 2))
+        return self._assemble(mapping, cluster_t.sum(dim=1))
+
+    def on_epoch_end(self, epoch: int) -> Dict[str, float]:
+        """Refit each center's R from this epoch's training distances (soft-boundary)."""
+        soft = self.objective == "soft-boundary"
+        if soft and radius_due(epoch, self.radius_warmup_epochs):
+            for j, sample in enumerate(self._dist_samples):
+                r = sample.quantile(1.0 - self.nu_r)
+                if r is not None:
+                    self.radius[j] = r
+        for sample in self._dist_samples:
+            sample.reset()
+        return (
+            {f"madcluster/radius_{j}": float(r) for j, r in enumerate(self.radius)} if soft else {}
+        )
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Models saved before the per-center radii kept one shared radius.
+        key = prefix + "radius"
+        if key in state_dict and state_dict[key].dim() == 0:
+            state_dict[key] = state_dict[key].expand(self.k).clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 def build_plugin(embed_dim: int, cfg: MADClusterConfig, seed: int) -> Optional[_PluginBase]:

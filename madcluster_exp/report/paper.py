@@ -46,6 +46,8 @@ MEASURED = {
     "Aff-P": "affiliation_precision",
     "Aff-R": "affiliation_recall",
 }
+#: Table 2's model size and compute (counts, not scores): read and checked, not compared here.
+COMPLEXITY = ("Params", "MACs")
 ARMS = ["off", "clustering_only", "mapping_only", "on", "on_backbone_only"]
 ARM_LABELS = {
     "off": "alone",
@@ -62,7 +64,8 @@ class PublishedDataError(ValueError):
 
 
 def load_published(path: Path = PUBLISHED) -> pd.DataFrame:
-    """The published figures, checked: known arms and metrics, values in [0, 1]."""
+    """The published figures, checked: known arms and metrics, scores in [0, 1], counts
+    (:data:`COMPLEXITY`) positive."""
     table = pd.read_csv(path, comment="#", dtype={"k": int})
     if list(table.columns) != COLUMNS:
         raise PublishedDataError(f"{path}: columns {list(table.columns)}; expected {COLUMNS}")
@@ -72,9 +75,14 @@ def load_published(path: Path = PUBLISHED) -> pd.DataFrame:
             raise PublishedDataError(
                 f"{line}: madcluster={r['madcluster']!r}; expected one of {', '.join(ARMS)}"
             )
+        if r["metric"] in COMPLEXITY:
+            if not float(r["value"]) > 0:
+                raise PublishedDataError(f"{line}: value={r['value']}; expected a count > 0")
+            continue
         if r["metric"] not in MEASURED:
             raise PublishedDataError(
-                f"{line}: metric={r['metric']!r}; expected one of {', '.join(MEASURED)}"
+                f"{line}: metric={r['metric']!r}; expected one of "
+                f"{', '.join([*MEASURED, *COMPLEXITY])}"
             )
         if not 0.0 <= float(r["value"]) <= 1.0:
             raise PublishedDataError(f"{line}: value={r['value']}; expected a value in [0, 1]")
@@ -139,6 +147,7 @@ def compare(runs: pd.DataFrame, published: Optional[pd.DataFrame] = None) -> pd.
     that the runs measure, with the published value (NaN where the paper has none, e.g. Table
     2 outside MSL) and the measured mean, std and n. Empty when nothing matches."""
     published = load_published() if published is None else published
+    published = published[published["metric"].isin(MEASURED)]
     measured = _runs_long(runs, sorted(MEASURED))
     out = []
     for name, pub in published.groupby("table", sort=True):

@@ -9,8 +9,18 @@ import numpy as np
 import torch
 from torch import nn
 
-#: Layers ``init_weights(kind="he")`` re-initialises (see ``train.init`` in config.py).
-HE_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+#: Layers ``init_weights(kind="he")`` re-initialises (see ``train.init`` in config.py): the list
+#: of the MADCluster reference's ``he_init_normal``, which has no Conv1d.
+HE_LAYERS = (nn.Linear, nn.Conv2d, nn.Conv3d)
+#: Attribute that marks a layer whose backbone initialises it as its own reference does.
+OWN_INIT = "keeps_own_init"
+
+
+def keep_own_init(layer: nn.Module) -> nn.Module:
+    """Mark ``layer`` as initialised by its backbone, after its reference (e.g. OmniAnomaly's
+    TF Glorot kernels): ``init_weights`` leaves it as it is. Returns the layer."""
+    setattr(layer, OWN_INIT, True)
+    return layer
 
 
 def seed_everything(seed: int) -> None:
@@ -33,9 +43,12 @@ def init_weights(module: nn.Module, kind: str) -> int:
     """Re-initialise ``module``'s layers as ``train.init`` says; returns how many were touched.
 
     ``default`` leaves PyTorch's per-layer init. ``he``: He-normal weights (Kaiming, fan_in, ReLU
-    gain, std sqrt(2 / fan_in)) and zero biases on every Linear and ConvNd layer, as the
-    MADCluster reference applies ``he_init_normal`` to its whole model. Draws from the global
-    RNG, so it is seeded like the backbone's own construction (the same for MADCluster on/off).
+    gain, std sqrt(2 / fan_in)) and zero biases on every Linear, Conv2d and Conv3d layer, as the
+    MADCluster reference applies ``he_init_normal`` to its whole model; every other layer, and
+    any layer marked by :func:`keep_own_init`, keeps the init its backbone gave it (BeatGAN's
+    Xavier convs, OmniAnomaly's Glorot dense layers, RNNs, norms, 1-D convs). Draws from the
+    global RNG, so it is seeded like the backbone's own construction (the same for MADCluster
+    on/off).
     """
     if kind == "default":
         return 0
@@ -43,7 +56,7 @@ def init_weights(module: nn.Module, kind: str) -> int:
         raise ValueError(f"train.init={kind!r}: expected default or he")
     touched = 0
     for m in module.modules():
-        if isinstance(m, HE_LAYERS):
+        if isinstance(m, HE_LAYERS) and not getattr(m, OWN_INIT, False):
             nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
