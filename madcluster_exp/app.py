@@ -87,7 +87,12 @@ def run(
     callers (tests, notebooks); the command line goes through :func:`job`."""
     from madcluster_exp.pipeline.job import run as run_settings
 
-    return run_settings(load(cfg), context, output_dir, verbose)
+    try:
+        settings = load(cfg)
+    except ExpectedError as exc:
+        exc.before_run = True
+        raise
+    return run_settings(settings, context, output_dir, verbose)
 
 
 def job(cfg: DictConfig, context: JobContext) -> float:
@@ -103,7 +108,12 @@ def job(cfg: DictConfig, context: JobContext) -> float:
             if isinstance(exc, ExpectedError) and not full_error_requested():
                 raise SystemExit(report(exc)) from None
             raise
-        log.error("job failed (%s: %s); marked FAILED, sweep continues", type(exc).__name__, exc)
+        if getattr(exc, "before_run", False):
+            log.error("job failed before its MLflow run started (%s); sweep continues", exc)
+        else:
+            log.error(
+                "job failed (%s: %s); marked FAILED, sweep continues", type(exc).__name__, exc
+            )
         return math.nan
     fitted = result.fit is not None  # None: finished in an earlier start of the sweep
     if fitted and result.fit.val_loss_signal is False and cfg.search.objective == "val_loss":

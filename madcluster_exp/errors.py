@@ -21,6 +21,9 @@ EXIT_USAGE = 2
 class ExpectedError(Exception):
     """A failure whose message says what to change; no traceback needed."""
 
+    #: Raised before the job's MLflow run existed (a config or data error found up front).
+    before_run: bool = False
+
 
 def full_error_requested() -> bool:
     return any(

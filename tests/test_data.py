@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
+from madcluster_exp.config.schema import SyntheticDatasetConfig
 from madcluster_exp.data import (
     DataError,
     PointScoreAccumulator,
@@ -76,7 +76,7 @@ def _dataset_cfg(**kw):
         entities=None,
     )
     base.update(kw)
-    return OmegaConf.create(base)
+    return SyntheticDatasetConfig(**base)
 
 
 def test_loader_keeps_labels_out_of_train_and_selects_entities(tmp_path):

@@ -98,19 +98,19 @@ def test_joblib_sweep_8_jobs_2_parallel_gives_one_parent_and_8_children(tmp_path
 
 
 def test_a_failing_job_is_marked_failed_and_the_sweep_goes_on(tmp_path):
+    """Job 1 names an entity the data lacks: found before its run exists, so it leaves no
+    half-made run; the sweep goes on and job 0 runs through. (A failure after the run started
+    marks it FAILED with its traceback: tests/test_resume.py.)"""
     out = _cli(["-m", *FAST, "dataset.entities=[entity-0],[entity-9]"], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "marked FAILED, sweep continues" in out.stdout + out.stderr
+    said = out.stdout + out.stderr
+    assert "job failed before its MLflow run started" in said and "entity-9" in said
     client, runs = _runs(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
     children = {
         r.data.tags["hydra.job.num"]: r for r in runs if "mlflow.parentRunId" in r.data.tags
     }
     assert children["0"].info.status == "FINISHED"
-    failed = children["1"]
-    assert failed.info.status == "FAILED" and "entity-9" in failed.data.tags["error"]
-    assert "traceback.txt" in {a.path for a in client.list_artifacts(failed.info.run_id)}
-    parent = next(r for r in runs if r.data.tags.get("sweep") == "parent")
-    assert parent.data.tags["children.failed"] == "1"
+    assert "1" not in children  # refused before a run existed: nothing half-made is left
 
 
 def test_ctrl_c_marks_the_running_run_killed(tmp_path):

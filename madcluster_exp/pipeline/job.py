@@ -33,6 +33,7 @@ from madcluster_exp.config.identity import fingerprint, identifying
 from madcluster_exp.config.schema import Config
 from madcluster_exp.data import load_dataset
 from madcluster_exp.data.collection import Collection
+from madcluster_exp.errors import ExpectedError
 from madcluster_exp.evaluation.protocols import Evaluation
 from madcluster_exp.evaluation.sanity import describe, run_flags
 from madcluster_exp.pipeline.collection import run_collection
@@ -136,24 +137,23 @@ def run(
     any MLflow run exists. A crash later marks the tracked run FAILED (KILLED on Ctrl-C), keeps
     everything already written and logs the traceback, then re-raises."""
     context = context if context is not None else JobContext.outside_hydra()
-    plan = make_plan(settings)
-    cfg = plan.cfg
-    root = project_root(cfg, context)
-    job_dir = Path(output_dir) if output_dir is not None else job_output_dir(cfg, root, context)
-    job_dir.mkdir(parents=True, exist_ok=True)
-    done = finished_job(job_dir, context)
-    if done is not None:
-        if verbose:
-            print(
-                f"[{plan.run_name}] finished in an earlier start of this sweep (MLflow run "
-                f"{done['run_id']}, {job_dir}); not run again"
+    try:
+        plan, raw, job_dir, done = _prepare(settings, context, output_dir)
+        cfg = plan.cfg
+        root = project_root(cfg, context)
+        if done is not None:
+            if verbose:
+                print(
+                    f"[{plan.run_name}] finished in an earlier start of this sweep (MLflow run "
+                    f"{done['run_id']}, {job_dir}); not run again"
+                )
+            return RunResult(
+                plan.run_name, done["run_id"], done["tracking_uri"], job_dir, done["metrics"], None
             )
-        return RunResult(
-            plan.run_name, done["run_id"], done["tracking_uri"], job_dir, done["metrics"], None
-        )
-    # Read (and check) the data before a run exists: a missing or bad file leaves no run.
-    raw = load_dataset(cfg.dataset, resolve_path(root, cfg.paths.data_dir))
-    tracker, name = _open_run(plan, context, root, job_dir)
+        tracker, name = _open_run(plan, context, root, job_dir)
+    except ExpectedError as exc:
+        exc.before_run = True  # refused up front (config, data, resume): nothing was tracked
+        raise
     try:
         with job_record(job_dir / JOB_LOG):
             env = JobEnv(
@@ -176,6 +176,22 @@ def run(
     info = json.loads(info_path.read_text())
     info_path.write_text(json.dumps({**info, "status": "FINISHED"}, indent=2))
     return result
+
+
+def _prepare(settings: Settings, context: JobContext, output_dir: Optional[Path]):
+    """What a job needs before its run is opened: the plan, the data (read and checked here,
+    so a missing or bad file leaves no run), the job directory, and the record of a finished
+    sweep job (None: run it). Nothing is read when the job already finished."""
+    plan = make_plan(settings)
+    cfg = plan.cfg
+    root = project_root(cfg, context)
+    job_dir = Path(output_dir) if output_dir is not None else job_output_dir(cfg, root, context)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    done = finished_job(job_dir, context)
+    if done is not None:
+        return plan, None, job_dir, done
+    raw = load_dataset(cfg.dataset, resolve_path(root, cfg.paths.data_dir))
+    return plan, raw, job_dir, None
 
 
 def _open_run(plan: JobPlan, context: JobContext, root: Path, job_dir: Path) -> Tuple[Tracker, str]:
