@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 
 from madcluster_exp.data import DataError
 from madcluster_exp.data.collection import Collection, Skipped
+from madcluster_exp.metrics.catalog import ranked
 from madcluster_exp.pipeline.context import JobContext
 from madcluster_exp.pipeline.outputs import write_artifacts
 from madcluster_exp.tracking import Tracker
@@ -97,13 +98,12 @@ def run_collection(
     return units, skipped
 
 
-_SHOWN = (("test/vus_pr", "VUS-PR"), ("test/auc_pr", "AUC-PR"), ("test/auc_roc", "AUC-ROC"))
-
-
 def series_table(name: str, collection: Collection, units: list, skipped: List[Skipped]) -> str:
-    """Per-series threshold-free metrics and their mean over series (as TSB-AD averages)."""
+    """Per-series threshold-free metrics (the catalog's ranked ones, madcluster_exp/metrics/
+    catalog.py) and their mean over series (as TSB-AD averages)."""
+    shown = [(s.key, s.label) for s in ranked()]
     width = max(len(u.entity) for u in units)
-    head = f"  {'series':<{width}}  {'format':<8}" + "".join(f"  {t:>8}" for _, t in _SHOWN)
+    head = f"  {'series':<{width}}  {'format':<8}" + "".join(f"  {t:>8}" for _, t in shown)
     lines = [
         f"\nCollection {collection.root}: {len(units)} series run, {len(skipped)} file(s) "
         f"skipped ({name})",
@@ -113,11 +113,10 @@ def series_table(name: str, collection: Collection, units: list, skipped: List[S
         fmt = collection.series[u.entity].format
         lines.append(
             f"  {u.entity:<{width}}  {fmt:<8}"
-            + "".join(f"  {u.evaluation.metrics.get(k, float('nan')):>8.4f}" for k, _ in _SHOWN)
+            + "".join(f"  {u.evaluation.metrics.get(k, float('nan')):>8.4f}" for k, _ in shown)
         )
     means = [
-        sum(u.evaluation.metrics.get(k, float("nan")) for u in units) / len(units)
-        for k, _ in _SHOWN
+        sum(u.evaluation.metrics.get(k, float("nan")) for u in units) / len(units) for k, _ in shown
     ]
     lines.append(f"  {'mean over series':<{width + 10}}" + "".join(f"  {m:>8.4f}" for m in means))
     lines += [f"  skipped {s.file}: {s.reason}" for s in skipped]
