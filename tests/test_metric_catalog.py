@@ -1,6 +1,6 @@
 """The metric catalog (madcluster_exp/metrics/catalog.py): the keys it declares are the test/
-and ref/ keys real runs log, its input kinds hold, and the console's results table shows what it
-marks as shown."""
+and ref/ keys real runs log, its input kinds hold, and the console's results table and a sweep
+report show what it marks as shown, a test-only entry included."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from madcluster_exp.metrics.catalog import CATALOG, PREDICTION, SCORE, MetricSpe
 from madcluster_exp.metrics.suite import definition_suite
 from madcluster_exp.pipeline.job import run
 from madcluster_exp.pipeline.outputs import format_results
+from madcluster_exp.report.build import build_report
 from tests.conftest import FAST, compose_config
 
 PREFIX = {"point": "test/", "reference": "ref/"}
@@ -99,14 +100,28 @@ def test_shown_lists_are_the_catalogs():
     assert len({s.key for s in CATALOG}) == len(CATALOG)
 
 
-def test_a_new_catalog_entry_shows_in_the_results_table(runs, monkeypatch):
+def test_a_new_catalog_entry_shows_in_the_results_table_and_the_report(runs, tmp_path, monkeypatch):
     """Declaring a key as shown is all it takes: here ``threshold/value``, which every point run
     logs, as a test-only entry."""
     cfg, result = runs["point"]
+    # A sweep of this one run, reported before and after the entry is declared.
+    client = MlflowClient(result.tracking_uri)
+    experiment = client.get_run(result.run_id).info.experiment_id
+    parent = client.create_run(experiment).info.run_id
+    client.set_tag(result.run_id, "mlflow.parentRunId", parent)
+
+    def summary_header(name: str) -> str:
+        out = build_report(parent, uri=result.tracking_uri, out_root=tmp_path / name, log=False)
+        md = (out / "report.md").read_text()
+        return next(ln for ln in md.splitlines() if ln.startswith("| n |"))
+
+    assert summary_header("before").endswith("| test/f1_oracle | sanity |")
     assert "threshold/value" not in format_results(result, cfg)
+
     entry = MetricSpec(
         "threshold/value", "threshold", SCORE, "test-only entry", results=True, report=True
     )
     monkeypatch.setattr(catalog, "CATALOG", CATALOG + (entry,))
     (line,) = [ln for ln in format_results(result, cfg).splitlines() if "threshold/value" in ln]
     assert line.endswith("test-only entry") and f"{result.metrics['threshold/value']:.4f}" in line
+    assert summary_header("after").endswith("| test/f1_oracle | threshold/value | sanity |")

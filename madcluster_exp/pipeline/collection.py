@@ -215,44 +215,6 @@ def _series(
     return unit
 
 
-def series_results(uri: str, parent_id: str):
-    """One row per series run under ``parent_id`` (a DataFrame): the children of a collection
-    run, or, given a sweep's parent, the series children of each of its jobs. Columns:
-    ``run_id, run_name, status, job_run_id, series, series.format``, ``param:<key>`` for every
-    param and one column per final metric: what a per-series ranking of detectors needs."""
-    import pandas as pd
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
-    experiment = client.get_run(parent_id).info.experiment_id
-
-    def children(run_id: str):
-        return client.search_runs(
-            [experiment], max_results=50_000, filter_string=f"tags.mlflow.parentRunId = '{run_id}'"
-        )
-
-    rows = []
-    for job in [parent_id] + [
-        r.info.run_id for r in children(parent_id) if "series" not in r.data.tags
-    ]:
-        for r in children(job):
-            if "series" not in r.data.tags:
-                continue
-            rows.append(
-                {
-                    "run_id": r.info.run_id,
-                    "run_name": r.info.run_name,
-                    "status": r.info.status,
-                    "job_run_id": job,
-                    "series": r.data.tags["series"],
-                    "series.format": r.data.tags.get("series.format"),
-                    **{f"param:{k}": v for k, v in r.data.params.items()},
-                    **r.data.metrics,
-                }
-            )
-    return pd.DataFrame(rows)
-
-
 def _skip(say, name: str, skipped: List[Skipped], file: str, exc: Exception) -> None:
     skipped.append(Skipped(file, str(exc)))
     say(f"[{name}] skipped {file}: {exc}")
