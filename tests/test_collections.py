@@ -17,7 +17,7 @@ from madcluster_exp.app import run
 from madcluster_exp.config import ConfigError, validate
 from madcluster_exp.data import DataError, load_dataset
 from madcluster_exp.data.collection import TIMEEVAL, TSBAD, UCR, scan_collection
-from madcluster_exp.pipeline.collection import series_results
+from madcluster_exp.report.source import series_results
 from tests.conftest import compose_config
 from tests.dataset_fixtures import make_timeeval, make_tsbad, make_ucr
 

@@ -498,7 +498,7 @@ def test_report_puts_published_beside_measured_for_a_real_sweep(tmp_path):
 def test_run_arm_reads_the_score_rule_from_either_param(params, arm):
     import pandas as pd
 
-    from madcluster_exp.report.paper import run_arm
+    from madcluster_exp.report.sections.paper import run_arm
 
     # One frame for old and new runs: each lacks the other's column (NaN).
     frame = pd.DataFrame(
@@ -508,7 +508,7 @@ def test_run_arm_reads_the_score_rule_from_either_param(params, arm):
 
 
 def test_published_file_is_checked_row_by_row(tmp_path):
-    from madcluster_exp.report.paper import PUBLISHED, PublishedDataError, load_published
+    from madcluster_exp.report.sections.paper import PUBLISHED, PublishedDataError, load_published
 
     table = load_published()
     assert len(table) == 7 * 2 * (3 + 2) + 4 * 3 * 3 + 10 * 4 * 3  # Table 2: + Params, MACs

@@ -16,7 +16,7 @@ from madcluster_exp.backbones import backbone_class
 from madcluster_exp.config import CONFIG_DIR, MADClusterConfig
 from madcluster_exp.detector import NU_GROUP, build_detector, count_parameters, optimizer_options
 from madcluster_exp.madcluster import build_plugin
-from madcluster_exp.report.paper import load_published
+from madcluster_exp.report.sections.paper import load_published
 from madcluster_exp.utils.nn import init_weights
 from tests.conftest import compose_config
 

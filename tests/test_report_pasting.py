@@ -14,7 +14,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from madcluster_exp.plots.sweep import sweep_curves_figure
-from madcluster_exp.report.build import Sweep, load_sweep, sweep_factors, training_curves
+from madcluster_exp.report.sections.kcurves import k_curves
+from madcluster_exp.report.source import load_sweep, training_curves
+from madcluster_exp.report.sweep import Sweep, sweep_factors
 
 FAST = [
     "dataset.n_entities=2",
@@ -140,8 +142,6 @@ def test_an_optuna_report_groups_by_every_swept_parameter():
 
 
 def test_k_curves_are_labelled_by_the_other_factors_and_average_over_seeds():
-    from madcluster_exp.report.build import k_curves
-
     runs = pd.DataFrame(
         {
             "param:madcluster.k": ["1", "1", "2", "2"] * 2,

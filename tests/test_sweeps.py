@@ -368,7 +368,7 @@ def test_onoff_experiment_reports_each_arm_against_off_with_its_paired_test(tmp_
         row = table.loc[arm]
         assert row["test/auc_roc diff"] == pytest.approx(float(np.mean(a - b)), abs=1e-12)
         assert row["test/auc_roc off"] == pytest.approx(float(np.mean(b)), abs=1e-12)
-        assert np.isnan(row["test/auc_roc p"])  # 3 pairs, below report_onoff.FEW_PAIRS
+        assert np.isnan(row["test/auc_roc p"])  # 3 pairs, below sections.onoff.FEW_PAIRS
     md = (report_dir / "report.md").read_text()
     assert "| arm | pairs | test/auc_roc (on − off) |" in md
     assert "on(combine=backbone_only) − off: the plug-in's training alone" in md
@@ -409,7 +409,7 @@ def test_onoff_table_pairs_every_arm_with_off_by_seed(combine_key):
     import numpy as np
     from scipy.stats import ttest_rel
 
-    from madcluster_exp.report.onoff import onoff_table
+    from madcluster_exp.report.sections.onoff import onoff_table
 
     off = [0.60, 0.62, 0.65, 0.58, 0.61]
     on_sum, on_bb = [0.70, 0.69, 0.74, 0.66, 0.72], [0.61, 0.66, 0.64, 0.60, 0.60]
@@ -458,7 +458,7 @@ def test_onoff_table_pairs_every_arm_with_off_by_seed(combine_key):
 
 
 def test_onoff_table_pairs_with_off_runs_of_the_same_plugin_setting_where_off_varies():
-    from madcluster_exp.report.onoff import onoff_table
+    from madcluster_exp.report.sections.onoff import onoff_table
 
     # A sweep of madcluster=off,on x madcluster.k=1,3: off runs exist for both k.
     rows = [

@@ -3,7 +3,7 @@
 A run flags its own test AUC-ROC below 0.5 (anomalies ranked below normal points: worse than a
 random ranking) and scores that are constant or nearly so (no ranking at all). A sweep report
 adds, where the sweep holds them, a VUS-PR below the ``random`` detector's or below ``knn``'s
-on the same series (madcluster_exp/report_rank.py).
+on the same series (madcluster_exp/report/sections/rank.py).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import Dict, List, Mapping, Optional
 import numpy as np
 
 OK = "ok"
+#: The baseline detectors a sweep report holds a detector's VUS-PR against, where it has them.
+BASELINES = ("random", "knn")
 # A score is "nearly constant" when this share of the points or more hold one value.
 MODE_FRACTION = 0.99
 # ... or when its range is this small relative to its magnitude (float noise on a constant).
@@ -69,6 +71,20 @@ def baseline_flags(vus_pr: Optional[float], baselines: Mapping[str, float]) -> L
         if ref is not None and not math.isnan(ref) and vus_pr < ref:
             flags.append(f"VUS-PR {vus_pr:.3f} below {name} ({ref:.3f})")
     return flags
+
+
+def flag_kind(flag: str) -> str:
+    """A flag without its numbers, to count flags of one kind over runs or series:
+    ``AUC-ROC < 0.5``, ``constant scores``, ``nearly constant scores``, ``VUS-PR below knn``."""
+    if flag.startswith("AUC-ROC"):
+        return "AUC-ROC < 0.5"
+    if flag.startswith("scores constant"):
+        return "constant scores"
+    if flag.startswith("scores nearly constant"):
+        return "nearly constant scores"
+    if flag.startswith("VUS-PR") and " below " in flag:
+        return "VUS-PR below " + flag.split(" below ", 1)[1].split(" ")[0]
+    return flag
 
 
 def describe(flags: List[str]) -> str:

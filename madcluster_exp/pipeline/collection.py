@@ -23,6 +23,7 @@ from typing import List, Optional
 
 from madcluster_exp.data import DataError
 from madcluster_exp.data.collection import Collection, Skipped
+from madcluster_exp.metrics.catalog import ranked
 from madcluster_exp.pipeline.outputs import write_artifacts
 from madcluster_exp.pipeline.plan import JobEnv, JobPlan
 from madcluster_exp.pipeline.unit import Part, Unit, fit_unit, summary_metrics
@@ -73,13 +74,12 @@ def run_collection(plan: JobPlan, env: JobEnv, collection: Collection) -> List[U
     return units
 
 
-_SHOWN = (("test/vus_pr", "VUS-PR"), ("test/auc_pr", "AUC-PR"), ("test/auc_roc", "AUC-ROC"))
-
-
 def series_table(name: str, collection: Collection, units: list, skipped: List[Skipped]) -> str:
-    """Per-series threshold-free metrics and their mean over series (as TSB-AD averages)."""
+    """Per-series threshold-free metrics (the catalog's ranked ones, madcluster_exp/metrics/
+    catalog.py) and their mean over series (as TSB-AD averages)."""
+    shown = [(s.key, s.label) for s in ranked()]
     width = max(len(u.entity) for u in units)
-    head = f"  {'series':<{width}}  {'format':<8}" + "".join(f"  {t:>8}" for _, t in _SHOWN)
+    head = f"  {'series':<{width}}  {'format':<8}" + "".join(f"  {t:>8}" for _, t in shown)
     lines = [
         f"\nCollection {collection.root}: {len(units)} series run, {len(skipped)} file(s) "
         f"skipped ({name})",
@@ -89,11 +89,10 @@ def series_table(name: str, collection: Collection, units: list, skipped: List[S
         fmt = collection.series[u.entity].format
         lines.append(
             f"  {u.entity:<{width}}  {fmt:<8}"
-            + "".join(f"  {u.evaluation.metrics.get(k, float('nan')):>8.4f}" for k, _ in _SHOWN)
+            + "".join(f"  {u.evaluation.metrics.get(k, float('nan')):>8.4f}" for k, _ in shown)
         )
     means = [
-        sum(u.evaluation.metrics.get(k, float("nan")) for u in units) / len(units)
-        for k, _ in _SHOWN
+        sum(u.evaluation.metrics.get(k, float("nan")) for u in units) / len(units) for k, _ in shown
     ]
     lines.append(f"  {'mean over series':<{width + 10}}" + "".join(f"  {m:>8.4f}" for m in means))
     lines += [f"  skipped {s.file}: {s.reason}" for s in skipped]
@@ -167,44 +166,6 @@ def _series(
     )
     say(f"[{child_name}] {info['series.format']}: {shown}")
     return unit
-
-
-def series_results(uri: str, parent_id: str):
-    """One row per series run under ``parent_id`` (a DataFrame): the children of a collection
-    run, or, given a sweep's parent, the series children of each of its jobs. Columns:
-    ``run_id, run_name, status, job_run_id, series, series.format``, ``param:<key>`` for every
-    param and one column per final metric: what a per-series ranking of detectors needs."""
-    import pandas as pd
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
-    experiment = client.get_run(parent_id).info.experiment_id
-
-    def children(run_id: str):
-        return client.search_runs(
-            [experiment], max_results=50_000, filter_string=f"tags.mlflow.parentRunId = '{run_id}'"
-        )
-
-    rows = []
-    for job in [parent_id] + [
-        r.info.run_id for r in children(parent_id) if "series" not in r.data.tags
-    ]:
-        for r in children(job):
-            if "series" not in r.data.tags:
-                continue
-            rows.append(
-                {
-                    "run_id": r.info.run_id,
-                    "run_name": r.info.run_name,
-                    "status": r.info.status,
-                    "job_run_id": job,
-                    "series": r.data.tags["series"],
-                    "series.format": r.data.tags.get("series.format"),
-                    **{f"param:{k}": v for k, v in r.data.params.items()},
-                    **r.data.metrics,
-                }
-            )
-    return pd.DataFrame(rows)
 
 
 def _skip(say, name: str, skipped: List[Skipped], file: str, exc: Exception) -> None:

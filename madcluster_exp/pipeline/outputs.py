@@ -15,6 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from madcluster_exp.evaluation.sanity import describe, run_flags
+from madcluster_exp.metrics.catalog import results_specs
 
 PER_ENTITY_FILE = "per_entity.csv"
 
@@ -126,34 +127,6 @@ def model_note(model_dir: Path, run_id: Optional[str], logged: bool, job_dir: Pa
 
 
 # ------------------------------------------------------------------------------- reporting
-_LABELS = {
-    "test/precision": "point-wise, at the fitted threshold",
-    "test/recall": "point-wise, at the fitted threshold",
-    "test/f1": "point-wise, at the fitted threshold (headline)",
-    "test/false_alarm_rate": "share of normal points flagged, at the fitted threshold",
-    "test/auc_roc": "threshold-free",
-    "test/auc_pr": "threshold-free (average precision)",
-    "test/r_auc_roc": "threshold-free, range-based",
-    "test/r_auc_pr": "threshold-free, range-based",
-    "test/vus_roc": "threshold-free, volume under the surface",
-    "test/vus_pr": "threshold-free, volume under the surface",
-    "test/affiliation_precision": "at the fitted threshold",
-    "test/affiliation_recall": "at the fitted threshold",
-    "test/f1_oracle": "ORACLE: best threshold chosen on test labels",
-    "test/f1_pa": "POINT-ADJUSTED (inflated)",
-    "test/f1_pa_random": "POINT-ADJUSTED random prediction, same #positives",
-    "ref/f1_oracle": "REFERENCE PROTOCOL: windows, ORACLE threshold",
-    "ref/auc_roc": "reference protocol, window scores",
-    "ref/auc_pr": "reference protocol, window scores",
-    "ref/r_auc_roc": "reference protocol, on the oracle-binarised prediction",
-    "ref/r_auc_pr": "reference protocol, on the oracle-binarised prediction",
-    "ref/vus_roc": "reference protocol, on the oracle-binarised prediction",
-    "ref/vus_pr": "reference protocol, on the oracle-binarised prediction",
-    "ref/affiliation_precision": "reference protocol, on the oracle-binarised prediction",
-    "ref/affiliation_recall": "reference protocol, on the oracle-binarised prediction",
-}
-
-
 def format_results(result, plan) -> str:
     """The console's results table of a finished run (a
     :class:`madcluster_exp.pipeline.job.RunResult` of a plan)."""
@@ -162,10 +135,11 @@ def format_results(result, plan) -> str:
         f"\nResults: {result.run_name}  (threshold.kind={protocol.threshold_kind}, "
         f"protocol={protocol.name})"
     ]
-    width = max(len(k) for k in _LABELS)
-    for key, note in _LABELS.items():
-        if key in result.metrics:
-            lines.append(f"  {key:<{width}}  {result.metrics[key]:>8.4f}   {note}")
+    shown = results_specs()  # the catalog's (madcluster_exp/metrics/catalog.py)
+    width = max(len(s.key) for s in shown)
+    for s in shown:
+        if s.key in result.metrics:
+            lines.append(f"  {s.key:<{width}}  {result.metrics[s.key]:>8.4f}   {s.note}")
     lines.append(f"  {'time/total_s':<{width}}  {result.metrics['time/total_s']:>8.1f}")
     lines.append(f"  {'sanity':<{width}}  {describe(run_flags(result.metrics))}")
     if result.run_id:

@@ -1,5 +1,5 @@
-"""The detectors' critical-difference diagram (madcluster_exp/report_rank.py computes the
-ranks and the pairwise tests)."""
+"""The detectors' critical-difference diagram (madcluster_exp/report/sections/rank.py computes
+the ranks and the pairwise tests)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A sweep report's figures (madcluster_exp/report.py computes what they show): metric bars
+"""A sweep report's figures (madcluster_exp/report/sections/ compute what they show): metric bars
 off vs on, metrics against the number of clusters k, and training curves per configuration."""
 
 from __future__ import annotations

@@ -15,17 +15,17 @@ t-test (scipy's ``ttest_rel``, two-sided; n = number of pairs).
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import List, Mapping, Optional, Sequence, Tuple
+import math
+from typing import List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
 from madcluster_exp.plots.sweep import plot_onoff_bars
+from madcluster_exp.report.sections import Context, Section, lines
+from madcluster_exp.report.sweep import COMBINE, ENABLED, Sweep, logged_combine
+from madcluster_exp.report.tables import markdown_table
 
-ENABLED, COMBINE = "madcluster.enabled", "scoring.combine"
-#: Where runs logged before the rule moved to the scoring group recorded it.
-LEGACY_COMBINE = "madcluster.combine"
 # A paired test over fewer seeds than this is reported, but said to mean little.
 FEW_PAIRS = 5
 
@@ -35,16 +35,6 @@ _MEANING = {
     "backbone_only": "the plug-in's training alone, on the backbone's own score (control arm)",
     "madcluster_only": "the plug-in's score alone",
 }
-
-
-def logged_combine(params: Mapping) -> Optional[str]:
-    """The score rule a run logged (``param:scoring.combine``), or for a run logged before the
-    rule moved to the scoring group, ``param:madcluster.combine``; None if neither."""
-    for key in (COMBINE, LEGACY_COMBINE):
-        value = params.get(f"param:{key}")
-        if isinstance(value, str):
-            return value
-    return None
 
 
 def _is_plugin_key(key: str) -> bool:
@@ -100,7 +90,7 @@ def onoff_table(
     """One row per (configuration, arm): on − off of each metric, paired by seed.
 
     ``runs``: one row per finished run (``param:<key>`` columns and metric columns, as
-    :func:`madcluster_exp.report.load_sweep` gives); ``factors``: the sweep's varying keys.
+    :func:`madcluster_exp.report.source.load_sweep` gives); ``factors``: the sweep's varying keys.
     None when MADCluster was not swept off and on.
     """
     if ENABLED not in factors:
@@ -141,13 +131,14 @@ def onoff_table(
     return pd.DataFrame(rows)
 
 
-def section(sweep, metrics: Sequence[str], out_dir: Path) -> Tuple[List[str], List[Path]]:
-    """The report's on/off section (markdown lines) and its files (``onoff.csv``, bars)."""
-    from madcluster_exp.report.build import to_markdown
-
+def section(sweep: Sweep, ctx: Context) -> Section:
+    """The on/off section and its files (``onoff.csv``, the bars); nothing when MADCluster was
+    not swept off and on."""
+    metrics = ctx.metrics
+    out_dir = ctx.out_dir
     table = onoff_table(sweep.runs, sweep.factors, metrics)
     if table is None or table.empty:
-        return [], []
+        return Section()
     keys = [f for f in sweep.factors if not _is_plugin_key(f)] + ["arm"]
     table.to_csv(out_dir / "onoff.csv", index=False)
     md = ["", "## MADCluster on − off, per arm (paired by seed; p: paired t-test)", ""]
@@ -167,7 +158,7 @@ def section(sweep, metrics: Sequence[str], out_dir: Path) -> Tuple[List[str], Li
         )
     md += [
         "",
-        to_markdown(table, keys, metrics, "onoff"),
+        onoff_markdown(table, keys, metrics),
         "",
         "![MADCluster off vs on](onoff_bars.png)",
     ]
@@ -175,4 +166,23 @@ def section(sweep, metrics: Sequence[str], out_dir: Path) -> Tuple[List[str], Li
         out_dir / "onoff.csv",
         plot_onoff_bars(table, keys, list(metrics)[:4], out_dir / "onoff_bars.png"),
     ]
-    return md, files
+    return lines(md, files)
+
+
+def onoff_markdown(table: pd.DataFrame, keys: Sequence[str], metrics: Sequence[str]) -> str:
+    """Per row: its keys, the seed pairs, and per metric ``off → on: difference (p=...)``."""
+    header = list(keys) + ["pairs"] + [f"{m} (on − off)" for m in metrics]
+    rows = []
+    for _, r in table.iterrows():
+        cells = [str(r.get(f, "")) for f in keys]
+        cells.append(str(int(r["pairs"])))
+        for m in metrics:
+            diff = r.get(f"{m} diff", float("nan"))
+            if diff is None or (isinstance(diff, float) and math.isnan(diff)):
+                cells.append("n/a")
+                continue
+            p = r.get(f"{m} p", float("nan"))
+            sig = "" if math.isnan(p) else f" (p={p:.3g})"
+            cells.append(f"{r[f'{m} off']:.4f} → {r[f'{m} on']:.4f}: {diff:+.4f}{sig}")
+        rows.append(cells)
+    return markdown_table(header, rows)

@@ -29,14 +29,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 
-from madcluster_exp.report.onoff import logged_combine
+from madcluster_exp.report.sections import Context, Section, lines
+from madcluster_exp.report.sweep import Sweep, logged_combine
+from madcluster_exp.report.tables import frame_table
 
-PUBLISHED = Path(__file__).resolve().parents[1] / "data" / "published.csv"
+PUBLISHED = Path(__file__).resolve().parents[2] / "data" / "published.csv"
 COLUMNS = ["table", "row", "dataset", "backbone", "madcluster", "k", "metric", "value"]
 #: Published metric name -> the measured metric's name (without the ``test/``/``ref/`` prefix).
 MEASURED = {
@@ -244,22 +246,13 @@ def metric_table(long: pd.DataFrame, table: str, metric: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _markdown(df: pd.DataFrame) -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for _, r in df.iterrows()]
-    return "\n".join(lines)
-
-
-def section(
-    runs: pd.DataFrame, out_dir: Path, published: Optional[pd.DataFrame] = None
-) -> Tuple[List[str], List[Path]]:
-    """(markdown lines, files) of the published-vs-measured section; nothing when the sweep
-    measures no published figure. Writes ``paper_vs_measured.csv`` (the long table)."""
-    long = compare(runs, published)
+def section(sweep: Sweep, ctx: Context, published: Optional[pd.DataFrame] = None) -> Section:
+    """The published-vs-measured section; nothing when the sweep measures no published figure.
+    Writes ``paper_vs_measured.csv`` (the long table)."""
+    long = compare(sweep.runs, published)
     if long.empty:
-        return [], []
-    csv = out_dir / "paper_vs_measured.csv"
+        return Section()
+    csv = ctx.out_dir / "paper_vs_measured.csv"
     long.to_csv(csv, index=False)
     md = [
         "",
@@ -279,6 +272,6 @@ def section(
                 "",
                 f"**{metric}** (measured: {', '.join(keys)})",
                 "",
-                _markdown(metric_table(long, table, metric)),
+                frame_table(metric_table(long, table, metric)),
             ]
-    return md, [csv]
+    return lines(md, [csv])
