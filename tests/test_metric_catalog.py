@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from madcluster_exp.app import run
+from madcluster_exp.config import load
 from madcluster_exp.metrics import catalog
 from madcluster_exp.metrics.catalog import CATALOG, PREDICTION, SCORE, MetricSpec
 from madcluster_exp.metrics.suite import definition_suite
-from madcluster_exp.pipeline.job import run
 from madcluster_exp.pipeline.outputs import format_results
+from madcluster_exp.pipeline.plan import make_plan
 from madcluster_exp.report.build import build_report
 from tests.conftest import FAST, compose_config
 
@@ -36,7 +38,8 @@ def runs(tmp_path_factory):
                 f"protocol={protocol}",
             ]
         )
-        out[protocol] = (cfg, run(cfg, output_dir=tmp / f"job-{protocol}", verbose=False))
+        result = run(cfg, output_dir=tmp / f"job-{protocol}", verbose=False)
+        out[protocol] = (make_plan(load(cfg)), result)
     return out
 
 
@@ -47,14 +50,14 @@ def _suite_keys(metrics, prefix: str) -> set:
 
 @pytest.mark.parametrize("protocol", list(PREFIX))
 def test_every_declared_key_is_logged_and_every_logged_key_is_declared(runs, protocol):
-    cfg, result = runs[protocol]
+    plan, result = runs[protocol]
     prefix = PREFIX[protocol]
     declared = {s.key for s in CATALOG if s.key.startswith(prefix)}
     assert _suite_keys(result.metrics, prefix) == declared
     logged = MlflowClient(result.tracking_uri).get_run(result.run_id).data.metrics
     assert declared <= set(logged)
     # The results table shows every key the catalog marks as shown, in the catalog's order.
-    table = format_results(result, cfg)
+    table = format_results(result, plan)
     shown = [s.key for s in CATALOG if s.results and s.key.startswith(prefix)]
     lines = [ln.split()[0] for ln in table.splitlines() if ln.strip().startswith(prefix)]
     assert shown and lines == shown
@@ -100,7 +103,7 @@ def test_the_catalog_is_consistent():
 def test_a_new_catalog_entry_shows_in_the_results_table_and_the_report(runs, tmp_path, monkeypatch):
     """Declaring a key as shown is all it takes: here ``threshold/value``, which every point run
     logs, as a test-only entry."""
-    cfg, result = runs["point"]
+    plan, result = runs["point"]
     # A sweep of this one run, reported before and after the entry is declared.
     client = MlflowClient(result.tracking_uri)
     experiment = client.get_run(result.run_id).info.experiment_id
@@ -113,12 +116,12 @@ def test_a_new_catalog_entry_shows_in_the_results_table_and_the_report(runs, tmp
         return next(ln for ln in md.splitlines() if ln.startswith("| n |"))
 
     assert summary_header("before").endswith("| test/f1_oracle | sanity |")
-    assert "threshold/value" not in format_results(result, cfg)
+    assert "threshold/value" not in format_results(result, plan)
 
     entry = MetricSpec(
         "threshold/value", "threshold", SCORE, "test-only entry", results=True, report=True
     )
     monkeypatch.setattr(catalog, "CATALOG", CATALOG + (entry,))
-    (line,) = [ln for ln in format_results(result, cfg).splitlines() if "threshold/value" in ln]
+    (line,) = [ln for ln in format_results(result, plan).splitlines() if "threshold/value" in ln]
     assert line.endswith("test-only entry") and f"{result.metrics['threshold/value']:.4f}" in line
     assert summary_header("after").endswith("| test/f1_oracle | threshold/value | sanity |")
