@@ -19,6 +19,8 @@ help: ## list every target
 
 install: ## install CPU torch, then the package (editable) with runtime, test and Ray dependencies
 	$(PIP) install $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
+	# hydra-optuna-sweeper (an earlier dependency) pins optuna<3: removed where it is installed.
+	$(PIP) uninstall -y hydra-optuna-sweeper
 	$(PIP) install -e ".[dev,ray]"
 	# vus is the metric tests' reference; its declared dependencies (TensorFlow, ...) are not
 	# needed by get_metrics, so it is installed without them.

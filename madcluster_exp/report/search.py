@@ -69,6 +69,10 @@ def study_trials(storage: str, study_name: str) -> Tuple[pd.DataFrame, Optional[
     trial's number, None when no trial is complete)."""
     import optuna
 
+    from madcluster_exp.launchers.optuna_study import refuse_mlflow_store, sqlalchemy_url
+
+    storage = sqlalchemy_url(storage)
+    refuse_mlflow_store(storage, key="storage")  # before Optuna would add its tables to it
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except Exception as exc:  # noqa: BLE001 - any failure: say which storage and why
