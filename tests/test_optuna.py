@@ -1,15 +1,19 @@
 """The project's Optuna sweeper (hydra/sweeper=madcluster_optuna) on a current Optuna: the search
 space, what it tells the study for every outcome of a job, the refusal of MLflow's database as a
-study storage. The study shared by two sweep processes in PostgreSQL and its report:
-tests/test_search.py."""
+study storage, and `make dashboard` (optuna-dashboard over the storage). The study shared by two
+sweep processes in PostgreSQL and its report: tests/test_search.py."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -26,15 +30,17 @@ from madcluster_exp.launchers.optuna_sweep import (
     search_space,
 )
 
-from .conftest import FAST
+from .conftest import FAST, ROOT, free_port
 
 SWEEPER = "hydra_plugins.madcluster_optuna_sweeper.optuna_sweeper.OptunaStudySweeper"
 
 
 def test_optuna_is_a_current_major_and_both_searches_use_the_projects_sweeper():
     import optuna
+    import optuna_dashboard
 
     assert int(optuna.__version__.split(".")[0]) >= 4, optuna.__version__
+    assert callable(optuna_dashboard.run_server)
     for search, direction in (("optuna_val", "minimize"), ("optuna_injected", "maximize")):
         with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
             cfg = compose(
@@ -268,10 +274,85 @@ def test_mlflow_s_database_as_the_study_storage_is_refused_before_any_trial(tmp_
     assert "a database of its own, e.g. postgresql://<host>:5432/optuna" in out.stderr
     assert "Traceback" not in out.stderr
     assert not list(tmp_path.glob("outputs/multiruns/*/*/0"))  # no job ran
-    # A search's report refuses it alike.
+    # The dashboard and a search's report refuse it alike.
+    from madcluster_exp.launchers.dashboard import study_storage
     from madcluster_exp.report.search import study_trials
 
+    with pytest.raises(ConfigError, match=r"storage=sqlite:///.*mlflow\.db is MLflow's tracking"):
+        study_storage(f"sqlite:///{mlflow_db}")
     with pytest.raises(ConfigError, match=r"storage=sqlite:///.*mlflow\.db is MLflow's tracking"):
         study_trials(f"sqlite:///{mlflow_db}", "madcluster_injected")
     tables = _tables(mlflow_db)
     assert {"experiments", "runs"} <= tables and not {"studies", "trials"} & tables
+
+
+# -------------------------------------------------------------------------------- dashboard
+def _study_db(path: Path) -> str:
+    import optuna
+
+    storage = f"sqlite:///{path}"
+    study = optuna.create_study(storage=storage, study_name="dash_study", direction="maximize")
+    trial = study.ask({"backbone.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2)})
+    study.tell(trial, 0.42)
+    return storage
+
+
+def test_make_dashboard_serves_the_studies_of_the_storage_on_localhost(tmp_path):
+    storage = _study_db(tmp_path / "optuna.db")
+    port = free_port()
+    log_path = tmp_path / "dashboard.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [
+                "make",
+                "-s",
+                "-C",
+                str(ROOT),
+                "dashboard",
+                f"STORAGE={storage}",
+                f"DASHBOARD_PORT={port}",
+                f"PYTHON={sys.executable}",
+            ],
+            env=_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}/dashboard"
+    try:
+        deadline = time.monotonic() + 60
+        page = None
+        while page is None and time.monotonic() < deadline:
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(url, timeout=5) as resp:
+                    page = (resp.status, resp.read().decode())
+            except OSError:
+                time.sleep(0.3)
+        assert page is not None, f"no answer from {url} in 60 s: {log_path.read_text()[-3000:]}"
+        assert page[0] == 200 and "<html" in page[1].lower()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=10) as resp:
+            studies = json.loads(resp.read())["study_summaries"]
+        assert [s["study_name"] for s in studies] == ["dash_study"]
+        assert f"Optuna dashboard on {url} (storage {storage})" in log_path.read_text()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_the_dashboard_refuses_a_storage_it_cannot_show_saying_what_to_pass(tmp_path):
+    """(MLflow's database: test_mlflow_s_database_as_the_study_storage_is_refused_...)"""
+    from madcluster_exp.launchers.dashboard import DashboardError, study_storage
+
+    with pytest.raises(DashboardError, match=r"no study storage: pass storage=<url>"):
+        study_storage(None)
+    missing = tmp_path / "nope.db"
+    with pytest.raises(DashboardError, match=rf"{missing} does not exist"):
+        study_storage(f"sqlite:///{missing}")
+    assert not missing.exists()
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()
+    with pytest.raises(DashboardError, match=r"has no Optuna study yet"):
+        study_storage(f"sqlite:///{empty}")
+    good = _study_db(tmp_path / "optuna.db")
+    assert study_storage(good) == good
