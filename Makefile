@@ -10,15 +10,20 @@ PYTEST_ARGS ?=
 DATASET ?= SMD
 PORT ?= 5000
 SERVER_ARTIFACTS ?= outputs/server-artifacts
+# `make dashboard`: the searches' study storage (empty: $$MADCLUSTER_OPTUNA_STORAGE) and its port.
+STORAGE ?=
+DASHBOARD_PORT ?= 8080
 
 .DEFAULT_GOAL := help
-.PHONY: help install lint format test test-all test-cuda run smoke bench data ui server clean
+.PHONY: help install lint format test test-all test-cuda run smoke bench data ui server dashboard clean
 
 help: ## list every target
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
 
 install: ## install CPU torch, then the package (editable) with runtime, test and Ray dependencies
 	$(PIP) install $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
+	# hydra-optuna-sweeper (an earlier dependency) pins optuna<3: removed where it is installed.
+	$(PIP) uninstall -y hydra-optuna-sweeper
 	$(PIP) install -e ".[dev,ray]"
 	# vus is the metric tests' reference; its declared dependencies (TensorFlow, ...) are not
 	# needed by get_metrics, so it is installed without them.
@@ -61,6 +66,9 @@ ui: ## MLflow UI on 127.0.0.1:$(PORT) over outputs/mlflow.db
 
 server: ## team MLflow server on 127.0.0.1:$(PORT), PostgreSQL store ($$MLFLOW_BACKEND_URI), proxied artifacts
 	$(PYTHON) -m madcluster_exp.tracking.server port=$(PORT) "artifacts=$(SERVER_ARTIFACTS)"
+
+dashboard: ## optuna-dashboard on 127.0.0.1:$(DASHBOARD_PORT) over a search's study storage (STORAGE=<url>, default $$MADCLUSTER_OPTUNA_STORAGE)
+	$(PYTHON) -m madcluster_exp.launchers.dashboard port=$(DASHBOARD_PORT) $(if $(STORAGE),"storage=$(STORAGE)")
 
 clean: ## remove Hydra run directories and caches (keeps outputs/mlflow.db)
 	rm -rf outputs/runs outputs/multiruns .pytest_cache

@@ -323,6 +323,22 @@ def test_two_sweep_processes_share_one_study_in_postgres_and_lose_no_trial(tmp_p
         assert rep.returncode == 0, rep.stderr[-3000:]
         assert "4 trials (4 complete) from 2 sweep process(es)" in rep.stdout
         _check_report(tmp_path / "a", study.best_trial.number, children, "maximize")
+
+        # MLflow's database as the study storage: refused, naming it, before Optuna adds a table.
+        from sqlalchemy import create_engine, inspect
+
+        from madcluster_exp.launchers.optuna_study import prepare_study
+
+        with pytest.raises(
+            ConfigError,
+            match=r"hydra\.sweeper\.storage=postgresql\+psycopg://127\.0\.0\.1:5432/"
+            r"madcluster_test_\w+_mlflow is MLflow's tracking database .* a database of its own",
+        ):
+            prepare_study(mlflow_uri, "shared", ["maximize"])
+        engine = create_engine(mlflow_uri)
+        tables = set(inspect(engine).get_table_names())
+        engine.dispose()
+        assert {"experiments", "runs"} <= tables and "studies" not in tables
     finally:
         drop_database(mlflow_uri)
 

@@ -11,10 +11,12 @@ trial of the study before it suggests the next. What this module adds:
 - the study is created before any trial, one process at a time: Optuna's first connection to
   an empty database creates its tables and stamps their version in separate steps, which two
   processes must not interleave (a PostgreSQL session advisory lock serialises it; other
-  databases retry); with Optuna 2.10 the version stamp is committed here (``_stamp_schema``);
+  databases retry);
 - a storage without a study name is refused (every process would start a study of its own), as
   are an objective and a direction that disagree (``search.objective`` decides which is
-  right), and an existing study whose direction is not the search's.
+  right), and an existing study whose direction is not the search's;
+- a storage that is MLflow's tracking database is refused before Optuna touches it (Optuna
+  would add its tables next to MLflow's and then fail on MLflow's ``alembic_version``).
 """
 
 from __future__ import annotations
@@ -22,12 +24,20 @@ from __future__ import annotations
 import time
 import zlib
 from contextlib import contextmanager
-from pathlib import Path
 from typing import List, Optional, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 from madcluster_exp.config import SEARCH_OBJECTIVES, ConfigError
+from madcluster_exp.tracking.server import redact  # noqa: F401 - re-exported
+from madcluster_exp.tracking.sweep import (  # noqa: F401 - the launchers' storage helpers
+    OWN_DATABASE,
+    refuse_mlflow_store,
+    sqlalchemy_url,
+)
 
+#: Where a search (``conf/hparams_search/*.yaml``), its report and the dashboard find the study
+#: storage when none is given.
+STORAGE_ENV = "MADCLUSTER_OPTUNA_STORAGE"
 #: Attempts at creating or loading a study while another process creates the same one.
 CREATE_ATTEMPTS = 8
 #: The advisory lock (a bigint of PostgreSQL's) held while a process sets up the study.
@@ -56,7 +66,7 @@ def check_search(
         )
     if storage is not None and not study_name:
         raise ConfigError(
-            f"hydra.sweeper.storage={_redact(storage)} without "
+            f"hydra.sweeper.storage={redact(storage)} without "
             "hydra.sweeper.study_name: every sweep process would start a study "
             "of its own; expected a study name shared by all of them"
         )
@@ -71,11 +81,11 @@ def prepare_study(storage: str, study_name: str, directions: Sequence[str]):
     from madcluster_exp.tracking.server import ensure_database
 
     ensure_database(storage)  # PostgreSQL only; the server's database set-up
+    refuse_mlflow_store(storage)
     last: Optional[Exception] = None
     for attempt in range(CREATE_ATTEMPTS):
         try:
             with _postgres_lock(storage):
-                _stamp_schema(storage)
                 _check_stored_direction(storage, study_name, directions)
                 study = optuna.create_study(
                     storage=storage,
@@ -87,9 +97,17 @@ def prepare_study(storage: str, study_name: str, directions: Sequence[str]):
         except DBAPIError as exc:  # tables or the study created by another process meanwhile
             last = exc
             time.sleep(0.2 * (attempt + 1))
+        except RuntimeError as exc:  # Optuna: the stored schema is another version's
+            if "compatible with the table schema" not in str(exc):
+                raise
+            raise ConfigError(
+                f"hydra.sweeper.storage={redact(storage)}: {exc} Upgrading changes the schema "
+                "for every process using the storage: upgrade Optuna on all of them first "
+                "(pip install -e . installs the project's Optuna)."
+            ) from None
     else:
         raise ConfigError(
-            f"hydra.sweeper.storage={_redact(storage)}: could not create or load "
+            f"hydra.sweeper.storage={redact(storage)}: could not create or load "
             f"study {study_name!r} after {CREATE_ATTEMPTS} attempts: {last}"
         )
     return study
@@ -99,46 +117,14 @@ def _check_stored_direction(storage: str, study_name: str, directions: Sequence[
     """Refuse to join a stored study that optimises the other way (before Optuna would)."""
     import optuna
 
-    for summary in optuna.get_all_study_summaries(storage):
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         have = [d.name.lower() for d in summary.directions]
         if summary.study_name == study_name and have != list(directions):
             raise ConfigError(
-                f"study {study_name!r} in {_redact(storage)} exists with direction "
+                f"study {study_name!r} in {redact(storage)} exists with direction "
                 f"{', '.join(have)}, but this search would "
                 f"{', '.join(directions)}; choose another hydra.sweeper.study_name"
             )
-
-
-def _stamp_schema(storage: str) -> None:
-    """Create Optuna's tables and record their schema version in one committed transaction.
-
-    Optuna 2.10 (hydra-optuna-sweeper pins optuna<3) stamps the version through a connection it
-    never commits; under SQLAlchemy 2 (MLflow's) the stamp is rolled back and the next check
-    fails (``assert version is not None``), so a persistent storage never opens. Done here once,
-    Optuna finds the stamp and goes on. Optuna 3 and later commit it themselves: skipped."""
-    import optuna
-
-    if int(optuna.__version__.split(".")[0]) >= 3:
-        return
-    import alembic.config
-    import alembic.migration
-    import alembic.script
-    from optuna.storages._rdb import models
-    from sqlalchemy import create_engine
-
-    here = Path(models.__file__).parent
-    engine = create_engine(storage)
-    try:
-        with engine.begin() as conn:
-            models.BaseModel.metadata.create_all(conn)
-            context = alembic.migration.MigrationContext.configure(conn)
-            if context.get_current_revision() is None:
-                config = alembic.config.Config(str(here / "alembic.ini"))
-                config.set_main_option("script_location", str(here / "alembic"))
-                script = alembic.script.ScriptDirectory.from_config(config)
-                context.stamp(script, script.get_current_head())
-    finally:
-        engine.dispose()
 
 
 @contextmanager
@@ -156,9 +142,3 @@ def _postgres_lock(storage: str):
     ) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
         yield
-
-
-def _redact(uri: str) -> str:
-    from madcluster_exp.tracking.server import redact
-
-    return redact(uri)

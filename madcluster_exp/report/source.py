@@ -31,7 +31,7 @@ from madcluster_exp.report.sweep import (
     timeline_runs,
 )
 from madcluster_exp.tracking import resolve_tracking_uri
-from madcluster_exp.tracking.sweep import PARENT_FILE
+from madcluster_exp.tracking.sweep import PARENT_FILE, refuse_mlflow_store, sqlalchemy_url
 
 # The losses whose per-epoch history the training curves show.
 CURVE_KEYS = ("train/loss", "val/loss")
@@ -208,6 +208,8 @@ def study_trials(storage: str, study_name: str) -> Tuple[pd.DataFrame, Optional[
     trial's number, None when no trial is complete)."""
     import optuna
 
+    storage = sqlalchemy_url(storage)
+    refuse_mlflow_store(storage, key="storage")  # before Optuna would add its tables to it
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except Exception as exc:  # noqa: BLE001 - any failure: say which storage and why

@@ -1,69 +1,81 @@
-"""Hydra sweeper plug-in: hydra-optuna-sweeper's sweeper with what a shared study needs.
+"""Hydra sweeper plug-in ``hydra/sweeper=madcluster_optuna``: a hyper-parameter search on
+Optuna's public API (any current Optuna), one study shared by every process given the same
+storage and study name; the work is done by :mod:`madcluster_exp.launchers.optuna_sweep`.
 
-Selected in ``conf/hparams_search/*.yaml`` by ``hydra.sweeper._target_``; everything else of
-``hydra/sweeper=optuna`` (sampler, params, n_trials, ...) is unchanged. It adds, before the
-first trial, the checks and study creation of :mod:`madcluster_exp.launchers.optuna_study`,
-and gives every job its trial number as ``search.trial`` (tagged ``optuna.trial`` on its MLflow
-run), so a report joins the study's trials to their runs.
+Its own name, not ``optuna``: Hydra's Optuna sweeper (hydra-optuna-sweeper, which pins
+optuna<3) registers ``hydra/sweeper=optuna`` where it is still installed, and the two must not
+replace each other's configuration. Nothing here imports Optuna: Hydra imports this module when
+it scans its plug-ins, for every command.
 """
 
-from typing import Any, List, Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
 
-from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
-
-
-def _numbered_trials_impl():
-    """The plug-in's implementation, each job's overrides ending in ``search.trial=<number>``.
-    Imported when a search starts, not when Hydra scans its plug-ins (it imports Optuna)."""
-    from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
-
-    class NumberedTrials(OptunaSweeperImpl):
-        def _configure_trials(self, trials, search_space_distributions, fixed_params):
-            overrides = super()._configure_trials(trials, search_space_distributions, fixed_params)
-            return [tuple(o) + (f"search.trial={t.number}",) for o, t in zip(overrides, trials)]
-
-    return NumberedTrials
+from hydra.core.config_store import ConfigStore
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
 
 
-class SharedStudyOptunaSweeper(OptunaSweeper):
-    def __init__(
-        self,
-        sampler: Any,
-        direction: Any,
-        storage: Optional[Any],
-        study_name: Optional[str],
-        n_trials: int,
-        n_jobs: int,
-        max_failure_rate: float,
-        search_space: Any,
-        custom_search_space: Optional[str],
-        params: Any,
+@dataclass
+class MadclusterOptunaSweeperConf:
+    _target_: str = "hydra_plugins.madcluster_optuna_sweeper.optuna_sweeper.OptunaStudySweeper"
+    # The sampler is built by the sweeper (a GridSampler needs the search space first).
+    _recursive_: bool = False
+    # The sampler: its class and arguments, e.g. {_target_: optuna.samplers.RandomSampler}.
+    sampler: Any = field(
+        default_factory=lambda: {"_target_": "optuna.samplers.TPESampler", "seed": None}
+    )
+    # minimize or maximize: must be what search.objective asks for (checked before any trial).
+    direction: Any = "minimize"
+    # Database URL of a study shared by several processes (postgresql://host:5432/optuna,
+    # sqlite:///path.db); None: the study is in memory, for this process only.
+    storage: Optional[str] = None
+    # The study: a name that exists in the storage is continued.
+    study_name: Optional[str] = None
+    # Trials this process runs, and how many of them are launched at a time.
+    n_trials: int = 20
+    n_jobs: int = 1
+    # Share of a batch's jobs that may raise out of the task function before the search stops
+    # (a job that fails inside the project returns NaN: its trial is FAIL and never counts).
+    max_failure_rate: float = 0.0
+    # The search space: parameter -> Hydra sweep override (interval(...), choice(...), ...).
+    params: Optional[Dict[str, str]] = None
+    # Optional: a function (cfg, trial) -> None that suggests further parameters in Python.
+    custom_search_space: Optional[str] = None
+
+
+ConfigStore.instance().store(
+    group="hydra/sweeper",
+    name="madcluster_optuna",
+    node=MadclusterOptunaSweeperConf,
+    provider="madcluster_exp",
+)
+
+
+class OptunaStudySweeper(Sweeper):
+    def __init__(self, **options: Any) -> None:
+        from madcluster_exp.launchers.optuna_sweep import OptunaSweep
+
+        self.impl = OptunaSweep(options)
+        self.config: Optional[DictConfig] = None
+        self.hydra_context: Optional[HydraContext] = None
+        self.launcher = None
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
-        from madcluster_exp.tracking.sweep import sqlalchemy_url
+        self.impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        self.config = config
+        self.hydra_context = hydra_context
+        self.launcher = self.impl.launcher
 
-        impl = _numbered_trials_impl()
-        self.sweeper = impl(
-            sampler,
-            direction,
-            sqlalchemy_url(storage),
-            study_name,
-            n_trials,
-            n_jobs,
-            max_failure_rate,
-            search_space,
-            custom_search_space,
-            params,
-        )
+    def sweep(self, arguments: List[str]) -> Any:
+        from madcluster_exp.errors import ExpectedError, full_error_requested, report
 
-    def sweep(self, arguments: List[str]) -> None:
-        from madcluster_exp.launchers.optuna_study import (
-            check_search,
-            direction_names,
-            prepare_study,
-        )
-
-        impl = self.sweeper
-        check_search(impl.config.search.objective, impl.direction, impl.storage, impl.study_name)
-        if impl.storage is not None:
-            prepare_study(impl.storage, impl.study_name, direction_names(impl.direction))
-        return super().sweep(arguments)
+        try:
+            return self.impl.sweep(self, arguments)
+        except ExpectedError as exc:  # a setting to change: its message, no traceback
+            if full_error_requested():
+                raise
+            raise SystemExit(report(exc)) from None
