@@ -55,6 +55,37 @@ def test_a_run_saved_before_the_move_scores_its_test_split_as_it_did(tmp_path):
         np.testing.assert_allclose(out["score"].to_numpy(), saved["test_score"][a:b], rtol=1e-6)
 
 
+@pytest.mark.slow
+def test_the_predict_command_scores_a_run_saved_before_the_move(tmp_path):
+    import subprocess
+    import sys
+
+    saved = dict(np.load(OLD_RUN / "scores.npz"))
+    cfg = _old_run_config(tmp_path)
+    raw = load_dataset(cfg.dataset, tmp_path / "datasets")
+    raw.test.unseal()
+    a, b = saved["entity_bounds"][0]
+    frame = pd.DataFrame(raw.test.get().values[a:b])
+    frame.to_csv(tmp_path / "x.csv", index=False)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "madcluster_exp.predict",
+            f"run={OLD_RUN}",
+            "data=x.csv",
+            "out=pred.csv",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = pd.read_csv(tmp_path / "pred.csv")["score"].to_numpy()
+    np.testing.assert_allclose(got, saved["test_score"][a:b], rtol=1e-6, atol=1e-9)
+
+
 def test_a_run_saved_before_the_move_is_matched_for_resume(tmp_path):
     """Same config, same fingerprint: its checkpoints may be continued; a changed key is named."""
     from madcluster_exp.training.checkpoint import ResumeError, check_resume

@@ -276,7 +276,7 @@ def test_mlflow_s_database_as_the_study_storage_is_refused_before_any_trial(tmp_
     assert not list(tmp_path.glob("outputs/multiruns/*/*/0"))  # no job ran
     # The dashboard and a search's report refuse it alike.
     from madcluster_exp.launchers.dashboard import study_storage
-    from madcluster_exp.report.search import study_trials
+    from madcluster_exp.report.source import study_trials
 
     with pytest.raises(ConfigError, match=r"storage=sqlite:///.*mlflow\.db is MLflow's tracking"):
         study_storage(f"sqlite:///{mlflow_db}")
