@@ -96,7 +96,10 @@ def _run_all(tmp_path: Path, fast: bool):
     assert (tmp_path / "scores.csv").exists()
 
 
+@pytest.mark.slow
 def test_readme_quickstart_runs_as_written_with_debug_fast(tmp_path):
+    """Every quickstart command, in order (make test-all; by default each is composed and
+    validated by test_every_documented_command_..., and each tool has its own tests)."""
     _run_all(tmp_path, fast=True)
 
 
