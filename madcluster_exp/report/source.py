@@ -35,6 +35,9 @@ from madcluster_exp.tracking.sweep import PARENT_FILE, refuse_mlflow_store, sqla
 
 # The losses whose per-epoch history the training curves show.
 CURVE_KEYS = ("train/loss", "val/loss")
+#: Tags a job or series run carries that the report reads: why it failed (``error``; its kind,
+#: ``failure.kind``: collapse | data | error) and a collection job's failed series count.
+RUN_TAGS = ("error", "failure.kind", "collection.failed")
 STORAGE_ENV = "MADCLUSTER_OPTUNA_STORAGE"
 
 
@@ -86,6 +89,7 @@ def load_sweep(parent_id: str, uri: str) -> Sweep:
             "run_name": r.info.run_name,
             "status": r.info.status,
             "overrides": r.data.tags.get("hydra.overrides", ""),
+            **{t: r.data.tags[t] for t in RUN_TAGS if t in r.data.tags},
         }
         row.update({f"param:{k}": v for k, v in r.data.params.items()})
         row.update(r.data.metrics)
@@ -114,9 +118,11 @@ def read_details(sweep: Sweep, storage: Optional[str] = None) -> Sweep:
     if tags is not None:
         search = load_search(client, sweep.parent_id, sweep.uri, tags, storage)
         return replace(sweep, search=search, curves=training_curves(sweep))
+    series = series_results(sweep.uri, sweep.parent_id)
     return replace(
         sweep,
-        entities=entity_tables(client, sweep),
+        series=series,
+        entities=entity_tables(client, replace(sweep, series=series)),
         curves=training_curves(sweep),
         scores=score_files(client, sweep),
     )
@@ -157,10 +163,12 @@ def score_files(client, sweep: Sweep) -> Dict[str, Path]:
 
 def entity_tables(client, sweep: Sweep) -> Dict[str, pd.DataFrame]:
     """run id -> its ``per_entity.csv`` (one row per entity), for each run in
-    ``dataset.mode=per_entity`` that has one."""
+    ``dataset.mode=per_entity`` that has one and no series runs (``sweep.series``: a
+    collection's series runs say more, failures included)."""
     out = {}
+    with_series = set(sweep.series.get("job_run_id", ()))
     for _, r in sweep.runs.iterrows():
-        if r.get("param:dataset.mode") != "per_entity":
+        if r.get("param:dataset.mode") != "per_entity" or r["run_id"] in with_series:
             continue
         try:
             local = client.download_artifacts(r["run_id"], "per_entity.csv", tempfile.mkdtemp())
@@ -274,6 +282,9 @@ def series_results(uri: str, parent_id: str) -> pd.DataFrame:
                     "job_run_id": job,
                     "series": r.data.tags["series"],
                     "series.format": r.data.tags.get("series.format"),
+                    "series.file": r.data.tags.get("series.file"),
+                    "error": r.data.tags.get("error"),
+                    "failure.kind": r.data.tags.get("failure.kind"),
                     **{f"param:{k}": v for k, v in r.data.params.items()},
                     **r.data.metrics,
                 }
