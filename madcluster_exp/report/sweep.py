@@ -93,6 +93,16 @@ class Sweep:
     series: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
+@dataclass(frozen=True)
+class PublishedTable:
+    """A published per-file table (TSB-AD's ``uni_mergedTable_<metric>.csv``): one row per file
+    (``values``: index = file name, one column per published detector) of one metric."""
+
+    path: Path
+    metric: str  # the catalog label of the metric it holds: VUS-PR
+    values: pd.DataFrame
+
+
 # --------------------------------------------------------------------------------- factors
 def is_derived(name: str) -> bool:
     """Values a run computes (parameter counts, MACs, the effective score rule), not choices."""
