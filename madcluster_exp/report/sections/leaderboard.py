@@ -162,16 +162,16 @@ def section(sweep: Sweep, ctx: Context) -> Section:
     head = [
         "",
         f"## Among the published detectors ({table.path.name}: {table.metric}, rank 1 = best)",
-        "",
     ]
     measured = measured_table(sweep, table)
     if measured.empty:
-        return lines(head + ["The sweep has no series result to place."])
+        return lines(head + ["", "The sweep has no series result to place."])
     board = leaderboard(measured, table)
     md = list(head)
     files: List[Path] = []
     n_series = measured["series"].nunique()
     if board["not_published"]:
+        md += [""]
         md.append(
             f"Not in the published table ({len(board['not_published'])} of {n_series} series; "
             f"left out): {', '.join(board['not_published'])}"
