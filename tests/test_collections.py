@@ -346,3 +346,26 @@ def test_a_resumed_collection_run_continues_the_same_parent_and_child_runs(make_
     assert again.run_id == first.run_id
     table = series_results(first.tracking_uri, first.run_id)
     assert table["series"].tolist() == ["te"] and table["status"].tolist() == ["FINISHED"]
+
+
+def test_the_console_mean_over_series_is_over_the_series_where_it_is_defined():
+    """A series without an anomaly in its test part has no VUS-PR: the mean is over the others,
+    with their count, and the series is named once (not a NaN mean)."""
+    from types import SimpleNamespace as NS
+
+    from madcluster_exp.pipeline.collection import series_table
+
+    def unit(name, vus, labels):
+        metrics = {"test/vus_pr": vus, "test/auc_pr": vus / 2, "test/auc_roc": 0.5 + vus / 2}
+        return NS(entity=name, evaluation=NS(metrics=metrics), test=NS(labels=np.array(labels)))
+
+    units = [unit("a", 0.4, [0, 1]), unit("b", 0.6, [1, 0]), unit("free", float("nan"), [0, 0])]
+    collection = NS(root=Path("c"), series={u.entity: NS(format="tsbad") for u in units})
+    text = series_table("job", collection, units, [])
+    mean = next(line for line in text.splitlines() if "mean over" in line).split()
+    assert mean[:5] == ["mean", "over", "2", "of", "3"]
+    assert [float(v) for v in mean[5:]] == pytest.approx([0.5, 0.25, 0.75])
+    assert text.count("free") == 2  # its row and the one line that says why
+    assert "no anomaly in the test part (metrics undefined): free" in text
+    assert " nan" not in text.split("mean over")[1]
+    assert "mean over series" in series_table("job", collection, units[:2], [])

@@ -143,3 +143,27 @@ def test_a_section_with_nothing_to_say_adds_nothing(tmp_path, factors):
     assert kcurves.section(sweep, ctx).markdown == ""  # k not swept
     assert paper.section(sweep, ctx).markdown == ""  # a backbone the paper has no figure of
     assert (onoff.section(sweep, ctx).markdown == "") == (factors == [])
+
+
+def test_timelines_say_which_seed_they_draw_and_paper_omits_datasets_without_figures(tmp_path):
+    """The timelines' heading names the seed (not the count as a seed); a dataset the paper
+    has no figure of is named once, with no table of n/a."""
+    import numpy as np
+
+    from madcluster_exp.report.sections import paper, timelines
+
+    sweep = _sweep()
+    sweep.factors = ["madcluster.enabled"]
+    labels = np.r_[np.zeros(40), np.ones(10)]
+    for rid in ("r00", "r10"):  # each configuration's lowest seed
+        np.savez(tmp_path / f"{rid}.npz", test_score=labels + 0.1, test_label=labels, threshold=0.5)
+        sweep.scores[rid] = tmp_path / f"{rid}.npz"
+    md = timelines.section(sweep, Context(tmp_path, ("test/f1",))).markdown
+    assert "## Score timelines (2 configurations, each its lowest seed: seed 0)" in md
+    runs = sweep.runs.assign(**{"param:backbone.name": "usad", "param:dataset.name": "synthetic"})
+    runs["test/vus_pr_entity_mean"] = runs["test/vus_pr"]
+    sweep.runs = runs
+    md = paper.section(sweep, Context(tmp_path, ("test/f1",))).markdown
+    assert "No published figure for dataset synthetic (in Table 2): measured, not compared." in md
+    assert "n/a" not in md and "###" not in md
+    assert not (tmp_path / "paper_vs_measured.csv").exists()

@@ -91,10 +91,18 @@ def series_table(name: str, collection: Collection, units: list, skipped: List[S
             f"  {u.entity:<{width}}  {fmt:<8}"
             + "".join(f"  {u.evaluation.metrics.get(k, float('nan')):>8.4f}" for k, _ in shown)
         )
-    means = [
-        sum(u.evaluation.metrics.get(k, float("nan")) for u in units) / len(units) for k, _ in shown
-    ]
-    lines.append(f"  {'mean over series':<{width + 10}}" + "".join(f"  {m:>8.4f}" for m in means))
+    # The mean over the series where a metric is defined (a series without an anomaly in its
+    # test part has no VUS-PR or AUC), said with their count; such series are named once.
+    values = [[u.evaluation.metrics.get(k, float("nan")) for u in units] for k, _ in shown]
+    defined = [[v for v in vs if v == v] for vs in values]
+    means = [sum(d) / len(d) if d else float("nan") for d in defined]
+    lo, hi = min(map(len, defined)), max(map(len, defined))
+    n = f"{lo}" if lo == hi else f"{lo}-{hi}"
+    label = "mean over series" if lo == len(units) else f"mean over {n} of {len(units)}"
+    lines.append(f"  {label:<{width + 10}}" + "".join(f"  {m:>8.4f}" for m in means))
+    free = [u.entity for u in units if not u.test.labels.any()]
+    if free:
+        lines.append(f"  no anomaly in the test part (metrics undefined): {', '.join(free)}")
     lines += [f"  skipped {s.file}: {s.reason}" for s in skipped]
     return "\n".join(lines)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import pandas as pd
 
 from madcluster_exp.plots.backend import pyplot, save
@@ -22,34 +21,50 @@ SweepCurves = Dict[str, List[Tuple[str, pd.DataFrame]]]
 def plot_onoff_bars(
     table: pd.DataFrame, factors: Sequence[str], metrics: Sequence[str], path: Path
 ) -> Path:
-    """Mean off and on per configuration, error bars = std over seeds, n = seed pairs."""
+    """Per configuration (``factors`` but ``arm``), one bar for off and one per arm of
+    ``table`` (one row per configuration and arm: ``<m> off``, ``<m> on`` and their stds),
+    each bar under its own label, ``<configuration> · <arm>``; a gap between configurations.
+    Error bars: std over seeds; n: the seeds each arm pairs with off."""
     plt = pyplot()
-    labels = [
-        (" / ".join(str(r[f]) for f in factors) or "all") + f"\n(n={int(r['pairs'])})"
-        for _, r in table.iterrows()
-    ]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 4.2), squeeze=False)
-    x = np.arange(len(labels))
+    keys = [f for f in factors if f != "arm"]
+    groups = (
+        list(table.groupby([table[k].astype(str) for k in keys], sort=False))
+        if keys
+        else [((), table)]
+    )
+    arms = list(dict.fromkeys(table["arm"]))
+    colors = {"off": "tab:gray", **{a: f"C{i}" for i, a in enumerate(arms)}}
+    n_bars = sum(1 + len(g) for _, g in groups)
+    width = max(4.0, 0.45 * n_bars + 1.5)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(width * len(metrics), 4.6), squeeze=False)
     for ax, m in zip(axes[0], metrics):
         if f"{m} off" not in table:
             ax.set_visible(False)
             continue
-        for shift, side, color in ((-0.2, "off", "tab:gray"), (0.2, "on", "tab:blue")):
-            err = table.get(f"{m} {side} std", pd.Series(np.nan, index=table.index))
-            ax.bar(
-                x + shift,
-                table[f"{m} {side}"],
-                0.4,
-                yerr=err.fillna(0).to_numpy(),
-                capsize=3,
-                label=side,
-                color=color,
-                error_kw={"lw": 0.8},
-            )
-        ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=7)
+        x, ticks, pos = 0.0, [], []
+        for gkey, g in groups:
+            gkey = gkey if isinstance(gkey, tuple) else (gkey,)
+            name = " / ".join(gkey) or "all"
+            first = g.iloc[0]
+            bars = [("off", first[f"{m} off"], first.get(f"{m} off std"))]
+            bars += [
+                (r["arm"], r[f"{m} on"], r.get(f"{m} on std"), int(r["pairs"]))
+                for _, r in g.iterrows()
+            ]
+            for arm, value, std, *pairs in bars:
+                err = 0.0 if std is None or pd.isna(std) else float(std)
+                ax.bar(x, value, 0.8, yerr=err, capsize=3, color=colors[arm], lw=0)
+                ticks.append(f"{name} · {arm}" + (f" (n={pairs[0]})" if pairs else ""))
+                pos.append(x)
+                x += 1.0
+            x += 0.6  # a gap between configurations
+        ax.set_xticks(pos, ticks, rotation=45, ha="right", fontsize=7)
         ax.set_title(m, fontsize=9)
-    axes[0, 0].legend(title="MADCluster", fontsize=7)
-    fig.suptitle("mean over seeds; error bars: std over seeds; n: seeds paired", fontsize=8)
+    fig.suptitle(
+        "MADCluster off and each arm, mean over seeds; error bars: std over seeds; "
+        "n: seeds paired with off",
+        fontsize=8,
+    )
     fig.tight_layout()
     return save(fig, path)
 
@@ -109,9 +124,10 @@ def sweep_curves_figure(curves: SweepCurves):
         last = max([int(max(line.get_xdata(), default=1)) for line in ax.get_lines()] or [1])
         ax.set_xlim(0.5, last + 0.5)  # one epoch: a point at 1, not a blank axis around it
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
-    axes[-1].legend(
-        fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), ncol=ncol, frameon=False
-    )
+    if axes[-1].get_legend_handles_labels()[0]:  # runs without a loss history draw no line
+        axes[-1].legend(
+            fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), ncol=ncol, frameon=False
+        )
     fig.tight_layout()
     return fig
 

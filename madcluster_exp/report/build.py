@@ -2,7 +2,7 @@
 
     python -m madcluster_exp.report <parent-run-id | sweep dir>
         [report.metrics=[test/f1,test/vus_pr,...]] [uri=<tracking uri>] [out=<dir>]
-        [storage=<optuna storage of a search>]
+        [storage=<optuna storage of a search>] [published=<TSB-AD per-file results csv>]
 
 - ``summary.md`` / ``summary.csv``: every configuration of the sweep (the parameters that vary,
   seeds pooled) with mean ± std over seeds of each chosen metric (default: the metrics the
@@ -21,7 +21,12 @@
   (:mod:`madcluster_exp.report.sections.search`).
 - where each detector stands (:mod:`madcluster_exp.report.sections.rank`): per series and
   aggregate VUS-PR, AUC-PR, AUC-ROC, mean rank, ``cd_diagram.png``; a sanity column here and in
-  the summary.
+  the summary. Arms are detectors (``usad/off``, ``usad/on``, ``usad/on_backbone_only``);
+  failed runs are counted per detector (collapse, data, error), not dropped silently.
+- with ``published=<csv>`` (TSB-AD's per-file table, e.g. ``uni_mergedTable_VUS-PR.csv``): the
+  sweep's detectors ranked among the published ones on the files the sweep ran
+  (:mod:`madcluster_exp.report.sections.leaderboard`): ``leaderboard.csv``,
+  ``cd_diagram_published.png``, each row marked published or measured, with its protocol.
 
 A configuration is one value of every swept parameter (every key that varies in the children's
 overrides, e.g. each of an Optuna search's parameters) and of any other key that tells runs apart.
@@ -46,6 +51,7 @@ from madcluster_exp.report.sections import (
     Context,
     curves,
     kcurves,
+    leaderboard,
     onoff,
     paper,
     rank,
@@ -63,6 +69,7 @@ SECTIONS = (
     paper.section,
     kcurves.section,
     rank.section,
+    leaderboard.section,
     curves.section,
     timelines.section,
 )
@@ -77,7 +84,10 @@ def build_report(
     out_root: Optional[Path] = None,
     log: bool = True,
     storage: Optional[str] = None,
+    published: Optional[Path] = None,
+    published_metric: Optional[str] = None,
 ) -> Path:
+    table = source.read_published(published, published_metric) if published else None
     parent_id, tracking_uri = source.locate_parent(target, uri)
     sweep = source.load_sweep(parent_id, tracking_uri)
     wanted = list(metrics or report_keys())
@@ -88,7 +98,7 @@ def build_report(
     out_dir = (out_root or Path("outputs/reports")) / parent_id
     out_dir.mkdir(parents=True, exist_ok=True)
     sweep = source.read_details(sweep, storage)
-    ctx = Context(out_dir, tuple(wanted))
+    ctx = Context(out_dir, tuple(wanted), table)
     parts = [s(sweep, ctx) for s in (SECTIONS if sweep.search is None else SEARCH_SECTIONS)]
     md = "\n".join(p.markdown for p in parts if p.markdown)
     files = [f for p in parts for f in p.files]
@@ -122,6 +132,14 @@ OPTIONS = {
         "Optuna storage of a search's shared study (default: "
         f"${source.STORAGE_ENV}, else the sweep's optuna.storage tag)"
     ),
+    "published": Option(
+        "TSB-AD's published per-file results (e.g. uni_mergedTable_VUS-PR.csv): rank the "
+        "sweep's detectors among its detectors on the files the sweep ran"
+    ),
+    "published.metric": Option(
+        "the metric the published table holds (VUS-PR, AUC-PR, AUC-ROC; default: from its "
+        "file name)"
+    ),
 }
 
 
@@ -140,6 +158,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         Path(args["out"]) if args["out"] else None,
         args["log"],
         args["storage"],
+        Path(args["published"]) if args["published"] else None,
+        args["published.metric"],
     )
     return 0
 

@@ -6,7 +6,9 @@ what they need in the :class:`~madcluster_exp.report.sweep.Sweep` this module fi
 - :func:`load_sweep`: the finished and failed child runs, their params and final metrics;
 - :func:`read_details`: per-epoch losses (training curves), the saved scores of each
   configuration's lowest seed (timelines), per-entity tables (ranks), an Optuna search's trials;
-- :func:`series_results`: the series runs of a collection run or of a sweep of them.
+- :func:`series_results`: the series runs of a collection run or of a sweep of them;
+- :func:`read_published`: a published per-file table (TSB-AD's), the report's one read that is
+  not MLflow's.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Dict, List, Optional, Tuple
 import pandas as pd
 
 from madcluster_exp.report.sweep import (
+    PublishedTable,
     ReportError,
     Search,
     SearchReportError,
@@ -35,6 +38,9 @@ from madcluster_exp.tracking.sweep import PARENT_FILE, refuse_mlflow_store, sqla
 
 # The losses whose per-epoch history the training curves show.
 CURVE_KEYS = ("train/loss", "val/loss")
+#: Tags a job or series run carries that the report reads: why it failed (``error``; its kind,
+#: ``failure.kind``: collapse | data | error) and a collection job's failed series count.
+RUN_TAGS = ("error", "failure.kind", "collection.failed")
 STORAGE_ENV = "MADCLUSTER_OPTUNA_STORAGE"
 
 
@@ -86,6 +92,7 @@ def load_sweep(parent_id: str, uri: str) -> Sweep:
             "run_name": r.info.run_name,
             "status": r.info.status,
             "overrides": r.data.tags.get("hydra.overrides", ""),
+            **{t: r.data.tags[t] for t in RUN_TAGS if t in r.data.tags},
         }
         row.update({f"param:{k}": v for k, v in r.data.params.items()})
         row.update(r.data.metrics)
@@ -114,9 +121,11 @@ def read_details(sweep: Sweep, storage: Optional[str] = None) -> Sweep:
     if tags is not None:
         search = load_search(client, sweep.parent_id, sweep.uri, tags, storage)
         return replace(sweep, search=search, curves=training_curves(sweep))
+    series = series_results(sweep.uri, sweep.parent_id)
     return replace(
         sweep,
-        entities=entity_tables(client, sweep),
+        series=series,
+        entities=entity_tables(client, replace(sweep, series=series)),
         curves=training_curves(sweep),
         scores=score_files(client, sweep),
     )
@@ -157,10 +166,12 @@ def score_files(client, sweep: Sweep) -> Dict[str, Path]:
 
 def entity_tables(client, sweep: Sweep) -> Dict[str, pd.DataFrame]:
     """run id -> its ``per_entity.csv`` (one row per entity), for each run in
-    ``dataset.mode=per_entity`` that has one."""
+    ``dataset.mode=per_entity`` that has one and no series runs (``sweep.series``: a
+    collection's series runs say more, failures included)."""
     out = {}
+    with_series = set(sweep.series.get("job_run_id", ()))
     for _, r in sweep.runs.iterrows():
-        if r.get("param:dataset.mode") != "per_entity":
+        if r.get("param:dataset.mode") != "per_entity" or r["run_id"] in with_series:
             continue
         try:
             local = client.download_artifacts(r["run_id"], "per_entity.csv", tempfile.mkdtemp())
@@ -274,11 +285,65 @@ def series_results(uri: str, parent_id: str) -> pd.DataFrame:
                     "job_run_id": job,
                     "series": r.data.tags["series"],
                     "series.format": r.data.tags.get("series.format"),
+                    "series.file": r.data.tags.get("series.file"),
+                    "error": r.data.tags.get("error"),
+                    "failure.kind": r.data.tags.get("failure.kind"),
                     **{f"param:{k}": v for k, v in r.data.params.items()},
                     **r.data.metrics,
                 }
             )
     return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------- a published table
+#: Columns of TSB-AD's per-file tables that describe the file, not a detector.
+FILE_COLUMNS = (
+    "ts_len",
+    "anomaly_len",
+    "num_anomaly",
+    "avg_anomaly_len",
+    "anomaly_ratio",
+    "point_anomaly",
+    "seq_anomaly",
+)
+
+
+def read_published(path: Path, metric: Optional[str] = None) -> PublishedTable:
+    """A published per-file table: TSB-AD's ``<...>_mergedTable_<metric>.csv`` (header ``file,
+    <detector>,...,ts_len,...``; one row per file, one column per detector). ``metric`` is
+    the catalog label of the metric it holds (``VUS-PR``), by default read from the file name;
+    the file's description columns (:data:`FILE_COLUMNS`) are dropped."""
+    from madcluster_exp.metrics.catalog import ranked
+
+    path = Path(path)
+    if not path.is_file():
+        raise ReportError(f"published={path}: no such file")
+    labels = [s.label for s in ranked()]
+    if metric is None:
+        found = [label for label in labels if f"_{label}." in f"_{path.name}"]
+        if len(found) != 1:
+            raise ReportError(
+                f"published={path}: its name does not say which of {', '.join(labels)} it "
+                "holds; name it with published.metric=<label>"
+            )
+        metric = found[0]
+    elif metric not in labels:
+        raise ReportError(f"published.metric={metric}: expected one of {', '.join(labels)}")
+    table = pd.read_csv(path)
+    if "file" not in table.columns:
+        raise ReportError(
+            f"published={path}: no 'file' column (header: {', '.join(table.columns[:5])}, ...); "
+            "expected TSB-AD's per-file table, e.g. uni_mergedTable_VUS-PR.csv"
+        )
+    if table["file"].duplicated().any():
+        dup = table.loc[table["file"].duplicated(), "file"].iloc[0]
+        raise ReportError(f"published={path}: file {dup!r} has two rows")
+    values = table.set_index("file").drop(columns=[c for c in FILE_COLUMNS if c in table])
+    values = values.apply(pd.to_numeric, errors="coerce")
+    values = values.loc[:, values.notna().any()]  # a column of text is no detector
+    if values.empty:
+        raise ReportError(f"published={path}: no column of numbers (no detector)")
+    return PublishedTable(path, metric, values)
 
 
 # ---------------------------------------------------------------------------- the write

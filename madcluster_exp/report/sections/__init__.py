@@ -12,16 +12,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Tuple
+
+from madcluster_exp.report.sweep import PublishedTable
 
 
 @dataclass(frozen=True)
 class Context:
-    """The report's settings: where its files go and the metrics it tabulates (report.metrics,
-    else the catalog's report metrics)."""
+    """The report's settings: where its files go, the metrics it tabulates (report.metrics,
+    else the catalog's report metrics), and a published per-file table to place the sweep's
+    detectors among (``published=``; None without one)."""
 
     out_dir: Path
     metrics: Tuple[str, ...]
+    published: Optional[PublishedTable] = None
 
 
 @dataclass(frozen=True)

@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 
 from madcluster_exp.report.sections import Context, Section, lines
-from madcluster_exp.report.sweep import Sweep, logged_combine
+from madcluster_exp.report.sweep import Sweep, run_arm
 from madcluster_exp.report.tables import frame_table
 
 PUBLISHED = Path(__file__).resolve().parents[2] / "data" / "published.csv"
@@ -92,20 +92,6 @@ def load_published(path: Path = PUBLISHED) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- measured side
-def run_arm(params: pd.Series) -> str:
-    """The arm a run measures, from its logged parameters."""
-    if str(params.get("param:madcluster.enabled")) != "True":
-        return "off"
-    components = params.get("param:madcluster.components", "both")
-    if components == "clustering":
-        return "clustering_only"
-    if components == "mapping":
-        return "mapping_only"
-    if logged_combine(params) == "backbone_only":
-        return "on_backbone_only"
-    return "on"
-
-
 def measured_key(metric: str, protocol: str, per_entity: bool) -> str:
     prefix = "ref" if protocol == "reference" else "test"
     return f"{prefix}/{MEASURED[metric]}" + ("_entity_mean" if per_entity else "")
@@ -246,17 +232,38 @@ def metric_table(long: pd.DataFrame, table: str, metric: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def split_unpublished(long: pd.DataFrame) -> Tuple[pd.DataFrame, Dict[str, List[str]]]:
+    """(the rows of the (table, dataset) pairs with a published figure; the datasets measured
+    without one: dataset -> the tables that have none of it)."""
+    if long.empty:
+        return long, {}
+    has = long.groupby(["table", "dataset"])["paper"].transform(lambda v: v.notna().any())
+    missing: Dict[str, List[str]] = {}
+    for table, dataset in (
+        long.loc[~has, ["table", "dataset"]].drop_duplicates().itertuples(index=False)
+    ):
+        missing.setdefault(str(dataset), []).append(str(table))
+    return long[has].reset_index(drop=True), missing
+
+
 def section(sweep: Sweep, ctx: Context, published: Optional[pd.DataFrame] = None) -> Section:
     """The published-vs-measured section; nothing when the sweep measures no published figure.
     Writes ``paper_vs_measured.csv`` (the long table)."""
-    long = compare(sweep.runs, published)
-    if long.empty:
+    long, unpublished = split_unpublished(compare(sweep.runs, published))
+    if long.empty and not unpublished:
         return Section()
+    md = ["", "## Published vs measured", ""]
+    if unpublished:
+        md.append(
+            "No published figure for dataset "
+            + "; ".join(f"{d} (in {', '.join(t)})" for d, t in unpublished.items())
+            + ": measured, not compared."
+        )
+    if long.empty:
+        return lines(md)
     csv = ctx.out_dir / "paper_vs_measured.csv"
     long.to_csv(csv, index=False)
-    md = [
-        "",
-        "## Published vs measured",
+    md += [
         "",
         f"Published: {PUBLISHED.name} (MADCluster appendix). Measured: mean ± std over seeds "
         "(n = seeds). The paper's F1 is an oracle (best threshold on test labels).",

@@ -4,6 +4,7 @@ metric and a sanity column. Writes ``summary.csv``."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Dict, List, Sequence
 
 import numpy as np
@@ -18,7 +19,7 @@ from madcluster_exp.evaluation.sanity import (
 )
 from madcluster_exp.metrics.catalog import headline
 from madcluster_exp.report.sections import Context, Section, lines
-from madcluster_exp.report.sweep import Sweep, series_keys
+from madcluster_exp.report.sweep import Sweep, failure_kind, series_keys
 from madcluster_exp.report.tables import markdown_table, mean_std
 
 
@@ -40,6 +41,7 @@ def section(sweep: Sweep, ctx: Context) -> Section:
             if len(sweep.failed)
             else ""
         ),
+        *_series_runs(sweep),
         f"- Configurations ({len(summary)}) differ in: "
         + (", ".join(sweep.factors) or "nothing (seeds only)"),
         "",
@@ -48,6 +50,21 @@ def section(sweep: Sweep, ctx: Context) -> Section:
         summary_markdown(summary, sweep.factors, wanted),
     ]
     return lines(md, [csv])
+
+
+def _series_runs(sweep: Sweep) -> List[str]:
+    """The head's line on a collection's series runs: how many finished, how many failed, by
+    kind (their detectors: the rank section's failed column)."""
+    series = sweep.series
+    if series.empty:
+        return []
+    failed = series[series["status"] != "FINISHED"]
+    kinds = Counter(failure_kind(r) for _, r in failed.iterrows())
+    text = f"- {len(series)} series runs: {len(series) - len(failed)} finished"
+    if len(failed):
+        text += f", {len(failed)} failed (" + ", ".join(f"{k} {n}" for k, n in kinds.items())
+        text += "; per detector: the rank section's failed column)"
+    return [text]
 
 
 def summary_table(sweep: Sweep, metrics: Sequence[str]) -> pd.DataFrame:
