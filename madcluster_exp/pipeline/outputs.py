@@ -162,6 +162,9 @@ def format_results(result, plan) -> str:
         f"\nResults: {result.run_name}  (threshold.kind={protocol.threshold_kind}, "
         f"protocol={protocol.name})"
     ]
+    note = plan.pipeline_note()
+    if note:
+        lines.append(f"  {note}")
     width = max(len(k) for k in _LABELS)
     for key, note in _LABELS.items():
         if key in result.metrics:
