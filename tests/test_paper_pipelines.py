@@ -12,6 +12,14 @@ import pytest
 import torch
 
 from madcluster_exp.config import ConfigError, load, validate
+from madcluster_exp.config.card import (
+    DIFFERS,
+    OfficialDataError,
+    card_rows,
+    load_official,
+    paper_backbones,
+)
+from madcluster_exp.config.card import main as card_main
 from madcluster_exp.config.identity import config_id
 from madcluster_exp.data import SeriesSplit, WindowSet
 from madcluster_exp.data.prepare import prepare
@@ -20,17 +28,7 @@ from madcluster_exp.pipeline.context import JobContext
 from madcluster_exp.pipeline.plan import VALIDATES_ON_TEST, make_plan
 from tests.conftest import compose_config
 
-
-def _paper_backbones():
-    import yaml
-
-    from madcluster_exp.config import CONFIG_DIR
-
-    exp = yaml.safe_load(open(f"{CONFIG_DIR}/experiment/paper_table.yaml").read())
-    return exp["hydra"]["sweeper"]["params"]["backbone"].split(",")
-
-
-BACKBONES = _paper_backbones()
+BACKBONES = paper_backbones()
 
 
 @functools.lru_cache(maxsize=None)
@@ -96,6 +94,10 @@ def test_paper_table_composes_the_reference_pipeline_for_every_backbone(backbone
     assert "validates on test" in tags["mlflow.note.content"]
     assert plan.run_params()["validation"] == VALIDATES_ON_TEST
     assert plan.run_params()["dataset.validation"] == "test"
+    # Every setting with an official value has it (the set-up card marks nothing).
+    rows = card_rows(s)
+    assert [r.key for r in rows if r.differs] == []
+    assert sum(r.official is not None for r in rows) >= 34
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
@@ -113,6 +115,8 @@ def test_the_honest_pipeline_changes_only_what_touches_test_data(backbone):
     tags = plan.identity_tags(JobContext.outside_hydra())
     assert tags["pipeline"] == "honest" and "validation" not in tags
     assert "validation" not in plan.run_params()
+    differs = {r.key for r in card_rows(honest) if r.differs}
+    assert differs == changed | {"threshold.kind"}
 
 
 def test_validating_on_test_and_the_pipeline_label_are_checked():
@@ -293,3 +297,32 @@ def test_reference_early_stopping_counts_a_flat_criterion_against_the_patience()
     assert [h["val/criterion_reference"] for h in ref.history] == [0.0, 0.0, 0.0]
     assert (ref.epochs_run, ref.best_epoch, ref.stopped_early) == (3, 1, True)
     assert _fit("objective").epochs_run == 6
+
+
+# ------------------------------------------------------------------------------ set-up card
+def test_official_values_are_read_and_checked(tmp_path):
+    official = load_official()
+    assert official["*"]["train.min_delta"].value == 1e-5
+    assert official["dcdetector"]["backbone.patch_sizes"].value == [2, 5, 10]
+    assert official["*"]["dataset.validation"].value == "test"
+    bad = tmp_path / "official.csv"
+    bad.write_text("key,backbone,official,source\ntrain.epochs,*,30,a\ntrain.epochs,*,31,b\n")
+    with pytest.raises(OfficialDataError, match=r"data row 2: train.epochs for \* given twice"):
+        load_official(bad)
+
+
+def test_the_card_marks_each_difference(capsys):
+    assert card_main(["setup=paper", "backbone=dcdetector_reference", "debug=fast"]) == 0
+    out = capsys.readouterr().out
+    assert "## dcdetector_reference (dcdetector)" in out
+    assert (
+        "5 of 45 settings with an official value differ from it (≠): dataset.max_entities, " in out
+    )
+    line = next(ln for ln in out.splitlines() if ln.startswith("| `train.epochs`"))
+    assert line.split(" | ")[1:4] == ["1", "30", DIFFERS]
+    line = next(ln for ln in out.splitlines() if ln.startswith("| `threshold.percentile`"))
+    assert "unused: protocol=reference thresholds" in line and DIFFERS not in line
+    assert card_main(["setup=paper", "backbone=usad", "--differences"]) == 0
+    out = capsys.readouterr().out
+    assert "0 of 34 settings with an official value differ from it (≠)." in out
+    assert "| setting |" not in out  # --differences: no table when nothing differs
