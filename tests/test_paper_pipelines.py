@@ -6,8 +6,10 @@ set-up card; published vs measured model sizes."""
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -326,3 +328,56 @@ def test_the_card_marks_each_difference(capsys):
     out = capsys.readouterr().out
     assert "0 of 34 settings with an official value differ from it (≠)." in out
     assert "| setting |" not in out  # --differences: no table when nothing differs
+
+
+# ------------------------------------------------------------------ published vs measured size
+def test_complexity_table_puts_table_2_sizes_beside_the_runs():
+    from madcluster_exp.report.paper import complexity_table, protocol_label
+
+    def run(dataset, enabled, total_params, macs_backbone, macs_plugin, **extra):
+        return {
+            "param:dataset.name": dataset,
+            "param:backbone.name": "usad",
+            "param:madcluster.enabled": str(enabled),
+            "param:scoring.combine": "product",
+            "param:params/total": str(total_params),
+            "param:macs/backbone": str(macs_backbone),
+            "param:macs/madcluster": str(macs_plugin),
+            **extra,
+        }
+
+    runs = pd.DataFrame(
+        [
+            run("MSL", False, 254_790_125, 424_500_000, 0),
+            run("MSL", True, 254_790_126, 424_500_000, 2_000),
+            run("MSL", True, 254_790_126, 424_500_000, 2_000),
+            run("SMD", False, 100, 100, 0),  # Table 2 counts MSL only
+        ]
+    )
+    table = complexity_table(runs).set_index(["arm", "metric"])
+    assert len(table) == 4 and set(table["dataset"]) == {"MSL"}
+    assert table.loc[("off", "Params"), "paper"] == 256_260_000
+    assert table.loc[("off", "Params"), "measured"] == 254_790_125
+    assert table.loc[("off", "Params"), "relative_diff"] == pytest.approx(
+        254_790_125 / 256_260_000 - 1, rel=1e-12
+    )
+    on = table.loc[("on", "MACs")]
+    assert (on["paper"], on["measured"], on["n"], on["distinct"]) == (
+        427_360_000,
+        424_502_000,
+        2,
+        1,
+    )
+    label = protocol_label(
+        pd.Series(
+            {
+                "param:protocol": "reference",
+                "param:pipeline": "reference",
+                "param:dataset.validation": "test",
+            }
+        )
+    )
+    assert label == "reference, reference pipeline (validates on test)"
+    assert protocol_label(pd.Series({"param:protocol": "point", "param:pipeline": math.nan})) == (
+        "point"
+    )
