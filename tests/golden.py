@@ -154,14 +154,51 @@ def load(name: str) -> Dict[str, Any]:
     return {"runs": runs, "arrays": arrays}
 
 
+def _flat_yaml(text: str) -> Dict[str, Any]:
+    import yaml
+
+    out: Dict[str, Any] = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}.{k}" if prefix else str(k))
+        else:
+            out[prefix] = node
+
+    walk(yaml.safe_load(text), "")
+    return out
+
+
+def _without_added_keys(golden: Dict[str, Any], now: Dict[str, Any]) -> Dict[str, Any]:
+    """``now``'s run record without the schema keys added after the golden capture that hold
+    the value every earlier run had (``config.identity.ADDED_KEYS``: they change nothing a run
+    computes), in its params and its resolved config."""
+    from madcluster_exp.config.identity import ADDED_KEYS
+
+    def added(key, value, known):
+        return key in ADDED_KEYS and key not in known and str(value) == str(ADDED_KEYS[key])
+
+    out = dict(now)
+    g_params, n_params = golden.get("params") or {}, now.get("params") or {}
+    out["params"] = {k: v for k, v in n_params.items() if not added(k, v, g_params)}
+    if golden.get("config_resolved") and now.get("config_resolved"):
+        g_cfg, n_cfg = _flat_yaml(golden["config_resolved"]), _flat_yaml(now["config_resolved"])
+        kept = {k: v for k, v in n_cfg.items() if not added(k, v, g_cfg)}
+        if kept == g_cfg:
+            out["config_resolved"] = golden["config_resolved"]
+    return out
+
+
 def differences(golden: Dict[str, Any], now: Dict[str, Any], rtol: float = 1e-9) -> List[str]:
-    """Every difference between two captures of one command, in words (empty: the same)."""
+    """Every difference between two captures of one command, in words (empty: the same).
+    Schema keys added since the capture, at the value every earlier run had, are none."""
     diffs: List[str] = []
     g_runs, n_runs = golden["runs"], now["runs"]
     if sorted(g_runs) != sorted(n_runs):
         diffs.append(f"run names differ: {sorted(g_runs)} vs {sorted(n_runs)}")
     for key in sorted(set(g_runs) & set(n_runs)):
-        g, n = g_runs[key], n_runs[key]
+        g, n = g_runs[key], _without_added_keys(g_runs[key], n_runs[key])
         for part in ("status", "params", "tags", "artifacts", "parent", "config_resolved"):
             if g.get(part) != n.get(part):
                 if isinstance(g.get(part), dict):

@@ -542,7 +542,8 @@ def test_published_file_is_checked_row_by_row(tmp_path):
 
 @pytest.mark.slow
 def test_paper_table_runs_through_on_smd_layout_data_and_reports_paper_vs_measured(tmp_path):
-    """The issue's done-when check, restricted to two backbones, one machine and one seed."""
+    """The issue's done-when check, restricted to two backbones, one machine and one seed, in
+    both pipelines: the reference one (the default) and the honest one."""
     from tests.dataset_fixtures import make_smd
 
     make_smd(tmp_path / "SMD", machines=("machine-1-1",), n_train=1000, n_test=600)
@@ -552,6 +553,7 @@ def test_paper_table_runs_through_on_smd_layout_data_and_reports_paper_vs_measur
             "madcluster_exp",
             "-m",
             "experiment=paper_table",
+            "setup=paper,paper_honest",
             "dataset=SMD",
             f"dataset.path={tmp_path / 'SMD'}",
             "debug=fast",
@@ -566,9 +568,10 @@ def test_paper_table_runs_through_on_smd_layout_data_and_reports_paper_vs_measur
     # Deep SVDD has no score of its own with MADCluster on: its control arm is refused before
     # any run exists, and the sweep goes on.
     assert "control arm does not apply" in out.stdout + out.stderr
-    assert len(runs) == 2 * 3 - 1 and all(r.info.status == "FINISHED" for r in runs)
+    assert len(runs) == 2 * (2 * 3 - 1) and all(r.info.status == "FINISHED" for r in runs)
+    pipelines = Counter()
     for r in runs:
-        p = r.data.params
+        p, tags = r.data.params, r.data.tags
         assert (p["backbone.window"], p["dataset.mode"], p["dataset.normalize"]) == (
             "100",
             "per_entity",
@@ -579,9 +582,26 @@ def test_paper_table_runs_through_on_smd_layout_data_and_reports_paper_vs_measur
             "he",
             "0.9",
         )
+        assert (p["train.stop_criterion"], p["train.restore_best"]) == ("reference", "False")
+        assert p["pipeline"] == tags["pipeline"]
+        pipelines[p["pipeline"]] += 1
+        if p["pipeline"] == "reference":
+            assert (p["protocol"], p["dataset.validation"], p["validation"]) == (
+                "reference",
+                "test",
+                "validates on test",
+            )
+            assert tags["validation"] == "validates on test"
+        else:
+            assert (p["protocol"], p["dataset.validation"]) == ("point", "train_tail")
+            assert "validation" not in p and "validation" not in tags
+    assert pipelines == {"reference": 5, "honest": 5}
     (sweep,) = [p.parent for p in tmp_path.glob("outputs/multiruns/*/*/mlflow_parent.json")]
     rep = _cli(["-m", "madcluster_exp.report", str(sweep)], tmp_path)
     assert rep.returncode == 0, rep.stderr[-3000:]
     assert "## Published vs measured" in rep.stdout and "### Table 2" in rep.stdout
-    assert "| SMD | usad | 1 | point | n/a | n/a | " in rep.stdout  # Table 2: MSL only
-    assert "| SMD | deepsvdd | 1 | point | 0.19 | 0.20 | 0.48 | " in rep.stdout  # Table 3, F1
+    reference = "reference, reference pipeline (validates on test)"
+    for label in (reference, "point, honest pipeline"):
+        assert f"| SMD | usad | 1 | {label} | n/a | n/a | " in rep.stdout  # Table 2: MSL only
+        # Table 3, F1
+        assert f"| SMD | deepsvdd | 1 | {label} | 0.19 | 0.20 | 0.48 | " in rep.stdout

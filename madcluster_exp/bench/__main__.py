@@ -1,4 +1,4 @@
-"""python -m madcluster_exp.bench [metrics|data|train|classical|scale|load ...] [<one> --options]
+"""python -m madcluster_exp.bench [metrics|data|train|classical|scale|load|epoch ...] [<one> --opts]
 
 Runs the named benchmarks (all by default). For one benchmark, options after its name go to it:
 ``python -m madcluster_exp.bench train --steps 8``; ``python -m madcluster_exp.bench train --help``
@@ -8,7 +8,7 @@ lists them.
 import argparse
 import sys
 
-from madcluster_exp.bench import classical, data, load, metrics, scale, train
+from madcluster_exp.bench import classical, data, epoch, load, metrics, scale, train
 
 BENCHMARKS = {
     "metrics": metrics.main,
@@ -17,6 +17,7 @@ BENCHMARKS = {
     "classical": classical.main,
     "scale": scale.main,
     "load": load.main,
+    "epoch": epoch.main,
 }
 
 

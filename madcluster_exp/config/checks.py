@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from madcluster_exp.config.schema import (
     INJECTED_KINDS,
     PROTOCOL_COMBINE,
+    DatasetConfig,
     MADClusterConfig,
     ScoringConfig,
     ThresholdConfig,
@@ -97,6 +98,7 @@ def validate(cfg: DictConfig) -> None:
             f"protocol=reference with scoring.stride={cfg.scoring.stride}: the "
             "reference protocol scores every stride-1 window; expected 1"
         )
+    problems += _validation_problems(cfg)
     if cfg.dataset.name == "collection" and cfg.dataset.mode != "per_entity":
         problems.append(
             f"dataset.mode={cfg.dataset.mode!r} with dataset=collection: every "
@@ -115,10 +117,44 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 
 
+#: What each pipeline does with test data (dataset.validation, protocol): the label must say it.
+PIPELINE_TEST_USE = {
+    "reference": ("test", "reference"),
+    "honest": ("train_tail", "point"),
+}
+
+
+def _validation_problems(cfg: DictConfig) -> List[str]:
+    """dataset.validation=test only inside the reference protocol, and a pipeline label that
+    says what the run does with test data."""
+    problems = []
+    validation = cfg.dataset.get("validation", "train_tail")
+    if validation == "test" and cfg.protocol != "reference":
+        problems.append(
+            f"dataset.validation=test with protocol={cfg.protocol}: validating on the test split "
+            "is the MADCluster reference pipeline's (setup=paper), whose threshold is the "
+            "test-label oracle anyway; under the honest protocol it would fit early stopping, "
+            "the score combiner and the threshold on test data. Expected protocol=reference "
+            "(setup=paper) or dataset.validation=train_tail"
+        )
+    pipeline = cfg.get("pipeline")
+    if pipeline is not None:
+        want = PIPELINE_TEST_USE[str(pipeline)]
+        if (validation, cfg.protocol) != want:
+            problems.append(
+                f"pipeline={pipeline} with dataset.validation={validation} and "
+                f"protocol={cfg.protocol}: the {pipeline} pipeline runs with "
+                f"dataset.validation={want[0]} and protocol={want[1]}; set those, or "
+                "pipeline=null for a run that is neither of the paper's pipelines"
+            )
+    return problems
+
+
 def _schema_default(key: str, cfg: DictConfig):
     """The schema's default of ``key`` for this configuration's options (None if unknown)."""
     group, _, leaf = key.partition(".")
     schemas = {
+        "dataset": DatasetConfig,
         "madcluster": MADClusterConfig,
         "scoring": ScoringConfig,
         "threshold": ThresholdConfig,
@@ -161,6 +197,13 @@ def inert_settings(cfg: DictConfig) -> List[str]:
                     "scoring.combine",
                 ),
                 "MADCluster is off",
+            )
+        )
+    if cfg.dataset.get("validation") == "test":
+        rules.append(
+            (
+                ("dataset.val_fraction",),
+                "dataset.validation=test trains on 100 % of each training series",
             )
         )
     if cfg.protocol == "reference":

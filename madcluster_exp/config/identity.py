@@ -25,6 +25,15 @@ NOT_IDENTIFYING_KEYS = frozenset(
     {"train.progress", "train.checkpoint", "train.resume", "train.num_threads", "notes"}
 )
 MAY_GROW = frozenset({"train.epochs"})
+#: Keys added to the schema after runs were recorded, each with the value that does what every
+#: run did before the key existed. At that value such a key is left out of the identity, so a
+#: configuration keeps its config id, fingerprint and checkpoints across the addition; any
+#: other value identifies the run as usual.
+ADDED_KEYS: Dict[str, Any] = {
+    "dataset.validation": "train_tail",
+    "train.stop_criterion": "objective",
+    "pipeline": None,
+}
 
 
 def identifying(flat: Dict[str, Any]) -> Dict[str, Any]:
@@ -32,7 +41,9 @@ def identifying(flat: Dict[str, Any]) -> Dict[str, Any]:
     return {
         k: v
         for k, v in flat.items()
-        if not k.startswith(NOT_IDENTIFYING_PREFIXES) and k not in NOT_IDENTIFYING_KEYS
+        if not k.startswith(NOT_IDENTIFYING_PREFIXES)
+        and k not in NOT_IDENTIFYING_KEYS
+        and not (k in ADDED_KEYS and v == ADDED_KEYS[k])
     }
 
 

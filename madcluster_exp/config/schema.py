@@ -57,6 +57,15 @@ Spread = _choice("Spread", "center", "last", "all")
 KNNMethod = _choice("KNNMethod", "largest", "mean")
 KNNAlgorithm = _choice("KNNAlgorithm", "auto", "brute", "kd_tree", "ball_tree")
 ChannelReduce = _choice("ChannelReduce", "mean", "max")
+# What the model is validated (and early-stopped) on: the tail of each training series, or the
+# test split as the MADCluster reference code does (the reference pipeline only).
+Validation = _choice("Validation", "train_tail", "test")
+# Early stopping's criterion: the training objective on validation windows, or the MADCluster
+# reference solver's sum (backbone loss + mapping mean + cluster sum, mean over batches).
+StopCriterion = _choice("StopCriterion", "objective", "reference")
+# Which of the paper's two pipelines a run is (setup=paper | setup=paper_honest); a label that
+# the checks hold to what the run does with test data.
+Pipeline = _choice("Pipeline", "reference", "honest")
 
 
 #: Anomaly kinds ``search.inject.kinds`` may name (data/inject.py plants them).
@@ -81,6 +90,13 @@ class DatasetConfig:
     normalize: Normalize = Normalize.standard
     # Validation = this fraction at the tail of the training series, after a one-window gap.
     val_fraction: float = 0.2
+    # train_tail: validation (early stopping, the score combiner, thresholds) is the tail of
+    # each training series (val_fraction, after a one-window gap), the scaler is fitted on the
+    # rest. test: the MADCluster reference code's -- the model trains on 100 % of each training
+    # series (the scaler fitted on all of it) and validates and early-stops on the TEST split,
+    # which the run unseals before training; logged "validates on test". Only with
+    # protocol=reference (the reference pipeline, setup=paper), never a default.
+    validation: Validation = Validation.train_tail
     # Stride between training windows (1 = every window).
     train_stride: int = 1
     # Entities to keep (None = all).
@@ -494,8 +510,15 @@ class TrainConfig:
     # Early stopping on the validation loss; None disables it.
     patience: Optional[int] = 3
     min_delta: float = 0.0
-    # Restore the weights of the best validation epoch before scoring.
+    # Restore the weights of the best validation epoch before scoring (false: the last epoch's
+    # weights are tested, as the MADCluster reference code does).
     restore_best: bool = True
+    # What early stopping reads: objective (the training objective's mean over validation
+    # windows) | reference (the MADCluster reference solver's valid_total_loss: per validation
+    # batch, the backbone loss + the mean mapping term + the summed cluster terms of the batch,
+    # averaged over batches; strict improvement by more than min_delta, no tie or flat-loss
+    # rule, a NaN stops training). Logged as val/criterion_reference.
+    stop_criterion: StopCriterion = StopCriterion.objective
     grad_clip: Optional[float] = None
     # Adam's fused kernel (one op per step for all parameters; CPU and CUDA): ~10 % faster steps
     # on small backbones. false = torch's per-parameter loop (rounding differs in the last bits).
@@ -639,6 +662,11 @@ class Config:
     # anomaly inside, best-F1 threshold on test, range metrics on the binarised prediction);
     # its metrics are logged under ref/ so they never mix with test/.
     protocol: Protocol = Protocol.point
+    # Which of the paper's pipelines this run is (None: neither): reference = the official
+    # code's (setup=paper: validates on test, tests the last epoch, oracle threshold);
+    # honest = the same models and schedule under this project's protocol (setup=paper_honest).
+    # Logged as a param and a tag; checked against dataset.validation and protocol.
+    pipeline: Optional[Pipeline] = None
     # Printed and logged as the run's description.
     notes: Optional[str] = None
     paths: PathsConfig = field(default_factory=PathsConfig)

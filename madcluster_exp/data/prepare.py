@@ -3,12 +3,18 @@
 Validation is the tail of each entity's training series, separated from the part used for
 fitting by a gap of one window, so no training window overlaps a validation window. The scaler
 sees only the fitting part; validation and (later) test are transformed with its statistics.
+
+``validation="test"`` (the MADCluster reference pipeline, ``dataset.validation=test``): the
+model fits 100 % of each training series, the scaler is fitted on all of it, and there is no
+validation split here: the reference validates on the test split, which stays sealed; the
+pipeline unseals it and makes it the validation split itself, only when its plan says so
+(:func:`madcluster_exp.pipeline.unit.fit_unit`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 
@@ -60,7 +66,9 @@ class Scaler:
 class PreparedData:
     name: str
     train: SeriesSplit  # the part the model is fitted on (scaled)
-    val: SeriesSplit  # tail of train after a one-window gap (scaled)
+    # tail of train after a one-window gap (scaled); None with validation="test" until the
+    # pipeline sets the unsealed test split here
+    val: Optional[SeriesSplit]
     test: SealedTest  # scaled on first read, after unsealing
     scaler: Scaler
     window: int
@@ -96,10 +104,30 @@ def split_train_val(train: SeriesSplit, window: int, val_fraction: float):
     )
 
 
-def prepare(raw: RawDataset, window: int, val_fraction: float, normalize: str) -> PreparedData:
-    """Split, check and scale a raw dataset; the test split stays sealed and unread."""
+def prepare(
+    raw: RawDataset,
+    window: int,
+    val_fraction: float,
+    normalize: str,
+    validation: str = "train_tail",
+) -> PreparedData:
+    """Split, check and scale a raw dataset; the test split stays sealed and unread.
+
+    ``validation``: ``train_tail`` (validation = the tail of each training series) or ``test``
+    (fit on all of each training series; ``val`` is None, the test split stays sealed)."""
     check_finite(raw.train.values, raw.train.source)
-    fit, val = split_train_val(raw.train, window, val_fraction)
+    if validation == "train_tail":
+        fit, val = split_train_val(raw.train, window, val_fraction)
+    elif validation == "test":
+        fit, val = raw.train, None
+        for seg in fit.segments:
+            if seg.length < window:
+                raise DataError(
+                    f"{fit.source}[{seg.name}]: training series of {seg.length} rows is "
+                    f"shorter than one window ({window})"
+                )
+    else:
+        raise ValueError(f"dataset.validation={validation!r}: expected train_tail or test")
     scaler = Scaler.fit(fit.values, normalize)
     sealed = raw.test
 
@@ -121,5 +149,10 @@ def prepare(raw: RawDataset, window: int, val_fraction: float, normalize: str) -
 
     scaled_test = LinkedSealedTest(load_scaled_test, sealed)
     return PreparedData(
-        raw.name, scaler.transform(fit), scaler.transform(val), scaled_test, scaler, window
+        raw.name,
+        scaler.transform(fit),
+        None if val is None else scaler.transform(val),
+        scaled_test,
+        scaler,
+        window,
     )

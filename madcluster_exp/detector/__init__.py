@@ -136,13 +136,20 @@ class Detector(nn.Module):
         return self.backbone.training_step(x, ctx)
 
     @torch.no_grad()
-    def evaluate_loss(self, x: torch.Tensor) -> Dict[str, float]:
-        """The training objective on held-out windows (validation), without any update."""
+    def evaluate_loss(self, x: torch.Tensor, reference_criterion: bool = False) -> Dict[str, float]:
+        """The training objective on held-out windows (validation), without any update.
+        ``reference_criterion``: also ``criterion_reference``, this batch's term of the
+        MADCluster reference solver's validation loss (``train.stop_criterion=reference``):
+        the backbone's loss (when it keeps its objective) + the plug-in's mapping mean and
+        cluster sum (:meth:`~madcluster_exp.madcluster.plugin._PluginBase.reference_criterion`)."""
         out = self.backbone(x)
         own = self.backbone.loss(x, out) if self.uses_own_objective else x.new_zeros(())
         plugin = self._plugin_loss(out.z)
         total = combine_losses(own, plugin, self.uses_own_objective)
-        return loss_logs(total, own, plugin)
+        if not reference_criterion:
+            return loss_logs(total, own, plugin)
+        criterion = own if plugin is None else own + self.plugin.reference_criterion(plugin, out.z)
+        return loss_logs(total, own, plugin, criterion_reference=criterion)
 
     @torch.no_grad()
     def score_components(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:

@@ -117,6 +117,16 @@ class _PluginBase(nn.Module):
         total = torch.log(used.mean() + 1e-8)
         return {"mapping": mapping.mean(), "cluster": cluster.mean(), "total": total}
 
+    def reference_criterion(self, losses: Dict[str, torch.Tensor], z: torch.Tensor):
+        """The plug-in's part of the MADCluster reference solver's validation criterion for one
+        batch, from this batch's :meth:`loss`: the mean of the mapping terms over its [B, T, k]
+        elements plus the sum of the cluster terms over all of them (``mapping_loss.mean()``
+        and ``cluster_loss.sum()`` in its ``validation``), each where its component is on."""
+        batch, steps = z.shape[0], z.shape[1]
+        mapping = losses["mapping"] / (steps * self.k)  # per-window sums over T (and k)
+        cluster = losses["cluster"] * batch  # mean over windows of per-window sums
+        return mapping * self.use_mapping + cluster * self.use_cluster
+
     def score(self, z: torch.Tensor) -> torch.Tensor:
         """Per-step anomaly score [B, T]: clustering term plus ||h - c||^2 (each only when its
         component is enabled). The squared distance itself, not the soft-boundary mapping,

@@ -130,7 +130,7 @@ def _series(
     else:
         child.start(
             child_name,
-            plan.params,
+            plan.run_params(),
             {**plan.identity_tags(env.context), **info},
             parent_run_id=env.tracker.run_id,
         )

@@ -225,7 +225,10 @@ def _open_run(plan: JobPlan, context: JobContext, root: Path, job_dir: Path) -> 
             )
     else:
         tracker.start(
-            name, flat, plan.identity_tags(context), parent_run_id=context.parent_run_id()
+            name,
+            plan.run_params(),
+            plan.identity_tags(context),
+            parent_run_id=context.parent_run_id(),
         )
     info_path.write_text(
         json.dumps(

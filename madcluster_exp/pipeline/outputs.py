@@ -135,6 +135,9 @@ def format_results(result, plan) -> str:
         f"\nResults: {result.run_name}  (threshold.kind={protocol.threshold_kind}, "
         f"protocol={protocol.name})"
     ]
+    note = plan.pipeline_note()
+    if note:
+        lines.append(f"  {note}")
     shown = results_specs()  # the catalog's (madcluster_exp/metrics/catalog.py)
     width = max(len(s.key) for s in shown)
     for s in shown:

@@ -31,6 +31,17 @@ from madcluster_exp.training import TrainSettings
 # The checkout this code runs from: its git commit is the run's source version.
 CODE_ROOT = Path(__file__).resolve().parents[2]
 
+#: The ``validation`` tag of a run that validates and early-stops on the test split.
+VALIDATES_ON_TEST = "validates on test"
+#: The paper's two pipelines, in the words a run's description uses.
+PIPELINES = {
+    "reference": "the official MADCluster code's (validates on test, tests the last epoch's "
+    "weights, best-F1 threshold on test labels)",
+    "honest": "the same models and schedule under this project's protocol (validation = the "
+    "tail of each training series, threshold fitted on validation, test sealed until the fit "
+    "ends)",
+}
+
 
 @dataclass(frozen=True)
 class JobPlan:
@@ -45,6 +56,10 @@ class JobPlan:
     train: Optional[TrainSettings]
     config_id: str
     run_name: str
+    #: The reference pipeline's validation (``dataset.validation=test``): train on all of each
+    #: training series, validate and early-stop on the test split, which the unit unseals
+    #: before fitting. False everywhere else: the test split stays sealed until the fit ends.
+    validates_on_test: bool = False
 
     @property
     def cfg(self) -> Config:
@@ -84,9 +99,27 @@ class JobPlan:
         if cfg.search.trial is not None:  # a trial of an Optuna search (its sweeper sets it)
             tags.update(search_tags(context.sweeper))
             tags["optuna.trial"] = str(cfg.search.trial)
-        if cfg.notes:
-            tags["mlflow.note.content"] = cfg.notes
+        if cfg.pipeline is not None:
+            tags["pipeline"] = str(cfg.pipeline)
+        if self.validates_on_test:
+            tags["validation"] = VALIDATES_ON_TEST
+        note = " ".join(filter(None, [self.pipeline_note(), cfg.notes]))
+        if note:
+            tags["mlflow.note.content"] = note
         return tags
+
+    def run_params(self) -> Dict[str, Any]:
+        """The params a tracked run starts with: every config leaf, and ``validation`` =
+        "validates on test" on a run that does (beside ``dataset.validation=test``)."""
+        extra = {"validation": VALIDATES_ON_TEST} if self.validates_on_test else {}
+        return {**self.params, **extra}
+
+    def pipeline_note(self) -> Optional[str]:
+        """What the run's description says of its pipeline (None: neither of the paper's)."""
+        if self.cfg.pipeline is None:
+            return None
+        what = PIPELINES[str(self.cfg.pipeline)]
+        return f"{self.cfg.pipeline} pipeline: {what}."
 
 
 @dataclass(frozen=True)
@@ -124,6 +157,7 @@ def make_plan(settings: Settings) -> JobPlan:
         train=TrainSettings.from_config(cfg) if kind.trains else None,
         config_id=cid,
         run_name=run_name(cfg, cid),
+        validates_on_test=cfg.dataset.validation == "test",
     )
 
 

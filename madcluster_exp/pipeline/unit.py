@@ -2,7 +2,9 @@
 its data, fit the detector on training and validation data, then score validation and the
 unsealed test split and ask the protocol for the evaluation.
 
-The test split is sealed until the detector is fitted. Deep and classical detectors part only
+The test split is sealed until the detector is fitted, except in the reference pipeline
+(``dataset.validation=test``), which validates on it: the plan says so, and the unit unseals it
+before the fit, explicitly. Deep and classical detectors part only
 in their kind (:mod:`madcluster_exp.pipeline.kinds`); a unit's fit reads the job's plan, the
 environment it runs in and its part of the data: :func:`fit_unit`.
 """
@@ -10,7 +12,7 @@ environment it runs in and its part of the data: :func:`fit_unit`.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -57,11 +59,31 @@ def fit_unit(plan: JobPlan, env: JobEnv, part: Part) -> Unit:
     cfg, protocol, raw, entity = plan.cfg, plan.protocol, part.raw, part.entity
     tag = f"[{env.name}{'/' + entity if entity else ''}]"
     # ---- data: training part only; the test split stays sealed -------------------------
-    data = prepare(raw, plan.window, float(cfg.dataset.val_fraction), cfg.dataset.normalize)
-    env.say(
-        f"{tag} data: {raw.name}, {len(data.entities)} entities, {data.n_channels} channels, "
-        f"{len(data.train)} train / {len(data.val)} validation rows (test sealed until fit ends)"
+    data = prepare(
+        raw,
+        plan.window,
+        float(cfg.dataset.val_fraction),
+        cfg.dataset.normalize,
+        validation=cfg.dataset.validation,
     )
+    if plan.validates_on_test:
+        # The reference pipeline (dataset.validation=test), as the official code: validation
+        # and early stopping read the test split, so it is unsealed before the fit, here and
+        # only when the plan says so. Everywhere else it stays sealed until the fit ends.
+        data.test.unseal()
+        data = replace(data, val=data.test.get())
+        env.say(
+            f"{tag} data: {raw.name}, {len(data.entities)} entities, {data.n_channels} "
+            f"channels, {len(data.train)} train rows (all of each training series); "
+            f"VALIDATES ON TEST: {len(data.val)} test rows validate and early-stop "
+            "(the reference pipeline)"
+        )
+    else:
+        env.say(
+            f"{tag} data: {raw.name}, {len(data.entities)} entities, {data.n_channels} "
+            f"channels, {len(data.train)} train / {len(data.val)} validation rows "
+            "(test sealed until fit ends)"
+        )
     _announce_test_labels(data, env, tag)
     fitted = plan.kind.fit(plan, env, data, part, tag)
 
@@ -71,7 +93,8 @@ def fit_unit(plan: JobPlan, env: JobEnv, part: Part) -> Unit:
     injected = _score_injected(plan, data.val, protocol.point_scores(val_out), fitted.score)
     data.test.unseal()
     test = data.test.get()
-    test_out = fitted.score(test)
+    # Validating on test, the validation scores are the test scores: scored once.
+    test_out = val_out if test is data.val else fitted.score(test)
     score_s = time.perf_counter() - t_score
     t_metrics = time.perf_counter()
     ev = protocol.evaluate(val_out, test_out, test.labels, plan.window)

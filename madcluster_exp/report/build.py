@@ -67,6 +67,7 @@ SECTIONS = (
     summary.section,
     onoff.section,
     paper.section,
+    paper.complexity_section,
     kcurves.section,
     rank.section,
     leaderboard.section,

@@ -1,6 +1,8 @@
 """The one training loop: epochs over shuffled training windows, validation loss, early stopping.
 
-It sees training and validation windows only (the test split is sealed until ``fit`` returns).
+It sees training and validation windows only (the test split is sealed until ``fit`` returns;
+the reference pipeline's validation windows are test windows, which its unit unsealed on purpose,
+``dataset.validation=test``).
 The data order comes from a generator seeded with the run's seed and nothing else, so MADCluster
 on and off see the same batches in the same order.
 
@@ -8,7 +10,8 @@ Early stopping follows the backbone's reference rule for ties (``Backbone.keep_l
 A validation loss that has not moved since the first epoch carries no signal (DCdetector's loss
 is 0 in value by construction): the loop says so, never counts those epochs against the
 patience and keeps the latest weights, so such a backbone trains its full schedule instead of
-being restored to its first epoch.
+being restored to its first epoch. ``train.stop_criterion=reference`` reads the MADCluster
+reference solver's criterion instead, with its EarlyStopping's rule (no tie or flat-loss rule).
 
 Epochs are numbered from 1 wherever they leave the loop: the per-epoch metrics are logged at
 step = epoch number, and ``FitResult.best_epoch`` is the same number.
@@ -68,6 +71,8 @@ class TrainSettings:
     patience: Optional[int]
     min_delta: float
     restore_best: bool
+    #: objective | reference (``train.stop_criterion``): what early stopping reads.
+    stop_criterion: str
     max_batches_per_epoch: Optional[int]
     progress: str
     amp: bool
@@ -87,6 +92,7 @@ class TrainSettings:
             patience=None if t.patience is None else int(t.patience),
             min_delta=float(t.min_delta),
             restore_best=bool(t.restore_best),
+            stop_criterion=str(t.stop_criterion),
             max_batches_per_epoch=t.max_batches_per_epoch,
             progress=t.progress,
             amp=bool(t.amp),
@@ -126,16 +132,35 @@ def _check_finite(logs: Dict[str, float], epoch: int, batch: int) -> None:
             )
 
 
+#: The reference solver's validation criterion: a mean over batches, not over windows.
+REFERENCE_CRITERION = "criterion_reference"
+
+
 def validation_loss(
-    detector: Detector, windows: WindowSet, batch_size: int, device: torch.device
+    detector: Detector,
+    windows: WindowSet,
+    batch_size: int,
+    device: torch.device,
+    reference_criterion: bool = False,
 ) -> Dict[str, float]:
+    """Each loss component's mean over the validation windows; with ``reference_criterion``,
+    also ``criterion_reference``: the MADCluster reference solver's ``valid_total_loss``, its
+    per-batch terms (:meth:`Detector.evaluate_loss`) averaged over the batches, a smaller last
+    batch counting as one, as its ``loss_dict[...] /= len(data_loader)``."""
     detector.eval()
-    sums, n = defaultdict(float), 0
+    sums, n, batch_sum, n_batches = defaultdict(float), 0, 0.0, 0
     for _, x in windows.batches(batch_size):
-        for k, v in detector.evaluate_loss(x.to(device)).items():
+        logs = detector.evaluate_loss(x.to(device), reference_criterion=reference_criterion)
+        if reference_criterion:
+            batch_sum += logs.pop(REFERENCE_CRITERION)
+            n_batches += 1
+        for k, v in logs.items():
             sums[k] += v * len(x)
         n += len(x)
-    return _mean(sums, n)
+    out = _mean(sums, n)
+    if reference_criterion:
+        out[REFERENCE_CRITERION] = batch_sum / max(n_batches, 1)
+    return out
 
 
 def fit(
@@ -155,6 +180,12 @@ def fit(
     with the epoch, batch and component named; the last good checkpoint stays on disk.
     """
     window, batch_size = detector.backbone.input_length, settings.batch_size
+    if data.val is None:
+        raise ValueError(
+            "fit needs a validation split: data.val is None (dataset.validation=test leaves it "
+            "to the pipeline, which sets the unsealed test split there when its plan says so)"
+        )
+    reference = settings.stop_criterion == "reference"
     train_ws = WindowSet(data.train, window, stride=settings.train_stride)
     val_ws = WindowSet(data.val, window, stride=settings.train_stride)
     order = torch.Generator().manual_seed(settings.seed)
@@ -214,7 +245,7 @@ def fit(
             progress.set_postfix(logs["loss"])
         epoch_logs = {f"train/{k}": v for k, v in _mean(sums, n).items()}
         epoch_logs.update(detector.on_epoch_end(epoch))
-        val = validation_loss(detector, val_ws, batch_size, device)
+        val = validation_loss(detector, val_ws, batch_size, device, reference)
         epoch_logs.update({f"val/{k}": v for k, v in val.items()})
         epoch_logs["train/lr"] = lr
         epoch_logs["time/epoch_s"] = time.perf_counter() - t_epoch
@@ -222,14 +253,23 @@ def fit(
         if log_metrics is not None:
             log_metrics(epoch_logs, epoch + 1)
 
-        flat = no_signal([h["val/loss"] for h in history])
-        if flat and len(history) == 2:
-            _say_no_signal(detector, val["loss"], settings.epochs)
-        improved = flat or improves(
-            val["loss"], best_loss, settings.min_delta, detector.backbone.keep_latest_on_tie
-        )
+        if reference:
+            # The reference's EarlyStopping: strictly below the best by more than min_delta,
+            # no tie or flat-loss rule; a NaN criterion after the first epoch stops training.
+            criterion = val[REFERENCE_CRITERION]
+            improved = improves(criterion, best_loss, settings.min_delta, ties_improve=False)
+            if math.isnan(criterion) and len(history) > 1:
+                stopped_early = True
+        else:
+            criterion = val["loss"]
+            flat = no_signal([h["val/loss"] for h in history])
+            if flat and len(history) == 2:
+                _say_no_signal(detector, val["loss"], settings.epochs)
+            improved = flat or improves(
+                criterion, best_loss, settings.min_delta, detector.backbone.keep_latest_on_tie
+            )
         if improved:
-            best_loss, best_epoch, bad_epochs = val["loss"], epoch, 0
+            best_loss, best_epoch, bad_epochs = criterion, epoch, 0
             if settings.restore_best:
                 best_state = copy.deepcopy(detector.state_dict())
         else:
@@ -254,7 +294,7 @@ def fit(
         shown = {
             k: v
             for k, v in epoch_logs.items()
-            if k in ("train/loss", "val/loss", "madcluster/threshold")
+            if k in ("train/loss", "val/loss", "val/" + REFERENCE_CRITERION, "madcluster/threshold")
         }
         progress.epoch_end(epoch, shown, " *" if improved else "")
         if stopped_early:

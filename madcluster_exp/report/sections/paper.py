@@ -22,7 +22,14 @@ logged as well). The report names the key it used.
 
 Per published table: one markdown table per metric with, per (dataset, backbone, k, protocol),
 the published value of each arm, the measured mean ± std over seeds of each arm, and, where the
-table has both ``off`` and ``on``, both on − off differences and whether their signs agree.
+table has both ``off`` and ``on``, both on − off differences and whether their signs agree. The
+protocol column names the paper's pipeline a run belongs to (param ``pipeline``: "reference
+pipeline, validates on test" for ``setup=paper``, "honest pipeline" for ``setup=paper_honest``),
+so the two are never pooled.
+
+:func:`complexity_table` puts Table 2's printed parameter counts and MACs beside the ones the
+runs measured (params ``params/*`` and ``macs/*``), per backbone and arm, on the dataset the
+paper counted them on (MSL: the counts depend on the channel count).
 """
 
 from __future__ import annotations
@@ -93,15 +100,35 @@ def load_published(path: Path = PUBLISHED) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- measured side
 def measured_key(metric: str, protocol: str, per_entity: bool) -> str:
-    prefix = "ref" if protocol == "reference" else "test"
+    """The metric key standing for a published one; ``protocol`` may be a :func:`protocol_label`."""
+    prefix = "ref" if protocol.split(",")[0] == "reference" else "test"
     return f"{prefix}/{MEASURED[metric]}" + ("_entity_mean" if per_entity else "")
+
+
+def _param(r: pd.Series, key: str) -> Optional[str]:
+    value = r.get(f"param:{key}")
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value == "None":
+        return None
+    return str(value)
+
+
+def protocol_label(r: pd.Series) -> str:
+    """A run's protocol, with the paper's pipeline it belongs to (param ``pipeline``) and, when
+    it validated on the test split (``dataset.validation=test``), "validates on test"."""
+    label = _param(r, "protocol") or "point"
+    pipeline = _param(r, "pipeline")
+    if pipeline:
+        label += f", {pipeline} pipeline"
+    if _param(r, "dataset.validation") == "test":
+        label += " (validates on test)"
+    return label
 
 
 def _runs_long(runs: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
     """One row per (run, published metric): key columns, arm, measured key and value."""
     rows = []
     for _, r in runs.iterrows():
-        protocol = r.get("param:protocol", "point")
+        protocol = protocol_label(r)
         per_entity = r.get("param:dataset.mode") == "per_entity"
         for m in metrics:
             key = measured_key(m, protocol, per_entity)
@@ -232,6 +259,122 @@ def metric_table(long: pd.DataFrame, table: str, metric: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _count(value) -> float:
+    value = pd.to_numeric(value, errors="coerce")
+    return float(value) if value is not None else math.nan
+
+
+def measured_size(r: pd.Series, metric: str) -> float:
+    """A run's logged parameter count (``Params``) or MACs per window (``MACs``): the
+    backbone's plus the plug-in's (``params/total``; older runs: the sum of the parts)."""
+    kind = {"Params": "params", "MACs": "macs"}[metric]
+    total = _count(r.get(f"param:{kind}/total", math.nan))
+    if not math.isnan(total):
+        return total
+    backbone = _count(r.get(f"param:{kind}/backbone", math.nan))
+    plugin = _count(r.get(f"param:{kind}/madcluster", math.nan))
+    return backbone + (0.0 if math.isnan(plugin) else plugin)
+
+
+def complexity_table(runs: pd.DataFrame, published: Optional[pd.DataFrame] = None) -> pd.DataFrame:
+    """Published vs measured size, one row per (table, dataset, backbone, arm, metric) of the
+    published Params and MACs that the runs measure (same dataset, backbone and arm ``off`` or
+    ``on``): the printed figure, the runs' value (their median; ``n`` runs, ``distinct``
+    values: one unless runs of other sizes are mixed) and measured / published − 1. Empty when
+    no run matches."""
+    published = load_published() if published is None else published
+    pub = published[published["metric"].isin(COMPLEXITY)]
+    measured = []
+    for _, r in runs.iterrows():
+        arm = run_arm(r)
+        if arm not in ("off", "on"):
+            continue
+        for metric in COMPLEXITY:
+            value = measured_size(r, metric)
+            if not math.isnan(value):
+                measured.append(
+                    {
+                        "dataset": _param(r, "dataset.name"),
+                        "backbone": _param(r, "backbone.name"),
+                        "arm": arm,
+                        "metric": metric,
+                        "value": value,
+                    }
+                )
+    columns = ["table", "row", "dataset", "backbone", "arm", "metric", "paper"]
+    columns += ["measured", "n", "distinct", "relative_diff"]
+    if not measured:
+        return pd.DataFrame(columns=columns)
+    mine = pd.DataFrame(measured)
+    out = []
+    for _, p in pub.iterrows():
+        cell = mine[
+            (mine["dataset"] == p["dataset"])
+            & (mine["backbone"] == p["backbone"])
+            & (mine["arm"] == p["madcluster"])
+            & (mine["metric"] == p["metric"])
+        ]["value"]
+        if cell.empty:
+            continue
+        value, paper = float(cell.median()), float(p["value"])
+        out.append(
+            {
+                "table": p["table"],
+                "row": p["row"],
+                "dataset": p["dataset"],
+                "backbone": p["backbone"],
+                "arm": p["madcluster"],
+                "metric": p["metric"],
+                "paper": paper,
+                "measured": value,
+                "n": int(len(cell)),
+                "distinct": int(cell.nunique()),
+                "relative_diff": value / paper - 1.0,
+            }
+        )
+    return pd.DataFrame(out, columns=columns)
+
+
+def _size_text(value: float) -> str:
+    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f} {unit}"
+    return f"{value:.0f}"
+
+
+def complexity_section(
+    sweep: Sweep, ctx: Context, published: Optional[pd.DataFrame] = None
+) -> Section:
+    """The published-vs-measured model size section (appendix Table 2's parameters and MACs);
+    nothing when no run measures a published count. Writes ``complexity_vs_published.csv``."""
+    table = complexity_table(sweep.runs, published)
+    if table.empty:
+        return Section()
+    csv = ctx.out_dir / "complexity_vs_published.csv"
+    table.to_csv(csv, index=False)
+    rows = pd.DataFrame(
+        {
+            "dataset": table["dataset"],
+            "backbone": table["backbone"],
+            "arm": table["arm"].map(ARM_LABELS),
+            "metric": table["metric"],
+            "paper": table["paper"].map(_size_text),
+            "measured": table["measured"].map(_size_text),
+            "measured / paper − 1": table["relative_diff"].map(lambda d: f"{d:+.1%}"),
+        }
+    )
+    md = [
+        "",
+        "## Model size: published vs measured",
+        "",
+        f"Published: Table 2 of {PUBLISHED.name} (parameters; MACs per window). Measured: the "
+        "runs' params/* and macs/* (backbone + MADCluster) on the same dataset.",
+        "",
+        frame_table(rows),
+    ]
+    return lines(md, [csv])
+
+
 def split_unpublished(long: pd.DataFrame) -> Tuple[pd.DataFrame, Dict[str, List[str]]]:
     """(the rows of the (table, dataset) pairs with a published figure; the datasets measured
     without one: dataset -> the tables that have none of it)."""
@@ -266,7 +409,10 @@ def section(sweep: Sweep, ctx: Context, published: Optional[pd.DataFrame] = None
     md += [
         "",
         f"Published: {PUBLISHED.name} (MADCluster appendix). Measured: mean ± std over seeds "
-        "(n = seeds). The paper's F1 is an oracle (best threshold on test labels).",
+        "(n = seeds). The paper's F1 is an oracle (best threshold on test labels). The "
+        "protocol column names the pipeline: the reference pipeline (setup=paper) is the "
+        "official code's and validates on test; the honest pipeline (setup=paper_honest) keeps "
+        "test data out of training, validation and thresholds.",
     ]
     for table in sorted(set(long["table"])):
         sub = long[long["table"] == table]
