@@ -13,6 +13,7 @@ it when a change of behaviour is intended.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import re
@@ -127,6 +128,9 @@ def _read_store(root: Path) -> Dict[str, Any]:
 def capture(names: List[str] | None = None) -> Dict[str, Dict[str, Any]]:
     """Run each golden command in a fresh folder; what its MLflow store holds, per command."""
     out = {}
+    # One capture at a time on a machine: the folders are fixed (see below).
+    lock = open(Path(tempfile.gettempdir()) / "madcluster_exp-golden.lock", "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
     for name in names or list(RUNS):
         # A fixed folder: the collection's path is a param and so part of its config id.
         root = Path(tempfile.gettempdir()).resolve() / "madcluster_exp-golden" / name
@@ -137,6 +141,7 @@ def capture(names: List[str] | None = None) -> Dict[str, Dict[str, Any]]:
             out[name] = _read_store(root)
         finally:
             shutil.rmtree(root, ignore_errors=True)
+    lock.close()
     return out
 
 
