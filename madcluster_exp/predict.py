@@ -126,9 +126,9 @@ def read_csv(path: Path, cfg) -> "SeriesSplit":  # noqa: F821 - imported lazily
         path,
         header=True,
         time_column=time_column,
-        nan_policy=cfg.dataset.get("nan_policy", "error"),
+        nan_policy=getattr(cfg.dataset, "nan_policy", "error"),
     )
-    names = [cfg.dataset.get("label_column")] + list(LABEL_COLUMNS)
+    names = [getattr(cfg.dataset, "label_column", None)] + list(LABEL_COLUMNS)
     label_col = next((c for c in names if c and c in frame.columns), None)
     labels = None
     if label_col is not None:
