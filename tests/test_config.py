@@ -145,7 +145,7 @@ def test_a_choice_is_its_plain_string_in_run_name_and_mlflow_params(tmp_path):
     flat = plan.params
     assert not [k for k, v in flat.items() if isinstance(v, Enum)]
     name = plan.run_name
-    assert name.startswith("deepsvdd-synthetic-on+product-")
+    assert name.startswith("on+product-") and name.endswith("-s0-deepsvdd-synthetic")
     tracker = build_tracker(cfg.tracking, tmp_path)
     tracker.start(name, flat, {})
     tracker.end("FINISHED")

@@ -80,8 +80,8 @@ def test_joblib_sweep_8_jobs_2_parallel_gives_one_parent_and_8_children(tmp_path
     assert parent.info.status == "FINISHED" and parent.data.tags["children"] == "8"
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     assert sorted(c.info.run_name for c in children) == sorted(
-        f"deepsvdd-synthetic-{c.data.tags['madcluster']}-{c.data.tags['config_id']}"
-        f"-s{c.data.tags['seed']}"
+        f"{c.data.tags['madcluster']}-{c.data.tags['config_id']}-s{c.data.tags['seed']}"
+        "-deepsvdd-synthetic"
         for c in children
     )
     assert len({c.info.run_name for c in children}) == 8
@@ -177,9 +177,9 @@ def test_sweep_logged_to_a_real_mlflow_server_reads_back_over_rest(tmp_path):
             base, "/api/2.0/mlflow/runs/search", {"experiment_ids": [exp_id], "max_results": 100}
         )["runs"]
         names = sorted(re.sub(r"-[0-9a-f]{6}-s", "-s", r["info"]["run_name"]) for r in found)
-        assert names[:2] == ["deepsvdd-synthetic-off-s0", "deepsvdd-synthetic-on-s0"]
+        assert names[:2] == ["off-s0-deepsvdd-synthetic", "on-s0-deepsvdd-synthetic"]
         assert names[2].startswith("sweep-")
-        child = next(r for r in found if r["info"]["run_name"].startswith("deepsvdd-synthetic-on-"))
+        child = next(r for r in found if r["info"]["run_name"].startswith("on-"))
         metrics = {m["key"]: m["value"] for m in child["data"]["metrics"]}
         params = {p["key"]: p["value"] for p in child["data"]["params"]}
         assert 0 <= metrics["test/auc_roc"] <= 1 and params["madcluster.enabled"] == "True"
@@ -306,8 +306,8 @@ def test_experiment_smoke_is_a_sweep_of_off_on_and_seeds(tmp_path):
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     names = sorted(r.info.run_name for r in children)
     assert names == sorted(
-        f"deepsvdd-synthetic-{r.data.tags['madcluster']}-"
-        f"{r.data.tags['config_id']}-s{r.data.tags['seed']}-smoke"
+        f"{r.data.tags['madcluster']}-{r.data.tags['config_id']}-s{r.data.tags['seed']}"
+        "-deepsvdd-synthetic-smoke"
         for r in children
     )
     assert len(set(names)) == 4
@@ -323,7 +323,7 @@ def test_onoff_experiment_reports_each_arm_against_off_with_its_paired_test(tmp_
     client, runs = _runs(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert sorted(re.sub(r"-[0-9a-f]{6}-s", "-s", c.info.run_name) for c in children) == sorted(
-        f"lstm_ae-synthetic-{arm}-s{s}-onoff"
+        f"{arm}-s{s}-lstm_ae-synthetic-onoff"
         for arm in ("off", "on", "on+backbone_only")
         for s in range(3)
     )
@@ -353,7 +353,7 @@ def test_onoff_experiment_reports_each_arm_against_off_with_its_paired_test(tmp_
             int(c.data.params["seed"]): c.data.metrics["test/auc_roc"]
             for c in children
             if re.fullmatch(
-                f"lstm_ae-synthetic-{re.escape(name_part)}-[0-9a-f]{{6}}-s\\d-onoff",
+                f"{re.escape(name_part)}-[0-9a-f]{{6}}-s\\d-lstm_ae-synthetic-onoff",
                 c.info.run_name,
             )
         }

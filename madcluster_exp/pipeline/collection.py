@@ -117,7 +117,7 @@ def _series(
     except DataError as exc:
         return _skip(say, name, skipped, info["series.file"], exc)
     child = env.tracker.new_run()
-    child_name = f"{name}/{entity}"
+    child_name = f"{entity} ({name})"  # the series first: the runs list shows ~16 characters
     if child_ids.get(entity) and child.uri:
         child.resume(child_ids[entity])
     else:

@@ -61,6 +61,8 @@ class RunResult:
     output_dir: Path
     metrics: Dict[str, float]
     fit: Optional[FitResult]  # None: a finished sweep job that was not run again
+    #: The run's MLflow logged model (``models:/<model_id>``); None when none was logged.
+    model_id: Optional[str] = None
 
 
 # ------------------------------------------------------------------------------- environment
@@ -149,7 +151,13 @@ def run(
                 f"{done['run_id']}, {job_dir}); not run again"
             )
         return RunResult(
-            plan.run_name, done["run_id"], done["tracking_uri"], job_dir, done["metrics"], None
+            plan.run_name,
+            done["run_id"],
+            done["tracking_uri"],
+            job_dir,
+            done["metrics"],
+            None,
+            done.get("model_id"),
         )
     # Read (and check) the data before a run exists: a missing or bad file leaves no run.
     raw = load_dataset(cfg.dataset, resolve_path(root, cfg.paths.data_dir))
@@ -174,7 +182,9 @@ def run(
     tracker.end("FINISHED")
     info_path = job_dir / RUN_INFO
     info = json.loads(info_path.read_text())
-    info_path.write_text(json.dumps({**info, "status": "FINISHED"}, indent=2))
+    info_path.write_text(
+        json.dumps({**info, "status": "FINISHED", "model_id": result.model_id}, indent=2)
+    )
     return result
 
 
@@ -263,12 +273,14 @@ def _execute(plan: JobPlan, env: JobEnv, raw) -> RunResult:
     metrics["time/total_s"] = time.perf_counter() - t_start
     metrics["time/tracking_s"] = env.tracker.seconds  # everything logged up to here
     _log_results(plan, env.tracker, ev, units, metrics)
-    model_dir = _write_outputs(plan, env, ev, units, metrics, extra_artifacts)
+    model_dir, model_id = _write_outputs(plan, env, ev, units, metrics, extra_artifacts)
     tracker = env.tracker
-    result = RunResult(env.name, tracker.run_id, tracker.uri, env.job_dir, metrics, units[0].fit)
+    result = RunResult(
+        env.name, tracker.run_id, tracker.uri, env.job_dir, metrics, units[0].fit, model_id
+    )
     env.say(format_results(result, plan))
     if model_dir is not None:
-        env.say(model_note(model_dir, tracker.run_id, plan.cfg.tracking.log_artifacts, env.job_dir))
+        env.say(model_note(model_dir, tracker.run_id, model_id, env.job_dir))
     return result
 
 
@@ -351,9 +363,9 @@ def _write_outputs(
     units: List[Unit],
     metrics: Dict[str, float],
     extra_artifacts: List[Path],
-) -> Optional[Path]:
+) -> Tuple[Optional[Path], Optional[str]]:
     """Write the job's artifacts and saved model (outputs.py), log them to MLflow; return
-    the model's directory (None: no model saved)."""
+    the model's directory and logged model id (None: no model saved, or not logged)."""
     layout, labels = entity_layout([u.test for u in units])
     ev.arrays.update(layout)
     paths = write_artifacts(
@@ -364,7 +376,4 @@ def _write_outputs(
         for path in paths + extra_artifacts:
             tracker.log_artifact(path)
     entries = [u.model for u in units if u.model is not None]
-    model_dir = save_model(plan, env.job_dir, entries, env.say)
-    if model_dir is not None and plan.cfg.tracking.log_artifacts:
-        tracker.log_artifacts(model_dir, "model")
-    return model_dir
+    return save_model(plan, env.job_dir, entries, env.say, tracker)
