@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -113,33 +112,7 @@ def test_a_failing_job_is_marked_failed_and_the_sweep_goes_on(tmp_path):
     assert parent.data.tags["children.failed"] == "1"
 
 
-def test_ctrl_c_marks_the_running_run_killed(tmp_path):
-    db = tmp_path / "outputs" / "mlflow.db"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "madcluster_exp",
-            *FAST,
-            "train.epochs=500",
-            "dataset.train_length=3000",
-        ],
-        cwd=tmp_path,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.time() + 120
-    for line in proc.stdout:  # wait until training is under way
-        if line.startswith("epoch 2/") or time.time() > deadline:
-            break
-    proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=120)
-    assert proc.returncode != 0
-    _, runs = _runs(f"sqlite:///{db}")
-    assert [r.info.status for r in runs] == ["KILLED"]
-    assert "train/loss" in runs[0].data.metrics
+# Ctrl-C of a running job (KILLED, one line, resumed into the same run): tests/test_resume.py.
 
 
 def _rest(base, path, body):

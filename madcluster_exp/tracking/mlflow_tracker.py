@@ -106,6 +106,14 @@ class Tracker(ABC):
     def log_artifacts(self, directory: Path, artifact_path: Optional[str] = None) -> None: ...
 
     @abstractmethod
+    def delete_tag(self, key: str) -> None:
+        """Remove a tag from the run (a resumed run that finished drops its old ``error``)."""
+
+    @abstractmethod
+    def delete_artifact(self, path: str) -> bool:
+        """Remove the run's artifact file ``path``; False where the store cannot delete."""
+
+    @abstractmethod
     def model_id(self, name: str) -> Optional[str]:
         """The id of this run's logged model ``name``: the one it already has (a resumed run
         saves its model again), else a new one, pending until :meth:`log_model`. None when
@@ -147,6 +155,12 @@ class NullTracker(Tracker):
 
     def log_artifacts(self, directory, artifact_path=None) -> None:
         pass
+
+    def delete_tag(self, key) -> None:
+        pass
+
+    def delete_artifact(self, path) -> bool:
+        return True
 
     def model_id(self, name) -> None:
         return None
@@ -273,6 +287,27 @@ class MLflowTracker(Tracker):
     def log_artifacts(self, directory: Path, artifact_path: Optional[str] = None) -> None:
         """Every file under ``directory`` as the artifact directory ``artifact_path``."""
         self.client.log_artifacts(self.run_id, str(directory), artifact_path)
+
+    @_timed
+    def delete_tag(self, key: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.delete_tag(self.run_id, key)
+        except MlflowException:
+            pass  # not set
+
+    @_timed
+    def delete_artifact(self, path: str) -> bool:
+        from mlflow.exceptions import MlflowException
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        root = self.client.get_run(self.run_id).info.artifact_uri
+        try:
+            get_artifact_repository(root, tracking_uri=self.uri).delete_artifacts(path)
+        except (MlflowException, NotImplementedError, OSError):
+            return False
+        return True
 
     @_timed
     def model_id(self, name: str) -> str:
