@@ -77,6 +77,8 @@ class Tracker(ABC):
     run_id: Optional[str] = None
     uri: Optional[str] = None
     seconds: float = 0.0
+    #: Whether the run is an existing one continued (:meth:`resume`), not one started here.
+    resumed: bool = False
 
     @abstractmethod
     def start(
@@ -245,7 +247,7 @@ class MLflowTracker(Tracker):
     def resume(self, run_id: str) -> None:
         """Continue an existing run (after a crash or kill) instead of creating a new one."""
         run = self.client.get_run(run_id)
-        self.run_id = run_id
+        self.run_id, self.resumed = run_id, True
         self.client.update_run(run_id, status="RUNNING")
         resumed = int(run.data.tags.get("resumed", "0")) + 1
         self.set_tags({"resumed": str(resumed)})
@@ -311,7 +313,8 @@ class MLflowTracker(Tracker):
 
     @_timed
     def model_id(self, name: str) -> str:
-        existing = logged_model(self.client, self.run_id, name)
+        # Only a continued run can have one already (its first start got as far as saving).
+        existing = logged_model(self.client, self.run_id, name) if self.resumed else None
         if existing is not None:
             return existing.model_id
         return self.client.create_logged_model(
@@ -327,9 +330,11 @@ class MLflowTracker(Tracker):
         except BaseException:
             self.client.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
             raise
-        outputs = self.client.get_run(self.run_id).outputs
-        listed = {o.model_id for o in (outputs.model_outputs if outputs else [])}
-        if model_id not in listed:  # a resumed run saving its model again lists it once
+        listed = set()
+        if self.resumed:  # a resumed run saving its model again lists it once
+            outputs = self.client.get_run(self.run_id).outputs
+            listed = {o.model_id for o in (outputs.model_outputs if outputs else [])}
+        if model_id not in listed:
             self.client.log_outputs(self.run_id, [LoggedModelOutput(model_id, step=0)])
         self.client.finalize_logged_model(model_id, LoggedModelStatus.READY)
 
