@@ -192,6 +192,20 @@ def test_readme_quickstart_runs_verbatim(tmp_path):
     _run_all(tmp_path, fast=False)
 
 
+def test_make_help_shows_the_values_in_force():
+    out = subprocess.run(
+        ["make", "-s", "-C", str(ROOT), "help", "PORT=5123", "OUTPUTS=elsewhere"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", out.stdout).splitlines()
+    ui = next(line for line in lines if line.split()[0] == "ui")
+    assert "elsewhere/mlflow.db" in ui and "127.0.0.1:5123" in ui
+    assert "$(" not in out.stdout and "$$" not in out.stdout
+
+
 DOCUMENTS = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
 
 
