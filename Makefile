@@ -9,6 +9,8 @@ TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
 DATASET ?= SMD
 PORT ?= 5000
+# Where `make ui` finds the runs: <OUTPUTS>/mlflow.db (relative to this directory).
+OUTPUTS ?= outputs
 SERVER_ARTIFACTS ?= outputs/server-artifacts
 # `make dashboard`: the searches' study storage (empty: $$MADCLUSTER_OPTUNA_STORAGE) and its port.
 STORAGE ?=
@@ -17,8 +19,12 @@ DASHBOARD_PORT ?= 8080
 .DEFAULT_GOAL := help
 .PHONY: help install lint format test test-all test-cuda run smoke bench data ui server dashboard clean
 
+# `make help` shows the values in force (make help PORT=5001 shows 5001), not $(PORT).
+HELP_VALUES := -e 's|$$(PORT)|$(PORT)|g' -e 's|$$(OUTPUTS)|$(OUTPUTS)|g' \
+	-e 's|$$(DATASET)|$(DATASET)|g' -e 's|$$(SERVER_ARTIFACTS)|$(SERVER_ARTIFACTS)|g' -e 's|\$$\$$|$$|g'
+
 help: ## list every target
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed $(HELP_VALUES) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
 
 install: ## install CPU torch, then the package (editable) with runtime, test and Ray dependencies
 	$(PIP) install $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
@@ -61,8 +67,8 @@ bench: ## benchmarks with ratios against baselines measured in the same run (out
 data: ## download, verify and unpack a dataset: make data DATASET=SMD (SMD, MSL, SMAP, PSM)
 	$(PYTHON) -m madcluster_exp.data download $(DATASET)
 
-ui: ## MLflow UI on 127.0.0.1:$(PORT) over outputs/mlflow.db
-	$(PYTHON) -m mlflow ui --host 127.0.0.1 --port $(PORT) --backend-store-uri "sqlite:///$(CURDIR)/outputs/mlflow.db"
+ui: ## MLflow UI over $(OUTPUTS)/mlflow.db; prints the URL of the runs (http://127.0.0.1:$(PORT)/#/...)
+	$(PYTHON) -m madcluster_exp.tracking.ui "outputs=$(OUTPUTS)" port=$(PORT)
 
 server: ## team MLflow server on 127.0.0.1:$(PORT), PostgreSQL store ($$MLFLOW_BACKEND_URI), proxied artifacts
 	$(PYTHON) -m madcluster_exp.tracking.server port=$(PORT) "artifacts=$(SERVER_ARTIFACTS)"

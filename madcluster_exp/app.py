@@ -2,9 +2,10 @@
 :class:`~madcluster_exp.pipeline.context.JobContext` once, and a failure is given its meaning.
 
 Single run: an expected error (bad config value, missing dataset, bad data file) prints its
-message alone and exits with status 2 (``MADCLUSTER_FULL_ERROR=1`` shows the traceback); any
-other failure propagates with its traceback. Multirun: the failing job is already marked FAILED
-in MLflow with its traceback; it returns NaN so the sweep goes on.
+message alone and exits with status 2 (``MADCLUSTER_FULL_ERROR=1`` shows the traceback); Ctrl-C
+prints one line (the run marked KILLED, the command that resumes it) and exits with status 130;
+any other failure propagates with its traceback. Multirun: the failing job is already marked
+FAILED in MLflow with its traceback; it returns NaN so the sweep goes on.
 
 Importing this module registers the config schemas and the project's Hydra plug-ins; the
 pipeline (and torch) load only when a job runs, so ``--help`` and ``--cfg job`` stay fast.
@@ -14,13 +15,21 @@ from __future__ import annotations
 
 import logging
 import math
+import shlex
+import sys
 from pathlib import Path
 from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
 from madcluster_exp.config import CONFIG_DIR, SEARCH_OBJECTIVES, load, register_configs
-from madcluster_exp.errors import ExpectedError, full_error_requested, report
+from madcluster_exp.errors import (
+    EXIT_INTERRUPTED,
+    ExpectedError,
+    JobInterrupted,
+    full_error_requested,
+    report,
+)
 from madcluster_exp.launchers import register_plugins
 from madcluster_exp.pipeline.context import SWEEPER_KEYS, JobContext
 
@@ -95,14 +104,41 @@ def run(
     return run_settings(settings, context, output_dir, verbose)
 
 
+def resume_command(overrides, job_dir: Path) -> str:
+    """The command that continues the job in ``job_dir``: its overrides (any ``train.resume``
+    dropped: resuming is the default) and ``hydra.run.dir`` naming the directory."""
+    kept = [o for o in overrides if o.lstrip("+").split("=", 1)[0] != "train.resume"]
+    argv = ["python", "-m", "madcluster_exp", *kept, f"hydra.run.dir={job_dir.resolve()}"]
+    return shlex.join(argv)
+
+
+def interrupted(exc: KeyboardInterrupt, overrides) -> str:
+    """Ctrl-C as one line for a person: which run was marked KILLED and how to go on."""
+    if not isinstance(exc, JobInterrupted):
+        return "interrupted before the job's MLflow run started: nothing was recorded"
+    run = f"MLflow run {exc.run_id} ({exc.run_name})" if exc.run_id else exc.run_name
+    if exc.checkpoint_epoch is None:
+        return (
+            f"interrupted: {run} marked KILLED, no checkpoint to continue from in "
+            f"{exc.job_dir}; the same command starts it again"
+        )
+    return (
+        f"interrupted: {run} marked KILLED, checkpoint of epoch {exc.checkpoint_epoch} in "
+        f"{exc.job_dir}; resume it with: {resume_command(overrides, exc.job_dir)}"
+    )
+
+
 def job(cfg: DictConfig, context: JobContext) -> float:
     """Run one job; return what a sweeper optimises (``search.objective``): the best validation
     loss (NaN for a classical detector, which has none), or VUS-PR on the validation
     split with injected anomalies. ``context``: the Hydra run the job is part of."""
     try:
         result = run(cfg, context)
-    except KeyboardInterrupt:
-        raise
+    except KeyboardInterrupt as exc:
+        if context.multirun or full_error_requested():
+            raise
+        print(interrupted(exc, context.overrides), file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_INTERRUPTED) from None
     except Exception as exc:  # noqa: BLE001 - a sweep must survive any single job's failure
         if not context.multirun:
             if isinstance(exc, ExpectedError) and not full_error_requested():

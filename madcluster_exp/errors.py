@@ -12,10 +12,13 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from typing import Callable, TypeVar
+from pathlib import Path
+from typing import Callable, Optional, TypeVar
 
 F = TypeVar("F", bound=Callable[..., int])
 EXIT_USAGE = 2
+#: A command stopped by Ctrl-C exits as a shell reports SIGINT: 128 + 2.
+EXIT_INTERRUPTED = 130
 
 
 class ExpectedError(Exception):
@@ -23,6 +26,25 @@ class ExpectedError(Exception):
 
     #: Raised before the job's MLflow run existed (a config or data error found up front).
     before_run: bool = False
+
+
+class JobInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a job after its MLflow run was marked KILLED: what a person needs to go
+    on with it (the entry point prints it as one line). ``checkpoint_epoch``: the last epoch
+    whose checkpoint is in ``job_dir`` (None: no checkpoint, nothing to continue)."""
+
+    def __init__(
+        self,
+        run_id: Optional[str],
+        run_name: str,
+        job_dir: Path,
+        checkpoint_epoch: Optional[int],
+    ):
+        super().__init__(f"{run_name} interrupted")
+        self.run_id = run_id
+        self.run_name = run_name
+        self.job_dir = job_dir
+        self.checkpoint_epoch = checkpoint_epoch
 
 
 def full_error_requested() -> bool:

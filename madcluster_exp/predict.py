@@ -3,6 +3,9 @@
     python -m madcluster_exp.predict run=<run id | run directory> data=<CSV file | dataset name>
         [out=<file.csv | file.npz>] [entity=<name>] [uri=<tracking uri>] [device=cpu]
 
+The output goes to ``out``; by default ``outputs/predictions.csv``, under ``outputs/`` with the
+runs (ignored by git), not loose in the directory the command was started from.
+
 The run's saved model (``model/``: weights, config, scaler, score combiner, threshold) is read
 from the run directory, or by run id from the tracking store (``uri=``, else
 $MLFLOW_TRACKING_URI, else ``outputs/mlflow.db``). ``data``: a CSV file with a header (an
@@ -44,7 +47,7 @@ OPTIONS = {
     ),
     "out": Option(
         "output file: .csv (entity, row, score, prediction[, label]) or .npz",
-        default="predictions.csv",
+        default="outputs/predictions.csv",
     ),
     "entity": Option("which model of a per-entity run scores the data"),
     "uri": Option("tracking uri (default: $MLFLOW_TRACKING_URI, else outputs/mlflow.db)"),

@@ -30,6 +30,22 @@ FAST = [
 ]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _leave_the_checkout_alone(tmp_path_factory):
+    """Run the whole session from a temporary directory, without $MLFLOW_TRACKING_URI.
+
+    Whatever a test (or a library under it) writes relative to the working directory lands
+    there and not in the checkout: MLflow's default store (``./mlflow.db``) and artifact root
+    (``./mlruns``, used by an experiment created without a location), a command's default
+    ``outputs/``. A tracking URI set in the shell running the tests (a team server, say) would
+    send every in-process test run there instead of the test's own ``outputs/mlflow.db``;
+    tests that want a server set it themselves."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path_factory.mktemp("cwd"))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        yield
+
+
 def compose_config(overrides: Iterable[str] = ()) -> DictConfig:
     with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
         return compose(config_name="config", overrides=list(overrides))

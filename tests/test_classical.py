@@ -149,7 +149,7 @@ def test_a_classical_run_goes_through_the_pipeline_and_mlflow(make_cfg, tmp_path
     assert r.data.params["classical/library"] == "sklearn.neighbors.NearestNeighbors"
     assert int(r.data.params["classical/train_windows"]) > 100
     assert r.data.tags["family"] == "classical" and r.data.tags["sanity"] == "ok"
-    assert r.info.run_name == f"knn-synthetic-off-{r.data.tags['config_id']}-s0"
+    assert r.info.run_name == f"off-{r.data.tags['config_id']}-s0-knn-synthetic"
 
 
 def test_a_constant_run_says_so_in_its_results_table(make_cfg, tmp_path, capsys):

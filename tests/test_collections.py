@@ -250,7 +250,7 @@ def test_collection_run_gives_one_child_run_per_series_and_skips_bad_files(tmp_p
     formats = {name: c.data.tags["series.format"] for name, c in finished.items()}
     assert formats == {good[0]: "tsbad", good[1]: "tsbad", good[2]: "ucr", "te": "timeeval"}
     for name, child in finished.items():
-        assert child.info.run_name == f"{parent.info.run_name}/{name}"
+        assert child.info.run_name == f"{name} ({parent.info.run_name})"
         assert 0.0 <= child.data.metrics["test/vus_pr"] <= 1.0
         assert {"test/auc_roc", "test/auc_pr", "val/best_loss"} <= set(child.data.metrics)
         assert len(client.get_metric_history(child.info.run_id, "train/loss")) == 2

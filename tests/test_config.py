@@ -145,7 +145,7 @@ def test_a_choice_is_its_plain_string_in_run_name_and_mlflow_params(tmp_path):
     flat = plan.params
     assert not [k for k, v in flat.items() if isinstance(v, Enum)]
     name = plan.run_name
-    assert name.startswith("deepsvdd-synthetic-on+product-")
+    assert name.startswith("on+product-") and name.endswith("-s0-deepsvdd-synthetic")
     tracker = build_tracker(cfg.tracking, tmp_path)
     tracker.start(name, flat, {})
     tracker.end("FINISHED")
@@ -162,6 +162,7 @@ def test_a_choice_is_its_plain_string_in_run_name_and_mlflow_params(tmp_path):
     [
         ("madcluster.nu_init=1.0", "madcluster.nu_init=1.0"),
         ("dataset.val_fraction=0", "dataset.val_fraction=0"),
+        ("train.resume=latest", "train.resume='latest': expected true, false or last"),
     ],
 )
 def test_bad_values_are_named_by_validate(override, fragment):

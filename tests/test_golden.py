@@ -2,7 +2,10 @@
 run directory saved before the move still predicts and resumes.
 
 ``tests/data/golden/`` was written by ``python -m tests.golden --write`` and a debug=fast run
-(``old_run/``) on the code before the package moved into layers (issue 24).
+(``old_run/``) on the code before the package moved into layers (issue 24). The captures were
+rewritten for issue 26, where two things changed on purpose: run names lead with on/off, config
+id and seed, and the saved model is the run's MLflow logged model, no longer a ``model/`` among
+its artifacts; params, tags, metrics and scores were compared equal before the rewrite.
 """
 
 from __future__ import annotations

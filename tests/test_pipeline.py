@@ -48,7 +48,7 @@ def test_end_to_end_run_writes_an_mlflow_run_with_expected_keys(make_cfg, tmp_pa
     r = client.get_run(result.run_id)
     assert r.info.status == "FINISHED"
     cid = r.data.tags["config_id"]
-    assert r.info.run_name == f"deepsvdd-synthetic-on-{cid}-s0" and len(cid) == 6
+    assert r.info.run_name == f"on-{cid}-s0-deepsvdd-synthetic" and len(cid) == 6
     assert r.data.tags["mlflow.source.git.commit"] == r.data.tags["git_commit"]
     assert len(r.data.tags["git_commit"]) == 40 and r.data.tags["git_dirty"] in ("true", "false")
     for key in EXPECTED_FINAL + EXPECTED_PER_EPOCH + ["madcluster/radius"]:
@@ -213,7 +213,7 @@ def _cli(args, cwd, timeout=300):
 def test_cli_default_entry_point_runs_and_records_one_run(tmp_path):
     out = _cli(["debug=fast", "train.progress=line"], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "Results: deepsvdd-synthetic-on-" in out.stdout
+    assert "Results: on-" in out.stdout and "-s0-deepsvdd-synthetic" in out.stdout
     assert "test/f1_oracle" in out.stdout and "ORACLE" in out.stdout
     assert "epoch 1/1" in out.stderr  # one line per epoch when not on a terminal
     db = tmp_path / "outputs" / "mlflow.db"

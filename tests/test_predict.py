@@ -100,6 +100,44 @@ def test_the_saved_model_is_an_mlflow_pyfunc_model_scoring_as_the_api(finished):
     np.testing.assert_array_equal(out["prediction"].to_numpy(), saved["test_pred"][a:b])
 
 
+def test_the_model_is_the_runs_logged_model_and_loads_by_models_uri_from_anywhere(
+    finished, tmp_path, monkeypatch
+):
+    """MLflow 3: the detector is a LoggedModel of its run (listed as the run's output, its
+    files with the model, not among the run's artifacts), its MLmodel holds no path of this
+    machine, and ``models:/<model id>`` loads it from another directory once the tracking
+    URI is set (here by $MLFLOW_TRACKING_URI), leaving nothing in that directory."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    result, test, saved = finished
+    client = MlflowClient(result.tracking_uri)
+    run = client.get_run(result.run_id)
+    (logged,) = client.search_logged_models([run.info.experiment_id])
+    assert (logged.model_id, logged.name, logged.source_run_id) == (
+        result.model_id,
+        "model",
+        result.run_id,
+    )
+    assert str(logged.status) == "READY"
+    assert [o.model_id for o in run.outputs.model_outputs] == [result.model_id]
+    assert "model" not in {a.path for a in client.list_artifacts(result.run_id)}
+    mlmodel = (result.output_dir / "model" / "MLmodel").read_text()
+    assert f"model_id: {result.model_id}" in mlmodel
+    for machine_path in (str(ROOT), "/tmp", str(result.output_dir)):
+        assert machine_path not in mlmodel, machine_path
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", result.tracking_uri)
+    model = mlflow.pyfunc.load_model(f"models:/{result.model_id}")
+    a, b = saved["entity_bounds"][0]
+    out = model.predict(pd.DataFrame(test.values[a:b].astype(np.float64)))
+    np.testing.assert_array_equal(out["prediction"].to_numpy(), saved["test_pred"][a:b])
+    assert list(elsewhere.iterdir()) == []  # no stray ./mlflow.db or ./mlruns
+
+
 def test_a_bundle_with_the_keys_before_their_rename_loads_and_scores_the_same(finished, tmp_path):
     """Bundles written before backbone.warmup_epochs (Deep SVDD) became radius_warmup_epochs
     and madcluster.combine became scoring.combine still load, into today's keys."""

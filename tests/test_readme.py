@@ -1,4 +1,5 @@
-"""The README's quickstart block runs as written: every command, in order, in a fresh folder.
+"""The README's quickstart block runs as written: every command, in order, in a fresh folder,
+leaving the checkout as it was; the guide's MLflow snippet then loads that folder's model.
 
 The default suite runs each training command with ``debug=fast`` appended (seconds instead of
 minutes; everything else as written); ``make test-all`` runs them verbatim. Placeholders
@@ -8,18 +9,20 @@ minutes; everything else as written); ``make test-all`` runs them verbatim. Plac
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shlex
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
+from madcluster_exp.tracking.server import wait_until_ready
 from tests.conftest import ROOT, free_port
 
 
@@ -55,45 +58,129 @@ def _prepare(command: str, cwd: Path, fast: bool):
     return argv
 
 
-def _ui_answers(argv, cwd, env):
+def _ui_serves_the_runs(argv, cwd, env):
+    """`make ui` as written, pointed at the folder's own store (OUTPUTS=): it prints the URL of
+    the experiment's runs list, and the UI it serves holds the runs the commands made."""
     port = free_port()
-    proc = subprocess.Popen(
-        [*argv, f"PORT={port}", f"PYTHON={sys.executable}", "-C", str(ROOT)],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    log_path = cwd / "ui.log"
+    outputs = cwd / "outputs"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [
+                *argv,
+                f"PORT={port}",
+                f"PYTHON={sys.executable}",
+                f"OUTPUTS={outputs}",
+                "-C",
+                str(ROOT),
+            ],
+            cwd=cwd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, "make ui exited"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
-                    return r.status == 200
-            except OSError:
-                time.sleep(0.5)
-        return False
+        wait_until_ready(proc, f"http://127.0.0.1:{port}", log_path)
+        said = re.search(r"MLflow UI: (\S+)", log_path.read_text())
+        assert said, log_path.read_text()[-2000:]
+        exp_id = re.fullmatch(
+            rf"http://127\.0\.0\.1:{port}/#/experiments/(\w+)/runs", said.group(1)
+        ).group(1)
+        exp = _get(port, f"experiments/get?experiment_id={exp_id}")["experiment"]
+        assert exp["name"] == "madcluster_exp"
+        assert {"key": "mlflow.experimentKind", "value": "custom_model_development"} in exp["tags"]
+        served = _post(port, "runs/search", {"experiment_ids": [exp_id], "max_results": 1000})
+        client = MlflowClient(f"sqlite:///{outputs / 'mlflow.db'}")
+        assert len(served["runs"]) == len(client.search_runs([exp_id], max_results=1000)) > 0
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
+
+
+def _get(port, path):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/2.0/mlflow/{path}", timeout=30) as r:
+        return json.loads(r.read())
+
+
+def _post(port, path, body):
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/2.0/mlflow/{path}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def _checkout_state():
+    """What ``git status`` (ignored files included) shows of the checkout, bytecode caches
+    aside; None outside a git checkout."""
+    out = subprocess.run(
+        ["git", "status", "--porcelain", "--ignored", "--untracked-files=all"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0:
+        return None
+    caches = ("__pycache__/", ".pytest_cache/", ".egg-info/")
+    return sorted(ln for ln in out.stdout.splitlines() if not any(c in ln for c in caches))
+
+
+def guide_snippet() -> str:
+    """The guide's Python block that loads a run's model through MLflow."""
+    text = (ROOT / "docs" / "guide.md").read_text()
+    section = text.split("## Using a trained model", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def _guide_snippet_runs(cwd: Path):
+    """The guide's MLflow snippet, as written, from the folder the quickstart ran in: ``run_id``
+    and ``df`` are the latest run's id and rows of its test data; what it loads scores them
+    as the run's own model does, and it leaves no ./mlflow.db or ./mlruns behind."""
+    import mlflow
+    import numpy as np
+    import pandas as pd
+
+    from madcluster_exp.predict import load_detector
+
+    run_dir = cwd / _latest(cwd, "outputs/runs/*/*")
+    run_id = json.loads((run_dir / "run_info.json").read_text())["run_id"]
+    det = load_detector(run_dir)
+    df = pd.DataFrame(np.random.default_rng(0).normal(size=(3 * det.window, det.n_channels)))
+    names = {"run_id": run_id, "df": df}
+    before = set(cwd.iterdir())
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        exec(guide_snippet(), names)
+    finally:
+        os.chdir(old)
+        mlflow.set_tracking_uri(None)
+    np.testing.assert_allclose(names["scores"]["score"], det.score(df.to_numpy()), rtol=1e-9)
+    assert set(cwd.iterdir()) == before
 
 
 def _run_all(tmp_path: Path, fast: bool):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     commands = quickstart_commands()
     assert len(commands) >= 8
+    checkout = _checkout_state()
     for command in commands:
         argv = _prepare(command, tmp_path, fast)
         if argv[:2] == ["make", "ui"]:
-            assert _ui_answers(argv, tmp_path, env), command
+            _ui_serves_the_runs(argv, tmp_path, env)
             continue
         out = subprocess.run(
             argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=3600
         )
         assert out.returncode == 0, f"{command}\n{out.stderr[-3000:]}"
-    assert (tmp_path / "scores.csv").exists()
+    assert (tmp_path / "outputs" / "scores.csv").exists()
+    _guide_snippet_runs(tmp_path)
+    # Every command ran from its own folder: the checkout is as it was (no store, no
+    # artifacts, no output of a command or of the UI in it).
+    assert _checkout_state() == checkout
 
 
 @pytest.mark.slow
@@ -106,6 +193,20 @@ def test_readme_quickstart_runs_as_written_with_debug_fast(tmp_path):
 @pytest.mark.slow
 def test_readme_quickstart_runs_verbatim(tmp_path):
     _run_all(tmp_path, fast=False)
+
+
+def test_make_help_shows_the_values_in_force():
+    out = subprocess.run(
+        ["make", "-s", "-C", str(ROOT), "help", "PORT=5123", "OUTPUTS=elsewhere"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", out.stdout).splitlines()
+    ui = next(line for line in lines if line.split()[0] == "ui")
+    assert "elsewhere/mlflow.db" in ui and "127.0.0.1:5123" in ui
+    assert "$(" not in out.stdout and "$$" not in out.stdout
 
 
 DOCUMENTS = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]

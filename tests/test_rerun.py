@@ -148,10 +148,10 @@ def test_run_names_tell_configurations_apart_and_seeds_share_the_config_id():
     ]
     names = [run_name(compose_config(v)) for v in variants]
     assert len(set(names)) == len(names), names
-    assert names[0].startswith("deepsvdd-synthetic-on-") and names[0].endswith("-s0")
-    assert names[5].endswith("-s0-optuna")
+    assert names[0].startswith("on-") and names[0].endswith("-s0-deepsvdd-synthetic")
+    assert names[5].endswith("-s0-deepsvdd-synthetic-optuna")
     seed1 = run_name(compose_config(["madcluster.k=3", "seed=1"]))
-    assert seed1 == names[1][: -len("s0")] + "s1"
+    assert seed1 == names[1].replace("-s0-", "-s1-")
     # Where records go and how progress shows change no name.
     assert (
         run_name(

@@ -325,7 +325,7 @@ def test_control_arm_uses_the_backbones_own_score_with_the_plugin_trained(make_c
         verbose=False,
     )
     r = MlflowClient(result.tracking_uri).get_run(result.run_id)
-    assert r.info.run_name == f"lstm_ae-synthetic-on+backbone_only-{r.data.tags['config_id']}-s0"
+    assert r.info.run_name == f"on+backbone_only-{r.data.tags['config_id']}-s0-lstm_ae-synthetic"
     assert r.data.params["score_rule"] == "backbone_only"
     assert r.data.params["madcluster.enabled"] == "True"
     assert "train/loss_cluster" in r.data.metrics  # the plug-in trained

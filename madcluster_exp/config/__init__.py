@@ -7,6 +7,7 @@ of the package reads :class:`Settings` or one typed group of it. Nothing here im
 """
 
 from madcluster_exp.config.checks import (
+    RESUME_LAST,
     ConfigError,
     combine_rule,
     inert_settings,
@@ -33,6 +34,7 @@ __all__ = [
     "CONFIG_DIR",
     "INJECTED_KINDS",
     "PROTOCOL_COMBINE",
+    "RESUME_LAST",
     "SEARCH_OBJECTIVES",
     "Choice",
     "Combine",

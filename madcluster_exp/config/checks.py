@@ -25,6 +25,9 @@ class ConfigError(ExpectedError, ValueError):
     """A config value that composes but cannot be run; the message names key and expectation."""
 
 
+#: ``train.resume=last``: continue the newest unfinished run of the same configuration.
+RESUME_LAST = "last"
+
 # key -> (low, high, low_inclusive, high_inclusive)
 _RANGES = {
     "seed": (0, None, True, None),
@@ -111,6 +114,12 @@ def validate(cfg: DictConfig) -> None:
             f"threshold.q={th.q} with threshold.level={th.level}: POT/SPOT's tail risk must be "
             f"below the share of points above the initial threshold; expected q < 1 - level "
             f"= {1 - th.level:.6g}"
+        )
+    resume = cfg.train.resume
+    if not isinstance(resume, bool) and resume != RESUME_LAST:
+        problems.append(
+            f"train.resume={resume!r}: expected true, false or {RESUME_LAST} (the newest "
+            "unfinished run of this configuration)"
         )
     problems += _inject_problems(cfg)
     if problems:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, List, Optional
+from typing import Any, ClassVar, Dict, List, Optional, Union
 
 from omegaconf import MISSING
 
@@ -542,9 +542,11 @@ class TrainConfig:
     amp: bool = False
     # Write an atomic checkpoint after every epoch (<run dir>/checkpoints/).
     checkpoint: bool = True
-    # Continue from the checkpoint in the run directory if there is one (re-run the command with
-    # hydra.run.dir=<that directory>); false starts over.
-    resume: bool = True
+    # true: continue from the checkpoint in the run directory if there is one (re-run the command
+    # with hydra.run.dir=<that directory>, what Ctrl-C prints); false: start over; last: continue
+    # the newest run of this same configuration (seed included; train.epochs may grow) under
+    # <paths.output_dir>/runs that did not finish and has a checkpoint, found by run_info.json.
+    resume: Union[bool, str] = True
 
 
 # ------------------------------------------------------------------------------------- scoring

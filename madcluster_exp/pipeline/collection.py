@@ -124,8 +124,9 @@ def _series(
     except DataError as exc:
         return _skip(say, name, skipped, info["series.file"], exc)
     child = env.tracker.new_run()
-    child_name = f"{name}/{entity}"
-    if child_ids.get(entity) and child.uri:
+    child_name = f"{entity} ({name})"  # the series first: the runs list shows ~16 characters
+    resumed = bool(child_ids.get(entity) and child.uri)
+    if resumed:
         child.resume(child_ids[entity])
     else:
         child.start(
@@ -168,6 +169,8 @@ def _series(
     if plan.cfg.tracking.log_artifacts:
         for path in artifacts:
             child.log_artifact(path)
+    if resumed:
+        child.delete_tag("error")  # of the interruption it went on from: it finished
     child.end("FINISHED")
     shown = "  ".join(
         f"{k}={metrics[k]:.4f}" for k in ("test/vus_pr", "test/auc_roc") if k in metrics

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import time
 import traceback
 from contextlib import contextmanager
@@ -28,12 +29,12 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from madcluster_exp.config import Settings
-from madcluster_exp.config.identity import fingerprint, identifying
+from madcluster_exp.config import RESUME_LAST, ConfigError, Settings
+from madcluster_exp.config.identity import fingerprint, identifying, resume_conflicts
 from madcluster_exp.config.schema import Config
 from madcluster_exp.data import load_dataset
 from madcluster_exp.data.collection import Collection
-from madcluster_exp.errors import ExpectedError
+from madcluster_exp.errors import ExpectedError, JobInterrupted
 from madcluster_exp.evaluation.protocols import Evaluation
 from madcluster_exp.evaluation.sanity import describe, run_flags
 from madcluster_exp.pipeline.collection import run_collection
@@ -62,6 +63,8 @@ class RunResult:
     output_dir: Path
     metrics: Dict[str, float]
     fit: Optional[FitResult]  # None: a finished sweep job that was not run again
+    #: The run's MLflow logged model (``models:/<model_id>``); None when none was logged.
+    model_id: Optional[str] = None
 
 
 # ------------------------------------------------------------------------------- environment
@@ -124,6 +127,12 @@ RUN_INFO = "run_info.json"
 #: said and the results table; logged as an MLflow artifact.
 JOB_LOG = "madcluster_exp.log"
 
+#: A failed job's traceback, in its directory and among its run's artifacts.
+TRACEBACK = "traceback.txt"
+
+#: Left in the directory Hydra made for a ``train.resume=last`` command: where the run went on.
+RESUMED_IN = "resumed_in.txt"
+
 
 def run(
     settings: Settings,
@@ -135,10 +144,12 @@ def run(
     the composed config; ``context``: what the Hydra command running it says (the entry point
     reads it); None for a job started from Python. Configuration and data errors raise before
     any MLflow run exists. A crash later marks the tracked run FAILED (KILLED on Ctrl-C), keeps
-    everything already written and logs the traceback, then re-raises."""
+    everything already written and logs the traceback, then re-raises (Ctrl-C as
+    :class:`~madcluster_exp.errors.JobInterrupted`, saying how to continue). A resumed run that
+    finishes drops the error tag and traceback of the failure it went on from."""
     context = context if context is not None else JobContext.outside_hydra()
     try:
-        plan, raw, job_dir, done = _prepare(settings, context, output_dir)
+        plan, raw, job_dir, done = _prepare(settings, context, output_dir, verbose)
         cfg = plan.cfg
         root = project_root(cfg, context)
         if done is not None:
@@ -148,9 +159,15 @@ def run(
                     f"{done['run_id']}, {job_dir}); not run again"
                 )
             return RunResult(
-                plan.run_name, done["run_id"], done["tracking_uri"], job_dir, done["metrics"], None
+                plan.run_name,
+                done["run_id"],
+                done["tracking_uri"],
+                job_dir,
+                done["metrics"],
+                None,
+                done.get("model_id"),
             )
-        tracker, name = _open_run(plan, context, root, job_dir)
+        tracker, name, resumed = _open_run(plan, context, root, job_dir)
     except ExpectedError as exc:
         exc.before_run = True  # refused up front (config, data, resume): nothing was tracked
         raise
@@ -168,24 +185,31 @@ def run(
             result = _execute(plan, env, raw)
         if cfg.tracking.log_artifacts:
             tracker.log_artifact(job_dir / JOB_LOG)
+        if resumed:
+            _clear_failure(tracker, job_dir)
     except BaseException as exc:
         _end_failed(tracker, job_dir, exc)
+        if isinstance(exc, KeyboardInterrupt):
+            raise JobInterrupted(tracker.run_id, name, job_dir, checkpoint_epoch(job_dir)) from exc
         raise
     tracker.end("FINISHED")
-    info_path = job_dir / RUN_INFO
-    info = json.loads(info_path.read_text())
-    info_path.write_text(json.dumps({**info, "status": "FINISHED"}, indent=2))
+    _record_status(job_dir, "FINISHED", model_id=result.model_id)
     return result
 
 
-def _prepare(settings: Settings, context: JobContext, output_dir: Optional[Path]):
-    """What a job needs before its run is opened: the plan, the data (read and checked here,
-    so a missing or bad file leaves no run), the job directory, and the record of a finished
-    sweep job (None: run it). Nothing is read when the job already finished."""
+def _prepare(settings: Settings, context: JobContext, output_dir: Optional[Path], verbose: bool):
+    """What a job needs before its run is opened: the plan, the job directory (with
+    ``train.resume=last``: the run it continues), the data (read and checked here, so a missing
+    or bad file leaves no run), and the record of a finished sweep job (None: run it). Nothing
+    is read when the job already finished."""
     plan = make_plan(settings)
     cfg = plan.cfg
     root = project_root(cfg, context)
-    job_dir = Path(output_dir) if output_dir is not None else job_output_dir(cfg, root, context)
+    job_dir = Path(output_dir) if output_dir is not None else None
+    if cfg.train.resume == RESUME_LAST:
+        job_dir = _last_unfinished(plan, context, root, verbose) or job_dir
+    if job_dir is None:
+        job_dir = job_output_dir(cfg, root, context)
     job_dir.mkdir(parents=True, exist_ok=True)
     done = finished_job(job_dir, context)
     if done is not None:
@@ -194,22 +218,114 @@ def _prepare(settings: Settings, context: JobContext, output_dir: Optional[Path]
     return plan, raw, job_dir, None
 
 
-def _open_run(plan: JobPlan, context: JobContext, root: Path, job_dir: Path) -> Tuple[Tracker, str]:
+def _tracking_uri(cfg: Config, root: Path) -> Optional[str]:
+    """The store the job's run goes to (None: tracking=none)."""
+    if cfg.tracking.backend == "none":
+        return None
+    return resolve_tracking_uri(cfg.tracking.uri, resolve_path(root, cfg.paths.output_dir))
+
+
+def _last_unfinished(
+    plan: JobPlan, context: JobContext, root: Path, verbose: bool
+) -> Optional[Path]:
+    """``train.resume=last``: the directory of the run to continue (None: there is none, and
+    the job starts a new run, saying so)."""
+    cfg = plan.cfg
+    if context.multirun:
+        raise ConfigError(
+            "train.resume=last continues one run, not a sweep's jobs: start the sweep again "
+            "with the same hydra.sweep.dir (its finished jobs are skipped, the others resume)"
+        )
+    runs = resolve_path(root, cfg.paths.output_dir) / "runs"
+    found = latest_unfinished(runs, plan.params, _tracking_uri(cfg, root))
+    here = context.output_dir
+    if found is not None and here is not None and here.resolve() != found.resolve():
+        # Hydra made this command a directory of its own: say where the run went on.
+        here.mkdir(parents=True, exist_ok=True)
+        (here / RESUMED_IN).write_text(f"train.resume=last continued the run in {found}\n")
+    if verbose:
+        print(
+            f"[{plan.run_name}] train.resume=last: "
+            + (
+                f"continuing {found}"
+                if found is not None
+                else f"no unfinished run of this configuration with a checkpoint under {runs}; "
+                "starting a new one"
+            ),
+            flush=True,
+        )
+    return found
+
+
+def latest_unfinished(runs: Path, flat: Dict[str, Any], uri: Optional[str]) -> Optional[Path]:
+    """The job directory under ``runs`` (``<paths.output_dir>/runs``) whose run_info.json
+    recorded this configuration (the same identifying keys, seed included; ``train.epochs``
+    may have grown) and tracking store, that did not finish, is not running now and has a
+    checkpoint; the newest checkpoint wins. None when there is none."""
+    best: Optional[Tuple[float, Path]] = None
+    for info_path in runs.glob(f"**/{RUN_INFO}"):
+        try:
+            info = json.loads(info_path.read_text())
+        except (OSError, ValueError):
+            continue
+        recorded = info.get("config")
+        if info.get("status") == "FINISHED" or recorded is None or _running(info):
+            continue
+        if resume_conflicts(recorded, flat):
+            continue
+        if uri and info.get("tracking_uri") and info["tracking_uri"] != uri:
+            continue
+        saved = list((info_path.parent / "checkpoints").glob("*.pt"))
+        if saved:
+            newest = max(p.stat().st_mtime for p in saved)
+            if best is None or newest > best[0]:
+                best = (newest, info_path.parent)
+    return None if best is None else best[1]
+
+
+def _running(info: Dict[str, Any]) -> bool:
+    """Whether the process that wrote this RUNNING run_info.json is alive on this machine (a
+    run another terminal is training must not be continued twice)."""
+    if info.get("status") != "RUNNING" or info.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(info["pid"]), 0)
+    except (KeyError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True  # alive, another user's
+    return True
+
+
+def checkpoint_epoch(job_dir: Path) -> Optional[int]:
+    """The last epoch (1-based) with a checkpoint in ``job_dir`` (the newest file of a
+    per-entity run), None when there is none to continue from."""
+    saved = sorted((job_dir / "checkpoints").glob("*.pt"), key=lambda p: p.stat().st_mtime)
+    if not saved:
+        return None
+    try:
+        return int(torch.load(saved[-1], map_location="cpu", weights_only=True)["epoch"]) + 1
+    except (OSError, RuntimeError, KeyError, ValueError):
+        return None
+
+
+def _open_run(
+    plan: JobPlan, context: JobContext, root: Path, job_dir: Path
+) -> Tuple[Tracker, str, bool]:
     """Start the job's tracked run, or continue the one recorded in ``job_dir`` when its
-    checkpoints are resumed; write run_info.json. Returns the tracker and the run's name."""
+    checkpoints are resumed; write run_info.json. Returns the tracker, the run's name and
+    whether an earlier run is continued."""
     cfg, flat, name = plan.cfg, plan.params, plan.run_name
     out_root = resolve_path(root, cfg.paths.output_dir)
     info_path = job_dir / RUN_INFO
     checkpoints = job_dir / "checkpoints"
-    resumable = (
+    resumable = bool(
         cfg.train.checkpoint
         and cfg.train.resume
         and info_path.exists()
         and any(checkpoints.glob("*.pt"))
     )
-    uri = (
-        None if cfg.tracking.backend == "none" else resolve_tracking_uri(cfg.tracking.uri, out_root)
-    )
+    uri = _tracking_uri(cfg, root)
     # Checked before the tracker exists: a refused resume touches no MLflow run.
     grown = check_resume(info_path, flat, uri) if resumable else []
     tracker = build_tracker(cfg.tracking, out_root)
@@ -238,23 +354,53 @@ def _open_run(plan: JobPlan, context: JobContext, root: Path, job_dir: Path) -> 
                 "run_name": name,
                 "config_fingerprint": fingerprint(flat),
                 "config": identifying(flat),
+                # Until the job ends (FINISHED, FAILED or KILLED): train.resume=last leaves
+                # alone a run whose process is still alive.
+                "status": "RUNNING",
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
             },
             indent=2,
         )
     )
-    return tracker, name
+    return tracker, name, resumable
+
+
+def _record_status(job_dir: Path, status: str, **extra: Any) -> None:
+    """run_info.json's ``status`` (and ``extra`` keys) at the end of the job."""
+    info_path = job_dir / RUN_INFO
+    info = json.loads(info_path.read_text())
+    info_path.write_text(json.dumps({**info, "status": status, **extra}, indent=2))
 
 
 def _end_failed(tracker: Tracker, job_dir: Path, exc: BaseException) -> None:
     """End the tracked run FAILED (KILLED on Ctrl-C) with the error tag and traceback.txt."""
     status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-    tb_path = job_dir / "traceback.txt"
+    tb_path = job_dir / TRACEBACK
     tb_path.write_text("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
     try:
+        _record_status(job_dir, status)
         tracker.set_tags({"error": f"{type(exc).__name__}: {exc}"[:5000]})
         tracker.log_artifact(tb_path)
     finally:
         tracker.end(status)
+
+
+def _clear_failure(tracker: Tracker, job_dir: Path) -> None:
+    """A resumed run that finished did not fail: the ``error`` tag and ``traceback.txt`` of the
+    failure (or Ctrl-C) it went on from go, from MLflow and the job directory. Where the store
+    cannot delete an artifact, a note replaces the traceback."""
+    tracker.delete_tag("error")
+    stale = job_dir / TRACEBACK
+    if stale.exists():
+        stale.unlink()
+    if not tracker.delete_artifact(TRACEBACK):
+        stale.write_text(
+            "This run was interrupted, then resumed and finished: the traceback of the "
+            "interruption was replaced by this note (this tracking store cannot delete an "
+            "artifact).\n"
+        )
+        tracker.log_artifact(stale)
 
 
 @contextmanager
@@ -282,12 +428,14 @@ def _execute(plan: JobPlan, env: JobEnv, raw) -> RunResult:
     metrics["time/total_s"] = time.perf_counter() - t_start
     metrics["time/tracking_s"] = env.tracker.seconds  # everything logged up to here
     _log_results(plan, env.tracker, ev, units, metrics)
-    model_dir = _write_outputs(plan, env, ev, units, metrics, extra_artifacts)
+    model_dir, model_id = _write_outputs(plan, env, ev, units, metrics, extra_artifacts)
     tracker = env.tracker
-    result = RunResult(env.name, tracker.run_id, tracker.uri, env.job_dir, metrics, units[0].fit)
+    result = RunResult(
+        env.name, tracker.run_id, tracker.uri, env.job_dir, metrics, units[0].fit, model_id
+    )
     env.say(format_results(result, plan))
     if model_dir is not None:
-        env.say(model_note(model_dir, tracker.run_id, plan.cfg.tracking.log_artifacts, env.job_dir))
+        env.say(model_note(model_dir, tracker.run_id, model_id, env.job_dir))
     return result
 
 
@@ -370,9 +518,9 @@ def _write_outputs(
     units: List[Unit],
     metrics: Dict[str, float],
     extra_artifacts: List[Path],
-) -> Optional[Path]:
+) -> Tuple[Optional[Path], Optional[str]]:
     """Write the job's artifacts and saved model (outputs.py), log them to MLflow; return
-    the model's directory (None: no model saved)."""
+    the model's directory and logged model id (None: no model saved, or not logged)."""
     layout, labels = entity_layout([u.test for u in units])
     ev.arrays.update(layout)
     paths = write_artifacts(
@@ -383,7 +531,4 @@ def _write_outputs(
         for path in paths + extra_artifacts:
             tracker.log_artifact(path)
     entries = [u.model for u in units if u.model is not None]
-    model_dir = save_model(plan, env.job_dir, entries, env.say)
-    if model_dir is not None and plan.cfg.tracking.log_artifacts:
-        tracker.log_artifacts(model_dir, "model")
-    return model_dir
+    return save_model(plan, env.job_dir, entries, env.say, tracker)

@@ -103,23 +103,39 @@ def entity_layout(tests: Sequence) -> Tuple[Dict[str, np.ndarray], np.ndarray]:
     return arrays, np.concatenate([t.labels for t in tests])
 
 
-def save_model(plan, job_dir: Path, entries: List[dict], say) -> Optional[Path]:
+def save_model(
+    plan, job_dir: Path, entries: List[dict], say, tracker
+) -> Tuple[Optional[Path], Optional[str]]:
     """``<job dir>/model``: the pyfunc model of every unit's entry
-    (madcluster_exp.serving.bundle), or None when there is none to save (tracking.log_model=false,
-    a classical detector, protocol=reference)."""
+    (madcluster_exp.serving.bundle), logged as the run's MLflow logged model ``model`` when
+    artifacts are logged. Returns (the directory, the logged model's id); (None, None) when
+    there is none to save (tracking.log_model=false, a classical detector,
+    protocol=reference)."""
     if not plan.cfg.tracking.log_model:
-        return None
+        return None, None
     if not entries:
         say(plan.kind.no_model_reason)
-        return None
+        return None, None
     from madcluster_exp.serving.bundle import save_model as save_pyfunc
 
-    return save_pyfunc(job_dir / "model", plan.settings.container, entries)
+    model_id = tracker.model_id(MODEL_NAME) if plan.cfg.tracking.log_artifacts else None
+    model_dir = save_pyfunc(
+        job_dir / MODEL_NAME, plan.settings.container, entries, model_id, tracker.run_id
+    )
+    if model_id is not None:
+        tracker.log_model(model_id, model_dir)
+    return model_dir, model_id
 
 
-def model_note(model_dir: Path, run_id: Optional[str], logged: bool, job_dir: Path) -> str:
+#: The saved model's directory in the job's, and its name as the run's logged model.
+MODEL_NAME = "model"
+
+
+def model_note(
+    model_dir: Path, run_id: Optional[str], model_id: Optional[str], job_dir: Path
+) -> str:
     """Where the saved model is and the command that scores new data with it."""
-    where = f" (MLflow: runs:/{run_id}/model)" if run_id and logged else ""
+    where = f" (MLflow: runs:/{run_id}/model, models:/{model_id})" if run_id and model_id else ""
     return (
         f"Model in {model_dir}{where}; score new data with: python -m "
         f"madcluster_exp.predict run={run_id or job_dir} data=<file.csv>"

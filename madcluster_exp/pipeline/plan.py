@@ -162,15 +162,17 @@ def make_plan(settings: Settings) -> JobPlan:
 
 
 def run_name(cfg: Config, cid: str) -> str:
-    """``{backbone}-{dataset}-{state}-{config id}-s{seed}``: the config id tells
-    configurations apart, the same for every seed of one configuration; the state is on, off,
-    or "on+<rule>" when MADCluster's score meets the backbone's by another rule than the
-    protocol's (e.g. the backbone_only control arm)."""
+    """``{state}-{config id}-s{seed}-{backbone}-{dataset}``: what tells runs apart comes first,
+    because MLflow 3's runs list shows a name in a 190-pixel column, about 16 characters of a
+    sweep's nested child (``on-6fb75e-s0`` fits; backbone and dataset, also tags and columns,
+    may be cut). The state is on, off, or "on+<rule>" when MADCluster's score meets the
+    backbone's by another rule than the protocol's (e.g. the backbone_only control arm); the
+    config id tells configurations apart, the same for every seed of one configuration."""
     state = "on" if cfg.madcluster.enabled else "off"
     combine = cfg.scoring.combine
     if cfg.madcluster.enabled and combine and combine != PROTOCOL_COMBINE[cfg.protocol]:
         state = f"on+{combine}"
-    name = f"{cfg.backbone.name}-{cfg.dataset.name}-{state}-{cid}-s{cfg.seed}"
+    name = f"{state}-{cid}-s{cfg.seed}-{cfg.backbone.name}-{cfg.dataset.name}"
     return f"{name}-{cfg.tracking.run_name_suffix}" if cfg.tracking.run_name_suffix else name
 
 

@@ -1,10 +1,11 @@
 """A finished run's detector as a thing to use: saved with the run, loaded, scoring new data.
 
-A run (``protocol=point``) saves ``<run dir>/model/``, an MLflow pyfunc model logged as the run's
-artifact directory ``model`` (so it outlives ``make clean`` and the MLflow UI shows it with its
-signature). Besides ``MLmodel`` and ``pyfunc_model.py`` (the pyfunc wrapper, MLflow's "models
-from code": nothing is unpickled on load), its ``artifacts/detector/`` holds everything
-scoring needs:
+A run (``protocol=point``) saves ``<run dir>/model/``, an MLflow pyfunc model, and logs it as the
+run's MLflow 3 logged model ``model`` (so it outlives ``make clean``; the UI lists it under the
+run's "Logged models" with its signature; ``runs:/<run id>/model`` and ``models:/<model id>``
+load it). Besides ``MLmodel`` (no absolute path in it: it loads wherever it is copied) and
+``pyfunc_model.py`` (the pyfunc wrapper, MLflow's "models from code": nothing is unpickled on
+load), its ``artifacts/detector/`` holds everything scoring needs:
 
 - ``detector.json``: the resolved config and, per trained model (one; one per entity with
   ``dataset.mode=per_entity`` or a collection), its entity, channel count, the scaler's
@@ -117,11 +118,19 @@ def signature(n_channels: Optional[int]):
     )
 
 
-def save_model(path: Path, config: dict, entries: List[dict]) -> Path:
+def save_model(
+    path: Path,
+    config: dict,
+    entries: List[dict],
+    model_id: Optional[str] = None,
+    run_id: Optional[str] = None,
+) -> Path:
     """Write the pyfunc model directory ``path`` (replacing an older one) from the run's
     configuration (its plain nested form, ``Settings.container``) and the entries of
-    :func:`model_entry`; returns ``path``."""
+    :func:`model_entry`; returns ``path``. ``model_id``, ``run_id``: the MLflow logged model
+    the directory becomes and the run that made it (recorded in ``MLmodel``), if tracked."""
     import mlflow.pyfunc
+    from mlflow.models import Model
 
     path = Path(path)
     if path.exists():
@@ -145,8 +154,25 @@ def save_model(path: Path, config: dict, entries: List[dict]) -> Path:
                 artifacts={ARTIFACT: str(bundle)},
                 signature=signature(widths.pop() if len(widths) == 1 else None),
                 pip_requirements=requirements(),
+                mlflow_model=Model(model_id=model_id, run_id=run_id),
             )
+    _relative_paths(path)
     return path
+
+
+def _relative_paths(path: Path) -> None:
+    """``MLmodel`` as MLflow writes it names the code file by its absolute path in this checkout
+    and the bundle by the temporary folder it was copied from; a loader reads only the file
+    name and the path inside the model (mlflow.pyfunc.model), so both become relative and the
+    model holds no path of the machine that saved it."""
+    from mlflow.models import Model
+
+    mlmodel = Model.load(str(path / "MLmodel"))
+    conf = mlmodel.flavors["python_function"]
+    conf["model_code_path"] = PYFUNC_CODE
+    for artifact in conf.get("artifacts", {}).values():
+        artifact.pop("uri", None)
+    mlmodel.save(str(path / "MLmodel"))
 
 
 # ----------------------------------------------------------------------------------- loading

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional, Type
 
 from madcluster_exp.errors import ExpectedError
-from madcluster_exp.tracking.mlflow_tracker import resolve_tracking_uri
+from madcluster_exp.tracking.mlflow_tracker import logged_model, resolve_tracking_uri
 
 
 class RunNotFound(ExpectedError, LookupError):
@@ -27,12 +27,26 @@ class RunRef:
 
     def download(self, artifact: str, dest: str) -> Optional[Path]:
         """Local copy, under ``dest``, of the MLflow run's ``artifact``; None when the run has
-        no such artifact."""
+        no such artifact. ``model/...`` is read from the run's logged model ``model`` (MLflow 3
+        keeps a logged model's files with the model, not among the run's artifacts), or from
+        the run's artifacts where an older version logged the model there."""
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
+        client = MlflowClient(self.uri)
+        name, _, inside = artifact.partition("/")
+        model = logged_model(client, self.run_id, name)
         try:
-            return Path(MlflowClient(self.uri).download_artifacts(self.run_id, artifact, dest))
+            if model is None:
+                return Path(client.download_artifacts(self.run_id, artifact, dest))
+            import mlflow.artifacts
+
+            # Read from the model's own location with this store's client: MLflow resolves
+            # runs:/ and models:/ URIs of a logged model with the global tracking URI instead.
+            source = f"{model.artifact_location.rstrip('/')}/{inside}".rstrip("/")
+            return Path(
+                mlflow.artifacts.download_artifacts(source, dst_path=dest, tracking_uri=self.uri)
+            )
         except (MlflowException, OSError):
             return None
 

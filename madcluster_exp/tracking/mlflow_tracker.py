@@ -3,6 +3,10 @@
 Uses ``MlflowClient`` with explicit run ids rather than the fluent API's global "active run",
 so several runs (a parent and its children, or a run being resumed) never get mixed up.
 Metrics go in batches: one SQLite round-trip per epoch, not one per value.
+
+A job's saved detector is an MLflow 3 logged model of its run (``LoggedModel``: its own
+``model_id``, listed on the run's page under "Logged models", loadable by ``models:/<model id>``
+and by ``runs:/<run id>/model``); its files live with the model, not among the run's artifacts.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+#: The experiment tag MLflow 3's UI reads to choose an experiment's pages: a model-training
+#: experiment opens on its runs (unmarked, it may open on traces, which this project has none of).
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 PARAMS_PER_BATCH = 100  # MLflow's limit per log_batch
 METRICS_PER_BATCH = 1000
 
@@ -26,6 +33,20 @@ def default_tracking_uri(output_dir: Path) -> str:
 def resolve_tracking_uri(configured: Optional[str], output_dir: Path) -> str:
     """Config value, else $MLFLOW_TRACKING_URI, else the project's SQLite store."""
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(output_dir)
+
+
+def logged_model(client, run_id: str, name: str):
+    """The run's logged model ``name`` (an MLflow ``LoggedModel``), None if it has none."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        experiment_id = client.get_run(run_id).info.experiment_id
+        found = client.search_logged_models(
+            [experiment_id], filter_string=f"name = '{name}'", max_results=1000
+        )
+    except MlflowException:
+        return None
+    return next((m for m in found if m.source_run_id == run_id), None)
 
 
 def _chunks(items: List[Any], size: int) -> Iterable[List[Any]]:
@@ -56,6 +77,8 @@ class Tracker(ABC):
     run_id: Optional[str] = None
     uri: Optional[str] = None
     seconds: float = 0.0
+    #: Whether the run is an existing one continued (:meth:`resume`), not one started here.
+    resumed: bool = False
 
     @abstractmethod
     def start(
@@ -83,6 +106,25 @@ class Tracker(ABC):
 
     @abstractmethod
     def log_artifacts(self, directory: Path, artifact_path: Optional[str] = None) -> None: ...
+
+    @abstractmethod
+    def delete_tag(self, key: str) -> None:
+        """Remove a tag from the run (a resumed run that finished drops its old ``error``)."""
+
+    @abstractmethod
+    def delete_artifact(self, path: str) -> bool:
+        """Remove the run's artifact file ``path``; False where the store cannot delete."""
+
+    @abstractmethod
+    def model_id(self, name: str) -> Optional[str]:
+        """The id of this run's logged model ``name``: the one it already has (a resumed run
+        saves its model again), else a new one, pending until :meth:`log_model`. None when
+        nothing is tracked."""
+
+    @abstractmethod
+    def log_model(self, model_id: str, directory: Path) -> None:
+        """Upload the saved model ``directory`` as logged model ``model_id``'s files, list it
+        as the run's output and mark it ready."""
 
     @abstractmethod
     def end(self, status: str = "FINISHED") -> None: ...
@@ -114,6 +156,18 @@ class NullTracker(Tracker):
         pass
 
     def log_artifacts(self, directory, artifact_path=None) -> None:
+        pass
+
+    def delete_tag(self, key) -> None:
+        pass
+
+    def delete_artifact(self, path) -> bool:
+        return True
+
+    def model_id(self, name) -> None:
+        return None
+
+    def log_model(self, model_id, directory) -> None:
         pass
 
     def end(self, status="FINISHED") -> None:
@@ -155,15 +209,18 @@ class MLflowTracker(Tracker):
         return other
 
     def _experiment_id(self, name: str, artifact_root: Optional[Path]) -> str:
+        key, kind = EXPERIMENT_KIND
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
+            if key not in exp.tags:  # made before experiments were marked
+                self.client.set_experiment_tag(exp.experiment_id, key, kind)
             return exp.experiment_id
         location = None
         if artifact_root is not None and self.uri.startswith("sqlite:"):
             # Keep artifacts beside the database instead of wherever the command was started.
             location = artifact_root.resolve().as_uri()
         try:
-            return self.client.create_experiment(name, artifact_location=location)
+            return self.client.create_experiment(name, artifact_location=location, tags={key: kind})
         except Exception:
             # Another process created it between our lookup and create.
             exp = self.client.get_experiment_by_name(name)
@@ -190,7 +247,7 @@ class MLflowTracker(Tracker):
     def resume(self, run_id: str) -> None:
         """Continue an existing run (after a crash or kill) instead of creating a new one."""
         run = self.client.get_run(run_id)
-        self.run_id = run_id
+        self.run_id, self.resumed = run_id, True
         self.client.update_run(run_id, status="RUNNING")
         resumed = int(run.data.tags.get("resumed", "0")) + 1
         self.set_tags({"resumed": str(resumed)})
@@ -232,6 +289,54 @@ class MLflowTracker(Tracker):
     def log_artifacts(self, directory: Path, artifact_path: Optional[str] = None) -> None:
         """Every file under ``directory`` as the artifact directory ``artifact_path``."""
         self.client.log_artifacts(self.run_id, str(directory), artifact_path)
+
+    @_timed
+    def delete_tag(self, key: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.delete_tag(self.run_id, key)
+        except MlflowException:
+            pass  # not set
+
+    @_timed
+    def delete_artifact(self, path: str) -> bool:
+        from mlflow.exceptions import MlflowException
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        root = self.client.get_run(self.run_id).info.artifact_uri
+        try:
+            get_artifact_repository(root, tracking_uri=self.uri).delete_artifacts(path)
+        except (MlflowException, NotImplementedError, OSError):
+            return False
+        return True
+
+    @_timed
+    def model_id(self, name: str) -> str:
+        # Only a continued run can have one already (its first start got as far as saving).
+        existing = logged_model(self.client, self.run_id, name) if self.resumed else None
+        if existing is not None:
+            return existing.model_id
+        return self.client.create_logged_model(
+            self.experiment_id, name=name, source_run_id=self.run_id
+        ).model_id
+
+    @_timed
+    def log_model(self, model_id: str, directory: Path) -> None:
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+
+        try:
+            self.client.log_model_artifacts(model_id, str(directory))
+        except BaseException:
+            self.client.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
+            raise
+        listed = set()
+        if self.resumed:  # a resumed run saving its model again lists it once
+            outputs = self.client.get_run(self.run_id).outputs
+            listed = {o.model_id for o in (outputs.model_outputs if outputs else [])}
+        if model_id not in listed:
+            self.client.log_outputs(self.run_id, [LoggedModelOutput(model_id, step=0)])
+        self.client.finalize_logged_model(model_id, LoggedModelStatus.READY)
 
     @_timed
     def end(self, status: str = "FINISHED") -> None:
