@@ -167,3 +167,15 @@ def test_timelines_say_which_seed_they_draw_and_paper_omits_datasets_without_fig
     assert "No published figure for dataset synthetic (in Table 2): measured, not compared." in md
     assert "n/a" not in md and "###" not in md
     assert not (tmp_path / "paper_vs_measured.csv").exists()
+
+
+def test_the_logged_report_links_its_images_as_mlflows_preview_resolves_them():
+    from madcluster_exp.report.source import mlflow_image_links
+
+    md = "## On/off\n\n![on/off bars](onoff_bars.png)\n\nsee [the csv](onoff.csv)\n"
+    out = mlflow_image_links(md, "abc123")
+    assert "![on/off bars](get-artifact?path=report%2Fonoff_bars.png&run_uuid=abc123)" in out
+    assert "[the csv](onoff.csv)" in out  # only images are rewritten
+    assert mlflow_image_links("![x](https://example.org/a.png)", "r") == (
+        "![x](https://example.org/a.png)"
+    )

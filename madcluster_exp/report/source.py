@@ -16,10 +16,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
+from urllib.parse import quote
 
 import pandas as pd
 
@@ -347,8 +349,28 @@ def read_published(path: Path, metric: Optional[str] = None) -> PublishedTable:
 
 
 # ---------------------------------------------------------------------------- the write
+def mlflow_image_links(markdown: str, run_id: str, folder: str = "report") -> str:
+    """``markdown`` with each image of its own folder (``![alt](file.png)``) linked through
+    the MLflow UI's artifact endpoint, which its markdown preview resolves: a relative
+    ``file.png`` would be fetched from the UI's root and not found. The link stays relative
+    (no leading ``/``), so it works behind ``--static-prefix`` too."""
+
+    def link(m: re.Match) -> str:
+        path = quote(f"{folder}/{m.group(2)}", safe="")
+        return f"![{m.group(1)}](get-artifact?path={path}&run_uuid={run_id})"
+
+    return re.sub(r"!\[([^\]]*)\]\(([^)/:]+\.(?:png|svg|jpg))\)", link, markdown)
+
+
 def log_report(uri: str, parent_id: str, files: List[Path]) -> None:
-    """Log the report's files to the sweep's parent run, under ``report/``."""
+    """Log the report's files to the sweep's parent run, under ``report/``; the logged
+    markdown links its images as MLflow's preview finds them (the file on disk keeps plain
+    relative links)."""
     client = _client(uri)
-    for f in files:
-        client.log_artifact(parent_id, str(f), "report")
+    with tempfile.TemporaryDirectory() as tmp:
+        for f in files:
+            if f.suffix == ".md":
+                copy = Path(tmp) / f.name
+                copy.write_text(mlflow_image_links(f.read_text(), parent_id))
+                f = copy
+            client.log_artifact(parent_id, str(f), "report")
