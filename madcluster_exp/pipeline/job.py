@@ -36,7 +36,7 @@ from madcluster_exp.data.collection import Collection
 from madcluster_exp.errors import ExpectedError
 from madcluster_exp.evaluation.protocols import Evaluation
 from madcluster_exp.evaluation.sanity import describe, run_flags
-from madcluster_exp.pipeline.collection import run_collection
+from madcluster_exp.pipeline.collection import failure_kind, run_collection
 from madcluster_exp.pipeline.context import JobContext
 from madcluster_exp.pipeline.outputs import (
     entity_layout,
@@ -243,12 +243,16 @@ def _open_run(plan: JobPlan, context: JobContext, root: Path, job_dir: Path) -> 
 
 
 def _end_failed(tracker: Tracker, job_dir: Path, exc: BaseException) -> None:
-    """End the tracked run FAILED (KILLED on Ctrl-C) with the error tag and traceback.txt."""
+    """End the tracked run FAILED (KILLED on Ctrl-C) with the error tag (and, FAILED, the
+    ``failure.kind`` tag: collapse, data or error) and traceback.txt."""
     status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
     tb_path = job_dir / "traceback.txt"
     tb_path.write_text("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    tags = {"error": f"{type(exc).__name__}: {exc}"[:5000]}
+    if status == "FAILED":
+        tags["failure.kind"] = failure_kind(exc)
     try:
-        tracker.set_tags({"error": f"{type(exc).__name__}: {exc}"[:5000]})
+        tracker.set_tags(tags)
         tracker.log_artifact(tb_path)
     finally:
         tracker.end(status)
