@@ -32,10 +32,9 @@ TINY_USAD = [
 ]
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    """One MLflow store for the module's runs (a new SQLite store costs seconds to create)."""
-    return tmp_path_factory.mktemp("store") / "outputs"
+@pytest.fixture
+def store(shared_store) -> Path:
+    return shared_store
 
 
 def _cfg(store: Path, tmp_path: Path, *overrides: str):
@@ -80,7 +79,8 @@ def test_a_collapsed_score_ends_a_single_run_with_the_combiners_message_alone(
     assert "Traceback" not in stderr and "ValueError" not in stderr
     client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
     (r,) = client.search_runs(
-        [client.get_experiment_by_name("madcluster_exp").experiment_id], "tags.dataset = 'csv'"
+        [client.get_experiment_by_name("madcluster_exp").experiment_id],
+        f"params.`dataset.path` = '{data}'",
     )
     assert r.info.status == "FAILED"
     assert r.data.tags["failure.kind"] == "collapse"
