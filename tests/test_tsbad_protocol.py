@@ -445,7 +445,12 @@ def test_protocol_tsbad_is_a_preset_and_its_window_rule_is_checked():
         100,
         "rest",
     )
-    assert make_plan(load(cfg, warn=False)).kind.name == "tsbad"
+    # MADCluster off, as TSB-AD's tables (the brief's command needs no madcluster=off); on for
+    # the plug-in's arm.
+    bare = compose_config(["protocol=tsbad", "backbone=knn"])
+    assert bare.madcluster.enabled is False and "test_part" not in bare.dataset
+    assert compose_config(["protocol=tsbad", "madcluster=on"]).madcluster.enabled is True
+    assert make_plan(load(bare, warn=False)).kind.name == "tsbad"
     assert make_plan(load(honest, warn=False)).kind.name == "classical"
     cfg.backbone.n_neighbors = 9
     with pytest.warns(UserWarning, match=r"backbone.n_neighbors=9 \(protocol=tsbad runs TSB-AD's"):
