@@ -62,6 +62,13 @@ def make_cfg(tmp_path: Path):
     return _make
 
 
+@pytest.fixture(scope="session")
+def shared_store(tmp_path_factory) -> Path:
+    """An outputs folder whose MLflow store (``mlflow.db``) tests share: creating a SQLite store
+    costs seconds, so tests that find their own runs by id or tag use this one."""
+    return tmp_path_factory.mktemp("shared_store") / "outputs"
+
+
 POSTGRES_ADMIN = "postgresql://127.0.0.1:5432/postgres"
 
 

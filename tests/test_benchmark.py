@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from madcluster_exp.config.store import job_dirname
+
 # 3 detectors (knn, the sanity scorers random and constant) x 2 series (the entities of one
 # synthetic dataset, one model each in the benchmark's per-entity mode), 1 seed.
 SWEEP = [
@@ -54,7 +56,9 @@ def _runs(tmp_path):
 # ~25 s: with make test-all (the default suite keeps under 10 minutes on 2 cores).
 @pytest.mark.slow
 def test_benchmark_sweep_resumes_without_rerunning_and_reports_ranks_and_sanity(tmp_path):
-    first = _run(SWEEP, tmp_path)
+    # A path-valued override names each job's folder without nesting folders in it.
+    sweep = [*SWEEP, f"paths.data_dir={tmp_path / 'data'}"]
+    first = _run(sweep, tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     runs = _runs(tmp_path)
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
@@ -63,7 +67,14 @@ def test_benchmark_sweep_resumes_without_rerunning_and_reports_ranks_and_sanity(
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     assert {c.data.params["dataset.mode"] for c in children} == {"per_entity"}
 
-    second = _run(SWEEP, tmp_path)  # the same sweep directory: nothing left to run
+    sweep_dir = tmp_path / "outputs" / "bench_sweep"
+    folders = [p for p in sweep_dir.iterdir() if p.is_dir()]
+    assert len(folders) == 3 and all((p / "run_info.json").exists() for p in folders)
+    for folder in folders:  # Hydra's name, separators encoded (and over 200 bytes, hashed)
+        overrides = json.loads((folder / "overrides.json").read_text())["overrides"]
+        assert folder.name == job_dirname(",".join(sorted(overrides)))
+
+    second = _run(sweep, tmp_path)  # the same sweep directory: nothing left to run
     assert second.returncode == 0, second.stderr[-3000:]
     assert (second.stdout + second.stderr).count("not run again") == 3
     again = _runs(tmp_path)
@@ -72,7 +83,6 @@ def test_benchmark_sweep_resumes_without_rerunning_and_reports_ranks_and_sanity(
     assert parent2.info.run_id == parent.info.run_id and parent2.data.tags["children"] == "3"
     assert parent2.info.status == "FINISHED"
 
-    sweep_dir = tmp_path / "outputs" / "bench_sweep"
     rep = _run([str(sweep_dir)], tmp_path, module="madcluster_exp.report")
     assert rep.returncode == 0, rep.stderr[-3000:]
     out_dir = tmp_path / "outputs" / "reports" / parent.info.run_id

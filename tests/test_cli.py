@@ -65,10 +65,10 @@ def test_a_config_or_data_error_prints_its_message_alone_and_leaves_no_mlflow_ru
 
 
 def test_a_bad_choice_stops_at_composition_naming_key_and_choices(tmp_path):
-    out = _run("madcluster_exp", "protocol=bogus", cwd=tmp_path)
+    out = _run("madcluster_exp", "device=bogus", cwd=tmp_path)
     assert out.returncode != 0
-    assert "Invalid value 'bogus', expected one of [point, reference]" in out.stderr
-    assert "full_key: protocol" in out.stderr
+    assert "Invalid value 'bogus', expected one of [cpu, cuda, auto]" in out.stderr
+    assert "full_key: device" in out.stderr
     assert not (tmp_path / "outputs").exists()  # nothing ran, nothing was written
 
 

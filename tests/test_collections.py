@@ -231,7 +231,8 @@ def test_collection_run_gives_one_child_run_per_series_and_skips_bad_files(tmp_p
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"skipped {bad.name}: {bad}: line 11, column 'Data': 'abc' is not a number" in out.stdout
-    assert f"skipped {short.name}: " in out.stdout and "too short for window=16" in out.stdout
+    assert f"/{short.stem}] failed (data): " in out.stdout
+    assert "too short for window=16" in out.stdout
     assert "skipped README.md: README.md: not a series file" in out.stdout
     assert "mean over series" in out.stdout
 
@@ -247,6 +248,7 @@ def test_collection_run_gives_one_child_run_per_series_and_skips_bad_files(tmp_p
     assert sorted(finished) == sorted(good)
     (failed,) = [c for c in children if c.info.status == "FAILED"]
     assert failed.data.tags["series"] == short.stem and "too short" in failed.data.tags["error"]
+    assert failed.data.tags["failure.kind"] == "data"
     formats = {name: c.data.tags["series.format"] for name, c in finished.items()}
     assert formats == {good[0]: "tsbad", good[1]: "tsbad", good[2]: "ucr", "te": "timeeval"}
     for name, child in finished.items():
@@ -260,15 +262,16 @@ def test_collection_run_gives_one_child_run_per_series_and_skips_bad_files(tmp_p
         != finished[good[0]].data.params["params/backbone"]
     )  # 3 channels vs 1: own model each
     tags = parent.data.tags
-    assert tags["collection.series"] == "4" and tags["collection.skipped"] == "3"
-    assert set(tags["collection.skipped_files"].split()) == {bad.name, short.name, "README.md"}
+    assert tags["collection.series"] == "4" and tags["collection.skipped"] == "2"
+    assert tags["collection.failed"] == "1" and tags["collection.failed_series"] == short.stem
+    assert set(tags["collection.skipped_files"].split()) == {bad.name, "README.md"}
     # Parent metrics: the mean over series equals the mean of the children's own metrics.
     assert parent.data.metrics["test/vus_pr_entity_mean"] == pytest.approx(
         np.mean([c.data.metrics["test/vus_pr"] for c in finished.values()])
     )
     local = Path(client.download_artifacts(parent.info.run_id, "skipped.csv", str(tmp_path)))
     rows = {r["file"]: r["reason"] for r in csv.DictReader(local.open())}
-    assert set(rows) == {bad.name, short.name, "README.md"}
+    assert set(rows) == {bad.name, "README.md"}
     assert "line 11, column 'Data'" in rows[bad.name]
     table = series_results(client.tracking_uri, parent.info.run_id)
     assert sorted(table["series"]) == sorted(good + [short.stem])

@@ -79,7 +79,6 @@ def test_wrong_type_fails_at_composition():
 #: Every closed choice: (options that bring the key, the key, its allowed values).
 CHOICE_KEYS = [
     ([], "device", "cpu, cuda, auto"),
-    ([], "protocol", "point, reference"),
     ([], "dataset.normalize", "standard, minmax, none"),
     ([], "dataset.mode", "concat, per_entity"),
     ([], "dataset.nan_policy", "error, zero"),
@@ -111,6 +110,17 @@ def test_a_value_outside_a_closed_choice_fails_at_composition_naming_key_and_cho
         compose_config([*options, f"{key}=one_class"])
     cause = str(err.value.__cause__)
     assert f"expected one of [{allowed}]" in cause and f"full_key: {key}" in cause
+
+
+def test_protocol_is_a_preset_and_a_wrong_one_names_the_presets():
+    """protocol=<name> picks conf/protocol/<name>.yaml, which sets the key (still a closed
+    choice) and whatever else the protocol implies."""
+    with pytest.raises(MissingConfigException) as err:
+        compose_config(["protocol=one_class"])
+    assert "Could not find 'protocol/one_class'" in str(err.value)
+    assert "\tpoint\n\treference\n\ttsbad" in str(err.value)
+    with pytest.raises(ConfigCompositionException, match="protocol=one_class"):
+        compose_config(["++protocol=one_class"])
 
 
 def test_a_bad_choice_in_an_option_file_fails_at_composition(tmp_path):

@@ -174,6 +174,19 @@ def test_missing_dataset_says_where_it_looked_and_how_to_fetch(tmp_path):
     assert "python -m madcluster_exp.data download MSL" in msg and "make data DATASET=MSL" in msg
 
 
+@pytest.mark.parametrize("name", ["SMD", "MSL"])
+def test_a_wrong_explicit_dataset_path_says_the_path_is_wrong(tmp_path, name):
+    for given, problem in [
+        (tmp_path / "typo", "no such folder"),
+        (tmp_path, f"the folder holds no {name} files in the published layout: looked for"),
+    ]:
+        with pytest.raises(DatasetMissingError) as err:
+            load_dataset(_cfg(name, path=str(given)), tmp_path / "datasets")
+        msg = str(err.value)
+        assert msg.startswith(f"dataset.path={str(given)!r} (resolved to {given}): {problem}")
+        assert "Check the path" in msg and "download" not in msg
+
+
 # ------------------------------------------------------------------------ per-entity runs
 def test_per_entity_mode_trains_one_model_per_entity_and_pools(make_cfg, tmp_path):
     make_smd(tmp_path / "data" / "SMD")
@@ -302,6 +315,38 @@ def test_without_range_support_the_transfer_restarts_cleanly(tmp_path, served):
     with FixtureServer(www, ranges=False) as server:
         download("SMD", tmp_path / "datasets", _smd_source(server.url, sha))
     assert (tmp_path / "datasets" / "SMD" / ".complete.json").exists()
+
+
+def test_offline_download_says_the_network_is_unreachable_and_names_prepare(tmp_path, capsys):
+    from madcluster_exp.data.__main__ import main
+    from tests.conftest import free_port
+
+    port = free_port()  # nothing listens there: every connection is refused
+    source = _smd_source(f"http://127.0.0.1:{port}", "0" * 64)
+    with pytest.raises(DataError) as err:
+        download("SMD", tmp_path / "datasets", source)
+    msg = str(err.value)
+    assert msg.startswith(f"downloading SMD: cannot reach 127.0.0.1:{port} (")
+    assert "the network is unreachable from here, or the server is down" in msg
+    assert "python -m madcluster_exp.data prepare SMD --from <folder holding " in msg
+    assert "resuming" not in msg and "bytes" not in msg
+    assert "interrupted" not in capsys.readouterr().err
+    assert not (tmp_path / "datasets" / "SMD").exists()
+    spec = tmp_path / "sources.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "SMD": {
+                    "files": [vars(f) for f in source["SMD"].files],
+                    "expect": source["SMD"].expect,
+                }
+            }
+        )
+    )
+    code = main(["--data-dir", str(tmp_path / "d"), "--sources", str(spec), "download", "SMD"])
+    stderr = capsys.readouterr().err
+    assert code == 2 and "error: downloading SMD: cannot reach 127.0.0.1" in stderr
+    assert "python -m madcluster_exp.data prepare SMD --from" in stderr
 
 
 def test_prepare_from_files_downloaded_by_hand(tmp_path, served):

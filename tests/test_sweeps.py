@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from madcluster_exp.app import CONFIG_DIR as HYDRA_CONFIG_DIR
 from madcluster_exp.tracking.server import server_command, wait_until_ready
 from tests.conftest import free_port
 
@@ -446,3 +447,40 @@ def test_onoff_table_pairs_with_off_runs_of_the_same_plugin_setting_where_off_va
     assert table.loc["on(k=1)", "test/auc_roc off"] == pytest.approx(0.505)
     assert table.loc["on(k=3)", "test/auc_roc off"] == pytest.approx(0.705)
     assert table["test/auc_roc diff"].tolist() == pytest.approx([0.1, 0.1])
+
+
+# ------------------------------------------------------------------ sweep folders by overrides
+def test_a_path_valued_override_names_one_job_folder_not_nested_ones():
+    from madcluster_exp.config.store import MAX_DIRNAME, job_dirname
+
+    cfg = compose_config_with_hydra(
+        ["experiment=benchmark", "dataset=collection", "dataset.path=/data/tsb-ad/U", "seed=1"]
+    )
+    assert cfg.hydra.sweep.subdir == (
+        "dataset.path=%2Fdata%2Ftsb-ad%2FU,dataset=collection,experiment=benchmark,seed=1"
+    )
+    # Hydra's own name where nothing needs encoding (sweeps started before keep resuming).
+    assert job_dirname("backbone=knn,seed=0") == "backbone=knn,seed=0"
+    # One-to-one: overrides that differ never share a folder.
+    names = ["p=a/b", "p=a%2Fb", "p=a\\b", "p=a%5Cb", "p=a%b"]
+    assert len({job_dirname(n) for n in names}) == len(names)
+    assert all("/" not in job_dirname(n) for n in names)
+    long = job_dirname("dataset.path=" + "/very/deep/folder" * 40)
+    assert len(long.encode()) <= MAX_DIRNAME and "/" not in long
+    assert long != job_dirname("dataset.path=" + "/very/deep/folder" * 41)
+    assert long == job_dirname("dataset.path=" + "/very/deep/folder" * 40)  # resumable
+    # Every preset that names job folders by their overrides goes through the encoding.
+    raw = [
+        (p.name, line)
+        for p in Path(HYDRA_CONFIG_DIR).rglob("*.yaml")
+        for line in p.read_text().splitlines()
+        if "${hydra.job.override_dirname}" in line and not line.lstrip().startswith("#")
+    ]
+    assert raw and all("${madcluster_dirname:${hydra.job.override_dirname}}" in x for _, x in raw)
+
+
+def compose_config_with_hydra(overrides):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=HYDRA_CONFIG_DIR):
+        return compose("config", overrides=list(overrides), return_hydra_config=True)

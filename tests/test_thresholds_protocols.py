@@ -19,6 +19,7 @@ from madcluster_exp.config import ConfigError
 from madcluster_exp.evaluation.protocols import (
     PointProtocol,
     ReferenceProtocol,
+    TSBADProtocol,
     effective_threshold_kind,
     protocol_for,
     reference_metrics,
@@ -360,6 +361,7 @@ def _score_output(window_means: bool, n: int, window: int, seed: int):
     [
         (["threshold.kind=pot"], PointProtocol, "pot", "test_score", "test/"),
         (["protocol=reference"], ReferenceProtocol, "oracle", "window_score", "ref/"),
+        (["protocol=tsbad"], TSBADProtocol, "val_percentile", "test_score", "test/"),
     ],
 )
 def test_each_protocol_answers_the_jobs_questions_with_its_own_values(
@@ -370,6 +372,7 @@ def test_each_protocol_answers_the_jobs_questions_with_its_own_values(
     assert type(protocol) is cls
     assert protocol.threshold_kind == effective_threshold_kind(cfg) == kind
     assert protocol.window_means is (cls is ReferenceProtocol)
+    assert protocol.tsbad_detectors is (cls is TSBADProtocol)
     assert protocol.score_array_key == key
     n, window = 300, 10
     labels = np.zeros(n, dtype=np.int8)
@@ -382,8 +385,8 @@ def test_each_protocol_answers_the_jobs_questions_with_its_own_values(
             protocol.point_scores(test_out)["backbone"],
             np.random.default_rng(seed + 10).random(n),
         )
-        evs.append(protocol.evaluate(val_out, test_out, labels, window))
-    scored = n if cls is PointProtocol else n - window + 1
+        evs.append(protocol.evaluate(val_out, test_out, labels, window, range_window=8))
+    scored = n - window + 1 if cls is ReferenceProtocol else n
     assert all(ev.arrays[key].shape == (scored,) for ev in evs)
     assert all(k.startswith((prefix, "threshold/")) for ev in evs for k in ev.metrics)
 

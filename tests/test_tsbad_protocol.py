@@ -1,5 +1,6 @@
 """The TSB-AD protocol: TSB-AD's period rule (metrics/period.py), its classical detectors as its
-benchmark ran them (classical/tsbad.py), and the published VUS-PR of the file TSB-AD ships.
+benchmark ran them (classical/tsbad.py), the published VUS-PR of the file TSB-AD ships, and
+``protocol=tsbad`` reproducing it through the whole pipeline.
 
 Live comparisons with TSB-AD's own code run where tsb-ad is installed (``make install`` adds
 1.5, without its dependencies: its detector modules import ``hurst`` for features these
@@ -8,6 +9,7 @@ detectors never use, so a stand-in module is put in its place); stored values al
 from __future__ import annotations
 
 import io
+import json
 import sys
 import types
 from contextlib import redirect_stdout
@@ -16,10 +18,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.tracking import MlflowClient
 
+from madcluster_exp.app import run
 from madcluster_exp.classical import tsbad
+from madcluster_exp.config import ConfigError, load, validate
+from madcluster_exp.data import DataError
 from madcluster_exp.metrics import tsbad_get_metrics
-from madcluster_exp.metrics.period import find_length_rank, tsbad_vus_window
+from madcluster_exp.metrics.period import find_length_rank, resolve_range_window, tsbad_vus_window
+from madcluster_exp.metrics.suite import TSBAD_NAMES
+from madcluster_exp.metrics.tsbad import THRESHOLD_KEYS
+from madcluster_exp.pipeline.plan import make_plan
+from tests.conftest import compose_config
 
 DATA = Path(__file__).parent / "data" / "tsbad"
 FILE = DATA / "001_NAB_id_1_Facility_tr_1007_1st_2014.csv"
@@ -298,3 +308,161 @@ def test_scores_equal_tsbad_code(shipped, tsbad_models):
 
     ref = _quiet(tsbad_models.run_MatrixProfile, data, periodicity=1)
     assert np.array_equal(tsbad.score_series("MatrixProfile", data), minmax_scale(ref))
+
+
+# ------------------------------------------------------------- protocol=tsbad, the whole pipeline
+#: Our backbone -> the column of TSB-AD's table it runs as under protocol=tsbad (univariate).
+AS_TSBAD = {
+    "iforest": "IForest",
+    "pca": "Sub-PCA",
+    "knn": "Sub-KNN",
+    "matrix_profile": "MatrixProfile",
+}
+SERIES = FILE.stem
+
+
+def _tsbad_job(tmp_path, outputs, backbone, *overrides):
+    """``python -m madcluster_exp protocol=tsbad dataset=collection dataset.path=tests/data/tsbad
+    backbone=<backbone>``, in process: (result, the series' metrics.json, its scores.npz)."""
+    cfg = compose_config(
+        [
+            "protocol=tsbad",
+            "dataset=collection",
+            f"dataset.path={DATA}",
+            f"backbone={backbone}",
+            "madcluster=off",
+            f"paths.root_dir={tmp_path}",
+            f"paths.output_dir={outputs}",
+            "tracking.plots=false",
+            "train.progress=none",
+            *overrides,
+        ]
+    )
+    result = run(cfg, output_dir=tmp_path / "job", verbose=False)
+    series = tmp_path / "job" / "series" / SERIES
+    return result, json.loads((series / "metrics.json").read_text()), np.load(series / "scores.npz")
+
+
+def _check_tsbad_series(metrics, scores, published: float, tol: float) -> None:
+    assert abs(metrics["test/vus_pr"] - published) <= tol, (metrics["test/vus_pr"], published)
+    assert metrics["test/tsbad/vus_pr"] == metrics["test/vus_pr"]  # one definition of VUS
+    assert metrics["range_window"] == 6.0  # the period rule on this file
+    assert {f"test/tsbad/{k}" for k in TSBAD_NAMES.values()} | {
+        f"test/tsbad/{TSBAD_NAMES[k]}_oracle" for k in THRESHOLD_KEYS
+    } <= set(metrics)  # every key of TSB-AD's get_metrics, at the run's and TSB-AD's thresholds
+    assert scores["test_score"].shape == (4031,)  # the whole series, training prefix included
+    assert str(scores["protocol"]) == "tsbad" and int(scores["range_window"]) == 6
+
+
+@pytest.mark.parametrize(
+    "backbone",
+    [
+        "iforest",
+        "pca",
+        # stumpy's numba kernels compile on the first call (~30 s). The pipeline holds series as
+        # float32, which moves MatrixProfile's z-normalised distances on this file: its VUS-PR
+        # is 3.1e-7 under the published one (score_series on TSB-AD's float64 values: exact).
+        pytest.param("matrix_profile", marks=pytest.mark.slow),
+    ],
+)
+def test_protocol_tsbad_reproduces_the_published_vus_pr_through_the_pipeline(
+    tmp_path, shipped, backbone
+):
+    data, _, published = shipped
+    _, metrics, scores = _tsbad_job(tmp_path, tmp_path / "outputs", backbone, "tracking=none")
+    tol = 1e-6 if backbone == "matrix_profile" else TOL
+    _check_tsbad_series(metrics, scores, published[AS_TSBAD[backbone]], tol)
+
+
+def test_protocol_tsbad_runs_name_the_protocol_and_score_validation_on_the_prefix(
+    tmp_path, shipped, shared_store
+):
+    data, labels, published = shipped
+    result, metrics, scores = _tsbad_job(tmp_path, shared_store, "knn")
+    _check_tsbad_series(metrics, scores, published["Sub-KNN"], TOL)
+    client = MlflowClient(result.tracking_uri)
+    (child,) = client.search_runs(
+        [client.get_run(result.run_id).info.experiment_id],
+        f"tags.mlflow.parentRunId = '{result.run_id}'",
+    )
+    params, tags = child.data.params, child.data.tags
+    assert tags["protocol"] == "tsbad" and params["protocol"] == "tsbad"
+    assert params["metrics.range_window"] == "auto" and params["metrics.definition"] == "tsbad"
+    assert params["dataset.test_part"] == "whole"
+    assert (params["tsbad.detector"], params["tsbad.n_neighbors"], params["tsbad.periodicity"]) == (
+        "Sub-KNN",
+        "50",
+        "2",
+    )
+    assert child.data.metrics["range_window"] == 6.0
+    assert child.data.metrics["test/vus_pr"] == metrics["test/vus_pr"]
+    # Validation: the tail of the training prefix (1007 rows), scored by TSB-AD's Sub-KNN fitted
+    # on that prefix alone (scaled as every split, by the fit part's statistics).
+    x = data.astype(np.float32)
+    fit = x[: 1007 - 201 - 64]  # fit part | one-window gap | 20 % validation
+    z = (x[:1007] - fit.mean(0, dtype=np.float64).astype(np.float32)) / fit.std(
+        0, dtype=np.float64
+    ).astype(np.float32)
+    expected = tsbad.score_series("Sub-KNN", z.astype(np.float32), scale=False)[-201:]
+    np.testing.assert_allclose(scores["val_score"], expected, rtol=1e-12)
+    # The test score is TSB-AD's own score of the whole series, unscaled (ranks as published).
+    assert np.corrcoef(scores["test_score"], tsbad.score_series("Sub-KNN", data))[0, 1] > 0.999999
+
+
+def test_protocol_tsbad_trains_a_deep_backbone_on_the_prefix_and_scores_the_whole_series(
+    tmp_path, shipped
+):
+    data, labels, _ = shipped
+    _, metrics, scores = _tsbad_job(
+        tmp_path,
+        tmp_path / "outputs",
+        "usad",
+        "tracking=none",
+        "train.epochs=1",
+        "train.max_batches_per_epoch=2",
+    )
+    assert scores["test_score"].shape == (4031,) and scores["val_score"].shape == (201,)
+    np.testing.assert_array_equal(scores["test_label"], labels)
+    assert metrics["range_window"] == 6.0 and "val/best_loss" in metrics
+    assert metrics["test/tsbad/vus_pr"] == metrics["test/vus_pr"]
+    assert (tmp_path / "job" / "series" / SERIES / "config_resolved.yaml").read_text().count(
+        "protocol: tsbad"
+    ) == 1
+
+
+def test_protocol_tsbad_is_a_preset_and_its_window_rule_is_checked():
+    knn = ["dataset=collection", "dataset.path=x", "backbone=knn", "madcluster=off"]
+    cfg = compose_config(["protocol=tsbad", *knn])
+    assert (cfg.protocol, cfg.metrics.definition, cfg.metrics.range_window) == (
+        "tsbad",
+        "tsbad",
+        "auto",
+    )
+    assert cfg.dataset.test_part == "whole"  # the whole series, with a collection
+    honest = compose_config(knn)
+    assert (honest.protocol, honest.metrics.range_window, honest.dataset.test_part) == (
+        "point",
+        100,
+        "rest",
+    )
+    # MADCluster off, as TSB-AD's tables (the brief's command needs no madcluster=off); on for
+    # the plug-in's arm.
+    bare = compose_config(["protocol=tsbad", "backbone=knn"])
+    assert bare.madcluster.enabled is False and "test_part" not in bare.dataset
+    assert compose_config(["protocol=tsbad", "madcluster=on"]).madcluster.enabled is True
+    assert make_plan(load(bare, warn=False)).kind.name == "tsbad"
+    assert make_plan(load(honest, warn=False)).kind.name == "classical"
+    cfg.backbone.n_neighbors = 9
+    with pytest.warns(UserWarning, match=r"backbone.n_neighbors=9 \(protocol=tsbad runs TSB-AD's"):
+        load(cfg)
+    for bad in ("wide", -1, 1.5, True, "100"):
+        cfg.metrics.range_window = bad
+        with pytest.raises(ConfigError, match=r"metrics.range_window=.*integer >= 0, or auto"):
+            validate(cfg)
+    cfg.metrics.range_window = 50  # an integer still works, with the preset too
+    validate(cfg)
+    series = pd.read_csv(FILE)[["Data"]].to_numpy()
+    assert resolve_range_window("auto", series) == 6 and resolve_range_window(50, series) == 50
+    with pytest.raises(DataError, match="no multivariate counterpart of backbone=matrix_profile"):
+        tsbad.tsbad_detector("matrix_profile", 3, "f.csv")
+    assert tsbad.tsbad_detector("knn", 3) == "KNN" and tsbad.tsbad_detector("pca", 1) == "Sub-PCA"

@@ -72,6 +72,8 @@ from typing import Callable, Dict, Mapping, Tuple
 
 import numpy as np
 
+from madcluster_exp.config.schema import TSBAD_DETECTORS
+from madcluster_exp.data.series import DataError
 from madcluster_exp.metrics.period import find_length_rank
 
 # TheDatumOrg/TSB-AD: the commit that uploaded benchmark_eval_results/*_mergedTable_VUS-PR.csv.
@@ -277,6 +279,39 @@ def score_series(name: str, data, seed: int = 0, scale: bool = True) -> np.ndarr
     if len(scores) != len(x):
         raise AssertionError(f"{name}: {len(scores)} scores for {len(x)} points")
     return minmax(scores) if scale else scores
+
+
+# ------------------------------------------------------------------- in the pipeline
+def tsbad_detector(backbone: str, n_channels: int, where: str = "") -> str:
+    """The TSB-AD table column ``backbone`` runs as under ``protocol=tsbad`` on a series of
+    ``n_channels`` channels (config.schema.TSBAD_DETECTORS); DataError where TSB-AD has none."""
+    uni, multi = TSBAD_DETECTORS[backbone]
+    name = uni if n_channels == 1 else multi
+    if name is None:
+        raise DataError(
+            f"{where or 'this series'}: {n_channels} channels, and TSB-AD's benchmark has no "
+            f"multivariate counterpart of backbone={backbone} (protocol=tsbad runs "
+            f"{sorted(b for b, (_, m) in TSBAD_DETECTORS.items() if m)} on multivariate series)"
+        )
+    return name
+
+
+def score_split_tsbad(name: str, split, seed: int = 0) -> np.ndarray:
+    """TSB-AD's ``name`` on every entity of a :class:`~madcluster_exp.data.SeriesSplit`, each
+    entity its own series (:func:`score_series`, fitted on it, unscaled: TSB-AD's MinMax scaling
+    changes no metric), concatenated. A series the detector cannot score (shorter than its
+    window, fewer windows than its neighbours) raises DataError naming it."""
+    out = []
+    for seg in split.segments:
+        values = split.values[seg.start : seg.end]
+        try:
+            out.append(score_series(name, values, seed=seed, scale=False))
+        except ValueError as exc:
+            raise DataError(
+                f"{split.source}[{seg.name}]: TSB-AD's {name} cannot score this series of "
+                f"{len(values)} points: {exc}"
+            ) from None
+    return np.concatenate(out)
 
 
 def read_tsbad_csv(path) -> Tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 from madcluster_exp.config.schema import (
     INJECTED_KINDS,
     PROTOCOL_COMBINE,
+    RANGE_WINDOW_RULE,
+    TSBAD_DETECTORS,
     DatasetConfig,
     MADClusterConfig,
     ScoringConfig,
@@ -54,7 +56,6 @@ _RANGES = {
     "threshold.percentile": (0.0, 100.0, True, True),
     "threshold.level": (0.0, 1.0, False, False),
     "threshold.q": (0.0, 1.0, False, False),
-    "metrics.range_window": (0, None, True, None),
     "search.inject.seed": (0, None, True, None),
     "search.inject.ratio": (0.0, 0.5, False, False),
     "backbone.n_neighbors": (1, None, True, None),
@@ -122,6 +123,7 @@ def validate(cfg: DictConfig) -> None:
             "unfinished run of this configuration)"
         )
     problems += _inject_problems(cfg)
+    problems += _range_window_problems(cfg)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 
@@ -157,6 +159,24 @@ def _validation_problems(cfg: DictConfig) -> List[str]:
                 "pipeline=null for a run that is neither of the paper's pipelines"
             )
     return problems
+
+
+#: Keys of the classical backbones that TSB-AD's detectors (protocol=tsbad) do not read.
+TSBAD_INERT_BACKBONE_KEYS = (
+    "spread",
+    "n_neighbors",
+    "method",
+    "algorithm",
+    "n_estimators",
+    "max_samples",
+    "n_components",
+    "normalize",
+    "channels",
+)
+
+
+def _tsbad_names(backbone: str) -> str:
+    return " / ".join(dict.fromkeys(n for n in TSBAD_DETECTORS[backbone] if n))
 
 
 def _schema_default(key: str, cfg: DictConfig):
@@ -222,6 +242,19 @@ def inert_settings(cfg: DictConfig) -> List[str]:
                 "protocol=reference thresholds at the best F1 on test",
             )
         )
+    if cfg.protocol == "tsbad" and cfg.backbone.name in TSBAD_DETECTORS:
+        rules.append(
+            (
+                (
+                    *(f"backbone.{k}" for k in TSBAD_INERT_BACKBONE_KEYS),
+                    "scoring.stride",
+                    "scoring.aggregate",
+                    "dataset.train_stride",
+                ),
+                f"protocol=tsbad runs TSB-AD's {_tsbad_names(cfg.backbone.name)} with its "
+                "published hyper-parameters and period-rule window",
+            )
+        )
     found = []
     for keys, why in rules:
         for key in keys:
@@ -233,6 +266,20 @@ def inert_settings(cfg: DictConfig) -> List[str]:
             if value is not None and value != default:  # a None default set is named too
                 found.append(f"{key}={value} ({why})")
     return found
+
+
+def _range_window_problems(cfg: DictConfig) -> List[str]:
+    """metrics.range_window: an integer >= 0 or the period rule's name (the schema types it
+    Any, so both compose)."""
+    value = cfg.metrics.range_window
+    if value == RANGE_WINDOW_RULE or (
+        isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    ):
+        return []
+    return [
+        f"metrics.range_window={value!r}: expected an integer >= 0, or {RANGE_WINDOW_RULE} "
+        "(TSB-AD's period rule on each scored series)"
+    ]
 
 
 def _inject_problems(cfg: DictConfig) -> List[str]:

@@ -37,7 +37,7 @@ def _choice(name: str, *values: str) -> type[Choice]:
 
 
 Device = _choice("Device", "cpu", "cuda", "auto")
-Protocol = _choice("Protocol", "point", "reference")
+Protocol = _choice("Protocol", "point", "reference", "tsbad")
 Normalize = _choice("Normalize", "standard", "minmax", "none")
 DatasetMode = _choice("DatasetMode", "concat", "per_entity")
 NanPolicy = _choice("NanPolicy", "error", "zero")
@@ -588,8 +588,11 @@ class MetricsConfig:
     # get_metrics set as test/tsbad/<key> at the run's threshold and test/tsbad/<key>_oracle at
     # TSB-AD's own best-threshold search (see madcluster_exp/metrics/tsbad.py).
     definition: MetricsDefinition = MetricsDefinition.vus006
-    # Sliding window of R_AUC (and the largest window of VUS), as vus's slidingWindow.
-    range_window: int = 100
+    # Sliding window of R_AUC (and the largest window of VUS), as vus's slidingWindow: an integer
+    # >= 0, or auto = TSB-AD's period rule on each scored series' first channel (its benchmark's
+    # window, metrics/period.py tsbad_vus_window), resolved per series and logged as the metric
+    # range_window. Checked in config/checks.py (an int or "auto"; any other value is refused).
+    range_window: Any = 100
     # Point-adjusted F1 (labelled *_pa, never the headline).
     point_adjust: bool = True
     # Best-F1 over all test thresholds (labelled *_oracle).
@@ -663,6 +666,11 @@ class Config:
     # reference: the MADCluster code's evaluation (stride-1 window scores, window label = any
     # anomaly inside, best-F1 threshold on test, range metrics on the binarised prediction);
     # its metrics are logged under ref/ so they never mix with test/.
+    # tsbad: TSB-AD's benchmark (a preset, conf/protocol/tsbad.yaml): the whole series scored
+    # (dataset=collection: dataset.test_part=whole), the period-rule window per series
+    # (metrics.range_window=auto), TSB-AD's metric set (metrics.definition=tsbad), classical
+    # detectors with a TSB-AD counterpart run as TSB-AD ran them (TSBAD_DETECTORS).
+    # Chosen as a config group (protocol=<name>), which sets this key.
     protocol: Protocol = Protocol.point
     # Which of the paper's pipelines this run is (None: neither): reference = the official
     # code's (setup=paper: validates on test, tests the last epoch, oracle threshold);
@@ -685,4 +693,21 @@ class Config:
 
 # ------------------------------------------------------------------------ by-protocol defaults
 #: scoring.combine when unset: the rule each protocol implies.
-PROTOCOL_COMBINE = {Protocol.point: Combine.sum, Protocol.reference: Combine.product}
+PROTOCOL_COMBINE = {
+    Protocol.point: Combine.sum,
+    Protocol.reference: Combine.product,
+    Protocol.tsbad: Combine.sum,
+}
+
+#: metrics.range_window's rule besides an integer: TSB-AD's period rule, per scored series.
+RANGE_WINDOW_RULE = "auto"
+
+#: protocol=tsbad: the classical backbones TSB-AD's benchmark has, and the columns of its
+#: tables they run as (univariate, multivariate; None: TSB-AD has none), with TSB-AD's
+#: published hyper-parameters and period-rule windows (madcluster_exp/classical/tsbad.py).
+TSBAD_DETECTORS = {
+    "iforest": ("IForest", "IForest"),
+    "pca": ("Sub-PCA", "PCA"),
+    "knn": ("Sub-KNN", "KNN"),
+    "matrix_profile": ("MatrixProfile", None),
+}

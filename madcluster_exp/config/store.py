@@ -1,15 +1,17 @@
 """Where Hydra finds the configs: the ``conf/`` directory, the schemas in the ConfigStore (one
-row per schema dataclass, found by its ``SCHEMA`` class attribute), and the command line's
-spellings that Hydra would reject (``madcluster=true``)."""
+row per schema dataclass, found by its ``SCHEMA`` class attribute), the command line's
+spellings that Hydra would reject (``madcluster=true``), and the one folder name a sweep job
+gets from its overrides (``${madcluster_dirname:${hydra.job.override_dirname}}``)."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 from typing import Iterable, Iterator, List, Tuple
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from madcluster_exp.config.schema import (
     BackboneConfig,
@@ -67,8 +69,34 @@ def option_schema(group: str, name: str) -> type:
     raise KeyError(f"{group}={name}: no schema")
 
 
+#: Characters a folder name cannot hold as they are, percent-encoded ("%" first, so the
+#: encoding stays one-to-one and two overrides never share a folder).
+_UNSAFE = {"%": "%25", "/": "%2F", "\\": "%5C", "\0": "%00"}
+#: Longest folder name kept as it is (file systems allow 255 bytes).
+MAX_DIRNAME = 200
+
+
+def job_dirname(override_dirname: str) -> str:
+    """One folder, never nested ones, from Hydra's ``hydra.job.override_dirname``: a path-valued
+    override (``dataset.path=/data/tsb``) has its separators percent-encoded
+    (``dataset.path=%2Fdata%2Ftsb``); a name over :data:`MAX_DIRNAME` bytes keeps its head and
+    ends with a hash of the whole. The same overrides always give the same name, so a resumed
+    sweep finds its finished jobs; names without such characters are Hydra's own."""
+    name = "".join(_UNSAFE.get(c, c) for c in str(override_dirname))
+    if name in ("", ".", ".."):
+        name = {"": "_", ".": "%2E", "..": "%2E%2E"}[name]
+    if len(name.encode()) > MAX_DIRNAME:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+        head = name.encode()[: MAX_DIRNAME - 13].decode(errors="ignore")
+        name = f"{head}-{digest}"
+    return name
+
+
 def register_configs() -> None:
-    """Register the schemas under the names the YAML files list in their defaults."""
+    """Register the schemas under the names the YAML files list in their defaults, and the
+    resolver sweep folders are named with (``madcluster_dirname``)."""
+    if not OmegaConf.has_resolver("madcluster_dirname"):
+        OmegaConf.register_new_resolver("madcluster_dirname", job_dirname)
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     # Under schema/<group>/ so `--help` lists them apart from the options users pick.

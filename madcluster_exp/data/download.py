@@ -20,6 +20,7 @@ import sys
 import tarfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 import zipfile
@@ -75,15 +76,22 @@ def _say(msg: str) -> None:
 
 
 # ------------------------------------------------------------------------------- fetching
+class Unreachable(DataError):
+    """No connection to the source could be made (offline, no route, refused, DNS)."""
+
+
 def fetch(url: str, dest: Path, timeout: float = 60.0, retries: int = 3) -> Path:
-    """Download ``url`` to ``dest``, resuming ``dest.part`` where a previous attempt stopped."""
+    """Download ``url`` to ``dest``, resuming ``dest.part`` where a previous attempt stopped.
+    Raises :class:`Unreachable` when no attempt could connect at all."""
     part = dest.with_name(dest.name + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)
     for attempt in range(1, retries + 1):
         have = part.stat().st_size if part.exists() else 0
         req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+        connected = False
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
+                connected = True
                 if have and resp.status == 200:
                     _say(f"  {dest.name}: server ignores ranges; restarting from byte 0")
                     have = 0
@@ -109,6 +117,16 @@ def fetch(url: str, dest: Path, timeout: float = 60.0, retries: int = 3) -> Path
                 continue
             raise DataError(f"downloading {url}: HTTP {exc.code} {exc.reason}") from None
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
+            if not connected:  # nothing was transferred: no network, or no server there
+                reason = getattr(exc, "reason", exc)
+                if attempt == retries:
+                    host = urllib.parse.urlsplit(url).netloc or url
+                    raise Unreachable(
+                        f"cannot reach {host} ({reason}) after {retries} attempts: the "
+                        "network is unreachable from here, or the server is down"
+                    ) from None
+                _say(f"  {dest.name}: cannot connect ({reason}); trying again")
+                continue
             if attempt == retries:
                 raise DataError(
                     f"downloading {url} failed after {retries} attempts ({exc}); "
@@ -277,7 +295,15 @@ def download(
             _say(f"  {spec.name}: already downloaded and verified")
         else:
             _say(f"  {spec.name}: fetching {url}")
-            fetch(url, dest)
+            try:
+                fetch(url, dest)
+            except Unreachable as exc:
+                raise Unreachable(
+                    f"downloading {name}: {exc}.\n"
+                    f"  Download {url} on a machine that can reach it, then install it here "
+                    f"with:  python -m madcluster_exp.data prepare {name} --from <folder holding "
+                    f"{spec.name}>"
+                ) from None
         digests[spec.name] = verify(dest, spec, cache)
         files[spec.name] = dest
     final = install(source, files, digests, data_dir)

@@ -78,7 +78,25 @@ def _root(cfg: DatasetConfig, data_dir: Path) -> Path:
     return Path(cfg.path) if cfg.path else data_dir / cfg.name
 
 
-def _missing(name: str, looked: Path) -> DatasetMissingError:
+def _missing(cfg: DatasetConfig, looked: Path) -> DatasetMissingError:
+    """The dataset is not where the config says: a path given explicitly (``dataset.path``) is
+    wrong, and the message says so; the default place is empty, and it says how to fill it."""
+    name = cfg.name
+    if cfg.path:
+        root = Path(cfg.path)
+        where = f"dataset.path={cfg.path!r} (resolved to {root.resolve()})"
+        problem = (
+            "no such folder"
+            if not root.exists()
+            else "not a folder"
+            if not root.is_dir()
+            else f"the folder holds no {name} files in the published layout: looked for {looked}"
+        )
+        return DatasetMissingError(
+            f"{where}: {problem}.\n"
+            f"  Check the path, or leave dataset.path unset to use <paths.data_dir>/{name} "
+            "(datasets/README.md shows each dataset's layout)."
+        )
     return DatasetMissingError(
         f"dataset {name} not found: looked for {looked}.\n"
         f"  Fetch it with:  python -m madcluster_exp.data download {name}   "
@@ -94,7 +112,7 @@ def load_smd(cfg: DatasetConfig, data_dir: Path) -> RawDataset:
     root = _root(cfg, data_dir)
     names = smd_entities(root)
     if not names:
-        raise _missing("SMD", root / "train" / "machine-*.txt")
+        raise _missing(cfg, root / "train" / "machine-*.txt")
     keep = _select_entities(names, cfg.entities, f"SMD ({root})", cfg.max_entities)
     policy = cfg.nan_policy
     train = SeriesSplit.concat(
@@ -114,7 +132,7 @@ def load_smd(cfg: DatasetConfig, data_dir: Path) -> RawDataset:
 def _load_telemanom(cfg: DatasetConfig, data_dir: Path) -> RawDataset:
     root = _root(cfg, data_dir)
     if not (root / "labeled_anomalies.csv").exists():
-        raise _missing(cfg.name, root / "labeled_anomalies.csv")
+        raise _missing(cfg, root / "labeled_anomalies.csv")
     table = read_telemanom_table(root, cfg.name)
     if table.empty:
         raise DataError(f"{root / 'labeled_anomalies.csv'}: no channel of spacecraft {cfg.name}")
@@ -148,7 +166,7 @@ register("SMAP")(_load_telemanom)
 def load_psm(cfg: DatasetConfig, data_dir: Path) -> RawDataset:
     root = _root(cfg, data_dir)
     if not (root / "train.csv").exists():
-        raise _missing("PSM", root / "train.csv")
+        raise _missing(cfg, root / "train.csv")
     _select_entities(["PSM"], cfg.entities, "PSM")
     cache = {}
 

@@ -1,4 +1,4 @@
-"""From score components to logged metrics, under one of two protocols.
+"""From score components to logged metrics, under one of three protocols.
 
 ``point`` (default, honest): one score per time point; the score combiner and the threshold see
 validation scores only (other threshold families are tagged); threshold-free metrics (AUC,
@@ -11,13 +11,25 @@ score per stride-1 window, window label = any anomaly inside, the best-F1 thresh
 test labels, prediction ``score > threshold`` (strict, as that code), and R_AUC, VUS and
 affiliation computed on that 0/1 prediction. Keys ``ref/<metric>`` so the two never mix.
 
+``tsbad`` (TSB-AD's benchmark, ``conf/protocol/tsbad.yaml``): evaluated as ``point`` (the same
+keys, the threshold fitted on validation scores), on the whole series (the preset's
+``dataset.test_part=whole``), with TSB-AD's metric set and per-series window (the preset's
+``metrics.definition=tsbad``, ``metrics.range_window=auto``); its one difference in the job: a
+classical detector TSB-AD has runs as TSB-AD ran it (:attr:`EvaluationProtocol.tsbad_detectors`,
+``pipeline/kinds.py``).
+
+The VUS / range window (``metrics.range_window``) is resolved per scored series by the unit
+(an integer, or ``auto``: TSB-AD's period rule, then logged as the metric ``range_window``) and
+handed to :meth:`~EvaluationProtocol.evaluate`; scores.npz keeps it. Pooled entities are
+measured at the median of their windows (all the same unless ``auto``).
+
 ``val_injected/<metric>`` (with ``search.objective=val_injected_vus_pr``): threshold-free metrics
 of the score on a copy of the validation split with injected anomalies (data/inject.py), the
 score combined by the rule fitted on the clean validation split. A search's objective; no test
 data involved.
 
-The job asks a protocol object (:func:`protocol_for`) for everything that differs between the
-two: how the detector scores (window means or not), which threshold is effective, how scores
+The job asks a protocol object (:func:`protocol_for`) for everything that differs between
+them: how the detector scores (window means or not), which threshold is effective, how scores
 become an :class:`Evaluation`, and how the evaluations of several entities pool into one. It
 never branches on ``cfg.protocol`` itself.
 """
@@ -56,6 +68,8 @@ def evaluate_point(
     val_comps: Dict[str, np.ndarray],
     test_comps: Dict[str, np.ndarray],
     test_labels: np.ndarray,
+    range_window: int,
+    protocol: str = "point",
 ) -> Evaluation:
     combiner = ScoreCombiner(combine_rule(cfg)).fit(val_comps)
     val = combiner.combine(val_comps)
@@ -63,11 +77,12 @@ def evaluate_point(
     threshold = fit_threshold(build_threshold(cfg.threshold), val, test, test_labels)
     scorer = {"combiner": combiner.state(), "threshold": threshold.state()}
     pred = threshold.predict(test)
-    suite = point_metrics(test_labels, test, pred, cfg.metrics, int(cfg.seed))
+    suite = point_metrics(test_labels, test, pred, cfg.metrics, int(cfg.seed), range_window)
     metrics = {f"test/{k}": v for k, v in suite.items()}
     metrics["threshold/value"] = threshold.value
     arrays = {
-        "protocol": np.array("point"),
+        "protocol": np.array(protocol),
+        "range_window": np.int64(range_window),
         "test_score": test,
         "test_label": test_labels,
         "test_pred": pred,
@@ -79,13 +94,13 @@ def evaluate_point(
     return Evaluation(metrics, arrays, combiner.effective_rule(val_comps), threshold.family, scorer)
 
 
-def point_metrics(labels, score, pred, mcfg, seed: int) -> Dict[str, float]:
+def point_metrics(labels, score, pred, mcfg, seed: int, range_window: int) -> Dict[str, float]:
     return definition_suite(
         definition=mcfg.definition,
         y_true=labels,
         y_score=score,
         y_pred=pred,
-        window=int(mcfg.range_window),
+        window=int(range_window),
         point_adjust=mcfg.point_adjust,
         oracle=mcfg.oracle,
         seed=seed,
@@ -93,13 +108,18 @@ def point_metrics(labels, score, pred, mcfg, seed: int) -> Dict[str, float]:
 
 
 def evaluate_reference(
-    cfg, val_windows: Dict[str, np.ndarray], test_windows: Dict[str, np.ndarray], labels: np.ndarray
+    cfg,
+    val_windows: Dict[str, np.ndarray],
+    test_windows: Dict[str, np.ndarray],
+    labels: np.ndarray,
+    range_window: int,
 ) -> Evaluation:
     combiner = ScoreCombiner(combine_rule(cfg)).fit(val_windows)
     score = combiner.combine(test_windows)
-    metrics, pred, thr = reference_metrics(labels, score, int(cfg.metrics.range_window))
+    metrics, pred, thr = reference_metrics(labels, score, int(range_window))
     arrays = {
         "protocol": np.array("reference"),
+        "range_window": np.int64(range_window),
         "window_score": score,
         "window_label": labels,
         "window_pred": pred,
@@ -168,6 +188,9 @@ class EvaluationProtocol(ABC):
     score_array_key: ClassVar[str]
     #: The score, label and prediction arrays pooled over entities, in that order.
     pooled_keys: ClassVar[Tuple[str, str, str]]
+    #: Whether a classical backbone TSB-AD's benchmark has (config.schema.TSBAD_DETECTORS) runs
+    #: as TSB-AD ran it: fitted on the whole series it scores, TSB-AD's hyper-parameters.
+    tsbad_detectors: ClassVar[bool] = False
 
     @property
     def threshold_kind(self) -> str:
@@ -180,13 +203,19 @@ class EvaluationProtocol(ABC):
 
     @abstractmethod
     def evaluate(
-        self, val_out: ScoreOutput, test_out: ScoreOutput, test_labels: np.ndarray, window: int
+        self,
+        val_out: ScoreOutput,
+        test_out: ScoreOutput,
+        test_labels: np.ndarray,
+        window: int,
+        range_window: int,
     ) -> Evaluation:
         """The metrics and arrays of one model's scores: validation scores fit what they may,
-        test scores are measured; ``window`` is the data window (window labels)."""
+        test scores are measured; ``window`` is the data window (window labels),
+        ``range_window`` the VUS / range window of this series (resolved by the unit)."""
 
     @abstractmethod
-    def pooled_metrics(self, pooled: Dict[str, np.ndarray]) -> Dict[str, float]:
+    def pooled_metrics(self, pooled: Dict[str, np.ndarray], range_window: int) -> Dict[str, float]:
         """The headline metrics of the scores, labels and predictions pooled over entities."""
 
     def pool(self, evaluations: Sequence[Evaluation], entities: Sequence[Optional[str]]):
@@ -199,27 +228,34 @@ class EvaluationProtocol(ABC):
         evs = list(evaluations)
         table = pd.DataFrame([{"entity": e, **ev.metrics} for e, ev in zip(entities, evs)])
         pooled = {k: np.concatenate([e.arrays[k] for e in evs]) for k in self.pooled_keys}
-        metrics = self.pooled_metrics(pooled)
+        window = pooled_window(evs)
+        metrics = self.pooled_metrics(pooled, window)
+        if not isinstance(self.cfg.metrics.range_window, int):  # a rule: log what it gave
+            metrics["range_window"] = float(window)
         if "val_injected_score" in evs[0].arrays:
             for k in ("val_injected_score", "val_injected_label"):
                 pooled[k] = np.concatenate([e.arrays[k] for e in evs])
             metrics.update(
-                injected_metrics(
-                    pooled["val_injected_label"],
-                    pooled["val_injected_score"],
-                    int(self.cfg.metrics.range_window),
-                )
+                injected_metrics(pooled["val_injected_label"], pooled["val_injected_score"], window)
             )
         metrics.update(entity_means(evs[0].metrics, table))
         metrics.update(score_spread(pooled[self.score_array_key]))  # each entity's: the table
         arrays = {
             "protocol": evs[0].arrays["protocol"],
+            "range_window": np.int64(window),
             **pooled,
             "threshold": np.array([float(e.arrays["threshold"]) for e in evs]),
         }
         rules = {e.score_rule for e in evs}
         rule = rules.pop() if len(rules) == 1 else "mixed"
         return Evaluation(metrics, arrays, rule, evs[0].threshold_family), table
+
+
+def pooled_window(evaluations: Sequence[Evaluation]) -> int:
+    """The range window of pooled entities: the median of theirs (rounded; one value unless
+    each series has its own, ``metrics.range_window=auto``)."""
+    windows = [int(e.arrays["range_window"]) for e in evaluations]
+    return int(round(float(np.median(windows))))
 
 
 def entity_means(keys, table) -> Dict[str, float]:
@@ -240,16 +276,17 @@ class PointProtocol(EvaluationProtocol):
     score_array_key: ClassVar[str] = "test_score"
     pooled_keys: ClassVar[Tuple[str, str, str]] = ("test_score", "test_label", "test_pred")
 
-    def evaluate(self, val_out, test_out, test_labels, window):
-        return evaluate_point(self.cfg, val_out, test_out, test_labels)
+    def evaluate(self, val_out, test_out, test_labels, window, range_window):
+        return evaluate_point(self.cfg, val_out, test_out, test_labels, range_window, self.name)
 
-    def pooled_metrics(self, pooled):
+    def pooled_metrics(self, pooled, range_window):
         m = point_metrics(
             pooled["test_label"],
             pooled["test_score"],
             pooled["test_pred"],
             self.cfg.metrics,
             int(self.cfg.seed),
+            range_window,
         )
         return {f"test/{k}": v for k, v in m.items()}
 
@@ -267,19 +304,27 @@ class ReferenceProtocol(EvaluationProtocol):
     def threshold_kind(self) -> str:
         return "oracle"
 
-    def evaluate(self, val_out, test_out, test_labels, window):
+    def evaluate(self, val_out, test_out, test_labels, window, range_window):
         labels = window_labels(test_labels, test_out[2], window)
-        return evaluate_reference(self.cfg, val_out[1], test_out[1], labels)
+        return evaluate_reference(self.cfg, val_out[1], test_out[1], labels, range_window)
 
-    def pooled_metrics(self, pooled):
-        m, _, _ = reference_metrics(
-            pooled["window_label"], pooled["window_score"], int(self.cfg.metrics.range_window)
-        )
+    def pooled_metrics(self, pooled, range_window):
+        m, _, _ = reference_metrics(pooled["window_label"], pooled["window_score"], range_window)
         return {f"ref/{k}": v for k, v in m.items()}
 
 
+@dataclass(frozen=True, eq=False)
+class TSBADProtocol(PointProtocol):
+    """TSB-AD's benchmark: evaluated as the point protocol (test/ keys, the threshold fitted on
+    validation scores) on what its preset sets (the whole series, TSB-AD's metric set and
+    per-series window); TSB-AD's classical detectors run as TSB-AD ran them."""
+
+    name: ClassVar[str] = "tsbad"
+    tsbad_detectors: ClassVar[bool] = True
+
+
 PROTOCOLS: Dict[str, Type[EvaluationProtocol]] = {
-    p.name: p for p in (PointProtocol, ReferenceProtocol)
+    p.name: p for p in (PointProtocol, ReferenceProtocol, TSBADProtocol)
 }
 
 

@@ -1,7 +1,7 @@
 """Metrics computed by the project itself; inputs are validated. No model code here."""
 
 from madcluster_exp.metrics.affiliation import affiliation
-from madcluster_exp.metrics.period import find_length_rank, tsbad_vus_window
+from madcluster_exp.metrics.period import find_length_rank, resolve_range_window, tsbad_vus_window
 from madcluster_exp.metrics.point import (
     MetricInputError,
     auc_pr,
@@ -34,6 +34,7 @@ __all__ = [
     "point_adjusted_f1",
     "precision_recall_f1",
     "range_suite",
+    "resolve_range_window",
     "tsbad_get_metrics",
     "tsbad_vus_window",
     "vus_get_metrics",

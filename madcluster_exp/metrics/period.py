@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from madcluster_exp.config.schema import RANGE_WINDOW_RULE
+
 DEFAULT_PERIOD = 125  # TSB-AD's answer when no usable ACF peak is found
 MAX_POINTS = 20_000  # only the first 20k points are looked at
 ACF_LAGS = 400
@@ -60,7 +62,7 @@ def find_length_rank(series, rank: int = 1) -> int:
 
     try:
         from statsmodels.tsa.stattools import acf
-    except ImportError as e:  # a dev dependency of the project until the protocol is wired
+    except ImportError as e:  # a runtime dependency: an install without it is broken
         raise ImportError(
             "find_length_rank needs statsmodels (TSB-AD's ACF): pip install statsmodels"
         ) from e
@@ -91,3 +93,12 @@ def tsbad_vus_window(data) -> int:
     values = np.asarray(data, dtype=np.float64)
     first = values if values.ndim == 1 else values.reshape(len(values), -1)[:, 0]
     return find_length_rank(first, rank=1)
+
+
+def resolve_range_window(setting, data) -> int:
+    """``metrics.range_window`` for one scored series: an integer as it is; ``auto``: TSB-AD's
+    period rule on the series' first channel (:func:`tsbad_vus_window`); ``data`` is read only
+    for ``auto``."""
+    if setting == RANGE_WINDOW_RULE:
+        return tsbad_vus_window(data)
+    return int(setting)

@@ -37,7 +37,7 @@ from madcluster_exp.data.collection import Collection
 from madcluster_exp.errors import ExpectedError, JobInterrupted
 from madcluster_exp.evaluation.protocols import Evaluation
 from madcluster_exp.evaluation.sanity import describe, run_flags
-from madcluster_exp.pipeline.collection import run_collection
+from madcluster_exp.pipeline.collection import failure_kind, run_collection
 from madcluster_exp.pipeline.context import JobContext
 from madcluster_exp.pipeline.outputs import (
     entity_layout,
@@ -374,23 +374,28 @@ def _record_status(job_dir: Path, status: str, **extra: Any) -> None:
 
 
 def _end_failed(tracker: Tracker, job_dir: Path, exc: BaseException) -> None:
-    """End the tracked run FAILED (KILLED on Ctrl-C) with the error tag and traceback.txt."""
+    """End the tracked run FAILED (KILLED on Ctrl-C) with the error tag (and, FAILED, the
+    ``failure.kind`` tag: collapse, data or error) and traceback.txt."""
     status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
     tb_path = job_dir / TRACEBACK
     tb_path.write_text("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    tags = {"error": f"{type(exc).__name__}: {exc}"[:5000]}
+    if status == "FAILED":
+        tags["failure.kind"] = failure_kind(exc)
     try:
         _record_status(job_dir, status)
-        tracker.set_tags({"error": f"{type(exc).__name__}: {exc}"[:5000]})
+        tracker.set_tags(tags)
         tracker.log_artifact(tb_path)
     finally:
         tracker.end(status)
 
 
 def _clear_failure(tracker: Tracker, job_dir: Path) -> None:
-    """A resumed run that finished did not fail: the ``error`` tag and ``traceback.txt`` of the
-    failure (or Ctrl-C) it went on from go, from MLflow and the job directory. Where the store
-    cannot delete an artifact, a note replaces the traceback."""
+    """A resumed run that finished did not fail: the ``error`` and ``failure.kind`` tags and
+    ``traceback.txt`` of the failure (or Ctrl-C) it went on from go, from MLflow and the job
+    directory. Where the store cannot delete an artifact, a note replaces the traceback."""
     tracker.delete_tag("error")
+    tracker.delete_tag("failure.kind")
     stale = job_dir / TRACEBACK
     if stale.exists():
         stale.unlink()

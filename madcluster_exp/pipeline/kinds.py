@@ -1,5 +1,6 @@
-"""The two kinds of detector a job fits: deep (a backbone, optionally with MADCluster, trained
-by the loop) and classical (fitted once on training windows). They part only here: how the
+"""The kinds of detector a job fits: deep (a backbone, optionally with MADCluster, trained by
+the loop), classical (fitted once on training windows) and, under ``protocol=tsbad``, TSB-AD's
+(a classical detector as TSB-AD's benchmark ran it). They part only here: how the
 detector is built, fitted and scored, what its training summary is, and whether a model is
 saved; everything else (data, scoring order, evaluation, tracking) is one path for both.
 """
@@ -15,8 +16,9 @@ import numpy as np
 import torch
 
 from madcluster_exp.backbones import backbone_class
+from madcluster_exp.classical import COMPONENT, build_classical, score_split_classical
 from madcluster_exp.classical import FAMILY as CLASSICAL
-from madcluster_exp.classical import build_classical, score_split_classical
+from madcluster_exp.classical.tsbad import hyper_parameters, score_split_tsbad, tsbad_detector
 from madcluster_exp.detector import build_detector
 from madcluster_exp.detector.complexity import complexity
 from madcluster_exp.scoring import score_split
@@ -183,5 +185,69 @@ class ClassicalKind(DetectorKind):
         )
 
 
-#: The kinds by name: a backbone group's ``family`` is classical, or the kind is deep.
-KINDS: Dict[str, DetectorKind] = {k.name: k for k in (DeepKind(), ClassicalKind())}
+class TSBADKind(DetectorKind):
+    """``protocol=tsbad`` with a classical backbone TSB-AD's benchmark has
+    (config.schema.TSBAD_DETECTORS): TSB-AD's detector as its benchmark ran it
+    (classical/tsbad.py): unsupervised, fitted on the series it scores, with TSB-AD's published
+    hyper-parameters and period-rule window; nothing is fitted on a training split.
+
+    The test split (the whole series under the preset) is scored by a fit on itself, as TSB-AD
+    scores a file: the published numbers. The validation rows are scored by a fit on the
+    training part they end (TSB-AD's semi-supervised pool, there before the test split is
+    unsealed), so the threshold fitted on them sees no test value. Scores are the detector's
+    own, unscaled: TSB-AD's MinMax scaling changes no metric, and would scale validation and
+    test by different ranges."""
+
+    name = "tsbad"
+    trains = False
+    saves_model = False
+    no_model_reason = "no model saved: TSB-AD's detectors are fitted on each series they score"
+
+    def data_window(self, backbone) -> int:
+        return int(backbone.window)  # the validation split's size; TSB-AD's window is per series
+
+    def fit(self, plan, env, data, part, tag: str) -> Fitted:
+        cfg = plan.cfg
+        seed = int(cfg.seed)
+        name = tsbad_detector(cfg.backbone.name, data.n_channels, data.train.source)
+        t0 = time.perf_counter()
+        prefix = data.scaler.transform(part.raw.train)  # fit part, gap and validation rows
+        scores = score_split_tsbad(name, prefix, seed)
+        val = {
+            COMPONENT: np.concatenate(
+                [
+                    scores[p.end - v.length : p.end]
+                    for p, v in zip(prefix.segments, data.val.segments)
+                ]
+            )
+        }
+        fit_s = time.perf_counter() - t0
+        if part.log_params:
+            hp = hyper_parameters(name, data.n_channels)
+            env.tracker.log_params(
+                {
+                    "data_window": cfg.backbone.window,
+                    "tsbad.detector": name,
+                    **{f"tsbad.{k}": v for k, v in hp.items()},
+                }
+            )
+        env.say(
+            f"{tag} {cfg.backbone.name} as TSB-AD's {name} (protocol=tsbad): fitted on each "
+            f"series it scores; validation scored on the training part in {fit_s:.2f}s"
+        )
+
+        def score(split):
+            if split is data.val:
+                return val
+            return {COMPONENT: score_split_tsbad(name, split, seed)}
+
+        return Fitted(
+            FitResult(epochs_run=0, best_epoch=0, best_val_loss=float("nan"), fit_seconds=fit_s),
+            score,
+            None,
+        )
+
+
+#: The kinds by name: a backbone group's ``family`` is classical, or the kind is deep; under a
+#: protocol that runs TSB-AD's detectors, a backbone TSB-AD has is ``tsbad`` (plan.make_plan).
+KINDS: Dict[str, DetectorKind] = {k.name: k for k in (DeepKind(), ClassicalKind(), TSBADKind())}

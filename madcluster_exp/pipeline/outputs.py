@@ -46,11 +46,9 @@ def write_artifacts(
     paths.append(metrics_path)
     if cfg.metrics.save_scores:
         scores_path = job_dir / "scores.npz"
+        # ev.arrays holds the range window the evaluation used (per series with auto).
         np.savez_compressed(
-            scores_path,
-            range_window=np.int64(cfg.metrics.range_window),
-            metrics_definition=np.array(str(cfg.metrics.definition)),
-            **ev.arrays,
+            scores_path, metrics_definition=np.array(str(cfg.metrics.definition)), **ev.arrays
         )
         paths.append(scores_path)
     if cfg.tracking.plots:

@@ -20,7 +20,7 @@ from madcluster_exp.backbones import backbone_class
 from madcluster_exp.classical import FAMILY as CLASSICAL
 from madcluster_exp.config import PROTOCOL_COMBINE, ConfigError, Settings
 from madcluster_exp.config.identity import config_id
-from madcluster_exp.config.schema import Config
+from madcluster_exp.config.schema import TSBAD_DETECTORS, Config
 from madcluster_exp.evaluation.protocols import EvaluationProtocol, protocol_for
 from madcluster_exp.pipeline.context import JobContext
 from madcluster_exp.pipeline.kinds import KINDS, DetectorKind
@@ -144,14 +144,17 @@ class JobEnv:
 def make_plan(settings: Settings) -> JobPlan:
     """The job's plan; a configuration the backbone cannot run raises :class:`ConfigError`."""
     cfg = settings.cfg
+    protocol = protocol_for(cfg)
     kind = KINDS[CLASSICAL if cfg.backbone.family == CLASSICAL else "deep"]
+    if protocol.tsbad_detectors and cfg.backbone.name in TSBAD_DETECTORS:
+        kind = KINDS["tsbad"]  # TSB-AD's detector, as its benchmark ran it
     if kind.trains:
         check_backbone_score_exists(cfg)
         check_components_apply(cfg)
     cid = config_id(settings.params)
     return JobPlan(
         settings=settings,
-        protocol=protocol_for(cfg),
+        protocol=protocol,
         kind=kind,
         window=kind.data_window(cfg.backbone),
         train=TrainSettings.from_config(cfg) if kind.trains else None,

@@ -21,6 +21,7 @@ from madcluster_exp.data import prepare
 from madcluster_exp.data.inject import inject
 from madcluster_exp.evaluation.protocols import Evaluation, injected_metrics, injected_score
 from madcluster_exp.evaluation.sanity import score_spread
+from madcluster_exp.metrics.period import resolve_range_window
 from madcluster_exp.pipeline.plan import JobEnv, JobPlan
 from madcluster_exp.training import FitResult
 
@@ -97,7 +98,10 @@ def fit_unit(plan: JobPlan, env: JobEnv, part: Part) -> Unit:
     test_out = val_out if test is data.val else fitted.score(test)
     score_s = time.perf_counter() - t_score
     t_metrics = time.perf_counter()
-    ev = protocol.evaluate(val_out, test_out, test.labels, plan.window)
+    range_window = _range_window(plan, raw, env, tag)
+    ev = protocol.evaluate(val_out, test_out, test.labels, plan.window, range_window)
+    if not isinstance(cfg.metrics.range_window, int):  # a rule: log the window it gave
+        ev.metrics["range_window"] = float(range_window)
     metrics_s = time.perf_counter() - t_metrics
     ev.metrics.update(score_spread(ev.arrays[protocol.score_array_key]))
     if injected is not None:
@@ -106,7 +110,7 @@ def fit_unit(plan: JobPlan, env: JobEnv, part: Part) -> Unit:
             injected_metrics(
                 injected["val_injected_label"],
                 injected["val_injected_score"],
-                int(cfg.metrics.range_window),
+                resolve_range_window(cfg.metrics.range_window, data.val.values),
             )
         )
     model = None
@@ -115,6 +119,18 @@ def fit_unit(plan: JobPlan, env: JobEnv, part: Part) -> Unit:
 
         model = model_entry(entity, data.entities, fitted.detector, data.scaler, ev.scorer)
     return Unit(entity, fitted.fit, ev, test, score_s, model=model, metrics_s=metrics_s)
+
+
+def _range_window(plan: JobPlan, raw, env: JobEnv, tag: str) -> int:
+    """The VUS / range window of this unit's scored series: ``metrics.range_window``, or with
+    ``auto`` TSB-AD's period rule on the series as read (unscaled; after the test split is
+    unsealed), said and logged (metric ``range_window``) with the evaluation."""
+    setting = plan.cfg.metrics.range_window
+    if isinstance(setting, int):
+        return setting
+    window = resolve_range_window(setting, raw.test.get().values)
+    env.say(f"{tag} range window {window} (metrics.range_window={setting}: the period rule)")
+    return window
 
 
 def _announce_test_labels(data, env: JobEnv, tag: str) -> None:

@@ -13,7 +13,11 @@ as OmniAnomaly's): multiplying by a signed score reverses the ranking wherever i
 ``sum`` refuses a component whose validation spread is rounding noise relative to its mean:
 standardising it would divide noise by noise and add it to the score at full weight. That is
 what DCdetector's window-mean score is under ``protocol=reference`` (a softmax over the window's
-steps averaged over those steps: exactly 1/T plus float32 rounding).
+steps averaged over those steps: exactly 1/T plus float32 rounding), and what a plug-in score
+is when every validation embedding lands at the same distance (a collapsed score, e.g. on a
+constant series). Both refusals are :class:`CombineError` (an expected error: the run ends with
+the message alone, marked FAILED); the second is :class:`ScoreCollapse`, which a collection
+counts as ``failure.kind=collapse``.
 """
 
 from __future__ import annotations
@@ -23,12 +27,21 @@ from typing import Dict
 import numpy as np
 
 from madcluster_exp.config import Combine
+from madcluster_exp.errors import ExpectedError
 
 RULES = tuple(Combine)
 
 # A spread below this fraction of |mean| is rounding, not signal: ~8 float32 rounding units
 # (eps = 1.19e-7); real scores spread by far more, DCdetector's window means by ~3e-8.
 NOISE_RTOL = 1e-6
+
+
+class CombineError(ExpectedError, ValueError):
+    """A score component the rule cannot use; the message names it and what to use instead."""
+
+
+class ScoreCollapse(CombineError):
+    """``sum`` refused a component whose validation scores are constant (up to rounding)."""
 
 
 class ScoreCombiner:
@@ -51,7 +64,7 @@ class ScoreCombiner:
         standardises = rule == "sum"
         for name, s in val_components.items():
             if rule == "product" and float(np.min(s)) < 0:
-                raise ValueError(
+                raise CombineError(
                     f"scoring.combine=product cannot use the {name!r} score component: it "
                     f"takes negative values (validation minimum {float(np.min(s)):.4g}), and a "
                     "product with a signed score is not monotone in it. Use "
@@ -59,7 +72,7 @@ class ScoreCombiner:
                 )
             mean, std = float(np.mean(s)), float(np.std(s))
             if standardises and std <= NOISE_RTOL * abs(mean):
-                raise ValueError(
+                raise ScoreCollapse(
                     f"scoring.combine=sum cannot standardise the {name!r} score component: "
                     f"its validation scores are constant up to rounding (mean {mean:.9g}, std "
                     f"{std:.3g}, {std / abs(mean) if mean else 0.0:.2g} of the mean, limit "
