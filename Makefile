@@ -21,7 +21,8 @@ DASHBOARD_PORT ?= 8080
 
 # `make help` shows the values in force (make help PORT=5001 shows 5001), not $(PORT).
 HELP_VALUES := -e 's|$$(PORT)|$(PORT)|g' -e 's|$$(OUTPUTS)|$(OUTPUTS)|g' \
-	-e 's|$$(DATASET)|$(DATASET)|g' -e 's|$$(SERVER_ARTIFACTS)|$(SERVER_ARTIFACTS)|g' -e 's|\$$\$$|$$|g'
+	-e 's|$$(DATASET)|$(DATASET)|g' -e 's|$$(SERVER_ARTIFACTS)|$(SERVER_ARTIFACTS)|g' \
+	-e 's|$$(DASHBOARD_PORT)|$(DASHBOARD_PORT)|g' -e 's|\$$\$$|$$|g'
 
 help: ## list every target
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed $(HELP_VALUES) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'

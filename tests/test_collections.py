@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -231,7 +232,7 @@ def test_collection_run_gives_one_child_run_per_series_and_skips_bad_files(tmp_p
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"skipped {bad.name}: {bad}: line 11, column 'Data': 'abc' is not a number" in out.stdout
-    assert f"/{short.stem}] failed (data): " in out.stdout
+    assert re.search(rf"\[{re.escape(short.stem)} \([^]]+\)\] failed \(data\): ", out.stdout)
     assert "too short for window=16" in out.stdout
     assert "skipped README.md: README.md: not a series file" in out.stdout
     assert "mean over series" in out.stdout
