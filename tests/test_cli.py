@@ -51,11 +51,16 @@ def _no_mlflow_run(tmp_path: Path) -> None:
         (["dataset=csv"], ["missing value: dataset.path must be given"]),
         # A dataset that is not there: the path and how to get it, before any run.
         (["dataset=SMD"], ["dataset SMD not found", "python -m madcluster_exp.data download SMD"]),
+        # A bad cell in a data file: file, line, column and value, before any run.
+        (["dataset=csv", "dataset.path=bad.csv"], ["bad.csv", "line 5", "'abc' is not a number"]),
     ],
 )
 def test_a_config_or_data_error_prints_its_message_alone_and_leaves_no_mlflow_run(
     tmp_path, args, says
 ):
+    rows = [f"{t},{0.1 * t:.1f},0" for t in range(200)]
+    rows[3] = "3,abc,0"
+    (tmp_path / "bad.csv").write_text("\n".join(["timestamp,a,is_anomaly", *rows]) + "\n")
     out = _run("madcluster_exp", *args, cwd=tmp_path)
     assert out.returncode == 2, out.stderr[-2000:]
     assert "Traceback" not in out.stderr
