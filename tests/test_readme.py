@@ -136,10 +136,11 @@ def guide_snippet() -> str:
 
 
 def _guide_snippet_runs(cwd: Path):
-    """The guide's MLflow snippet, as written, from the folder the quickstart ran in: ``run_id``
-    and ``df`` are the latest run's id and rows of its test data; what it loads scores them
-    as the run's own model does, and it leaves no ./mlflow.db or ./mlruns behind."""
-    import mlflow
+    """The guide's MLflow snippet, as written, in a Python process of its own started from the
+    folder the quickstart ran in (as a user would: one process, one project folder; MLflow
+    caches stores by URI within a process): ``run_id`` and ``df`` are the latest run's id and
+    rows of data; what it loads scores them as the run's own model does, and it leaves no
+    ./mlflow.db or ./mlruns behind."""
     import numpy as np
     import pandas as pd
 
@@ -149,16 +150,20 @@ def _guide_snippet_runs(cwd: Path):
     run_id = json.loads((run_dir / "run_info.json").read_text())["run_id"]
     det = load_detector(run_dir)
     df = pd.DataFrame(np.random.default_rng(0).normal(size=(3 * det.window, det.n_channels)))
-    names = {"run_id": run_id, "df": df}
     before = set(cwd.iterdir())
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        exec(guide_snippet(), names)
-    finally:
-        os.chdir(old)
-        mlflow.set_tracking_uri(None)
-    np.testing.assert_allclose(names["scores"]["score"], det.score(df.to_numpy()), rtol=1e-9)
+    script = (
+        "import numpy as np, pandas as pd\n"
+        f"run_id = {run_id!r}\n"
+        f"df = pd.DataFrame(np.array({df.to_numpy().tolist()!r}))\n"
+        + guide_snippet()
+        + "print(scores['score'].to_json(orient='values', double_precision=15))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = np.array(json.loads(out.stdout.strip().splitlines()[-1]))
+    np.testing.assert_allclose(got, det.score(df.to_numpy()), rtol=1e-9)
     assert set(cwd.iterdir()) == before
 
 
