@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 from typing import List
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from madcluster_exp.config.schema import (
@@ -19,6 +18,7 @@ from madcluster_exp.config.schema import (
     ScoringConfig,
     ThresholdConfig,
 )
+from madcluster_exp.config.store import option_schema
 from madcluster_exp.errors import ExpectedError
 
 
@@ -191,8 +191,7 @@ def _schema_default(key: str, cfg: DictConfig):
     if group in schemas:
         return getattr(schemas[group](), leaf, None)
     if group == "backbone":
-        node = ConfigStore.instance().load(f"schema/backbone/{cfg.backbone.name}.yaml").node
-        return OmegaConf.select(node, leaf)
+        return getattr(option_schema("backbone", cfg.backbone.name)(), leaf, None)
     return None
 
 

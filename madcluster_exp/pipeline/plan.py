@@ -9,6 +9,7 @@ config.
 
 from __future__ import annotations
 
+import functools
 import subprocess
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -82,7 +83,7 @@ class JobPlan:
             "protocol": str(cfg.protocol),
             "threshold.kind": str(self.protocol.threshold_kind),
             "config_id": self.config_id,
-            **git_tags(CODE_ROOT),
+            **_source_tags(),
         }
         embed_tap = getattr(cfg.backbone, "embed_tap", None)
         if embed_tap is not None:
@@ -213,6 +214,14 @@ def check_components_apply(cfg: Config) -> None:
             "center, which collapses; the paper's 'distance only' row (appendix Table 3) is "
             f"{cfg.backbone.name} alone: use madcluster=off (see experiment=paper_ablation)"
         )
+
+
+@functools.lru_cache(maxsize=1)
+def _source_tags() -> Dict[str, str]:
+    """This process's code version (:func:`git_tags` of the checkout it imported), read once:
+    the code a process runs is what it imported, and a collection tags every series' run with
+    it (three git calls each, before). Callers unpack it into their own dict."""
+    return git_tags(CODE_ROOT)
 
 
 def _git(root: Path, *args: str) -> Optional[str]:
